@@ -1,0 +1,11 @@
+"""tqflow's Prefect blocks.
+
+Importing this package registers the block types with Prefect; the ``prefect.collections``
+entry point makes a Prefect server in the same environment import it.
+"""
+
+from blocks.errors import TqflowError
+from blocks.queues import LocalTaskQueue, TaskQueue
+from blocks.storage import CloudFilesStorage
+
+__all__ = ["CloudFilesStorage", "LocalTaskQueue", "TaskQueue", "TqflowError"]

@@ -1,0 +1,57 @@
+"""tqflow's errors: one root, one subclass per area.
+
+Every error says what went wrong with which item, and what to do about it. Errors raised by
+python-task-queue subclass ``BaseException``; tqflow re-raises them as these at the call site,
+so ``except Exception`` in user code and in Prefect sees them. ``KeyboardInterrupt`` and
+``SystemExit`` always pass through.
+"""
+
+
+class TqflowError(Exception):
+    """Root of every error tqflow raises on purpose."""
+
+
+class QueueError(TqflowError):
+    """A queue operation failed or the queue is not in the state an operation needs."""
+
+
+class LeaseLostError(QueueError):
+    """The lease on a message is no longer ours: it expired and another receiver holds it, or
+    the message was acknowledged or dead-lettered already."""
+
+
+class QueueConfigError(QueueError):
+    """The queue exists with a configuration (such as its redrive policy) different from the
+    one asked for."""
+
+
+class MessageError(TqflowError):
+    """A task message cannot be turned into a function call.
+
+    Retrying cannot fix it, so the worker moves such a message to the dead-letter queue at once,
+    with this error's text as the reason.
+    """
+
+
+class UndecodableMessageError(MessageError):
+    """The message body is not a task message tqflow or python-task-queue can read."""
+
+
+class UnknownFunctionError(MessageError):
+    """The task function named by a message cannot be imported."""
+
+
+class BadArgumentsError(MessageError):
+    """The message's arguments do not bind to the task function's signature."""
+
+
+class MessageTooLargeError(MessageError):
+    """A message body is over the queue backend's size limit."""
+
+
+class StorageError(TqflowError):
+    """Reading or writing task outputs in cloud storage failed."""
+
+
+class CredentialsError(TqflowError):
+    """Credentials are missing, malformed or rejected."""

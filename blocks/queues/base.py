@@ -1,0 +1,167 @@
+"""The Queue contract every tqflow queue backend keeps.
+
+The semantics are Amazon SQS's, with a dead-letter queue attached by a redrive policy:
+
+- **At least once.** A received message is hidden for its lease (SQS: visibility timeout); if
+  it is not acknowledged before the lease ends, it becomes visible again and is received anew.
+  While a lease holds, no other receiver gets the message.
+- **Receive count.** Each receive counts. A message received ``max_receive_count`` times and
+  still not acknowledged moves to the dead-letter queue on its next receive, exactly as an SQS
+  redrive policy does.
+- A lease can be extended (long tasks), released at once (shutdown), acknowledged (done) or
+  dead-lettered at once with a reason (a body no retry can fix).
+
+``tests/test_queue_contract.py`` is the executable form of this contract and runs against every
+backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Iterable, Sequence
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A received message, hidden from other receivers until the lease ends."""
+
+    message_id: str
+    #: Proves the lease is ours; a new receive of the same message gets a new one.
+    receipt: str
+    body: str
+    #: How many times the message has been received, this receive included.
+    receive_count: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message in the dead-letter queue, with why it is there."""
+
+    message_id: str
+    body: str
+    reason: str
+    receive_count: int
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """Messages by state. SQS reports these approximately; the local queue exactly."""
+
+    #: Ready to be received.
+    visible: int
+    #: Received, lease not yet ended.
+    in_flight: int
+    #: Sent with a delay that has not passed.
+    delayed: int
+    #: In the dead-letter queue.
+    dead: int
+
+    @property
+    def pending(self) -> int:
+        """Messages not yet acknowledged nor dead-lettered."""
+        return self.visible + self.in_flight + self.delayed
+
+
+class TaskQueue(Block, ABC):
+    """Base of tqflow's queue blocks; see the module docstring for the contract."""
+
+    #: Largest message body the backend accepts, in bytes (SQS: 256 KiB).
+    max_message_bytes: ClassVar[int] = 262_144
+
+    queue_name: str = Field(
+        default="tqflow",
+        description="Name of the queue. Its dead-letter queue is derived from it.",
+    )
+    max_receive_count: int = Field(
+        default=5,
+        ge=1,
+        description=(
+            "Receives after which a message that was never acknowledged moves to the "
+            "dead-letter queue (the redrive policy's maxReceiveCount)."
+        ),
+    )
+    lease_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "How long a received message stays hidden from other receivers (the visibility "
+            "timeout). Workers extend it while a task runs, so it bounds how soon a crashed "
+            "worker's task is retried, not how long a task may take."
+        ),
+    )
+
+    @abstractmethod
+    def ensure(self) -> None:
+        """Create the queue and its dead-letter queue if missing; idempotent.
+
+        Raises `QueueConfigError` if the queue exists with a different redrive policy.
+        """
+
+    @abstractmethod
+    def send(self, bodies: Iterable[str], delay_seconds: float = 0) -> int:
+        """Send message bodies; return how many were sent.
+
+        Every body is checked against `max_message_bytes` before any is sent.
+        """
+
+    @abstractmethod
+    def receive(
+        self,
+        max_messages: int = 1,
+        lease_seconds: float | None = None,
+        wait_seconds: float = 0,
+    ) -> list[Lease]:
+        """Lease up to ``max_messages`` visible messages for ``lease_seconds`` (default: the
+        block's). Waits up to ``wait_seconds`` for one to arrive (long polling)."""
+
+    @abstractmethod
+    def extend(self, lease: Lease, seconds: float) -> None:
+        """Keep ``lease`` hidden for ``seconds`` from now. Raises `LeaseLostError` if the
+        lease is no longer ours."""
+
+    @abstractmethod
+    def release(self, lease: Lease) -> None:
+        """Make the message visible again at once (its receive still counts)."""
+
+    @abstractmethod
+    def ack(self, leases: Sequence[Lease]) -> int:
+        """Delete acknowledged messages; return how many were deleted. A lease no longer ours
+        is skipped: its message belongs to whoever received it since."""
+
+    @abstractmethod
+    def dead_letter(self, lease: Lease, reason: str) -> bool:
+        """Move the message to the dead-letter queue at once, keeping ``reason``."""
+
+    @abstractmethod
+    def counts(self) -> QueueCounts:
+        """Messages by state, dead-letter queue included."""
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Look at up to ``limit`` dead-lettered messages without consuming them."""
+
+    @abstractmethod
+    def redrive(self, limit: int | None = None) -> int:
+        """Move up to ``limit`` (default all) dead-lettered messages back to the queue, with
+        their receive count reset; return how many moved."""
+
+    @abstractmethod
+    def purge(self, dead_letters: bool = False) -> None:
+        """Delete every message in the queue (and in the dead-letter queue if asked)."""
+
+    def check_sizes(self, bodies: Sequence[str]) -> None:
+        """Raise `MessageTooLargeError` naming the first body over `max_message_bytes`."""
+        from blocks.errors import MessageTooLargeError
+
+        for index, body in enumerate(bodies):
+            size = len(body.encode("utf-8"))
+            if size > self.max_message_bytes:
+                raise MessageTooLargeError(
+                    f"message #{index} ({body[:80]!r}...) is {size:,} bytes, over the limit of "
+                    f"{self.max_message_bytes:,} for {type(self).__name__}; nothing was sent. "
+                    "Put large inputs in storage and pass their paths."
+                )

@@ -1,0 +1,312 @@
+"""Task messages: the JSON body that carries one task through the queue.
+
+A tqflow message is::
+
+    {"fn": "package.module:function", "kwargs": {...}, "key": "<item key>", "batch": "<batch>"}
+
+``fn`` is resolved by importing its module, so a worker needs no registry imported first.
+``key`` names the task's output (``<batch>/outputs/<key>.json``) and is what makes re-running a
+batch skip finished items. ``batch`` names the folder in storage that holds a run's outputs.
+
+Bodies written by python-task-queue are read too, so an existing queue drains with tqflow's
+worker:
+
+- ``@queueable`` functions: ``{"payload": [[module, name], args, kwargs, id], ...}``
+- ``RegisteredTask`` subclasses: ``{"payload": {"class": "Name", ...kwargs}, ...}``
+
+Their key is a hash of the call (function and arguments), their batch the worker's default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from blocks.errors import (
+    BadArgumentsError,
+    MessageTooLargeError,
+    UndecodableMessageError,
+    UnknownFunctionError,
+)
+
+#: Keys are used as file names in storage: these characters are kept as they are.
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """One task: call ``fn`` with ``args`` / ``kwargs``; its output is named by ``batch`` and
+    ``key``."""
+
+    fn: str
+    key: str
+    batch: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Positional arguments; only python-task-queue ``@queueable`` bodies carry them.
+    args: tuple[Any, ...] = ()
+
+    def encode(self, max_bytes: int | None = None) -> str:
+        """The JSON body. Raises `MessageTooLargeError` naming the key when the body is over
+        ``max_bytes`` (the queue backend's limit)."""
+        body: dict[str, Any] = {
+            "fn": self.fn,
+            "kwargs": self.kwargs,
+            "key": self.key,
+            "batch": self.batch,
+        }
+        if self.args:
+            body["args"] = list(self.args)
+        try:
+            text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise BadArgumentsError(
+                f"item {self.key!r}: the arguments of {self.fn} are not JSON-serialisable "
+                f"({exc}); pass plain numbers, strings, lists and dicts"
+            ) from None
+        if max_bytes is not None:
+            size = len(text.encode("utf-8"))
+            if size > max_bytes:
+                raise MessageTooLargeError(
+                    f"item {self.key!r}: the message for {self.fn} is {size:,} bytes, over the "
+                    f"queue's limit of {max_bytes:,}; put large inputs in storage and pass "
+                    "their paths instead"
+                )
+        return text
+
+
+def item_key(item: Any) -> str:
+    """The deterministic key of a work item.
+
+    Strings and integers that are safe as file names are their own key (a neuron's root ID
+    stays readable); anything else is named by a hash of its canonical JSON.
+    """
+    if isinstance(item, bool):
+        item = str(item).lower()
+    if isinstance(item, int):
+        item = str(item)
+    if isinstance(item, str) and _SAFE_KEY.match(item):
+        return item
+    canonical = json.dumps(item, sort_keys=True, separators=(",", ":"), default=str)
+    return "h-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:24]
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it can name a file in storage, else raise `BadArgumentsError`."""
+    if not isinstance(key, str) or not _SAFE_KEY.match(key):
+        raise BadArgumentsError(
+            f"key {key!r} cannot name an output file: use letters, digits, '.', '_', '=' or "
+            "'-' (at most 200, not starting with '.' or '-'), or let tqflow derive the key"
+        )
+    return key
+
+
+def decode(body: str | bytes, default_batch: str = "default") -> TaskMessage:
+    """Read a message body written by tqflow or by python-task-queue.
+
+    Raises `UndecodableMessageError` with the reason when the body is neither.
+    """
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UndecodableMessageError("the body is not UTF-8 text") from None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise UndecodableMessageError(f"the body is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UndecodableMessageError(
+            f"the body is a JSON {type(data).__name__}, not an object with 'fn' or 'payload'"
+        )
+    if "fn" in data:
+        return _decode_tqflow(data, default_batch)
+    if "payload" in data or "class" in data:
+        return _decode_task_queue(data.get("payload", data), default_batch)
+    raise UndecodableMessageError(
+        "the body has neither 'fn' (tqflow) nor 'payload' (python-task-queue); keys found: "
+        + ", ".join(sorted(map(str, data))[:10])
+    )
+
+
+def _decode_tqflow(data: dict[str, Any], default_batch: str) -> TaskMessage:
+    fn, kwargs, args = data["fn"], data.get("kwargs", {}), data.get("args", [])
+    key, batch = data.get("key"), data.get("batch", default_batch)
+    if not isinstance(fn, str) or ":" not in fn:
+        raise UndecodableMessageError(f"'fn' must be 'package.module:function', got {fn!r}")
+    if not isinstance(kwargs, dict):
+        raise UndecodableMessageError(f"'kwargs' must be an object, got {type(kwargs).__name__}")
+    if not isinstance(args, list):
+        raise UndecodableMessageError(f"'args' must be a list, got {type(args).__name__}")
+    if key is None:
+        key = _call_key(fn, args, kwargs)
+    try:
+        check_key(key)
+        check_key(batch)
+    except BadArgumentsError as exc:
+        raise UndecodableMessageError(str(exc)) from None
+    return TaskMessage(fn=fn, key=key, batch=batch, kwargs=kwargs, args=tuple(args))
+
+
+def _decode_task_queue(payload: Any, default_batch: str) -> TaskMessage:
+    if isinstance(payload, list):  # @queueable: [[module, name], args, kwargs, id]
+        try:
+            (module, name), args, kwargs = payload[0], payload[1], payload[2]
+        except (TypeError, ValueError, IndexError):
+            raise UndecodableMessageError(
+                "python-task-queue payload is not [[module, name], args, kwargs, id]"
+            ) from None
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise UndecodableMessageError("python-task-queue payload has malformed args/kwargs")
+        fn = f"{module}:{name}"
+    elif isinstance(payload, dict) and isinstance(payload.get("class"), str):  # RegisteredTask
+        kwargs = {k: v for k, v in payload.items() if k != "class"}
+        args, fn = [], _registered_task_fn(payload["class"])
+    else:
+        raise UndecodableMessageError(
+            "python-task-queue payload is neither a @queueable list nor a RegisteredTask object"
+        )
+    return TaskMessage(
+        fn=fn, key=_call_key(fn, args, kwargs), batch=default_batch, kwargs=kwargs, args=tuple(args)
+    )
+
+
+def _registered_task_fn(class_name: str) -> str:
+    """``module:Class`` for a RegisteredTask class name.
+
+    task-queue bodies carry the bare class name; the class is found in task-queue's registry,
+    which holds every subclass whose module has been imported (the worker's ``import_modules``).
+    A dotted name is taken as ``module.Class``.
+    """
+    if "." in class_name:
+        module, _, name = class_name.rpartition(".")
+        return f"{module}:{name}"
+    from taskqueue.registered_task import REGISTRY
+
+    cls = REGISTRY.get(class_name)
+    if cls is None:
+        raise UnknownFunctionError(
+            f"RegisteredTask class {class_name!r} is not registered: give the worker the module "
+            "that defines it (import_modules=['your.tasks'] / --import-module your.tasks)"
+        )
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _call_key(fn: str, args: Any, kwargs: Any) -> str:
+    return item_key({"fn": fn, "args": args, "kwargs": kwargs})
+
+
+def resolve(fn: str) -> Callable[..., Any]:
+    """Import ``package.module:function`` and return the callable.
+
+    A python-task-queue ``RegisteredTask`` class resolves to a callable that builds the task
+    and runs its ``execute()``.
+    """
+    module_name, _, attr_path = fn.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or any error raised while importing it
+        raise UnknownFunctionError(
+            f"cannot import module {module_name!r} for task function {fn!r} "
+            f"({type(exc).__name__}: {exc}); install the package that provides it in the "
+            "worker's environment (for GKE: the worker image)"
+        ) from None
+    target: Any = module
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UnknownFunctionError(
+                f"module {module_name!r} has no {attr_path!r} (task function {fn!r}); check "
+                "the name, or the version of the package installed in the worker"
+            ) from None
+    if inspect.isclass(target) and callable(getattr(target, "execute", None)):
+        return _registered_task_runner(target)
+    if not callable(target):
+        raise UnknownFunctionError(f"{fn!r} is a {type(target).__name__}, not a function")
+    return target
+
+
+def _registered_task_runner(cls: type) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return cls(*args, **kwargs).execute()
+
+    run.__signature__ = inspect.signature(cls)  # type: ignore[attr-defined]
+    run.__name__ = cls.__name__
+    return run
+
+
+def bind(
+    func: Callable[..., Any],
+    message: TaskMessage,
+    injectables: Mapping[str, Callable[[], Any]] = {},
+) -> inspect.BoundArguments:
+    """Bind a message's arguments to ``func``.
+
+    A parameter named in ``injectables`` (``storage``, ``cave``) that the message does not set
+    gets the injected object. Raises `BadArgumentsError` naming the function and what is wrong.
+    """
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return _unchecked(func, message)
+    kwargs = dict(message.kwargs)
+    for name in signature.parameters.keys() & injectables.keys():
+        if name not in kwargs:
+            kwargs[name] = injectables[name]()
+    try:
+        bound = signature.bind(*message.args, **kwargs)
+    except TypeError as exc:
+        expected = ", ".join(
+            n for n in signature.parameters if n not in injectables
+        )
+        raise BadArgumentsError(
+            f"arguments of item {message.key!r} do not fit {message.fn}({expected}): {exc}"
+        ) from None
+    return bound
+
+
+def _unchecked(func: Callable[..., Any], message: TaskMessage) -> inspect.BoundArguments:
+    # Builtins without a signature: let the call itself check the arguments.
+    sig = inspect.Signature(
+        [
+            inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+        ]
+    )
+    return sig.bind(*message.args, **message.kwargs)
+
+
+def task_messages(
+    fn: str,
+    items: Iterable[Any],
+    batch: str,
+    kwargs: Mapping[str, Any] | None = None,
+    item_param: str | None = None,
+) -> Iterator[TaskMessage]:
+    """One message per item: ``fn(<item_param>=item, **kwargs)``, keyed by `item_key`.
+
+    ``item_param`` defaults to the function's first parameter. Raises `UnknownFunctionError`
+    or `BadArgumentsError` before any message is made if ``fn`` cannot take the arguments.
+    """
+    check_key(batch)
+    func = resolve(fn)
+    fixed = dict(kwargs or {})
+    if item_param is None:
+        params = [p for p in inspect.signature(func).parameters if p not in fixed]
+        if not params:
+            raise BadArgumentsError(f"{fn} takes no parameter left for the item")
+        item_param = params[0]
+    if item_param in fixed:
+        raise BadArgumentsError(f"kwargs set {item_param!r}, the parameter that takes the item")
+    first = True
+    for item in items:
+        message = TaskMessage(fn=fn, key=item_key(item), batch=batch, kwargs={item_param: item, **fixed})
+        if first:  # check the call once, with the first item, before anything is queued
+            bind(func, message, {"storage": lambda: None, "cave": lambda: None})
+            first = False
+        yield message

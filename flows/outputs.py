@@ -1,0 +1,62 @@
+"""Where a batch's files live in storage, and what an output record holds.
+
+    <batch>/outputs/<key>.json   the task's return value and what produced it; also the
+                                 "done" marker that makes re-runs skip the item
+    <batch>/errors/<key>.json    every failed attempt of the task, with its traceback
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flows.messages import TaskMessage
+
+
+def output_path(batch: str, key: str) -> str:
+    return f"{batch}/outputs/{key}.json"
+
+
+def error_path(batch: str, key: str) -> str:
+    return f"{batch}/errors/{key}.json"
+
+
+def outputs_prefix(batch: str) -> str:
+    return f"{batch}/outputs/"
+
+
+def key_of_output(path: str) -> str:
+    """The item key from an output path (``<batch>/outputs/<key>.json``)."""
+    return path.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def output_record(
+    message: TaskMessage, result: Any, *, attempt: int, seconds: float, worker: str
+) -> dict[str, Any]:
+    """The record written to ``output_path``: the result and what produced it."""
+    return {
+        "key": message.key,
+        "batch": message.batch,
+        "fn": message.fn,
+        "kwargs": message.kwargs,
+        "result": result,
+        "attempt": attempt,
+        "seconds": round(seconds, 6),
+        "worker": worker,
+        "finished_at": now_iso(),
+    }
+
+
+def failed_attempt(*, attempt: int, error: BaseException, traceback: str, worker: str) -> dict[str, Any]:
+    """One entry of an error record's ``attempts``."""
+    return {
+        "attempt": attempt,
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": traceback,
+        "worker": worker,
+        "failed_at": now_iso(),
+    }

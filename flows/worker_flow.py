@@ -1,0 +1,65 @@
+"""The ``worker`` flow: one worker loop as a Prefect flow run (a pod on the GKE work pool).
+
+It logs through the run logger and publishes its counters as a table artifact. It is also a
+worker process entry, so it stops on SIGTERM the way ``flows.worker_process`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from blocks.queues.base import TaskQueue
+from blocks.storage import CloudFilesStorage
+from flows.worker import Worker
+from flows.worker_process import stop_on_signals
+
+
+@flow(name="worker", log_prints=False)
+def worker(
+    queue: TaskQueue,
+    storage: CloudFilesStorage,
+    default_batch: str = "default",
+    idle_seconds: float = 30.0,
+    max_tasks: Optional[int] = None,
+    max_seconds: Optional[float] = None,
+    overwrite: bool = False,
+    prefetch: int = 1,
+    import_modules: Optional[list[str]] = None,
+) -> dict[str, Any]:
+    """Drain ``queue`` into ``storage`` until it stays empty for ``idle_seconds``.
+
+    Args:
+        queue: The queue block to lease tasks from.
+        storage: Where outputs (``<batch>/outputs/<key>.json``) are written.
+        default_batch: Batch for python-task-queue bodies, which name none.
+        idle_seconds: Stop after the queue has been empty this long.
+        max_tasks: Stop after this many tasks.
+        max_seconds: Stop after this long.
+        overwrite: Re-run items whose output exists instead of skipping them.
+        prefetch: Messages leased per receive.
+        import_modules: Modules to import first (python-task-queue RegisteredTask classes).
+    """
+    logger = get_run_logger()
+    loop = Worker(
+        queue,
+        storage,
+        default_batch=default_batch,
+        idle_seconds=idle_seconds,
+        max_tasks=max_tasks,
+        max_seconds=max_seconds,
+        overwrite=overwrite,
+        prefetch=prefetch,
+        import_modules=import_modules or (),
+        log=logger,
+    )
+    with stop_on_signals(loop):
+        stats = loop.run().as_dict()
+    create_table_artifact(
+        key="worker-stats",
+        table=[{"counter": name, "value": value} for name, value in stats.items()],
+        description=f"Worker {loop.name} on queue {queue.queue_name}",
+    )
+    return stats

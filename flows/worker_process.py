@@ -1,0 +1,107 @@
+"""The worker's process entry: the one place tqflow handles SIGTERM and SIGINT.
+
+``python -m flows.worker_process`` reads a JSON spec on stdin::
+
+    {"queue": <block spec>, "storage": <block spec>, "options": {<Worker keyword arguments>}}
+
+drains the queue, prints the worker's stats as one JSON line on stdout and exits 0, also when
+stopped by SIGTERM (spot preemption, pod eviction). It never calls the Prefect API: the parent
+reports for it. Secrets arrive on stdin, never in argv or the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import IO, Any, Iterator
+
+from blocks.queues.base import TaskQueue
+from blocks.specs import block_from_spec, block_spec
+from blocks.storage import CloudFilesStorage
+from flows.worker import Worker
+
+
+@contextlib.contextmanager
+def stop_on_signals(worker: Worker) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT stop ``worker``: no new lease is taken, held leases are
+    released at once, and a running task is interrupted the way Ctrl-C interrupts code.
+
+    Installs handlers only in the main thread (Python allows no other) and restores the
+    previous ones on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if worker.request_stop():
+            raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    worker = Worker(
+        block_from_spec(spec["queue"]),
+        block_from_spec(spec["storage"]),
+        **spec.get("options", {}),
+    )
+    with stop_on_signals(worker):
+        stats = worker.run()
+    return stats.as_dict()
+
+
+def spawn(
+    queue: TaskQueue,
+    storage: CloudFilesStorage,
+    options: dict[str, Any] | None = None,
+    *,
+    stdout: int | IO[Any] | None = subprocess.PIPE,
+    stderr: int | IO[Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """Start a worker process on ``queue``; its spec (secrets included) goes through stdin."""
+    spec = {"queue": block_spec(queue), "storage": block_spec(storage), "options": options or {}}
+    child_env = dict(os.environ if env is None else env)
+    # A worker process never starts a Prefect server of its own (see DESIGN.md).
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.worker_process"],
+        stdin=subprocess.PIPE,
+        stdout=stdout,
+        stderr=stderr,
+        env=child_env,
+        text=True,
+    )
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(spec))
+    process.stdin.close()
+    process.stdin = None  # so communicate() does not flush the closed pipe
+    return process
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    spec = json.loads(sys.stdin.read())
+    stats = run_from_spec(spec)
+    print(json.dumps(stats), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Helpers the tests share: queueing items, running worker processes, counting runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from blocks.queues.base import TaskQueue
+from flows import worker_process
+from flows.messages import task_messages
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def enqueue(queue: TaskQueue, fn: str, items, batch: str = "b", **kwargs: Any) -> int:
+    return queue.send(m.encode() for m in task_messages(fn, items, batch, kwargs))
+
+
+def run_worker(queue, storage, timeout: float = 120, **options: Any) -> dict[str, Any]:
+    """Run one worker process to its end; return its stats."""
+    options.setdefault("idle_seconds", 0.2)
+    process = worker_process.spawn(queue, storage, options, env=child_env())
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, f"worker exited {process.returncode}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def runs(log_dir: Path, item: int, what: str = "started") -> int:
+    path = log_dir / f"{item}.{what}"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+

@@ -1,0 +1,53 @@
+"""Task functions the tests queue. Worker processes import them as ``tests.tasks:<name>``.
+
+Functions that take ``log_dir`` append one line per start and per finish to files named after the
+item, so a test can count how often each item ran across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def _append(path: Path, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def tracked(x: int, log_dir: str, seconds: float = 0.0) -> int:
+    """Record the start, sleep ``seconds``, record the finish, return ``x * x``."""
+    _append(Path(log_dir) / f"{x}.started", str(os.getpid()))
+    time.sleep(seconds)
+    _append(Path(log_dir) / f"{x}.finished", str(os.getpid()))
+    return x * x
+
+
+def always_fails(x: int) -> None:
+    raise RuntimeError(f"item {x} always fails")
+
+
+def fails_until_fixed(x: int, fixed_flag: str) -> int:
+    """Raises until the file ``fixed_flag`` exists (the bug is fixed), then works."""
+    if not Path(fixed_flag).exists():
+        raise ValueError(f"bug hit by item {x}")
+    return x * x
+
+
+def writes_extra(x: int, storage) -> str:
+    """Writes a large result itself through the injected storage and returns its path."""
+    path = f"extra/{x}.json"
+    storage.put_json(path, {"values": list(range(x))})
+    return path
+
+
+def needs_cave(x: int, cave) -> int:
+    return x

@@ -1,0 +1,163 @@
+"""Task messages: tqflow's format, python-task-queue's formats, keys and limits."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from blocks.errors import (
+    BadArgumentsError,
+    MessageTooLargeError,
+    UndecodableMessageError,
+    UnknownFunctionError,
+)
+from flows.messages import TaskMessage, bind, decode, item_key, resolve, task_messages
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(kwargs=st.dictionaries(st.text(min_size=1, max_size=10), json_values, max_size=5))
+def test_encode_then_decode_gives_the_same_message(kwargs):
+    message = TaskMessage(fn="tests.tasks:square", key="k1", batch="b", kwargs=kwargs)
+    assert decode(message.encode()) == message
+
+
+def test_message_body_is_the_documented_json():
+    body = TaskMessage(fn="m:f", key="7", batch="b", kwargs={"x": 7}).encode()
+    assert json.loads(body) == {"fn": "m:f", "kwargs": {"x": 7}, "key": "7", "batch": "b"}
+
+
+def test_encode_refuses_a_body_over_the_limit_naming_the_item():
+    message = TaskMessage(fn="m:f", key="item-9", batch="b", kwargs={"blob": "x" * 1000})
+    with pytest.raises(MessageTooLargeError, match="item-9"):
+        message.encode(max_bytes=500)
+
+
+def test_encode_names_the_item_whose_arguments_are_not_json():
+    message = TaskMessage(fn="m:f", key="item-3", batch="b", kwargs={"when": object()})
+    with pytest.raises(BadArgumentsError, match="item-3"):
+        message.encode()
+
+
+@pytest.mark.parametrize(
+    "item, key",
+    [(864691135000000001, "864691135000000001"), ("abc_1.v2", "abc_1.v2"), (True, "true")],
+)
+def test_readable_items_are_their_own_key(item, key):
+    assert item_key(item) == key
+
+
+@given(item=json_values)
+def test_every_item_gets_a_deterministic_key_safe_as_a_file_name(item):
+    key = item_key(item)
+    assert key == item_key(json.loads(json.dumps(item)))
+    assert "/" not in key and not key.startswith(".") and len(key) <= 200
+
+
+def test_different_items_get_different_keys():
+    assert item_key({"a": 1}) != item_key({"a": 2})
+    assert item_key("x/y") != item_key("x_y")
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ("not json", "not JSON"),
+        ("[1, 2]", "JSON list"),
+        ('{"hello": 1}', "neither 'fn'"),
+        ('{"fn": "no_colon", "key": "k"}', "package.module:function"),
+        ('{"fn": "m:f", "kwargs": [], "key": "k"}', "'kwargs' must be an object"),
+        ('{"fn": "m:f", "key": "../etc/passwd"}', "cannot name an output file"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_undecodable_bodies_are_refused_with_the_reason(body, reason):
+    with pytest.raises(UndecodableMessageError, match=reason):
+        decode(body)
+
+
+def test_unknown_module_is_named_with_the_fix():
+    with pytest.raises(UnknownFunctionError, match="no_such_module.*install the package"):
+        resolve("no_such_module:f")
+
+
+def test_unknown_function_in_a_known_module_is_named():
+    with pytest.raises(UnknownFunctionError, match="has no 'nope'"):
+        resolve("tests.tasks:nope")
+
+
+def test_arguments_that_do_not_bind_are_named():
+    message = TaskMessage(fn="tests.tasks:square", key="k", batch="b", kwargs={"y": 1})
+    with pytest.raises(BadArgumentsError, match=r"tests.tasks:square\(x\)"):
+        bind(resolve(message.fn), message)
+
+
+def test_bind_injects_storage_only_when_the_function_asks_for_it():
+    message = TaskMessage(fn="tests.tasks:writes_extra", key="k", batch="b", kwargs={"x": 2})
+    bound = bind(resolve(message.fn), message, {"storage": lambda: "the-storage"})
+    assert bound.arguments == {"x": 2, "storage": "the-storage"}
+    square = TaskMessage(fn="tests.tasks:square", key="k", batch="b", kwargs={"x": 2})
+    assert bind(resolve(square.fn), square, {"storage": lambda: 1 / 0}).arguments == {"x": 2}
+
+
+def test_task_messages_pass_each_item_to_the_first_parameter():
+    messages = list(task_messages("tests.tasks:tracked", [1, 2], "b", {"log_dir": "/tmp/x"}))
+    assert [m.kwargs for m in messages] == [
+        {"x": 1, "log_dir": "/tmp/x"},
+        {"x": 2, "log_dir": "/tmp/x"},
+    ]
+    assert [m.key for m in messages] == ["1", "2"]
+
+
+def test_task_messages_check_the_call_before_making_any():
+    with pytest.raises(BadArgumentsError):
+        list(task_messages("tests.tasks:square", [1], "b", {"unknown": 1}))
+
+
+def _queued_bodies(tmp_path, tasks):
+    """The bodies python-task-queue itself writes for ``tasks`` (its file queue keeps them as
+    files holding the exact message body)."""
+    from taskqueue import TaskQueue
+
+    tq = TaskQueue(f"fq://{tmp_path / 'fq'}")
+    tq.insert(tasks)
+    return [p.read_text() for p in sorted((tmp_path / "fq" / "queue").iterdir())]
+
+
+def test_task_queue_queueable_body_decodes_and_runs(tmp_path):
+    import tests.tq_tasks as tq_tasks
+
+    (body,) = _queued_bodies(tmp_path, [partial(tq_tasks.power, 3, exponent=4)])
+    message = decode(body, default_batch="legacy")
+    assert message.fn == "tests.tq_tasks:power"
+    assert message.batch == "legacy"
+    func = resolve(message.fn)
+    bound = bind(func, message)
+    assert func(*bound.args, **bound.kwargs) == 81
+    assert message.key == decode(body).key  # deterministic
+
+
+def test_task_queue_registered_task_body_decodes_and_runs(tmp_path):
+    import tests.tq_tasks as tq_tasks
+
+    (body,) = _queued_bodies(tmp_path, [tq_tasks.WriteTask(path=str(tmp_path / "out"), text="hi")])
+    message = decode(body)
+    assert message.fn == "tests.tq_tasks:WriteTask"
+    func = resolve(message.fn)
+    bound = bind(func, message)
+    func(*bound.args, **bound.kwargs)
+    assert (tmp_path / "out").read_text() == "hi"
+
+
+def test_unregistered_task_queue_class_names_the_fix():
+    with pytest.raises(UnknownFunctionError, match="import_modules"):
+        decode('{"payload": {"class": "NeverDefinedTask", "a": 1}, "queueName": "q"}')

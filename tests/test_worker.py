@@ -1,0 +1,174 @@
+"""The worker loop (DESIGN.md, "Worker loop"), run as real worker processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from functools import partial
+
+from tests.helpers import child_env, enqueue, run_worker, runs
+from flows import worker_process
+from flows.outputs import error_path, output_path
+
+
+def wait_until(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_worker_writes_every_output_and_empties_the_queue(queue_factory, storage):
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:square", range(20))
+    stats = run_worker(queue, storage)
+    assert stats["succeeded"] == 20
+    assert stats["stop_reason"] == "idle"
+    record = storage.get_json(output_path("b", "7"))
+    assert record["result"] == 49
+    assert record["fn"] == "tests.tasks:square"
+    assert record["kwargs"] == {"x": 7}
+    assert record["attempt"] == 1
+    assert queue.counts().pending == 0
+
+
+def test_second_run_over_the_same_batch_skips_every_finished_item(queue_factory, storage, log_dir):
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:tracked", range(10), log_dir=str(log_dir))
+    run_worker(queue, storage)
+    enqueue(queue, "tests.tasks:tracked", range(10), log_dir=str(log_dir))
+    stats = run_worker(queue, storage)
+    assert (stats["succeeded"], stats["skipped"]) == (0, 10)
+    assert all(runs(log_dir, i) == 1 for i in range(10))
+
+
+def test_overwrite_re_runs_finished_items(queue_factory, storage, log_dir):
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:tracked", range(3), log_dir=str(log_dir))
+    run_worker(queue, storage)
+    enqueue(queue, "tests.tasks:tracked", range(3), log_dir=str(log_dir))
+    stats = run_worker(queue, storage, overwrite=True)
+    assert stats["succeeded"] == 3
+    assert all(runs(log_dir, i) == 2 for i in range(3))
+
+
+def test_failing_task_is_dead_lettered_after_max_receive_count_with_every_traceback(
+    queue_factory, storage
+):
+    queue = queue_factory(max_receive_count=3, lease_seconds=5)
+    enqueue(queue, "tests.tasks:always_fails", [13])
+    stats = run_worker(queue, storage, retry_base_seconds=0.05)
+    assert (stats["failed"], stats["succeeded"]) == (3, 0)
+    (dead,) = queue.dead_letters()
+    assert "max_receive_count=3" in dead.reason
+    errors = storage.get_json(error_path("b", "13"))
+    assert [a["attempt"] for a in errors["attempts"]] == [1, 2, 3]
+    assert all("RuntimeError: item 13 always fails" in a["traceback"] for a in errors["attempts"])
+    assert not storage.exists(output_path("b", "13"))
+
+
+def test_unrunnable_messages_go_to_the_dead_letter_queue_at_once_and_the_worker_goes_on(
+    queue_factory, storage
+):
+    queue = queue_factory(max_receive_count=5)
+    queue.send(
+        [
+            "this is not json",
+            json.dumps({"fn": "no_such_package.tasks:f", "kwargs": {}, "key": "u", "batch": "b"}),
+            json.dumps({"fn": "tests.tasks:square", "kwargs": {"y": 1}, "key": "w", "batch": "b"}),
+            json.dumps({"fn": "tests.tasks:needs_cave", "kwargs": {"x": 1}, "key": "c", "batch": "b"}),
+        ]
+    )
+    enqueue(queue, "tests.tasks:square", [5])
+    stats = run_worker(queue, storage)
+    assert (stats["dead_lettered"], stats["succeeded"]) == (4, 1)
+    reasons = sorted(d.reason for d in queue.dead_letters())
+    assert all(d.receive_count == 1 for d in queue.dead_letters())
+    assert any(r.startswith("UndecodableMessageError: the body is not JSON") for r in reasons)
+    assert any("cannot import module 'no_such_package.tasks'" in r for r in reasons)
+    assert any("do not fit tests.tasks:square(x)" in r for r in reasons)
+    assert any("no CAVE block" in r for r in reasons)
+    assert storage.get_json(output_path("b", "5"))["result"] == 25
+
+
+def test_task_can_write_large_results_through_the_injected_storage(queue_factory, storage):
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:writes_extra", [4])
+    run_worker(queue, storage)
+    assert storage.get_json(output_path("b", "4"))["result"] == "extra/4.json"
+    assert storage.get_json("extra/4.json") == {"values": [0, 1, 2, 3]}
+
+
+def test_worker_killed_mid_task_loses_nothing(queue_factory, storage, log_dir, workers):
+    queue = queue_factory(lease_seconds=1)
+    enqueue(queue, "tests.tasks:tracked", [1], log_dir=str(log_dir), seconds=3)
+    victim = worker_process.spawn(queue, storage, {"idle_seconds": 60}, env=child_env())
+    workers.append(victim)
+    wait_until(lambda: runs(log_dir, 1) == 1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert queue.counts().in_flight == 1  # its lease holds until it ends, then it returns
+    stats = run_worker(queue, storage, idle_seconds=0.5)
+    assert stats["succeeded"] == 1
+    assert (runs(log_dir, 1), runs(log_dir, 1, "finished")) == (2, 1)
+    assert storage.get_json(output_path("b", "1"))["attempt"] == 2
+    assert queue.counts().pending == 0
+
+
+def test_sigterm_mid_task_releases_the_lease_at_once_and_exits_zero(
+    queue_factory, storage, log_dir, workers
+):
+    queue = queue_factory(lease_seconds=300)
+    enqueue(queue, "tests.tasks:tracked", [1], log_dir=str(log_dir), seconds=60)
+    worker = worker_process.spawn(queue, storage, {"idle_seconds": 60}, env=child_env())
+    workers.append(worker)
+    wait_until(lambda: runs(log_dir, 1) == 1)
+    signalled = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    out, _ = worker.communicate(timeout=20)
+    assert worker.returncode == 0
+    assert time.monotonic() - signalled < 5
+    assert json.loads(out.strip().splitlines()[-1])["stop_reason"] == "stopped"
+    assert queue.counts().visible == 1  # released, not waiting out its 300 s lease
+    assert runs(log_dir, 1, "finished") == 0
+
+
+def test_task_longer_than_its_lease_is_not_run_twice(queue_factory, storage, log_dir, workers):
+    queue = queue_factory(lease_seconds=0.6)
+    enqueue(queue, "tests.tasks:tracked", [1], log_dir=str(log_dir), seconds=3)
+    start = partial(worker_process.spawn, queue, storage, {"idle_seconds": 1}, env=child_env())
+    first = start()
+    workers.append(first)
+    wait_until(lambda: runs(log_dir, 1) == 1)
+    second = start()
+    workers.append(second)
+    for process in (first, second):
+        process.communicate(timeout=60)
+        assert process.returncode == 0
+    assert (runs(log_dir, 1), runs(log_dir, 1, "finished")) == (1, 1)
+
+
+def test_python_task_queue_bodies_drain_with_the_worker(queue_factory, storage, tmp_path):
+    from taskqueue import TaskQueue
+
+    import tests.tq_tasks as tq_tasks
+
+    tq = TaskQueue(f"fq://{tmp_path / 'fq'}")
+    tq.insert([partial(tq_tasks.power, n) for n in range(5)])
+    queue = queue_factory()
+    queue.send(p.read_text() for p in (tmp_path / "fq" / "queue").iterdir())
+    stats = run_worker(queue, storage, default_batch="legacy", import_modules=["tests.tq_tasks"])
+    assert stats["succeeded"] == 5
+    results = sorted(
+        storage.get_json(path)["result"] for path in storage.list("legacy/outputs/")
+    )
+    assert results == [0, 1, 4, 9, 16]
+
+
+def test_max_tasks_stops_the_worker(queue_factory, storage):
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:square", range(10))
+    stats = run_worker(queue, storage, max_tasks=4)
+    assert (stats["succeeded"], stats["stop_reason"]) == (4, "max_tasks")
+    assert queue.counts().visible == 6
