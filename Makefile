@@ -1,0 +1,27 @@
+# tqflow: `make demo` runs the embedded pipeline, `make test` runs the tests.
+# Both create .venv and install what they need on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "tqflow needs Python >= 3.10"'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(INSTALLED)
+
+demo: $(INSTALLED)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/tqflow demo
+
+test: $(INSTALLED)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) tqflow-data .pytest_cache .hypothesis

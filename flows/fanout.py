@@ -1,0 +1,178 @@
+"""Fan-out: start N workers on a queue, watch them, relaunch lost ones while work remains.
+
+Two fleets behind one interface:
+
+- `LocalFleet` starts N OS processes running the worker loop (``flows.worker_process``). They
+  never call the Prefect API; the pipeline reports for them.
+- `DeploymentFleet` creates N runs of a ``worker`` deployment (a GKE work pool in production)
+  with ``run_deployment(timeout=0, idempotency_key=...)``, so a retried pipeline run does not
+  launch its workers twice.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from abc import ABC, abstractmethod
+from typing import Any, Optional
+
+from blocks.queues.base import TaskQueue
+from blocks.storage import CloudFilesStorage
+from flows import worker_process
+
+
+class Fleet(ABC):
+    """A set of workers draining one queue."""
+
+    def __init__(self, queue: TaskQueue, storage: CloudFilesStorage, options: dict[str, Any]):
+        self.queue = queue
+        self.storage = storage
+        self.options = options
+        #: Stats reported by workers that finished.
+        self.finished: list[dict[str, Any]] = []
+        #: Workers that ended without reporting (crashed, killed).
+        self.lost = 0
+        self.launched = 0
+
+    @abstractmethod
+    def launch(self, n: int) -> None:
+        """Start ``n`` more workers."""
+
+    @abstractmethod
+    def running(self) -> int:
+        """How many workers are still running; collects the stats of those that ended."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop every worker that is still running (their leases are released)."""
+
+
+class LocalFleet(Fleet):
+    """Workers as local OS processes."""
+
+    def __init__(self, queue: TaskQueue, storage: CloudFilesStorage, options: dict[str, Any]):
+        super().__init__(queue, storage, options)
+        self._processes: list[tuple[subprocess.Popen, Any]] = []
+
+    def launch(self, n: int) -> None:
+        for _ in range(n):
+            # stdout to a file, not a pipe: a task that prints a lot must not block on a
+            # full pipe nobody reads until the worker ends.
+            stdout = tempfile.TemporaryFile(mode="w+")
+            process = worker_process.spawn(self.queue, self.storage, self.options, stdout=stdout)
+            self._processes.append((process, stdout))
+            self.launched += 1
+
+    def running(self) -> int:
+        alive = []
+        for process, stdout in self._processes:
+            if process.poll() is None:
+                alive.append((process, stdout))
+                continue
+            stdout.seek(0)
+            stats = _last_json_line(stdout.read())
+            stdout.close()
+            if process.returncode == 0 and stats is not None:
+                self.finished.append(stats)
+            else:
+                self.lost += 1
+        self._processes = alive
+        return len(alive)
+
+    def stop(self) -> None:
+        for process, _ in self._processes:
+            process.terminate()
+        for process, _ in self._processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.running()
+
+
+class DeploymentFleet(Fleet):
+    """Workers as flow runs of a ``worker`` deployment (``flow-name/deployment-name``).
+
+    The queue and storage must be saved blocks: runs get them by reference, so no secret
+    travels as a flow-run parameter.
+    """
+
+    def __init__(
+        self,
+        queue: TaskQueue,
+        storage: CloudFilesStorage,
+        options: dict[str, Any],
+        deployment: str,
+        run_key: str,
+    ):
+        super().__init__(queue, storage, options)
+        self.deployment = deployment
+        self.run_key = run_key
+        self._runs: list[Any] = []
+
+    def launch(self, n: int) -> None:
+        from prefect.deployments import run_deployment
+
+        parameters = {
+            "queue": _block_reference(self.queue),
+            "storage": _block_reference(self.storage),
+            **self.options,
+        }
+        for _ in range(n):
+            run = run_deployment(
+                self.deployment,
+                parameters=parameters,
+                timeout=0,
+                idempotency_key=f"{self.run_key}-worker-{self.launched}",
+                as_subflow=True,
+            )
+            self._runs.append(run)
+            self.launched += 1
+
+    def running(self) -> int:
+        from prefect.client.orchestration import get_client
+
+        alive = []
+        with get_client(sync_client=True) as client:
+            for run in self._runs:
+                state = client.read_flow_run(run.id).state
+                if state is None or not state.is_final():
+                    alive.append(run)
+                elif state.is_completed():
+                    result = state.result(raise_on_failure=False)
+                    self.finished.append(result if isinstance(result, dict) else {})
+                else:
+                    self.lost += 1
+        self._runs = alive
+        return len(alive)
+
+    def stop(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelling
+
+        with get_client(sync_client=True) as client:
+            for run in self._runs:
+                client.set_flow_run_state(run.id, Cancelling(), force=True)
+
+
+def _block_reference(block: Any) -> dict[str, Any]:
+    document_id = getattr(block, "_block_document_id", None)
+    if document_id is None:
+        raise ValueError(
+            f"{type(block).__name__} must be a saved block for deployment fan-out: "
+            "save it (block.save('name')) and pass the loaded block"
+        )
+    return {"$ref": {"block_document_id": str(document_id)}}
+
+
+def _last_json_line(text: str) -> Optional[dict[str, Any]]:
+    for line in reversed(text.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+

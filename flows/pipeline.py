@@ -1,0 +1,142 @@
+"""The ``pipeline`` flow: enqueue -> fan-out -> monitor -> analysis.
+
+With the default blocks it is the embedded pipeline: a local SQLite queue, a local folder, and
+local worker processes. With an ``SQSTaskQueue``, a ``gs://`` storage block and
+``mode="deployment"`` it is the GKE setup, unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+
+from blocks.errors import TqflowError
+from blocks.queues.base import TaskQueue
+from blocks.storage import CloudFilesStorage
+from flows.analysis import analysis, artifact_key
+from flows.enqueue import enqueue
+from flows.fanout import DeploymentFleet, Fleet, LocalFleet
+from flows.monitor import Progress, watch
+
+
+class DeadLettersError(TqflowError):
+    """Items of the batch ended in the dead-letter queue."""
+
+
+@flow(name="pipeline")
+def pipeline(
+    fn: str,
+    queue: TaskQueue,
+    storage: CloudFilesStorage,
+    batch: str = "default",
+    items: Optional[list[Any]] = None,
+    items_file: Optional[str] = None,
+    column: Optional[str] = None,
+    items_from: Optional[str] = None,
+    kwargs: Optional[dict[str, Any]] = None,
+    workers: int = 2,
+    mode: Literal["local", "deployment"] = "local",
+    worker_deployment: str = "worker/worker-gke",
+    tasks_per_worker: int = 1_000,
+    idle_seconds: float = 5.0,
+    overwrite: bool = False,
+    analyze: bool = True,
+    poll_seconds: float = 1.0,
+) -> dict[str, Any]:
+    """Run one batch end to end and return its summary.
+
+    Fails with `DeadLettersError` (after the analysis of the rest) when items ended in the
+    dead-letter queue, naming how many and how to look at them.
+
+    Args:
+        fn: Task function, ``package.module:function``.
+        queue: Queue block.
+        storage: Storage block for the outputs.
+        batch: Name of the batch (its folder in storage).
+        items, items_file, column, items_from: Where the items come from (see ``enqueue``).
+        kwargs: Fixed keyword arguments for every task.
+        workers: Most workers to run at once.
+        mode: ``local`` (worker processes here) or ``deployment`` (runs of
+            ``worker_deployment``, e.g. on a GKE work pool).
+        worker_deployment: ``flow-name/deployment-name`` of the worker deployment.
+        tasks_per_worker: In deployment mode, one worker per this many queued tasks, up to
+            ``workers``.
+        idle_seconds: Workers exit after the queue has been empty this long.
+        overwrite: Re-run items whose output exists.
+        analyze: Run the analysis flow at the end.
+        poll_seconds: How often the monitor reads the queue's counts.
+    """
+    logger = get_run_logger()
+    queue.ensure()
+    dead_before = queue.counts().dead
+    queued = enqueue(
+        fn=fn,
+        queue=queue,
+        storage=storage,
+        batch=batch,
+        items=items,
+        items_file=items_file,
+        column=column,
+        items_from=items_from,
+        kwargs=kwargs,
+        overwrite=overwrite,
+    )
+    total = queue.counts().pending
+    options = {"default_batch": batch, "idle_seconds": idle_seconds, "overwrite": overwrite}
+    fleet: Fleet
+    if mode == "local":
+        fleet = LocalFleet(queue, storage, options)
+        n_workers = min(workers, total)
+    else:
+        fleet = DeploymentFleet(queue, storage, options, worker_deployment, str(flow_run.id))
+        n_workers = min(workers, math.ceil(total / max(1, tasks_per_worker)))
+    logger.info(
+        "batch %s: %d tasks to run (%d skipped as done); starting %d %s workers",
+        batch, total, queued["skipped_done"], n_workers, mode,
+    )
+    progress_id = create_progress_artifact(
+        progress=0.0, key=artifact_key(batch, "progress"), description=f"Batch {batch}"
+    )
+
+    def report(progress: Progress) -> None:
+        update_progress_artifact(progress_id, 100.0 * progress.fraction, description=progress.line())
+
+    fleet.launch(n_workers)
+    try:
+        progress = watch(
+            queue,
+            fleet,
+            total=total,
+            dead_before=dead_before,
+            workers=max(1, n_workers),
+            log=logger,
+            on_progress=report,
+            poll_seconds=poll_seconds,
+        )
+    finally:
+        fleet.stop()
+    summary: dict[str, Any] = {
+        "batch": batch,
+        "queued": queued["queued"],
+        "skipped_done": queued["skipped_done"],
+        **{k: v for k, v in progress.as_dict().items() if k != "pending"},
+        "workers_launched": fleet.launched,
+        "workers_lost": fleet.lost,
+        "outputs": storage.url(f"{batch}/outputs/"),
+    }
+    if analyze:
+        summary["analysis"] = analysis(storage=storage, batch=batch)
+    if progress.dead_lettered:
+        raise DeadLettersError(
+            f"{progress.dead_lettered} of {total} items of batch {batch!r} ended in the "
+            f"dead-letter queue of {queue.queue_name!r}. See why with "
+            f"`tqflow dead-letters list --batch {batch}` (tracebacks in "
+            f"{storage.url(f'{batch}/errors/')}); after fixing the cause, re-run them with "
+            f"`tqflow dead-letters redrive --batch {batch}` and `tqflow work`, or run this "
+            "pipeline again"
+        )
+    return summary
