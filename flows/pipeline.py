@@ -43,6 +43,7 @@ def pipeline(
     worker_deployment: str = "worker/worker-gke",
     tasks_per_worker: int = 1_000,
     idle_seconds: float = 5.0,
+    retry_base_seconds: float = 5.0,
     overwrite: bool = False,
     analyze: bool = True,
     poll_seconds: float = 1.0,
@@ -66,6 +67,8 @@ def pipeline(
         tasks_per_worker: In deployment mode, one worker per this many queued tasks, up to
             ``workers``.
         idle_seconds: Workers exit after the queue has been empty this long.
+        retry_base_seconds: First backoff before a failed task is retried (see
+            ``flows.retries``).
         overwrite: Re-run items whose output exists.
         analyze: Run the analysis flow at the end.
         poll_seconds: How often the monitor reads the queue's counts.
@@ -86,7 +89,12 @@ def pipeline(
         overwrite=overwrite,
     )
     total = queue.counts().pending
-    options = {"default_batch": batch, "idle_seconds": idle_seconds, "overwrite": overwrite}
+    options = {
+        "default_batch": batch,
+        "idle_seconds": idle_seconds,
+        "retry_base_seconds": retry_base_seconds,
+        "overwrite": overwrite,
+    }
     fleet: Fleet
     if mode == "local":
         fleet = LocalFleet(queue, storage, options)

@@ -27,6 +27,7 @@ def worker(
     max_seconds: Optional[float] = None,
     overwrite: bool = False,
     prefetch: int = 1,
+    retry_base_seconds: float = 5.0,
     import_modules: Optional[list[str]] = None,
 ) -> dict[str, Any]:
     """Drain ``queue`` into ``storage`` until it stays empty for ``idle_seconds``.
@@ -40,6 +41,7 @@ def worker(
         max_seconds: Stop after this long.
         overwrite: Re-run items whose output exists instead of skipping them.
         prefetch: Messages leased per receive.
+        retry_base_seconds: First backoff before a failed task is retried.
         import_modules: Modules to import first (python-task-queue RegisteredTask classes).
     """
     logger = get_run_logger()
@@ -52,6 +54,7 @@ def worker(
         max_seconds=max_seconds,
         overwrite=overwrite,
         prefetch=prefetch,
+        retry_base_seconds=retry_base_seconds,
         import_modules=import_modules or (),
         log=logger,
     )

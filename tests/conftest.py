@@ -58,3 +58,13 @@ def workers() -> Iterator[list[subprocess.Popen]]:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect server (SQLite) for the whole session: it takes 10-20 s to start,
+    and several starting at once time out."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -1,0 +1,71 @@
+"""``tqflow status`` and ``tqflow dead-letters`` on an embedded setup with dead letters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from blocks import CloudFilesStorage, LocalTaskQueue
+from flows.cli import app
+from tests.helpers import enqueue, run_worker
+
+
+@pytest.fixture
+def data_with_dead_letters(tmp_path):
+    data = tmp_path / "data"
+    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="nightly", max_receive_count=2)
+    queue.ensure()
+    storage = CloudFilesStorage(cloudpath=f"file://{data}")
+    enqueue(queue, "tests.tasks:square", [1, 2, 3], batch="nightly")
+    enqueue(queue, "tests.tasks:always_fails", [7], batch="nightly")
+    queue.send([json.dumps({"fn": "gone.module:f", "kwargs": {}, "key": "9", "batch": "nightly"})])
+    run_worker(queue, storage, retry_base_seconds=0.05)
+    return data
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def status_rows(out: str) -> dict[str, str]:
+    cells = [line.split("│") for line in out.splitlines() if line.count("│") == 3]
+    return {row[1].strip(): row[2].strip() for row in cells}
+
+
+def test_status_shows_queue_counts_outputs_and_errors(data_with_dead_letters):
+    out = invoke("status", "--batch", "nightly", "--data", str(data_with_dead_letters))
+    lines = status_rows(out)
+    assert lines["dead-lettered"] == "2"
+    assert lines["outputs written"] == "3"
+    assert lines["items with errors"] == "2"
+    assert lines["visible (waiting)"] == "0"
+    assert "tqflow dead-letters list --batch nightly" in out
+
+
+def test_dead_letters_list_names_each_item_and_why(data_with_dead_letters):
+    out = invoke("dead-letters", "list", "--batch", "nightly", "--data", str(data_with_dead_letters))
+    assert "2 dead-lettered in nightly" in out
+    assert "tests.tasks:always_fails" in out
+    assert "max_receive_count=2" in out
+    assert "cannot import module 'gone.module'" in out
+
+
+def test_dead_letters_redrive_puts_them_back(data_with_dead_letters):
+    out = invoke("dead-letters", "redrive", "--batch", "nightly", "--data", str(data_with_dead_letters))
+    assert "redrove 2 messages" in out
+    status = invoke("status", "--batch", "nightly", "--data", str(data_with_dead_letters))
+    assert status_rows(status)["dead-lettered"] == "0"
+    assert status_rows(status)["visible (waiting)"] == "2"
+
+
+def test_enqueue_with_a_function_that_cannot_take_the_items_fails_clearly(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["enqueue", "tests.tasks:square", "--item", "1", "--kwargs", '{"nope": 1}', "--data", str(tmp_path)],
+    )
+    assert result.exit_code == 1
+    assert "do not fit tests.tasks:square" in result.output

@@ -1,0 +1,144 @@
+"""The flows on a real (temporary) Prefect server: pipeline, analysis, dead letters, worker."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.dead_letters import dead_letters
+from flows.outputs import output_path
+from flows.pipeline import DeadLettersError, pipeline
+from flows.worker_flow import worker
+from tests.helpers import enqueue, runs
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def latest_artifact(key: str):
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+    assert found, f"no artifact {key}"
+    return max(found, key=lambda a: a.created)
+
+
+def run_pipeline(queue, storage, **parameters):
+    parameters.setdefault("idle_seconds", 0.5)
+    parameters.setdefault("poll_seconds", 0.2)
+    return pipeline(queue=queue, storage=storage, **parameters)
+
+
+def test_pipeline_writes_a_correct_output_for_every_item(queue_factory, storage):
+    summary = run_pipeline(
+        queue_factory(), storage, fn="tests.tasks:square", batch="squares", items=list(range(40))
+    )
+    assert (summary["queued"], summary["done"], summary["dead_lettered"]) == (40, 40, 0)
+    for x in range(40):
+        assert storage.get_json(output_path("squares", str(x)))["result"] == x * x
+
+
+def test_analysis_table_has_one_row_per_item(queue_factory, storage):
+    summary = run_pipeline(
+        queue_factory(),
+        storage,
+        fn="flows.examples:skeleton_stats",
+        batch="skeletons",
+        items=list(range(100, 130)),
+        kwargs={"n_nodes": 200},
+    )
+    table = pd.read_parquet(io.BytesIO(storage.get("skeletons/analysis/results.parquet")))
+    assert sorted(table["key"]) == sorted(str(i) for i in range(100, 130))
+    assert table["cable_length_um"].gt(0).all()
+    assert summary["analysis"]["items"] == 30
+
+
+def test_progress_and_summary_artifacts_carry_the_batch_numbers(queue_factory, storage):
+    run_pipeline(
+        queue_factory(),
+        storage,
+        fn="flows.examples:skeleton_stats",
+        batch="artifacts-batch",
+        items=list(range(25)),
+        kwargs={"n_nodes": 100},
+    )
+    progress = latest_artifact("artifacts-batch-progress")
+    assert progress.data == 100.0
+    assert "25/25 done" in progress.description
+    summary = latest_artifact("artifacts-batch-summary")
+    rows = {row["column"]: row for row in _table_rows(summary.data)}
+    assert rows["n_tips"]["count"] == 25
+    assert rows["task_attempt"]["max"] == 1
+
+
+def _table_rows(data):
+    import json
+
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def test_failing_items_end_in_the_dead_letter_queue_and_fail_the_flow(queue_factory, storage, tmp_path):
+    queue = queue_factory(max_receive_count=2)
+    flag = tmp_path / "fixed"
+    with pytest.raises(DeadLettersError, match=r"3 of 5 items .*tqflow dead-letters list"):
+        _pipeline_with_two_good_items(queue, storage, flag)
+    assert queue.counts().dead == 3
+    listed = dead_letters(queue=queue, action="list")
+    assert sorted(m["key"] for m in listed["messages"]) == ["1", "2", "3"]
+    assert all("max_receive_count=2" in m["reason"] for m in listed["messages"])
+
+
+def _pipeline_with_two_good_items(queue, storage, flag):
+    # Items 10 and 11 (another function, already queued) succeed; items 1-3 hit the bug.
+    enqueue(queue, "tests.tasks:square", [10, 11], batch="buggy")
+    return run_pipeline(
+        queue,
+        storage,
+        fn="tests.tasks:fails_until_fixed",
+        batch="buggy",
+        items=[1, 2, 3],
+        kwargs={"fixed_flag": str(flag)},
+        retry_base_seconds=0.05,
+        analyze=False,
+    )
+
+
+def test_redriven_items_run_again_after_the_bug_is_fixed(queue_factory, storage, tmp_path):
+    queue = queue_factory(max_receive_count=2)
+    flag = tmp_path / "fixed"
+    with pytest.raises(DeadLettersError):
+        _pipeline_with_two_good_items(queue, storage, flag)
+    flag.touch()  # the fix
+    assert dead_letters(queue=queue, action="redrive", limit=None) == {"redriven": 3}
+    stats = worker(queue=queue, storage=storage, idle_seconds=0.2)
+    assert stats["succeeded"] == 3
+    assert queue.counts().dead == 0
+    assert storage.get_json(output_path("buggy", "2"))["result"] == 4
+
+
+def test_running_a_batch_again_skips_every_finished_item(queue_factory, storage, log_dir):
+    queue = queue_factory()
+    parameters = dict(
+        fn="tests.tasks:tracked",
+        batch="resume",
+        items=list(range(12)),
+        kwargs={"log_dir": str(log_dir)},
+        analyze=False,
+    )
+    run_pipeline(queue, storage, **parameters)
+    again = run_pipeline(queue, storage, **parameters)
+    assert (again["queued"], again["skipped_done"], again["workers_launched"]) == (0, 12, 0)
+    assert all(runs(log_dir, i) == 1 for i in range(12))
+
+
+def test_worker_flow_publishes_its_counters(queue_factory, storage):
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:square", range(6))
+    stats = worker(queue=queue, storage=storage, idle_seconds=0.2)
+    assert stats["succeeded"] == 6
+    counters = {row["counter"]: row["value"] for row in _table_rows(latest_artifact("worker-stats").data)}
+    assert counters["succeeded"] == 6

@@ -1,0 +1,62 @@
+"""`CloudFilesStorage` on file:// (gs:// and s3:// join with the credentials issue)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from blocks import CloudFilesStorage
+from blocks.errors import StorageError
+
+
+def test_json_round_trips(storage):
+    storage.put_json("b/outputs/1.json", {"a": [1, 2.5, None], "b": "x"})
+    assert storage.get_json("b/outputs/1.json") == {"a": [1, 2.5, None], "b": "x"}
+
+
+def test_missing_file_reads_as_none(storage):
+    assert storage.get_json("b/outputs/nothing.json") is None
+    assert not storage.exists("b/outputs/nothing.json")
+
+
+def test_numpy_values_are_written_as_plain_json(storage):
+    storage.put_json("n.json", {"mean": np.float32(1.5), "hist": np.arange(3)})
+    assert storage.get_json("n.json") == {"mean": 1.5, "hist": [0, 1, 2]}
+
+
+def test_unserialisable_value_is_refused_before_anything_is_written(storage):
+    with pytest.raises(TypeError, match="object is not JSON-serialisable"):
+        storage.put_json("bad.json", {"x": object()})
+    assert not storage.exists("bad.json")
+
+
+def test_overwrite_replaces_the_file_whole_and_leaves_no_temporary_files(storage, tmp_path):
+    storage.put_json("b/outputs/1.json", {"v": "old" * 1000})
+    storage.put_json("b/outputs/1.json", {"v": "new"})
+    assert storage.get_json("b/outputs/1.json") == {"v": "new"}
+    assert list(storage.list("b/")) == ["b/outputs/1.json"]
+
+
+def test_exists_many_and_list_and_parallel_reads(storage):
+    for i in range(5):
+        storage.put_json(f"b/outputs/{i}.json", {"i": i})
+    paths = [f"b/outputs/{i}.json" for i in range(7)]
+    assert storage.exists_many(paths) == {p: i < 5 for i, p in enumerate(paths)}
+    assert sorted(storage.list("b/outputs/")) == paths[:5]
+    assert storage.get_json_many(paths) == {paths[i]: {"i": i} for i in range(5)}
+
+
+def test_corrupt_json_names_the_file_and_the_fix(storage, tmp_path):
+    storage.put("b/outputs/bad.json", b"{not json")
+    with pytest.raises(StorageError, match=r"bad.json is not valid JSON.*delete it"):
+        storage.get_json("b/outputs/bad.json")
+
+
+def test_relative_file_path_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert CloudFilesStorage(cloudpath="file://data").cloudpath == f"file://{tmp_path / 'data'}"
+
+
+def test_cloudpath_without_protocol_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="gs://bucket/path"):
+        CloudFilesStorage(cloudpath="/some/folder")
