@@ -20,9 +20,6 @@ from pydantic import Field, field_validator
 
 from blocks.errors import StorageError
 
-#: Backoff, in seconds, between attempts of a failing write: about half a minute in all, so a
-#: short storage outage delays a worker instead of failing its task.
-_WRITE_BACKOFF = (0.5, 1, 2, 4, 8, 16)
 
 _clients = threading.local()
 
@@ -51,6 +48,14 @@ class CloudFilesStorage(Block):
     )
     num_threads: int = Field(
         default=20, ge=1, description="Threads cloud-files uses for parallel reads."
+    )
+    write_retries: int = Field(
+        default=6,
+        ge=0,
+        description=(
+            "Retries of a failing write, with backoff 0.5, 1, 2, 4, ... s: the default rides out "
+            "about half a minute of storage outage instead of failing the task."
+        ),
     )
 
     @field_validator("cloudpath")
@@ -97,7 +102,8 @@ class CloudFilesStorage(Block):
     def put(self, path: str, content: bytes, content_type: str = "application/octet-stream") -> None:
         """Write ``content`` to ``path``, replacing it. A reader sees the old or the new
         content, never a part; transient failures are retried for about half a minute."""
-        for attempt, pause in enumerate((*_WRITE_BACKOFF, None)):
+        pauses = [0.5 * 2**i for i in range(self.write_retries)]
+        for attempt, pause in enumerate((*pauses, None)):
             try:
                 if self.is_local:
                     self._put_local(path, content)

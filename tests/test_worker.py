@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from functools import partial
 
@@ -136,17 +137,26 @@ def test_sigterm_mid_task_releases_the_lease_at_once_and_exits_zero(
 
 def test_task_longer_than_its_lease_is_not_run_twice(queue_factory, storage, log_dir, workers):
     queue = queue_factory(lease_seconds=0.6)
+    for _ in range(2):  # both polling before the task is queued, whatever their start-up time
+        process = worker_process.spawn(
+            queue, storage, {"idle_seconds": 8}, stderr=subprocess.PIPE, env=child_env()
+        )
+        workers.append(process)
+        wait_for_line(process.stderr, "draining")
     enqueue(queue, "tests.tasks:tracked", [1], log_dir=str(log_dir), seconds=3)
-    start = partial(worker_process.spawn, queue, storage, {"idle_seconds": 1}, env=child_env())
-    first = start()
-    workers.append(first)
-    wait_until(lambda: runs(log_dir, 1) == 1)
-    second = start()
-    workers.append(second)
-    for process in (first, second):
+    for process in workers:
         process.communicate(timeout=60)
         assert process.returncode == 0
     assert (runs(log_dir, 1), runs(log_dir, 1, "finished")) == (1, 1)
+
+
+def wait_for_line(stream, text, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    for line in stream:
+        if text in line:
+            return
+        assert time.monotonic() < deadline, f"no line with {text!r} in time"
+    raise AssertionError(f"stream ended without a line with {text!r}")
 
 
 def test_python_task_queue_bodies_drain_with_the_worker(queue_factory, storage, tmp_path):
@@ -172,3 +182,17 @@ def test_max_tasks_stops_the_worker(queue_factory, storage):
     stats = run_worker(queue, storage, max_tasks=4)
     assert (stats["succeeded"], stats["stop_reason"]) == (4, "max_tasks")
     assert queue.counts().visible == 6
+
+
+def test_task_whose_output_cannot_be_written_is_never_acknowledged(queue_factory, tmp_path):
+    from blocks import CloudFilesStorage
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("storage cannot create folders under a file")
+    broken = CloudFilesStorage(cloudpath=f"file://{not_a_folder}", write_retries=0)
+    queue = queue_factory(max_receive_count=2)
+    enqueue(queue, "tests.tasks:square", [3])
+    stats = run_worker(queue, broken, retry_base_seconds=0.05)
+    assert (stats["succeeded"], stats["failed"]) == (0, 2)
+    (dead,) = queue.dead_letters()  # kept, not acknowledged: it can be redriven
+    assert json.loads(dead.body)["key"] == "3"
