@@ -58,17 +58,20 @@ def watch(
     log: logging.Logger | logging.LoggerAdapter,
     on_progress: Any = None,
     poll_seconds: float = 1.0,
-    log_seconds: float = 30.0,
+    log_seconds: float = 300.0,
     max_relaunches: Optional[int] = None,
 ) -> Progress:
     """Block until the queue is drained and every worker has exited; return the last progress.
 
-    Calls ``on_progress(progress)`` on every poll. Relaunches workers while messages remain and
-    none run, at most ``max_relaunches`` (default: ``3 * workers``) times.
+    Calls ``on_progress(progress)`` on every poll. Logs a progress line at every tenth of the
+    batch and at least every ``log_seconds``: a few dozen lines for a batch of any size or length.
+    Relaunches workers while messages remain and none run, at most ``max_relaunches`` (default:
+    ``3 * workers``) times.
     """
     max_relaunches = 3 * workers if max_relaunches is None else max_relaunches
     started = time.monotonic()
     next_log = started + log_seconds
+    logged_tenths = 0
     relaunched = 0
     while True:
         running = fleet.running()
@@ -104,7 +107,9 @@ def watch(
             log.warning("no worker running and %d messages left: launching %d", counts.pending, n)
             fleet.launch(n)
             relaunched += n
-        if time.monotonic() >= next_log:
+        tenths = int(10 * progress.fraction)
+        if time.monotonic() >= next_log or tenths > logged_tenths:
             log.info(progress.line())
             next_log = time.monotonic() + log_seconds
+            logged_tenths = tenths
         time.sleep(poll_seconds)

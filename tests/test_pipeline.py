@@ -142,3 +142,39 @@ def test_worker_flow_publishes_its_counters(queue_factory, storage):
     assert stats["succeeded"] == 6
     counters = {row["counter"]: row["value"] for row in _table_rows(latest_artifact("worker-stats").data)}
     assert counters["succeeded"] == 6
+
+
+def test_saved_blocks_are_found_by_slug_and_name_from_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from blocks import CloudFilesStorage, LocalTaskQueue
+    from flows.cli import app
+
+    LocalTaskQueue(path=str(tmp_path / "q.sqlite"), queue_name="saved").save("nightly", overwrite=True)
+    CloudFilesStorage(cloudpath=f"file://{tmp_path}").save("nightly", overwrite=True)
+    result = CliRunner().invoke(
+        app,
+        ["status", "--batch", "b", "--queue-block", "local-task-queue/nightly",
+         "--storage-block", "cloud-files-storage/nightly"],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "queue saved / batch b" in result.output
+
+
+def test_the_prefect_collections_entry_point_loads_the_blocks():
+    from prefect.plugins import load_prefect_collections
+
+    assert "tqflow" in load_prefect_collections()
+
+
+def test_a_block_that_does_not_exist_is_named_in_the_error():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(
+        app, ["status", "--queue-block", "local-task-queue/no-such-block"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code != 0
+    assert "no block 'local-task-queue/no-such-block'" in result.output

@@ -1,0 +1,67 @@
+"""Where items come from, and what enqueue skips."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from blocks.errors import BadArgumentsError, MessageTooLargeError
+from flows.enqueue import ItemSourceError, enqueue_items, read_items
+from flows.outputs import output_path
+
+
+def test_text_file_gives_one_item_per_line_with_numbers_as_int(tmp_path):
+    path = tmp_path / "roots.txt"
+    path.write_text("# root ids\n864691135000000001\n\nabc\n")
+    assert read_items(items_file=str(path)) == [864691135000000001, "abc"]
+
+
+def test_csv_and_parquet_give_the_named_column(tmp_path):
+    frame = pd.DataFrame({"root_id": [3, 1, 2], "note": ["a", "b", "c"]})
+    frame.to_csv(tmp_path / "r.csv", index=False)
+    frame.to_parquet(tmp_path / "r.parquet")
+    assert read_items(items_file=str(tmp_path / "r.csv"), column="root_id") == [3, 1, 2]
+    assert read_items(items_file=str(tmp_path / "r.parquet"), column="root_id") == [3, 1, 2]
+
+
+def test_table_with_several_columns_needs_the_column_named(tmp_path):
+    pd.DataFrame({"a": [1], "b": [2]}).to_csv(tmp_path / "r.csv", index=False)
+    with pytest.raises(ItemSourceError, match=r"columns \['a', 'b'\].*column="):
+        read_items(items_file=str(tmp_path / "r.csv"))
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ItemSourceError, match="nothere.txt does not exist"):
+        read_items(items_file=str(tmp_path / "nothere.txt"))
+
+
+def test_items_from_an_importable_generator():
+    assert read_items(items_from="tests.enqueue_sources:five_roots") == [10, 11, 12, 13, 14]
+
+
+def test_exactly_one_source_is_required():
+    with pytest.raises(ItemSourceError, match="exactly one source"):
+        read_items(items=[1], items_from="tests.enqueue_sources:five_roots")
+
+
+def test_items_with_outputs_are_skipped_and_duplicates_dropped(queue_factory, storage):
+    queue = queue_factory()
+    storage.put_json(output_path("b", "2"), {"result": 4})
+    result = enqueue_items(queue, storage, "tests.tasks:square", [1, 2, 3, 3], "b")
+    assert (result.queued, result.skipped_done, result.duplicates) == (2, 1, 1)
+    assert queue.counts().visible == 2
+
+
+def test_one_oversized_item_queues_nothing_and_names_the_item(queue_factory, storage):
+    queue = queue_factory()
+    items = ["small", "x" * (queue.max_message_bytes + 10)]
+    with pytest.raises(MessageTooLargeError, match="item 'h-"):
+        enqueue_items(queue, storage, "tests.tasks:square", items, "b")
+    assert queue.counts().pending == 0
+
+
+def test_kwargs_that_do_not_fit_queue_nothing(queue_factory, storage):
+    queue = queue_factory()
+    with pytest.raises(BadArgumentsError):
+        enqueue_items(queue, storage, "tests.tasks:square", [1, 2], "b", {"nope": 1})
+    assert queue.counts().pending == 0
