@@ -5,7 +5,7 @@ entry point makes a Prefect server in the same environment import it.
 """
 
 from blocks.errors import TqflowError
-from blocks.queues import LocalTaskQueue, TaskQueue
+from blocks.queues import LocalTaskQueue, SQSTaskQueue, TaskQueue
 from blocks.storage import CloudFilesStorage
 
-__all__ = ["CloudFilesStorage", "LocalTaskQueue", "TaskQueue", "TqflowError"]
+__all__ = ["CloudFilesStorage", "LocalTaskQueue", "SQSTaskQueue", "TaskQueue", "TqflowError"]

@@ -1,10 +1,14 @@
-"""`LeaseKeeper`: a background thread that keeps a worker's leases alive, and gives them up.
+"""`LeaseKeeper`: a background thread that looks after a worker's leases.
 
-While a worker holds leases (the task running, and any prefetched), the keeper extends them
-every third of the lease, so a task may run far longer than ``lease_seconds`` without another
-worker receiving it. When the worker is told to stop (SIGTERM on spot preemption), the keeper
-releases every held lease at once, so other workers pick the messages up without waiting for
-the leases to run out.
+- **Extends** every held lease (the running task and any prefetched) each third of the lease,
+  in one batch, so a task may run far longer than ``lease_seconds`` without another worker
+  receiving it.
+- **Acknowledges** finished tasks in batches (up to 10, or after ``ack_seconds``): SQS bills
+  per request. A finished task waits at most that long; if the worker dies first, the task comes
+  back and the next worker skips it, since its output exists.
+- **Releases** every held lease at once when the worker is told to stop (SIGTERM on spot
+  preemption), after flushing acknowledgements, so other workers pick the messages up without
+  waiting for the leases to run out.
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ import threading
 import time
 from typing import Iterable
 
-from blocks.errors import LeaseLostError
 from blocks.queues.base import Lease, TaskQueue
 
-#: How often the keeper looks at the stop event: bounds how long a release takes.
+#: How often the keeper wakes: bounds how long a release on stop takes.
 _TICK_SECONDS = 0.05
+_ACK_BATCH = 10
 
 
 class LeaseKeeper:
-    """Extends held leases while they are held; releases them all when ``stop`` is set."""
+    """Use as a context manager around the worker loop; exiting flushes acknowledgements and
+    releases whatever is still held."""
 
     def __init__(
         self,
@@ -30,12 +35,16 @@ class LeaseKeeper:
         lease_seconds: float,
         stop: threading.Event,
         logger: logging.Logger | logging.LoggerAdapter,
+        ack_seconds: float = 1.0,
     ) -> None:
         self.queue = queue
         self.lease_seconds = lease_seconds
         self.stop = stop
         self.logger = logger
+        self.ack_seconds = ack_seconds
         self._held: dict[str, Lease] = {}
+        self._acks: list[Lease] = []
+        self._oldest_ack = 0.0
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tqflow-lease-keeper", daemon=True)
@@ -45,9 +54,9 @@ class LeaseKeeper:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Stop the thread and release whatever is still held."""
         self._closed.set()
         self._thread.join()
+        self.flush_acks()
         self._release_all()
 
     def hold(self, leases: Iterable[Lease]) -> None:
@@ -56,37 +65,70 @@ class LeaseKeeper:
                 self._held[lease.message_id] = lease
 
     def drop(self, lease: Lease) -> None:
-        """Stop keeping ``lease`` (acknowledged, dead-lettered or left to lapse)."""
+        """Stop looking after ``lease`` (dead-lettered, or left to lapse for a retry)."""
         with self._lock:
             self._held.pop(lease.message_id, None)
+
+    def ack(self, lease: Lease) -> None:
+        """Acknowledge ``lease`` with the next batch; it stays extended until then."""
+        with self._lock:
+            if not self._acks:
+                self._oldest_ack = time.monotonic()
+            self._acks.append(lease)
+            full = len(self._acks) >= _ACK_BATCH
+        if full:
+            self.flush_acks()
+
+    def flush_acks(self) -> None:
+        with self._lock:
+            acks, self._acks = self._acks, []
+        if not acks:
+            return
+        try:
+            self.queue.ack(acks)
+        except Exception as exc:
+            # The messages return when their leases end; their outputs exist, so the next
+            # worker skips them.
+            self.logger.warning("could not acknowledge %d finished messages: %s", len(acks), exc)
+        with self._lock:
+            for lease in acks:
+                self._held.pop(lease.message_id, None)
 
     def _run(self) -> None:
         interval = self.lease_seconds / 3
         next_extension = time.monotonic() + interval
         while not self._closed.is_set():
             if self.stop.is_set():
+                self.flush_acks()
                 self._release_all()
-                self._closed.wait(_TICK_SECONDS)
-                continue
-            if time.monotonic() >= next_extension:
-                self._extend_all()
-                next_extension = time.monotonic() + interval
+            else:
+                with self._lock:
+                    due = bool(self._acks) and time.monotonic() - self._oldest_ack >= self.ack_seconds
+                if due:
+                    self.flush_acks()
+                if time.monotonic() >= next_extension:
+                    self._extend_all()
+                    next_extension = time.monotonic() + interval
             self._closed.wait(_TICK_SECONDS)
 
     def _extend_all(self) -> None:
         with self._lock:
             held = list(self._held.values())
-        for lease in held:
-            try:
-                self.queue.extend(lease, self.lease_seconds)
-            except LeaseLostError:
-                self.drop(lease)
-            except Exception as exc:  # the queue may be briefly unreachable: try next time
-                self.logger.warning("could not extend lease of message %s: %s", lease.message_id, exc)
+        if not held:
+            return
+        try:
+            lost = self.queue.extend_many(held, self.lease_seconds)
+        except Exception as exc:  # the queue may be briefly unreachable: try next time
+            self.logger.warning("could not extend %d leases: %s", len(held), exc)
+            return
+        for lease in lost:
+            self.drop(lease)
 
     def _release_all(self) -> None:
         with self._lock:
-            held, self._held = list(self._held.values()), {}
+            acked = {lease.message_id for lease in self._acks}
+            held = [lease for key, lease in self._held.items() if key not in acked]
+            self._held = {key: lease for key, lease in self._held.items() if key in acked}
         for lease in held:
             try:
                 self.queue.release(lease)

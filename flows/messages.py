@@ -62,7 +62,9 @@ class TaskMessage:
         if self.args:
             body["args"] = list(self.args)
         try:
-            text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+            # ASCII only: every body is valid in SQS's allowed character set, whatever the
+            # kwargs hold (lone surrogates, control characters).
+            text = json.dumps(body, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
             raise BadArgumentsError(
                 f"item {self.key!r}: the arguments of {self.fn} are not JSON-serialisable "

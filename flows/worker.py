@@ -105,7 +105,9 @@ class Worker:
         max_tasks: int | None = None,
         max_seconds: float | None = None,
         overwrite: bool = False,
-        prefetch: int = 1,
+        prefetch: int | None = None,
+        prefetch_seconds: float = 2.0,
+        ack_seconds: float = 1.0,
         retry_base_seconds: float = 5.0,
         import_modules: Iterable[str] = (),
         injectables: Mapping[str, Callable[[], Any]] | None = None,
@@ -120,7 +122,9 @@ class Worker:
         self.max_tasks = max_tasks
         self.max_seconds = max_seconds
         self.overwrite = overwrite
-        self.prefetch = max(1, prefetch)
+        self.prefetch = prefetch
+        self.prefetch_seconds = prefetch_seconds
+        self.ack_seconds = ack_seconds
         self.retry_base_seconds = retry_base_seconds
         self.progress_seconds = progress_seconds
         self.stop = stop or threading.Event()
@@ -154,7 +158,11 @@ class Worker:
         self.log.info(
             "worker %s draining %s into %s", self.name, self.queue.queue_name, self.storage.cloudpath
         )
-        with LeaseKeeper(self.queue, self.queue.lease_seconds, self.stop, self.log) as keeper:
+        keeper = LeaseKeeper(
+            self.queue, self.queue.lease_seconds, self.stop, self.log, ack_seconds=self.ack_seconds
+        )
+        empty_polls = 0
+        with keeper:
             self._keeper = keeper
             try:
                 while not self.stop.is_set():
@@ -165,11 +173,16 @@ class Worker:
                     lease = self._next_lease()
                     if lease is None:
                         idle_since = idle_since or time.monotonic()
-                        if time.monotonic() - idle_since >= self.idle_seconds and self._drained():
+                        empty_polls += 1
+                        if (
+                            empty_polls >= 2
+                            and time.monotonic() - idle_since >= self.idle_seconds
+                            and self._drained()
+                        ):
                             self.stats.stop_reason = "idle"
                             break
                         continue
-                    idle_since = None
+                    idle_since, empty_polls = None, 0
                     self._process(lease)
                     if time.monotonic() >= next_progress:
                         self._log_progress(started)
@@ -193,7 +206,7 @@ class Worker:
 
     def _next_lease(self) -> Lease | None:
         if not self._buffer:
-            wanted = self.prefetch
+            wanted = self._prefetch()
             if self.max_tasks is not None:
                 wanted = max(1, min(wanted, self.max_tasks - self.stats.processed))
             leases = self.queue.receive(max_messages=wanted)
@@ -206,9 +219,24 @@ class Worker:
             self._buffer.extend(leases)
         return self._buffer.popleft()
 
+    def _prefetch(self) -> int:
+        """Messages to lease per receive: enough to cover ``prefetch_seconds`` of work at the
+        recent task duration, 1 to 10. Short tasks batch their receives (SQS bills per
+        request); long tasks take one at a time, so no lease waits behind a long task while
+        another worker is idle."""
+        if self.prefetch is not None:
+            return max(1, self.prefetch)
+        recent = list(self.stats.recent_task_seconds)[-20:]
+        if not recent:
+            return 1
+        mean = sum(recent) / len(recent)
+        return max(1, min(10, int(self.prefetch_seconds / max(mean, 1e-3))))
+
     def _drained(self) -> bool:
         """Empty means nothing visible, in flight (another worker's task may still fail and
-        come back) or delayed."""
+        come back) or delayed. Called only after consecutive empty receives, so one
+        approximate count of SQS's is never trusted alone."""
+        self._keeper.flush_acks()  # our own finished tasks are not "in flight"
         return self.queue.counts().pending == 0
 
     # -- one task -------------------------------------------------------------------------------
@@ -248,8 +276,7 @@ class Worker:
         self.log.debug("item %s done in %.3fs", message.key, seconds)
 
     def _ack(self, lease: Lease) -> None:
-        self._keeper.drop(lease)
-        self.queue.ack([lease])
+        self._keeper.ack(lease)
 
     def _failed(self, lease: Lease, message: TaskMessage, exc: Exception) -> None:
         self._keeper.drop(lease)

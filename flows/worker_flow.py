@@ -26,7 +26,7 @@ def worker(
     max_tasks: Optional[int] = None,
     max_seconds: Optional[float] = None,
     overwrite: bool = False,
-    prefetch: int = 1,
+    prefetch: Optional[int] = None,
     retry_base_seconds: float = 5.0,
     import_modules: Optional[list[str]] = None,
 ) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def worker(
         max_tasks: Stop after this many tasks.
         max_seconds: Stop after this long.
         overwrite: Re-run items whose output exists instead of skipping them.
-        prefetch: Messages leased per receive.
+        prefetch: Messages leased per receive (default: sized from recent task durations).
         retry_base_seconds: First backoff before a failed task is retried.
         import_modules: Modules to import first (python-task-queue RegisteredTask classes).
     """

@@ -139,12 +139,15 @@ def test_task_longer_than_its_lease_is_not_run_twice(queue_factory, storage, log
     queue = queue_factory(lease_seconds=0.6)
     for _ in range(2):  # both polling before the task is queued, whatever their start-up time
         process = worker_process.spawn(
-            queue, storage, {"idle_seconds": 8}, stderr=subprocess.PIPE, env=child_env()
+            queue, storage, {"idle_seconds": 60}, stderr=subprocess.PIPE, env=child_env()
         )
         workers.append(process)
         wait_for_line(process.stderr, "draining")
     enqueue(queue, "tests.tasks:tracked", [1], log_dir=str(log_dir), seconds=3)
+    wait_until(lambda: runs(log_dir, 1, "finished") == 1)
+    time.sleep(1.5)  # the other worker would have had the message by now, were it visible
     for process in workers:
+        process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)
         assert process.returncode == 0
     assert (runs(log_dir, 1), runs(log_dir, 1, "finished")) == (1, 1)

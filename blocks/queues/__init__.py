@@ -2,5 +2,6 @@
 
 from blocks.queues.base import DeadLetter, Lease, QueueCounts, TaskQueue
 from blocks.queues.local import LocalTaskQueue
+from blocks.queues.sqs import SQSTaskQueue
 
-__all__ = ["DeadLetter", "Lease", "LocalTaskQueue", "QueueCounts", "TaskQueue"]
+__all__ = ["DeadLetter", "Lease", "LocalTaskQueue", "QueueCounts", "SQSTaskQueue", "TaskQueue"]

@@ -94,6 +94,15 @@ class TaskQueue(Block, ABC):
         ),
     )
 
+    wait_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "How long a receive that finds no message waits for one (long polling). Longer "
+            "waits mean fewer requests on an idle queue."
+        ),
+    )
+
     @abstractmethod
     def ensure(self) -> None:
         """Create the queue and its dead-letter queue if missing; idempotent.
@@ -113,15 +122,28 @@ class TaskQueue(Block, ABC):
         self,
         max_messages: int = 1,
         lease_seconds: float | None = None,
-        wait_seconds: float = 0,
+        wait_seconds: float | None = None,
     ) -> list[Lease]:
         """Lease up to ``max_messages`` visible messages for ``lease_seconds`` (default: the
-        block's). Waits up to ``wait_seconds`` for one to arrive (long polling)."""
+        block's). Waits up to ``wait_seconds`` (default: the block's) for one to arrive."""
 
     @abstractmethod
     def extend(self, lease: Lease, seconds: float) -> None:
         """Keep ``lease`` hidden for ``seconds`` from now. Raises `LeaseLostError` if the
         lease is no longer ours."""
+
+    def extend_many(self, leases: Sequence[Lease], seconds: float) -> list[Lease]:
+        """Extend several leases; return those no longer ours. Backends that bill per
+        request batch this."""
+        from blocks.errors import LeaseLostError
+
+        lost = []
+        for lease in leases:
+            try:
+                self.extend(lease, seconds)
+            except LeaseLostError:
+                lost.append(lease)
+        return lost
 
     @abstractmethod
     def release(self, lease: Lease) -> None:
@@ -129,8 +151,11 @@ class TaskQueue(Block, ABC):
 
     @abstractmethod
     def ack(self, leases: Sequence[Lease]) -> int:
-        """Delete acknowledged messages; return how many were deleted. A lease no longer ours
-        is skipped: its message belongs to whoever received it since."""
+        """Delete acknowledged messages; return how many were deleted. Never raises for a
+        lease that is no longer ours: the local queue skips it (its message belongs to
+        whoever received it since); SQS may still delete the message, as it accepts any
+        receipt handle the message had. Both are safe because a worker acknowledges only
+        after the task's output is written."""
 
     @abstractmethod
     def dead_letter(self, lease: Lease, reason: str) -> bool:

@@ -146,9 +146,10 @@ class LocalTaskQueue(TaskQueue):
         self,
         max_messages: int = 1,
         lease_seconds: float | None = None,
-        wait_seconds: float = 0,
+        wait_seconds: float | None = None,
     ) -> list[Lease]:
         lease_seconds = self.lease_seconds if lease_seconds is None else lease_seconds
+        wait_seconds = self.wait_seconds if wait_seconds is None else wait_seconds
         deadline = time.monotonic() + wait_seconds
         while True:
             leases = self._receive_once(max_messages, lease_seconds)

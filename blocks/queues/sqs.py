@@ -1,0 +1,504 @@
+"""`SQSTaskQueue`: the Queue contract on Amazon SQS, with a dead-letter queue.
+
+Reliability over python-task-queue's SQS client, for the same message format:
+
+- every SendMessageBatch / DeleteMessageBatch entry is confirmed; entries listed in ``Failed``
+  and throttled calls are retried alone with backoff, and a batch that succeeded is never sent
+  again; a permanent failure raises naming the item keys, after every other batch is sent;
+- the receive count (``ApproximateReceiveCount``) is read on every receive;
+- the dead-letter queue and its redrive policy are created by `ensure()`, not by hand;
+- SQS bills per request: receives take up to 10 messages, acknowledgements and lease
+  extensions go 10 to a request.
+
+The endpoint comes from the `AwsCredentials` block's ``aws_client_parameters.endpoint_url``
+(``get_client("sqs")`` honours it), which is how tests point it at a local moto server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from botocore.exceptions import ClientError
+from prefect_aws import AwsCredentials
+from pydantic import Field
+
+from blocks.errors import LeaseLostError, QueueConfigError, QueueError
+from blocks.queues.base import DeadLetter, Lease, QueueCounts, TaskQueue
+
+#: SQS's limits: entries per batch request, bytes per batch, longest long poll, longest lease.
+_BATCH = 10
+_BATCH_BYTES = 262_144
+_MAX_WAIT = 20
+_MAX_VISIBILITY = 43_200
+
+#: Error codes worth retrying: the request was not carried out and may succeed later.
+_TRANSIENT = {
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+    "InternalError",
+    "InternalFailure",
+    "KmsThrottled",
+}
+_NOT_OURS = {"ReceiptHandleIsInvalid", "AWS.SimpleQueueService.ReceiptHandleIsInvalid"}
+
+#: Message attributes a message dead-lettered by a worker carries.
+REASON_ATTRIBUTE = "tqflow-reason"
+RECEIVES_ATTRIBUTE = "tqflow-receive-count"
+
+_queue_urls: dict[tuple, str] = {}
+_queue_urls_lock = threading.Lock()
+
+
+class SQSTaskQueue(TaskQueue):
+    """A task queue on Amazon SQS with a dead-letter queue attached by a redrive policy.
+
+    Example:
+        ```python
+        from prefect_aws import AwsCredentials
+        from blocks.queues.sqs import SQSTaskQueue
+
+        queue = SQSTaskQueue(
+            queue_name="mesh-tasks",
+            aws_credentials=AwsCredentials.load("lab-aws"),
+            max_receive_count=5,
+        )
+        queue.ensure()  # creates mesh-tasks and mesh-tasks-dlq, with the redrive policy
+        queue.save("mesh-tasks")
+        ```
+    """
+
+    _block_type_name = "SQS Task Queue"
+    _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/d74b16fe84ce626345adf235a47008fea2869a60-225x225.png"  # noqa: E501  (prefect-aws's AWS logo)
+
+    aws_credentials: AwsCredentials = Field(
+        default_factory=AwsCredentials,
+        description="AWS credentials; set aws_client_parameters.endpoint_url for a stand-in.",
+    )
+    dead_letter_queue_name: Optional[str] = Field(
+        default=None, description="Name of the dead-letter queue (default: <queue_name>-dlq)."
+    )
+    wait_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        le=_MAX_WAIT,
+        description="Long-polling wait of a receive, at most 20 s: fewer billed empty receives.",
+    )
+    message_retention_seconds: int = Field(
+        default=1_209_600,
+        ge=60,
+        le=1_209_600,
+        description="How long SQS keeps a message (both queues); at most 14 days.",
+    )
+    send_threads: int = Field(
+        default=8, ge=1, description="Parallel SendMessageBatch requests when sending."
+    )
+    max_attempts: int = Field(
+        default=8,
+        ge=1,
+        description="Attempts of a throttled or failing request or batch entry before giving up.",
+    )
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @property
+    def dlq_name(self) -> str:
+        return self.dead_letter_queue_name or f"{self.queue_name}-dlq"
+
+    def _client(self) -> Any:
+        return self.aws_credentials.get_client("sqs")
+
+    def _url(self, name: str) -> str:
+        client = self._client()
+        key = (client.meta.endpoint_url, client.meta.region_name, name)
+        with _queue_urls_lock:
+            url = _queue_urls.get(key)
+        if url is None:
+            try:
+                url = self._call(client.get_queue_url, QueueName=name)["QueueUrl"]
+            except ClientError as exc:
+                if _code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+                    raise QueueError(
+                        f"SQS queue {name!r} does not exist at {client.meta.endpoint_url}: "
+                        "create it with queue.ensure() (or run the enqueue flow, which does)"
+                    ) from None
+                raise
+            with _queue_urls_lock:
+                _queue_urls[key] = url
+        return url
+
+    def _call(self, method: Callable[..., Any], **kwargs: Any) -> Any:
+        """Call ``method``, retrying throttling and server errors with jittered backoff."""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return method(**kwargs)
+            except ClientError as exc:
+                if _code(exc) not in _TRANSIENT or attempt == self.max_attempts:
+                    raise
+                _backoff(attempt)
+
+    # -- contract -------------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        client = self._client()
+        retention = str(self.message_retention_seconds)
+        self._call(
+            client.create_queue,
+            QueueName=self.dlq_name,
+            Attributes={"MessageRetentionPeriod": retention},
+        )
+        dlq_arn = self._call(
+            client.get_queue_attributes,
+            QueueUrl=self._url(self.dlq_name),
+            AttributeNames=["QueueArn"],
+        )["Attributes"]["QueueArn"]
+        wanted = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": self.max_receive_count}
+        existing = self._existing_redrive_policy(client)
+        if existing is False:
+            self._call(
+                client.create_queue,
+                QueueName=self.queue_name,
+                Attributes={
+                    "VisibilityTimeout": str(_seconds(self.lease_seconds)),
+                    "MessageRetentionPeriod": retention,
+                    "ReceiveMessageWaitTimeSeconds": str(_seconds(self.wait_seconds)),
+                    "RedrivePolicy": json.dumps(wanted),
+                },
+            )
+            return
+        if existing is None:
+            raise QueueConfigError(
+                f"SQS queue {self.queue_name!r} exists without a dead-letter queue, so failing "
+                f"tasks would be retried forever. Attach {self.dlq_name!r} with "
+                "queue.attach_dead_letter_queue(), or use another queue_name"
+            )
+        found = (existing.get("deadLetterTargetArn"), int(existing.get("maxReceiveCount", 0)))
+        if found != (dlq_arn, self.max_receive_count):
+            raise QueueConfigError(
+                f"SQS queue {self.queue_name!r} exists with max_receive_count={found[1]} and "
+                f"dead-letter queue {found[0]}, not max_receive_count={self.max_receive_count} "
+                f"and {dlq_arn}; use max_receive_count={found[1]} in the block, call "
+                "queue.attach_dead_letter_queue() to change the queue, or use another queue_name"
+            )
+
+    def _existing_redrive_policy(self, client: Any) -> dict | None | bool:
+        """The queue's redrive policy; ``None`` if it has none; ``False`` if no queue."""
+        try:
+            url = self._url(self.queue_name)
+        except QueueError:
+            return False
+        attributes = self._call(
+            client.get_queue_attributes, QueueUrl=url, AttributeNames=["RedrivePolicy"]
+        ).get("Attributes", {})
+        policy = attributes.get("RedrivePolicy")
+        return json.loads(policy) if policy else None
+
+    def attach_dead_letter_queue(self) -> None:
+        """Create the dead-letter queue if needed and set this block's redrive policy on an
+        existing queue (e.g. one made by python-task-queue or by hand)."""
+        client = self._client()
+        self._call(client.create_queue, QueueName=self.dlq_name)
+        dlq_arn = self._call(
+            client.get_queue_attributes,
+            QueueUrl=self._url(self.dlq_name),
+            AttributeNames=["QueueArn"],
+        )["Attributes"]["QueueArn"]
+        policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": self.max_receive_count}
+        self._call(
+            client.set_queue_attributes,
+            QueueUrl=self._url(self.queue_name),
+            Attributes={"RedrivePolicy": json.dumps(policy)},
+        )
+
+    def send(self, bodies: Iterable[str], delay_seconds: float = 0) -> int:
+        bodies = list(bodies)
+        self.check_sizes(bodies)
+        return self._send_to(self._url(self.queue_name), bodies, delay_seconds)
+
+    def _send_to(self, url: str, bodies: list[str], delay_seconds: float = 0, attributes=None) -> int:
+        batches = list(_batches(bodies))
+        failures: list[str] = []
+        with ThreadPoolExecutor(max_workers=min(self.send_threads, max(1, len(batches)))) as pool:
+            for failed in pool.map(
+                lambda batch: self._send_batch(url, batch, delay_seconds, attributes), batches
+            ):
+                failures.extend(failed)
+        if failures:
+            raise QueueError(
+                f"{len(failures)} of {len(bodies)} messages could not be sent to "
+                f"{self.queue_name!r}; items: {', '.join(_item_keys(failures)[:20])}. The rest "
+                "were sent; re-run the enqueue, which skips nothing that is not done"
+            )
+        return len(bodies)
+
+    def _send_batch(
+        self, url: str, batch: list[str], delay_seconds: float, attributes: Optional[list]
+    ) -> list[str]:
+        """Send one batch; retry only the entries that failed. Return the bodies that could
+        not be sent."""
+        client = self._client()
+        pending = {str(i): body for i, body in enumerate(batch)}
+        refused: list[str] = []
+        for attempt in range(1, self.max_attempts + 1):
+            entries = []
+            for entry_id, body in pending.items():
+                entry: dict[str, Any] = {"Id": entry_id, "MessageBody": body}
+                if delay_seconds:
+                    entry["DelaySeconds"] = _seconds(delay_seconds)
+                if attributes is not None:
+                    entry["MessageAttributes"] = attributes[int(entry_id)]
+                entries.append(entry)
+            try:
+                response = client.send_message_batch(QueueUrl=url, Entries=entries)
+            except ClientError as exc:
+                if _code(exc) not in _TRANSIENT or attempt == self.max_attempts:
+                    raise
+                _backoff(attempt)
+                continue
+            for ok in response.get("Successful", []):
+                pending.pop(ok["Id"], None)
+            for failed in response.get("Failed", []):
+                if failed.get("SenderFault"):  # the entry itself is wrong: retrying won't help
+                    refused.append(pending.pop(failed["Id"]))
+            if not pending:
+                break
+            _backoff(attempt)
+        return refused + list(pending.values())
+
+    def receive(
+        self,
+        max_messages: int = 1,
+        lease_seconds: float | None = None,
+        wait_seconds: float | None = None,
+    ) -> list[Lease]:
+        lease_seconds = self.lease_seconds if lease_seconds is None else lease_seconds
+        wait_seconds = self.wait_seconds if wait_seconds is None else wait_seconds
+        response = self._call(
+            self._client().receive_message,
+            QueueUrl=self._url(self.queue_name),
+            MaxNumberOfMessages=max(1, min(_BATCH, max_messages)),
+            VisibilityTimeout=_seconds(lease_seconds),
+            WaitTimeSeconds=min(_MAX_WAIT, _seconds(wait_seconds)),
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        return [
+            Lease(
+                message_id=m["MessageId"],
+                receipt=m["ReceiptHandle"],
+                body=m["Body"],
+                receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+            )
+            for m in response.get("Messages", [])
+        ]
+
+    def extend(self, lease: Lease, seconds: float) -> None:
+        if self.extend_many([lease], seconds):
+            raise LeaseLostError(
+                f"message {lease.message_id} is no longer leased by this receiver "
+                "(acknowledged or dead-lettered)"
+            )
+
+    def extend_many(self, leases: Sequence[Lease], seconds: float) -> list[Lease]:
+        return self._batch_entries(
+            "change_message_visibility_batch",
+            self._url(self.queue_name),
+            leases,
+            lambda lease: {"VisibilityTimeout": _seconds(seconds)},
+        )
+
+    def release(self, lease: Lease) -> None:
+        self.extend_many([lease], 0)
+
+    def ack(self, leases: Sequence[Lease]) -> int:
+        lost = self._batch_entries("delete_message_batch", self._url(self.queue_name), leases)
+        return len(leases) - len(lost)
+
+    def _batch_entries(
+        self,
+        operation: str,
+        url: str,
+        leases: Sequence[Lease],
+        extra: Callable[[Lease], dict] = lambda lease: {},
+    ) -> list[Lease]:
+        """Run a per-receipt batch operation 10 at a time, retrying transient entry failures;
+        return the leases whose receipt is no longer valid."""
+        method = getattr(self._client(), operation)
+        lost: list[Lease] = []
+        for start in range(0, len(leases), _BATCH):
+            pending = {str(i): lease for i, lease in enumerate(leases[start : start + _BATCH])}
+            for attempt in range(1, self.max_attempts + 1):
+                entries = [
+                    {"Id": i, "ReceiptHandle": lease.receipt, **extra(lease)}
+                    for i, lease in pending.items()
+                ]
+                response = self._call(method, QueueUrl=url, Entries=entries)
+                for ok in response.get("Successful", []):
+                    pending.pop(ok["Id"], None)
+                for failed in response.get("Failed", []):
+                    if failed.get("Code") in _NOT_OURS or failed.get("SenderFault"):
+                        lost.append(pending.pop(failed["Id"]))
+                if not pending:
+                    break
+                if attempt == self.max_attempts:
+                    raise QueueError(
+                        f"{operation} kept failing for {len(pending)} messages of "
+                        f"{self.queue_name!r}: {response.get('Failed')}"
+                    )
+                _backoff(attempt)
+        return lost
+
+    def dead_letter(self, lease: Lease, reason: str) -> bool:
+        self._send_to(
+            self._url(self.dlq_name),
+            [lease.body],
+            attributes=[
+                {
+                    REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:10_000]},
+                    RECEIVES_ATTRIBUTE: {
+                        "DataType": "Number",
+                        "StringValue": str(lease.receive_count),
+                    },
+                }
+            ],
+        )
+        return self.ack([lease]) == 1
+
+    def counts(self) -> QueueCounts:
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        main = self._attributes(self.queue_name, names)
+        dead = self._attributes(self.dlq_name, names)
+        return QueueCounts(
+            visible=main[names[0]],
+            in_flight=main[names[1]],
+            delayed=main[names[2]],
+            dead=sum(dead.values()),
+        )
+
+    def _attributes(self, name: str, names: list[str]) -> dict[str, int]:
+        attributes = self._call(
+            self._client().get_queue_attributes, QueueUrl=self._url(name), AttributeNames=names
+        )["Attributes"]
+        return {n: int(attributes.get(n, 0)) for n in names}
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        leases = self._receive_dead(limit, lease_seconds=30)
+        # Peek, don't consume: make them visible again at once.
+        self._batch_entries(
+            "change_message_visibility_batch",
+            self._url(self.dlq_name),
+            [lease for lease, _ in leases],
+            lambda lease: {"VisibilityTimeout": 0},
+        )
+        return [
+            DeadLetter(lease.message_id, lease.body, reason, lease.receive_count)
+            for lease, reason in leases
+        ]
+
+    def _receive_dead(self, limit: int, lease_seconds: int) -> list[tuple[Lease, str]]:
+        client, url = self._client(), self._url(self.dlq_name)
+        found: dict[str, tuple[Lease, str]] = {}
+        empty = 0
+        while len(found) < limit and empty < 2:
+            response = self._call(
+                client.receive_message,
+                QueueUrl=url,
+                MaxNumberOfMessages=min(_BATCH, limit - len(found)),
+                VisibilityTimeout=lease_seconds,
+                WaitTimeSeconds=0,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                MessageAttributeNames=[REASON_ATTRIBUTE, RECEIVES_ATTRIBUTE],
+            )
+            messages = response.get("Messages", [])
+            empty = 0 if messages else empty + 1
+            for m in messages:
+                attributes = m.get("MessageAttributes", {})
+                reason = attributes.get(REASON_ATTRIBUTE, {}).get("StringValue") or (
+                    f"received {self.max_receive_count} times without being acknowledged "
+                    f"(max_receive_count={self.max_receive_count}; moved by the redrive policy)"
+                )
+                # The DLQ's own receive count counts peeks too: report the task's receives.
+                receives = int(
+                    attributes.get(RECEIVES_ATTRIBUTE, {}).get("StringValue")
+                    or self.max_receive_count
+                )
+                lease = Lease(m["MessageId"], m["ReceiptHandle"], m["Body"], receives)
+                found.setdefault(m["MessageId"], (lease, reason))
+        return list(found.values())
+
+    def redrive(self, limit: int | None = None) -> int:
+        moved = 0
+        while limit is None or moved < limit:
+            want = _BATCH if limit is None else min(_BATCH, limit - moved)
+            leases = [lease for lease, _ in self._receive_dead(want, lease_seconds=60)]
+            if not leases:
+                break
+            # Send first, then delete: a crash in between duplicates, never loses.
+            self._send_to(self._url(self.queue_name), [lease.body for lease in leases])
+            self._batch_entries("delete_message_batch", self._url(self.dlq_name), leases)
+            moved += len(leases)
+        return moved
+
+    def purge(self, dead_letters: bool = False) -> None:
+        client = self._client()
+        names = [self.queue_name] + ([self.dlq_name] if dead_letters else [])
+        for name in names:
+            try:
+                self._call(client.purge_queue, QueueUrl=self._url(name))
+            except ClientError as exc:
+                if "PurgeQueueInProgress" not in _code(exc):
+                    raise
+                raise QueueError(
+                    f"SQS allows one purge of {name!r} per 60 seconds and one is in progress; "
+                    "try again in a minute"
+                ) from None
+
+
+def _code(exc: ClientError) -> str:
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(10.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+
+
+def _seconds(value: float) -> int:
+    """SQS takes whole seconds: round a lease up so it is never shorter than asked."""
+    return max(0, min(_MAX_VISIBILITY, math.ceil(value)))
+
+
+def _batches(bodies: list[str]) -> Iterable[list[str]]:
+    """At most 10 bodies and 256 KiB per batch."""
+    batch: list[str] = []
+    size = 0
+    for body in bodies:
+        n = len(body.encode("utf-8"))
+        if batch and (len(batch) == _BATCH or size + n > _BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(body)
+        size += n
+    if batch:
+        yield batch
+
+
+def _item_keys(bodies: list[str]) -> list[str]:
+    keys = []
+    for body in bodies:
+        try:
+            keys.append(str(json.loads(body).get("key")))
+        except (ValueError, AttributeError):
+            keys.append(repr(body[:40]))
+    return keys
