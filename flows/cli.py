@@ -8,7 +8,6 @@ file and a local folder); ``--queue-block`` / ``--storage-block`` name saved Pre
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -188,9 +187,9 @@ def work(
 ) -> None:
     """Run a worker in this process until the queue is drained (SIGTERM stops it cleanly)."""
     from flows.worker import Worker
-    from flows.worker_process import stop_on_signals
+    from flows.worker_process import log_to_stderr, stop_on_signals
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    log_to_stderr()
     worker = Worker(
         _queue(data, batch, queue, queue_block),
         _storage(data, storage_block),

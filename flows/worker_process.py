@@ -91,12 +91,19 @@ def spawn(
     return process
 
 
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Send tqflow's log records to stderr. Prefect configures the root logger when it is
+    imported (at WARNING), so ``logging.basicConfig`` would do nothing here."""
+    logger = logging.getLogger("tqflow")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def main() -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr()
     spec = json.loads(sys.stdin.read())
     stats = run_from_spec(spec)
     print(json.dumps(stats), flush=True)

@@ -155,11 +155,13 @@ def test_task_longer_than_its_lease_is_not_run_twice(queue_factory, storage, log
 
 def wait_for_line(stream, text, timeout=60.0):
     deadline = time.monotonic() + timeout
+    seen = []
     for line in stream:
         if text in line:
             return
-        assert time.monotonic() < deadline, f"no line with {text!r} in time"
-    raise AssertionError(f"stream ended without a line with {text!r}")
+        seen.append(line)
+        assert time.monotonic() < deadline, f"no line with {text!r} in time: {seen}"
+    raise AssertionError(f"stream ended without a line with {text!r}: {''.join(seen)}")
 
 
 def test_python_task_queue_bodies_drain_with_the_worker(queue_factory, storage, tmp_path):
