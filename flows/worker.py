@@ -18,6 +18,7 @@ The contract (DESIGN.md, "Worker loop"):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -226,7 +227,7 @@ class Worker:
         another worker is idle."""
         if self.prefetch is not None:
             return max(1, self.prefetch)
-        recent = list(self.stats.recent_task_seconds)[-20:]
+        recent = list(itertools.islice(reversed(self.stats.recent_task_seconds), 20))
         if not recent:
             return 1
         mean = sum(recent) / len(recent)

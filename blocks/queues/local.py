@@ -169,18 +169,16 @@ class LocalTaskQueue(TaskQueue):
                 ).fetchall()
                 if not rows:
                     break
-                # The redrive policy, applied on receive as SQS does: a message already
-                # received max_receive_count times goes to the dead-letter queue instead.
-                exhausted = [r for r in rows if r[2] >= self.max_receive_count]
-                for message_id, _, count in exhausted:
-                    self._move_to_dead(
-                        db,
-                        message_id,
-                        f"received {count} times without being acknowledged "
-                        f"(max_receive_count={self.max_receive_count})",
-                    )
                 for message_id, body, count in rows:
                     if count >= self.max_receive_count:
+                        # The redrive policy, applied on receive as SQS does: a message already
+                        # received max_receive_count times goes to the dead-letter queue.
+                        self._move_to_dead(
+                            db,
+                            message_id,
+                            f"received {count} times without being acknowledged "
+                            f"(max_receive_count={self.max_receive_count})",
+                        )
                         continue
                     receipt = os.urandom(8).hex()
                     db.execute(

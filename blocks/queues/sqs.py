@@ -149,29 +149,17 @@ class SQSTaskQueue(TaskQueue):
     # -- contract -------------------------------------------------------------------------
 
     def ensure(self) -> None:
-        client = self._client()
-        retention = str(self.message_retention_seconds)
-        self._call(
-            client.create_queue,
-            QueueName=self.dlq_name,
-            Attributes={"MessageRetentionPeriod": retention},
-        )
-        dlq_arn = self._call(
-            client.get_queue_attributes,
-            QueueUrl=self._url(self.dlq_name),
-            AttributeNames=["QueueArn"],
-        )["Attributes"]["QueueArn"]
-        wanted = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": self.max_receive_count}
-        existing = self._existing_redrive_policy(client)
+        policy = self._ensure_dead_letter_queue()
+        existing = self._existing_redrive_policy()
         if existing is False:
             self._call(
-                client.create_queue,
+                self._client().create_queue,
                 QueueName=self.queue_name,
                 Attributes={
                     "VisibilityTimeout": str(_seconds(self.lease_seconds)),
-                    "MessageRetentionPeriod": retention,
+                    "MessageRetentionPeriod": str(self.message_retention_seconds),
                     "ReceiveMessageWaitTimeSeconds": str(_seconds(self.wait_seconds)),
-                    "RedrivePolicy": json.dumps(wanted),
+                    "RedrivePolicy": json.dumps(policy),
                 },
             )
             return
@@ -182,42 +170,51 @@ class SQSTaskQueue(TaskQueue):
                 "queue.attach_dead_letter_queue(), or use another queue_name"
             )
         found = (existing.get("deadLetterTargetArn"), int(existing.get("maxReceiveCount", 0)))
-        if found != (dlq_arn, self.max_receive_count):
+        if found != (policy["deadLetterTargetArn"], self.max_receive_count):
             raise QueueConfigError(
                 f"SQS queue {self.queue_name!r} exists with max_receive_count={found[1]} and "
                 f"dead-letter queue {found[0]}, not max_receive_count={self.max_receive_count} "
-                f"and {dlq_arn}; use max_receive_count={found[1]} in the block, call "
-                "queue.attach_dead_letter_queue() to change the queue, or use another queue_name"
+                f"and {policy['deadLetterTargetArn']}; use max_receive_count={found[1]} in the "
+                "block, call queue.attach_dead_letter_queue() to change the queue, or use "
+                "another queue_name"
             )
 
-    def _existing_redrive_policy(self, client: Any) -> dict | None | bool:
+    def attach_dead_letter_queue(self) -> None:
+        """Create the dead-letter queue if needed and set this block's redrive policy on an
+        existing queue (e.g. one made by python-task-queue or by hand)."""
+        policy = self._ensure_dead_letter_queue()
+        self._call(
+            self._client().set_queue_attributes,
+            QueueUrl=self._url(self.queue_name),
+            Attributes={"RedrivePolicy": json.dumps(policy)},
+        )
+
+    def _ensure_dead_letter_queue(self) -> dict[str, Any]:
+        """Create the dead-letter queue if missing; return the redrive policy pointing at it."""
+        client = self._client()
+        self._call(
+            client.create_queue,
+            QueueName=self.dlq_name,
+            Attributes={"MessageRetentionPeriod": str(self.message_retention_seconds)},
+        )
+        arn = self._call(
+            client.get_queue_attributes,
+            QueueUrl=self._url(self.dlq_name),
+            AttributeNames=["QueueArn"],
+        )["Attributes"]["QueueArn"]
+        return {"deadLetterTargetArn": arn, "maxReceiveCount": self.max_receive_count}
+
+    def _existing_redrive_policy(self) -> dict | None | bool:
         """The queue's redrive policy; ``None`` if it has none; ``False`` if no queue."""
         try:
             url = self._url(self.queue_name)
         except QueueError:
             return False
         attributes = self._call(
-            client.get_queue_attributes, QueueUrl=url, AttributeNames=["RedrivePolicy"]
+            self._client().get_queue_attributes, QueueUrl=url, AttributeNames=["RedrivePolicy"]
         ).get("Attributes", {})
         policy = attributes.get("RedrivePolicy")
         return json.loads(policy) if policy else None
-
-    def attach_dead_letter_queue(self) -> None:
-        """Create the dead-letter queue if needed and set this block's redrive policy on an
-        existing queue (e.g. one made by python-task-queue or by hand)."""
-        client = self._client()
-        self._call(client.create_queue, QueueName=self.dlq_name)
-        dlq_arn = self._call(
-            client.get_queue_attributes,
-            QueueUrl=self._url(self.dlq_name),
-            AttributeNames=["QueueArn"],
-        )["Attributes"]["QueueArn"]
-        policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": self.max_receive_count}
-        self._call(
-            client.set_queue_attributes,
-            QueueUrl=self._url(self.queue_name),
-            Attributes={"RedrivePolicy": json.dumps(policy)},
-        )
 
     def send(self, bodies: Iterable[str], delay_seconds: float = 0) -> int:
         bodies = list(bodies)
