@@ -27,7 +27,14 @@ app = typer.Typer(
 )
 dead_app = typer.Typer(help="Look at and redrive dead-lettered messages.", no_args_is_help=True)
 app.add_typer(dead_app, name="dead-letters")
-console = Console()
+blocks_app = typer.Typer(help="Credentials blocks: import secrets files, register types.", no_args_is_help=True)
+app.add_typer(blocks_app, name="blocks")
+
+
+def console() -> Console:
+    """A console sized when it prints: rich reads ``COLUMNS`` when a Console is made, so one
+    made at import keeps whatever width the importing process had."""
+    return Console()
 
 DataOption = typer.Option(Path("tqflow-data"), "--data", help="Folder of the embedded setup.")
 BatchOption = typer.Option("demo", "--batch", "-b", help="Name of the batch.")
@@ -70,7 +77,7 @@ def _load_block(slug_and_name: str) -> Any:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+    console().print(f"[red]error:[/red] {exc}")
     raise typer.Exit(1)
 
 
@@ -90,7 +97,7 @@ def demo(
 
     data = data.resolve()
     root_ids = [864691135000000000 + i for i in range(items)]
-    console.print(
+    console().print(
         f"tqflow demo: {items:,} synthetic neurons, {workers} local workers, results in {data}"
     )
     summary = pipeline(
@@ -105,16 +112,16 @@ def demo(
         idle_seconds=2.0,
     )
     analysis_summary = summary.get("analysis") or {}
-    console.print(
+    console().print(
         f"\n[bold]batch {batch}[/bold]: {summary['queued']:,} tasks run, "
         f"{summary['skipped_done']:,} skipped as already done, "
         f"{summary['dead_lettered']:,} dead-lettered, in {summary['elapsed_seconds']:.1f}s"
     )
-    console.print(f"outputs:  {summary['outputs']}")
+    console().print(f"outputs:  {summary['outputs']}")
     if analysis_summary.get("results"):
-        console.print(f"table:    {analysis_summary['results']}")
-        console.print(f"plot:     {analysis_summary['plot']}")
-    console.print(
+        console().print(f"table:    {analysis_summary['results']}")
+        console().print(f"plot:     {analysis_summary['plot']}")
+    console().print(
         "Run it again to resume (nothing re-runs); `tqflow status` shows the queue; "
         "with `prefect server start` running, the runs and artifacts are in its UI."
     )
@@ -157,7 +164,7 @@ def enqueue_command(
         )
     except (TqflowError, json.JSONDecodeError) as exc:
         _fail(exc)
-    console.print(
+    console().print(
         f"queued {result.queued:,} tasks; {result.skipped_done:,} skipped as already done"
         + (f"; {result.duplicates:,} duplicate items dropped" if result.duplicates else "")
     )
@@ -202,7 +209,7 @@ def work(
     )
     with stop_on_signals(worker):
         stats = worker.run()
-    console.print_json(json.dumps(stats.as_dict()))
+    console().print_json(json.dumps(stats.as_dict()))
 
 
 @app.command()
@@ -233,10 +240,10 @@ def status(
         ("items with errors", errors),
     ]:
         table.add_row(label, f"{value:,}")
-    console.print(table)
-    console.print(f"outputs in {storage.url(outputs_prefix(batch))}")
+    console().print(table)
+    console().print(f"outputs in {storage.url(outputs_prefix(batch))}")
     if counts.dead:
-        console.print(
+        console().print(
             f"[yellow]{counts.dead:,} dead-lettered[/yellow]: "
             f"`tqflow dead-letters list --batch {batch}` shows why"
         )
@@ -252,7 +259,7 @@ def analyze(
     from flows.analysis import analysis
 
     result = analysis(storage=_storage(data, storage_block), batch=batch)
-    console.print(f"{result['items']:,} results -> {result['results']}")
+    console().print(f"{result['items']:,} results -> {result['results']}")
 
 
 @dead_app.command("list")
@@ -270,15 +277,15 @@ def dead_letters_list(
     dead = q.dead_letters(limit)
     total = q.counts().dead
     if not dead:
-        console.print(f"the dead-letter queue of {q.queue_name} is empty")
+        console().print(f"the dead-letter queue of {q.queue_name} is empty")
         return
     table = Table(title=f"{total:,} dead-lettered in {q.queue_name} (showing {len(dead)})")
     for column in ("key", "fn", "receives", "reason"):
         table.add_column(column, overflow="fold")
     for row in map(describe, dead):
         table.add_row(str(row["key"]), str(row["fn"]), str(row["receives"]), row["reason"])
-    console.print(table)
-    console.print(
+    console().print(table)
+    console().print(
         f"tracebacks: <storage>/{batch}/errors/<key>.json; after fixing the cause: "
         f"`tqflow dead-letters redrive --batch {batch}`"
     )
@@ -295,14 +302,53 @@ def dead_letters_redrive(
     """Move dead-lettered messages back into the queue, receive counts reset."""
     q = _queue(data, batch, queue, queue_block)
     moved = q.redrive(limit)
-    console.print(f"redrove {moved:,} messages into {q.queue_name}; run `tqflow work` to run them")
+    console().print(f"redrove {moved:,} messages into {q.queue_name}; run `tqflow work` to run them")
+
+
+@blocks_app.command("import")
+def blocks_import(
+    folder: Path = typer.Option(
+        Path("~/.cloudvolume/secrets"), "--folder", help="Secrets folder to read."
+    ),
+    name: str = typer.Option("default", "--name", help="Name of the blocks to save."),
+    datastack: Optional[str] = typer.Option(
+        None, "--datastack", help="CAVE datastack for the CAVE blocks, e.g. minnie65_public."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace blocks that exist."),
+) -> None:
+    """Save aws-secret.json, google-secret.json and *cave-secret.json as Prefect blocks."""
+    from blocks.import_secrets import read_secrets_folder, save_blocks
+
+    found = read_secrets_folder(folder, name, datastack)
+    if not found:
+        console().print(
+            f"no aws-secret.json, google-secret.json or *cave-secret.json in {folder.expanduser()}"
+        )
+        raise typer.Exit(1)
+    save_blocks(found, overwrite=overwrite)
+    table = Table(title=f"saved {len(found)} blocks from {folder.expanduser()}")
+    for column in ("block", "from", "for"):
+        table.add_column(column)
+    for item in found:
+        table.add_row(item.slug, item.file.name, item.about)
+    console().print(table)
+    console().print("use them by name, e.g. CAVECredentials.load(...), or in the Prefect UI")
+
+
+@blocks_app.command("register")
+def blocks_register() -> None:
+    """Register tqflow's block types with the Prefect API in use (PREFECT_API_URL)."""
+    from blocks.import_secrets import register_block_types
+
+    for slug in register_block_types():
+        console().print(f"registered {slug}")
 
 
 def main() -> None:
     try:
         app()
     except TqflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console().print(f"[red]error:[/red] {exc}")
         sys.exit(1)
 
 
