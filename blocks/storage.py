@@ -3,22 +3,29 @@
 One block names a folder (``gs://bucket/path``, ``s3://bucket/path`` or ``file:///path``) and
 offers what workers and the analysis need: JSON in and out, existence checks, listing, and
 parallel reads. Paths given to its methods are relative to that folder.
+
+Credentials come from prefect-gcp's `GcpCredentials` (gs://) and prefect-aws's `AwsCredentials`
+(s3://) and are handed to cloud-files in memory (``secrets=``), never written to disk. Without
+them cloud-files looks for its own (``~/.cloudvolume/secrets``, application default credentials).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 from prefect.blocks.core import Block
-from pydantic import Field, field_validator
+from prefect_aws import AwsCredentials
+from prefect_gcp import GcpCredentials
+from pydantic import Field, field_validator, model_validator
 
-from blocks.errors import StorageError
+from blocks.errors import CredentialsError, StorageError
 
 
 _clients = threading.local()
@@ -34,6 +41,18 @@ class CloudFilesStorage(Block):
         storage = CloudFilesStorage(cloudpath="file://tqflow-data")
         storage.put_json("demo/outputs/42.json", {"cable_length": 1234.5})
         storage.get_json("demo/outputs/42.json")
+        ```
+
+        A bucket with the credentials of saved blocks:
+        ```python
+        from prefect_gcp import GcpCredentials
+        from blocks import CloudFilesStorage
+
+        storage = CloudFilesStorage(
+            cloudpath="gs://my-lab-bucket/tqflow",
+            gcp_credentials=GcpCredentials.load("my-lab"),
+        )
+        storage.save("my-lab-outputs")
         ```
     """
 
@@ -58,6 +77,21 @@ class CloudFilesStorage(Block):
         ),
     )
 
+    gcp_credentials: Optional[GcpCredentials] = Field(
+        default=None,
+        description=(
+            "Credentials for a gs:// folder. Empty: cloud-files' own lookup "
+            "(google-secret.json, application default credentials, workload identity)."
+        ),
+    )
+    aws_credentials: Optional[AwsCredentials] = Field(
+        default=None,
+        description=(
+            "Credentials for an s3:// folder; their endpoint URL (client parameters) points "
+            "cloud-files at an S3-compatible server. Empty: cloud-files' own lookup."
+        ),
+    )
+
     @field_validator("cloudpath")
     @classmethod
     def _normalise(cls, value: str) -> str:
@@ -70,6 +104,18 @@ class CloudFilesStorage(Block):
             return "file://" + str(Path(value[len("file://") :]).expanduser().resolve())
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _credentials_match_protocol(self) -> "CloudFilesStorage":
+        if self.gcp_credentials is not None and not self.cloudpath.startswith("gs://"):
+            raise ValueError(
+                f"gcp_credentials are for gs:// folders but cloudpath is {self.cloudpath!r}"
+            )
+        if self.aws_credentials is not None and not self.cloudpath.startswith("s3://"):
+            raise ValueError(
+                f"aws_credentials are for s3:// folders but cloudpath is {self.cloudpath!r}"
+            )
+        return self
+
     @property
     def is_local(self) -> bool:
         """Whether the folder is on this machine's disk (``file://``)."""
@@ -77,21 +123,89 @@ class CloudFilesStorage(Block):
 
     def _secrets(self) -> Any:
         """Credentials handed to cloud-files; ``None`` lets cloud-files find its own."""
+        if self.gcp_credentials is not None:
+            if os.environ.get("STORAGE_EMULATOR_HOST"):
+                # google-cloud-storage itself goes anonymous for the emulator; real credentials
+                # would try to fetch a token from Google first.
+                from google.auth.credentials import AnonymousCredentials
+
+                return AnonymousCredentials()
+            try:
+                return self.gcp_credentials.get_credentials_from_service_account()
+            except Exception as exc:
+                raise CredentialsError(
+                    f"the GCP credentials for {self.cloudpath} cannot be used "
+                    f"({type(exc).__name__}): check the GcpCredentials block's service account"
+                ) from None
+        if self.aws_credentials is not None:
+            return _aws_secrets(self.aws_credentials, self.cloudpath)
         return None
+
+    def _client_path(self) -> str:
+        """The path cloud-files is given: an S3-compatible endpoint goes inside it
+        (``s3://http://host:port/bucket/...``), the one form cloud-files accepts."""
+        if self.aws_credentials is not None:
+            endpoint = self.aws_credentials.aws_client_parameters.endpoint_url
+            if endpoint:
+                return f"s3://{endpoint.rstrip('/')}/{self.cloudpath[len('s3://'):]}"
+        return self.cloudpath
 
     def _cloudfiles(self) -> Any:
         from cloudfiles import CloudFiles
 
-        cache = getattr(_clients, "by_path", None)
+        cache = getattr(_clients, "by_block", None)
         if cache is None or getattr(_clients, "pid", None) != os.getpid():
-            cache = _clients.by_path = {}
+            cache = _clients.by_block = {}
             _clients.pid = os.getpid()
-        client = cache.get(self.cloudpath)
+        key = self._cache_key()
+        client = cache.get(key)
         if client is None:
-            client = cache[self.cloudpath] = CloudFiles(
-                self.cloudpath, secrets=self._secrets(), num_threads=self.num_threads
+            client = cache[key] = CloudFiles(
+                self._client_path(), secrets=self._secrets(), num_threads=self.num_threads
             )
         return client
+
+    def _cache_key(self) -> str:
+        # Two blocks on one folder with different credentials must not share a client; the
+        # digest keeps the secrets themselves out of the key.
+        data = self.model_dump(mode="json", context={"include_secrets": True})
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+    def check(self) -> None:
+        """Raise `StorageError` now, naming the bucket and the fix, if the folder's bucket does
+        not exist or the credentials are refused: a batch should fail before it queues
+        100,000 tasks, not in every worker (cloud-files would retry each write for ~15 s)."""
+        bucket = self.cloudpath.split("://", 1)[1].split("/", 1)[0]
+        try:
+            if self.is_local:
+                Path(self.cloudpath[len("file://") :]).mkdir(parents=True, exist_ok=True)
+                return
+            if self.cloudpath.startswith("s3://"):
+                from botocore.exceptions import ClientError
+
+                client = (self.aws_credentials or AwsCredentials()).get_s3_client()
+                try:
+                    client.head_bucket(Bucket=bucket)
+                except ClientError as exc:
+                    status = exc.response.get("Error", {}).get("Code")
+                    code = {"404": "NoSuchBucket", "403": "AccessDenied"}.get(status, status)
+                    exc.response["Error"]["Code"] = code
+                    raise
+            elif self.cloudpath.startswith("gs://"):
+                from google.api_core.exceptions import NotFound
+                from google.cloud import storage
+
+                client = storage.Client(credentials=self._secrets())
+                if not client.bucket(bucket).exists():
+                    raise NotFound(bucket)
+        except CredentialsError:
+            raise
+        except Exception as exc:
+            hint = _permanent_failure(exc, self.cloudpath)
+            raise StorageError(
+                f"cannot use {self.cloudpath}: "
+                + (hint or f"{type(exc).__name__}: {exc}")
+            ) from exc
 
     def url(self, path: str) -> str:
         """The full address of ``path``."""
@@ -112,7 +226,12 @@ class CloudFilesStorage(Block):
                         path, content, content_type=content_type, compress=None
                     )
                 return
+            except CredentialsError:
+                raise
             except Exception as exc:
+                hint = _permanent_failure(exc, self.cloudpath)
+                if hint is not None:
+                    raise StorageError(f"cannot write {self.url(path)}: {hint}") from exc
                 if pause is None:
                     raise StorageError(
                         f"cannot write {self.url(path)} after {attempt + 1} attempts: "
@@ -192,6 +311,52 @@ class CloudFilesStorage(Block):
             yield from self._cloudfiles().list(prefix)
         except Exception as exc:
             raise StorageError(f"cannot list {self.url(prefix)}: {type(exc).__name__}: {exc}") from exc
+
+
+#: Errors a retry cannot fix, by the code S3 or GCS gives them, with what to do instead.
+_PERMANENT = {
+    "NoSuchBucket": "the bucket does not exist: create it, or fix the block's cloudpath",
+    "NotFound": "the bucket does not exist: create it, or fix the block's cloudpath",
+    "AccessDenied": "access denied: give these credentials write access to the bucket",
+    "Forbidden": "access denied: give these credentials write access to the bucket",
+    "InvalidAccessKeyId": "the access key is not valid: check the AwsCredentials block",
+    "SignatureDoesNotMatch": "the secret key is wrong: check the AwsCredentials block",
+    "Unauthorized": "the credentials were refused: check the GcpCredentials block",
+}
+
+
+def _permanent_failure(exc: Exception, cloudpath: str) -> Optional[str]:
+    """What to do about ``exc`` if retrying cannot help, else ``None``."""
+    code = getattr(exc, "response", {}) or {}
+    code = code.get("Error", {}).get("Code") if isinstance(code, dict) else None
+    code = code or type(exc).__name__  # google.api_core names its exceptions by status
+    hint = _PERMANENT.get(code)
+    if hint is None:
+        return None
+    bucket = cloudpath.split("://", 1)[1].split("/", 1)[0]
+    return f"{code} for bucket {bucket!r}: {hint}"
+
+
+def _aws_secrets(credentials: AwsCredentials, cloudpath: str) -> dict[str, str]:
+    """cloud-files' form of AWS credentials, resolved the way boto3 resolves them (keys, a
+    profile, or the environment)."""
+    session = credentials.get_boto3_session()
+    found = session.get_credentials()
+    if found is None:
+        raise CredentialsError(
+            f"the AWS credentials for {cloudpath} hold no keys and boto3 finds none (profile, "
+            "environment): fill in the AwsCredentials block's access key or profile"
+        )
+    frozen = found.get_frozen_credentials()
+    secrets = {
+        "AWS_ACCESS_KEY_ID": frozen.access_key,
+        "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
+    }
+    if frozen.token:
+        secrets["AWS_SESSION_TOKEN"] = frozen.token
+    if session.region_name:
+        secrets["AWS_DEFAULT_REGION"] = session.region_name
+    return secrets
 
 
 def _loads(url: str, content: bytes) -> Any:

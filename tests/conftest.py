@@ -59,6 +59,7 @@ def moto_endpoint() -> Iterator[str]:
 
 
 def sqs_credentials(endpoint: str):
+    """AwsCredentials for the moto server (SQS and S3 alike)."""
     from prefect_aws import AwsCredentials
     from prefect_aws.client_parameters import AwsClientParameters
 
@@ -100,6 +101,89 @@ def queue_factory(request, backend, tmp_path):
 @pytest.fixture
 def storage(tmp_path) -> CloudFilesStorage:
     return CloudFilesStorage(cloudpath=f"file://{tmp_path / 'storage'}")
+
+
+GCS_BUCKET = "tqflow-test-bucket"
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """gcp-storage-emulator on 127.0.0.1 with one bucket; google-cloud-storage (and so
+    cloud-files) talks to it through ``STORAGE_EMULATOR_HOST``, which child processes inherit."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("gcp-storage-emulator")),
+            "start",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--in-memory",
+            f"--default-bucket={GCS_BUCKET}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    try:
+        wait_for_port(port, server)
+        os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+        yield os.environ["STORAGE_EMULATOR_HOST"]
+    finally:
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def service_account_info() -> dict[str, str]:
+    """A made-up service account with a freshly generated RSA key: enough for prefect-gcp's
+    `GcpCredentials` and google-auth to build credentials offline. It grants nothing."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return {
+        "type": "service_account",
+        "project_id": "tqflow-test",
+        "private_key_id": uuid.uuid4().hex,
+        "private_key": pem,
+        "client_email": "tqflow-test@tqflow-test.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+
+
+@pytest.fixture
+def gcs_storage(gcs_emulator) -> CloudFilesStorage:
+    """A gs:// folder of its own in the emulator's bucket, with GcpCredentials attached."""
+    from prefect_gcp import GcpCredentials
+
+    return CloudFilesStorage(
+        cloudpath=f"gs://{GCS_BUCKET}/{uuid.uuid4().hex[:10]}",
+        gcp_credentials=GcpCredentials(service_account_info=service_account_info()),
+    )
+
+
+@pytest.fixture
+def s3_storage(moto_endpoint) -> CloudFilesStorage:
+    """An s3:// folder in a new bucket on the moto server."""
+    credentials = sqs_credentials(moto_endpoint)
+    bucket = f"tqflow-{uuid.uuid4().hex[:10]}"
+    credentials.get_s3_client().create_bucket(Bucket=bucket)
+    return CloudFilesStorage(cloudpath=f"s3://{bucket}/outputs", aws_credentials=credentials)
+
+
+@pytest.fixture(params=["file", "gs", "s3"])
+def any_storage(request) -> CloudFilesStorage:
+    """Storage of each protocol, each on its real stand-in."""
+    return request.getfixturevalue({"file": "storage", "gs": "gcs_storage", "s3": "s3_storage"}[request.param])
 
 
 @pytest.fixture

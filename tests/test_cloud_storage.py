@@ -1,0 +1,136 @@
+"""`CloudFilesStorage` on gs:// (gcp-storage-emulator) and s3:// (moto server), with the
+credentials of prefect-gcp and prefect-aws blocks."""
+
+from __future__ import annotations
+
+import io
+import pandas as pd
+import pytest
+
+from blocks import CloudFilesStorage
+from blocks.errors import StorageError
+from flows.analysis import analysis
+from tests.conftest import GCS_BUCKET, service_account_info, sqs_credentials
+from tests.helpers import enqueue, run_worker
+
+
+def test_json_round_trips_on_every_protocol(any_storage):
+    any_storage.put_json("b/outputs/1.json", {"a": [1, 2.5, None], "b": "µm"})
+    assert any_storage.get_json("b/outputs/1.json") == {"a": [1, 2.5, None], "b": "µm"}
+    assert any_storage.get_json("b/outputs/missing.json") is None
+
+
+def test_listing_and_parallel_reads_on_every_protocol(any_storage):
+    for i in range(5):
+        any_storage.put_json(f"b/outputs/{i}.json", {"i": i})
+    paths = [f"b/outputs/{i}.json" for i in range(7)]
+    assert sorted(any_storage.list("b/outputs/")) == paths[:5]
+    assert any_storage.get_json_many(paths) == {paths[i]: {"i": i} for i in range(5)}
+
+
+def test_exists_on_s3(s3_storage):
+    # (gcp-storage-emulator has no batch API, through which cloud-files checks existence.)
+    s3_storage.put_json("b/outputs/1.json", {})
+    assert s3_storage.exists_many(["b/outputs/1.json", "b/outputs/2.json"]) == {
+        "b/outputs/1.json": True,
+        "b/outputs/2.json": False,
+    }
+
+
+@pytest.mark.parametrize("protocol", ["gs", "s3"])
+def test_worker_and_analysis_run_over_cloud_storage(protocol, request, tmp_path, prefect_api):
+    storage = request.getfixturevalue({"gs": "gcs_storage", "s3": "s3_storage"}[protocol])
+    from blocks import LocalTaskQueue
+
+    queue = LocalTaskQueue(path=str(tmp_path / "q.sqlite"), queue_name="cloud", wait_seconds=0)
+    queue.ensure()
+    enqueue(queue, "tests.tasks:square", range(20), batch="cloud")
+
+    stats = run_worker(queue, storage)  # a separate process: the blocks travel on its stdin
+
+    assert stats["succeeded"] == 20
+    summary = analysis(storage=storage, batch="cloud")
+    assert summary["items"] == 20
+    table = pd.read_parquet(io.BytesIO(storage.get("cloud/analysis/results.parquet")))
+    assert sorted(table["result"]) == sorted(x * x for x in range(20))
+    assert summary["results"].startswith(f"{protocol}://")
+
+
+def test_check_names_a_missing_s3_bucket_and_the_fix(moto_endpoint):
+    storage = CloudFilesStorage(
+        cloudpath="s3://no-such-bucket-here/outputs", aws_credentials=sqs_credentials(moto_endpoint)
+    )
+    with pytest.raises(StorageError, match=r"NoSuchBucket for bucket 'no-such-bucket-here'.*create it"):
+        storage.check()
+
+
+def test_check_names_a_missing_gcs_bucket_and_the_fix(gcs_emulator):
+    from prefect_gcp import GcpCredentials
+
+    storage = CloudFilesStorage(
+        cloudpath="gs://no-such-bucket-here/outputs",
+        gcp_credentials=GcpCredentials(service_account_info=service_account_info()),
+    )
+    with pytest.raises(StorageError, match=r"NotFound for bucket 'no-such-bucket-here'.*create it"):
+        storage.check()
+
+
+def test_check_passes_for_existing_buckets(any_storage):
+    any_storage.check()
+
+
+def test_a_write_to_a_missing_bucket_is_not_retried_by_tqflow(moto_endpoint):
+    storage = CloudFilesStorage(
+        cloudpath="s3://no-such-bucket-here/outputs",
+        aws_credentials=sqs_credentials(moto_endpoint),
+        write_retries=6,  # would add ~30 s of backoff if the error were taken as transient
+    )
+    with pytest.raises(StorageError, match=r"NoSuchBucket for bucket 'no-such-bucket-here'.*create it") as info:
+        storage.put_json("b/outputs/1.json", {})
+    assert "attempts" not in str(info.value)
+
+
+def test_gcp_service_account_becomes_cloud_files_credentials_in_memory(monkeypatch):
+    from google.oauth2 import service_account
+    from prefect_gcp import GcpCredentials
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    info = service_account_info()
+    storage = CloudFilesStorage(
+        cloudpath=f"gs://{GCS_BUCKET}/x",
+        gcp_credentials=GcpCredentials(service_account_info=info),
+    )
+    credentials = storage._secrets()
+    assert isinstance(credentials, service_account.Credentials)
+    assert credentials.service_account_email == info["client_email"]
+
+
+def test_s3_endpoint_goes_inside_the_cloud_files_path_and_keys_into_secrets():
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    storage = CloudFilesStorage(
+        cloudpath="s3://bucket/folder",
+        aws_credentials=AwsCredentials(
+            aws_access_key_id="id",
+            aws_secret_access_key="secret",
+            aws_session_token="session",
+            region_name="us-west-1",
+            aws_client_parameters=AwsClientParameters(endpoint_url="http://127.0.0.1:9000/"),
+        ),
+    )
+    assert storage._client_path() == "s3://http://127.0.0.1:9000/bucket/folder"
+    assert storage._secrets() == {
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_SESSION_TOKEN": "session",
+        "AWS_DEFAULT_REGION": "us-west-1",
+    }
+    assert storage.url("b/x.json") == "s3://bucket/folder/b/x.json"
+
+
+def test_credentials_for_another_protocol_are_refused():
+    from prefect_aws import AwsCredentials
+
+    with pytest.raises(ValueError, match="aws_credentials are for s3:// folders"):
+        CloudFilesStorage(cloudpath="gs://bucket/x", aws_credentials=AwsCredentials())
