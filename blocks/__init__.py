@@ -4,8 +4,12 @@ Importing this package registers the block types with Prefect; the ``prefect.col
 entry point makes a Prefect server in the same environment import it.
 """
 
+from blocks.cave import CAVECredentials, CAVETableQuery
 from blocks.errors import TqflowError
 from blocks.queues import LocalTaskQueue, SQSTaskQueue, TaskQueue
 from blocks.storage import CloudFilesStorage
 
-__all__ = ["CloudFilesStorage", "LocalTaskQueue", "SQSTaskQueue", "TaskQueue", "TqflowError"]
+__all__ = [
+    "CAVECredentials",
+    "CAVETableQuery",
+    "CloudFilesStorage", "LocalTaskQueue", "SQSTaskQueue", "TaskQueue", "TqflowError"]

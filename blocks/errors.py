@@ -55,3 +55,7 @@ class StorageError(TqflowError):
 
 class CredentialsError(TqflowError):
     """Credentials are missing, malformed or rejected."""
+
+
+class CAVEQueryError(TqflowError):
+    """A CAVE query names a table, column or filter the datastack does not have."""

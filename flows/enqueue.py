@@ -1,7 +1,7 @@
 """The ``enqueue`` flow: one task message per work item, into the queue.
 
 Items come from a list, a file (``.txt`` one per line, ``.csv`` / ``.parquet`` with a column),
-or an importable generator (``package.module:function``). Items whose output already exists in
+an importable generator (``package.module:function``), or a CAVE materialization table query. Items whose output already exists in
 the batch are skipped, so re-running a batch resumes it. Every message is built and checked
 (size, arguments) before the first is sent, so bad input loses nothing.
 """
@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional
 
 from prefect import flow, get_run_logger
 
+from blocks.cave import CAVECredentials, CAVETableQuery
 from blocks.errors import TqflowError
 from blocks.queues.base import TaskQueue
 from blocks.storage import CloudFilesStorage
@@ -41,16 +42,24 @@ def read_items(
     items_file: Optional[str] = None,
     column: Optional[str] = None,
     items_from: Optional[str] = None,
+    cave_query: Optional[CAVETableQuery] = None,
+    cave: Optional[CAVECredentials] = None,
 ) -> list[Any]:
     """Read work items from exactly one source. Integer-looking text becomes ``int``."""
-    given = [s for s in (items, items_file, items_from) if s is not None]
+    given = [s for s in (items, items_file, items_from, cave_query) if s is not None]
     if len(given) != 1:
         raise ItemSourceError(
-            "give exactly one source of items: items=[...], items_file=PATH or "
-            "items_from='package.module:generator'"
+            "give exactly one source of items: items=[...], items_file=PATH, "
+            "items_from='package.module:generator' or cave_query={table, column, ...}"
         )
     if items is not None:
         return list(items)
+    if cave_query is not None:
+        if cave is None:
+            raise ItemSourceError(
+                f"items from CAVE table {cave_query.table!r} need a CAVE block: pass cave=..."
+            )
+        return cave.query_items(cave_query)
     if items_from is not None:
         return list(resolve(items_from)())
     return _read_file(Path(items_file).expanduser(), column)
@@ -111,6 +120,7 @@ def enqueue_items(
             continue
         seen.add(message.key)
         messages.append(message)
+    storage.check()
     skipped = 0
     if not overwrite and messages:
         done = storage.exists_many(output_path(batch, m.key) for m in messages)
@@ -143,6 +153,8 @@ def enqueue(
     items_file: Optional[str] = None,
     column: Optional[str] = None,
     items_from: Optional[str] = None,
+    cave_query: Optional[CAVETableQuery] = None,
+    cave: Optional[CAVECredentials] = None,
     kwargs: Optional[dict[str, Any]] = None,
     item_param: Optional[str] = None,
     overwrite: bool = False,
@@ -159,11 +171,13 @@ def enqueue(
         items_file: Or a file of items: .txt (one per line), .csv or .parquet.
         column: Column of the .csv / .parquet file holding the items.
         items_from: Or an importable function returning the items.
+        cave_query: Or a CAVE materialization table query (needs ``cave``).
+        cave: CAVE block for ``cave_query``.
         kwargs: Fixed keyword arguments for every task.
         item_param: Parameter that takes the item (default: the function's first).
         overwrite: Queue items whose output exists too.
     """
-    found = read_items(items, items_file, column, items_from)
+    found = read_items(items, items_file, column, items_from, cave_query, cave)
     result = enqueue_items(
         queue, storage, fn, found, batch, kwargs, item_param, overwrite, log=get_run_logger()
     )

@@ -1,5 +1,8 @@
 """Example task functions.
 
+`synapse_profile` is a real per-neuron CAVE task: it takes the worker's injected CAVEclient
+(``cave``) and summarises a root ID's synapses from the datastack's synapse table.
+
 `skeleton_stats` runs offline and is what ``tqflow demo`` queues: it grows a **synthetic**
 branching neuron skeleton from a root ID and measures it. The skeleton is made up (a seeded
 random tree), not data from any connectome; it stands in for the per-neuron work a real batch
@@ -8,7 +11,47 @@ does (fetching a skeleton or mesh from CAVE and measuring it), with a real, tuna
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import numpy as np
+
+
+def synapse_profile(
+    root_id: int,
+    cave: Any,
+    synapse_table: Optional[str] = None,
+    size_column: str = "size",
+) -> dict[str, float | int | None]:
+    """Input and output synapses of one neuron, from the materialization at the CAVE block's
+    version. Autapses (pre = post) are left out: in automated segmentations they are
+    almost always merge errors.
+
+    Args:
+        root_id: The neuron's root ID.
+        cave: CAVEclient, injected by the worker from the batch's CAVE block.
+        synapse_table: Table to read; default: the datastack's synapse table.
+        size_column: Column with the synapse size.
+
+    Returns:
+        n_inputs, n_outputs: synapse counts
+        n_presynaptic_partners, n_postsynaptic_partners: distinct partner root IDs
+        mean_input_size, mean_output_size: mean synapse size (None without synapses)
+    """
+    table = synapse_table or cave.info.get_datastack_info()["synapse_table"]
+    profile: dict[str, float | int | None] = {}
+    for direction, own, partner in (("input", "post_pt_root_id", "pre_pt_root_id"),
+                                     ("output", "pre_pt_root_id", "post_pt_root_id")):
+        rows = cave.materialize.query_table(
+            table, filter_equal_dict={own: int(root_id)}, metadata=False, log_warning=False
+        )
+        rows = rows[rows[partner] != rows[own]]
+        partners = "n_presynaptic_partners" if direction == "input" else "n_postsynaptic_partners"
+        profile[f"n_{direction}s"] = int(len(rows))
+        profile[partners] = int(rows[partner].nunique())
+        profile[f"mean_{direction}_size"] = (
+            float(rows[size_column].mean()) if len(rows) else None
+        )
+    return profile
 
 
 def skeleton_stats(

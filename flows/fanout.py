@@ -17,6 +17,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from typing import Any, Optional
 
+from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
 from blocks.storage import CloudFilesStorage
 from flows import worker_process
@@ -25,10 +26,17 @@ from flows import worker_process
 class Fleet(ABC):
     """A set of workers draining one queue."""
 
-    def __init__(self, queue: TaskQueue, storage: CloudFilesStorage, options: dict[str, Any]):
+    def __init__(
+        self,
+        queue: TaskQueue,
+        storage: CloudFilesStorage,
+        options: dict[str, Any],
+        cave: Optional[CAVECredentials] = None,
+    ):
         self.queue = queue
         self.storage = storage
         self.options = options
+        self.cave = cave
         #: Stats reported by workers that finished.
         self.finished: list[dict[str, Any]] = []
         #: Workers that ended without reporting (crashed, killed).
@@ -51,8 +59,14 @@ class Fleet(ABC):
 class LocalFleet(Fleet):
     """Workers as local OS processes."""
 
-    def __init__(self, queue: TaskQueue, storage: CloudFilesStorage, options: dict[str, Any]):
-        super().__init__(queue, storage, options)
+    def __init__(
+        self,
+        queue: TaskQueue,
+        storage: CloudFilesStorage,
+        options: dict[str, Any],
+        cave: Optional[CAVECredentials] = None,
+    ):
+        super().__init__(queue, storage, options, cave)
         self._processes: list[tuple[subprocess.Popen, Any]] = []
 
     def launch(self, n: int) -> None:
@@ -60,7 +74,9 @@ class LocalFleet(Fleet):
             # stdout to a file, not a pipe: a task that prints a lot must not block on a
             # full pipe nobody reads until the worker ends.
             stdout = tempfile.TemporaryFile(mode="w+")
-            process = worker_process.spawn(self.queue, self.storage, self.options, stdout=stdout)
+            process = worker_process.spawn(
+                self.queue, self.storage, self.options, cave=self.cave, stdout=stdout
+            )
             self._processes.append((process, stdout))
             self.launched += 1
 
@@ -105,8 +121,9 @@ class DeploymentFleet(Fleet):
         options: dict[str, Any],
         deployment: str,
         run_key: str,
+        cave: Optional[CAVECredentials] = None,
     ):
-        super().__init__(queue, storage, options)
+        super().__init__(queue, storage, options, cave)
         self.deployment = deployment
         self.run_key = run_key
         self._runs: list[Any] = []
@@ -117,6 +134,7 @@ class DeploymentFleet(Fleet):
         parameters = {
             "queue": _block_reference(self.queue),
             "storage": _block_reference(self.storage),
+            **({"cave": _block_reference(self.cave)} if self.cave is not None else {}),
             **self.options,
         }
         for _ in range(n):

@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
+from blocks.cave import CAVECredentials, CAVETableQuery
 from blocks.errors import TqflowError
 from blocks.queues.base import TaskQueue
 from blocks.storage import CloudFilesStorage
@@ -37,6 +38,8 @@ def pipeline(
     items_file: Optional[str] = None,
     column: Optional[str] = None,
     items_from: Optional[str] = None,
+    cave_query: Optional[CAVETableQuery] = None,
+    cave: Optional[CAVECredentials] = None,
     kwargs: Optional[dict[str, Any]] = None,
     workers: int = 2,
     mode: Literal["local", "deployment"] = "local",
@@ -58,7 +61,10 @@ def pipeline(
         queue: Queue block.
         storage: Storage block for the outputs.
         batch: Name of the batch (its folder in storage).
-        items, items_file, column, items_from: Where the items come from (see ``enqueue``).
+        items, items_file, column, items_from, cave_query: Where the items come from (see
+            ``enqueue``).
+        cave: CAVE block: for ``cave_query``, and for task functions that take a ``cave``
+            client (its token is checked before anything is queued).
         kwargs: Fixed keyword arguments for every task.
         workers: Most workers to run at once.
         mode: ``local`` (worker processes here) or ``deployment`` (runs of
@@ -74,6 +80,8 @@ def pipeline(
         poll_seconds: How often the monitor reads the queue's counts.
     """
     logger = get_run_logger()
+    if cave is not None:
+        cave.get_client()  # a refused token fails here, not in every worker
     queue.ensure()
     dead_before = queue.counts().dead
     queued = enqueue(
@@ -85,6 +93,8 @@ def pipeline(
         items_file=items_file,
         column=column,
         items_from=items_from,
+        cave_query=cave_query,
+        cave=cave,
         kwargs=kwargs,
         overwrite=overwrite,
     )
@@ -97,10 +107,12 @@ def pipeline(
     }
     fleet: Fleet
     if mode == "local":
-        fleet = LocalFleet(queue, storage, options)
+        fleet = LocalFleet(queue, storage, options, cave)
         n_workers = min(workers, total)
     else:
-        fleet = DeploymentFleet(queue, storage, options, worker_deployment, str(flow_run.id))
+        fleet = DeploymentFleet(
+            queue, storage, options, worker_deployment, str(flow_run.id), cave
+        )
         n_workers = min(workers, math.ceil(total / max(1, tasks_per_worker)))
     logger.info(
         "batch %s: %d tasks to run (%d skipped as done); starting %d %s workers",

@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from blocks.cave import CAVECredentials
 from blocks.errors import BadArgumentsError, LeaseLostError, MessageError
 from blocks.queues.base import Lease, TaskQueue
 from blocks.storage import CloudFilesStorage
@@ -111,6 +112,7 @@ class Worker:
         ack_seconds: float = 1.0,
         retry_base_seconds: float = 5.0,
         import_modules: Iterable[str] = (),
+        cave: CAVECredentials | None = None,
         injectables: Mapping[str, Callable[[], Any]] | None = None,
         progress_seconds: float = 30.0,
         stop: threading.Event | None = None,
@@ -132,15 +134,28 @@ class Worker:
         self.log = log or logger
         self.name = f"{socket.gethostname()}-{os.getpid()}"
         self.stats = WorkerStats()
+        self.cave = cave
+        self._cave_client: Any = None
         self._injectables: dict[str, Callable[[], Any]] = {
             "storage": lambda: self.storage,
-            "cave": _no_cave_client,
+            "cave": self._get_cave_client,
             **(injectables or {}),
         }
         self._buffer: deque[Lease] = deque()
         self._in_task = False
         for module in import_modules:  # task-queue RegisteredTask classes register on import
             __import__(module)
+
+    def _get_cave_client(self) -> Any:
+        """The worker's one CAVEclient, built from its CAVE block on first use."""
+        if self._cave_client is None:
+            if self.cave is None:
+                raise BadArgumentsError(
+                    "the task function takes a `cave` client but this worker has no CAVE "
+                    "block; pass one to the pipeline or worker (cave=CAVECredentials.load(...))"
+                )
+            self._cave_client = self.cave.get_client()
+        return self._cave_client
 
     # -- control (the process entry calls this from its signal handler) ---------------------
 
@@ -348,8 +363,5 @@ class Worker:
         self.log.info("worker %s: %s; %.1f tasks/s", self.name, self._summary(), rate)
 
 
-def _no_cave_client() -> Any:
-    raise BadArgumentsError(
-        "the task function takes a `cave` client but this worker has no CAVE block; "
-        "give the worker one (cave_block=...)"
-    )
+
+

@@ -11,6 +11,7 @@ from typing import Any, Optional
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
 from blocks.storage import CloudFilesStorage
 from flows.worker import Worker
@@ -29,6 +30,7 @@ def worker(
     prefetch: Optional[int] = None,
     retry_base_seconds: float = 5.0,
     import_modules: Optional[list[str]] = None,
+    cave: Optional[CAVECredentials] = None,
 ) -> dict[str, Any]:
     """Drain ``queue`` into ``storage`` until it stays empty for ``idle_seconds``.
 
@@ -43,6 +45,7 @@ def worker(
         prefetch: Messages leased per receive (default: sized from recent task durations).
         retry_base_seconds: First backoff before a failed task is retried.
         import_modules: Modules to import first (python-task-queue RegisteredTask classes).
+        cave: CAVE block for task functions that take a ``cave`` client.
     """
     logger = get_run_logger()
     loop = Worker(
@@ -56,6 +59,7 @@ def worker(
         prefetch=prefetch,
         retry_base_seconds=retry_base_seconds,
         import_modules=import_modules or (),
+        cave=cave,
         log=logger,
     )
     with stop_on_signals(loop):

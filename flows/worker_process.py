@@ -2,7 +2,8 @@
 
 ``python -m flows.worker_process`` reads a JSON spec on stdin::
 
-    {"queue": <block spec>, "storage": <block spec>, "options": {<Worker keyword arguments>}}
+    {"queue": <block spec>, "storage": <block spec>, "cave": <block spec> | null,
+     "options": {<Worker keyword arguments>}}
 
 drains the queue, prints the worker's stats as one JSON line on stdout and exits 0, also when
 stopped by SIGTERM (spot preemption, pod eviction). It never calls the Prefect API: the parent
@@ -21,6 +22,7 @@ import sys
 import threading
 from typing import IO, Any, Iterator
 
+from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
 from blocks.specs import block_from_spec, block_spec
 from blocks.storage import CloudFilesStorage
@@ -52,9 +54,11 @@ def stop_on_signals(worker: Worker) -> Iterator[None]:
 
 
 def run_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    cave = spec.get("cave")
     worker = Worker(
         block_from_spec(spec["queue"]),
         block_from_spec(spec["storage"]),
+        cave=block_from_spec(cave) if cave else None,
         **spec.get("options", {}),
     )
     with stop_on_signals(worker):
@@ -67,12 +71,18 @@ def spawn(
     storage: CloudFilesStorage,
     options: dict[str, Any] | None = None,
     *,
+    cave: CAVECredentials | None = None,
     stdout: int | IO[Any] | None = subprocess.PIPE,
     stderr: int | IO[Any] | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start a worker process on ``queue``; its spec (secrets included) goes through stdin."""
-    spec = {"queue": block_spec(queue), "storage": block_spec(storage), "options": options or {}}
+    spec = {
+        "queue": block_spec(queue),
+        "storage": block_spec(storage),
+        "cave": block_spec(cave) if cave is not None else None,
+        "options": options or {},
+    }
     child_env = dict(os.environ if env is None else env)
     # A worker process never starts a Prefect server of its own (see DESIGN.md).
     child_env.setdefault("PYTHONUNBUFFERED", "1")
