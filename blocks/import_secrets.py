@@ -1,0 +1,189 @@
+"""Move the secrets files of the cloud-volume / cloud-files / caveclient world into blocks.
+
+A secrets folder (``~/.cloudvolume/secrets``) holds:
+
+- ``aws-secret.json``: ``{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"?,
+  "AWS_SESSION_TOKEN"?}`` -> prefect-aws ``AwsCredentials``
+- ``google-secret.json``: a service account key -> prefect-gcp ``GcpCredentials``
+- ``cave-secret.json``: ``{"token"}`` for the default CAVE server -> ``CAVECredentials``
+- ``<server>-cave-secret.json``: a token for ``https://<server>`` -> ``CAVECredentials``
+
+`read_secrets_folder` reads and checks every file first; `save_blocks` saves only when all of
+them are good and none would overwrite a block unless asked, so an import is all or nothing.
+Nothing here prints or returns a secret value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from prefect.blocks.core import Block
+from pydantic import ValidationError
+
+from blocks.cave import DEFAULT_SERVER, CAVECredentials
+from blocks.errors import CredentialsError
+
+DEFAULT_FOLDER = Path("~/.cloudvolume/secrets")
+
+
+@dataclass
+class ImportedSecret:
+    """One secrets file turned into an (unsaved) block."""
+
+    file: Path
+    block: Block
+    name: str
+    #: What the block is for, without secrets: region, project, server and datastack.
+    about: str
+
+    @property
+    def slug(self) -> str:
+        return f"{self.block.get_block_type_slug()}/{self.name}"
+
+
+def read_secrets_folder(
+    folder: Path, name: str = "default", datastack: Optional[str] = None
+) -> list[ImportedSecret]:
+    """Blocks for every known secrets file in ``folder``, named ``name`` (CAVE tokens of other
+    servers: ``<name>-<server>``). Raises `CredentialsError` listing every file that cannot be
+    read, and what it should hold."""
+    folder = folder.expanduser()
+    if not folder.is_dir():
+        raise CredentialsError(
+            f"secrets folder {folder} does not exist: pass the folder that holds "
+            "aws-secret.json / google-secret.json / cave-secret.json (--folder)"
+        )
+    found: list[ImportedSecret] = []
+    problems: list[str] = []
+    for path in sorted(folder.glob("*.json")):
+        reader = _reader_for(path.name)
+        if reader is None:
+            continue
+        try:
+            content = json.loads(path.read_text())
+            if not isinstance(content, dict):
+                raise ValueError("it holds no JSON object")
+            found.append(reader(path, content, name, datastack))
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{path}: {_reason(exc)}")
+    if problems:
+        raise CredentialsError(
+            "cannot import these secrets files (nothing was saved):\n  " + "\n  ".join(problems)
+        )
+    return found
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"it has no {exc.args[0]!r} key"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"it is not valid JSON (line {exc.lineno}, column {exc.colno})"
+    if isinstance(exc, ValidationError):  # its text would quote the (secret) input
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+def _reader_for(filename: str) -> Optional[Callable[..., ImportedSecret]]:
+    if filename == "aws-secret.json":
+        return _aws
+    if filename == "google-secret.json":
+        return _gcp
+    if filename.endswith("cave-secret.json"):
+        return _cave
+    return None
+
+
+def _aws(path: Path, content: dict[str, Any], name: str, datastack: Optional[str]) -> ImportedSecret:
+    from prefect_aws import AwsCredentials
+
+    block = AwsCredentials(
+        aws_access_key_id=content["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=content["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=content.get("AWS_SESSION_TOKEN"),
+        region_name=content.get("AWS_DEFAULT_REGION"),
+    )
+    return ImportedSecret(path, block, name, f"region {block.region_name or '(default)'}")
+
+
+def _gcp(path: Path, content: dict[str, Any], name: str, datastack: Optional[str]) -> ImportedSecret:
+    from prefect_gcp import GcpCredentials
+
+    for key in ("client_email", "private_key", "token_uri"):
+        content[key]  # a service account key has these; KeyError names the missing one
+    try:
+        block = GcpCredentials(service_account_info=content)
+    except Exception as exc:  # google-auth: a private key it cannot parse
+        raise ValueError(
+            f"it is not a usable service account key ({type(exc).__name__}); download a new "
+            "JSON key for the service account"
+        ) from None
+    return ImportedSecret(
+        path, block, name, f"project {block.project}, account {content['client_email']}"
+    )
+
+
+def _cave(path: Path, content: dict[str, Any], name: str, datastack: Optional[str]) -> ImportedSecret:
+    server = path.name[: -len("cave-secret.json")].rstrip("-")
+    token = content["token"]
+    if not isinstance(token, str) or not token:
+        raise ValueError("its 'token' is not a non-empty string")
+    block = CAVECredentials(
+        token=token,
+        server_address=f"https://{server}" if server else DEFAULT_SERVER,
+        datastack_name=datastack,
+    )
+    block_name = f"{name}-{_slug(server)}" if server else name
+    return ImportedSecret(
+        path, block, block_name, f"server {block.server_address}, datastack {datastack or '(none)'}"
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def existing(found: list[ImportedSecret]) -> list[str]:
+    """Slugs of the blocks that are saved already."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    taken = []
+    with get_client(sync_client=True) as client:
+        for item in found:
+            try:
+                client.read_block_document_by_name(item.name, item.block.get_block_type_slug())
+            except ObjectNotFound:
+                continue
+            taken.append(item.slug)
+    return taken
+
+
+def save_blocks(found: list[ImportedSecret], overwrite: bool = False) -> None:
+    """Save every block, or none: refuses (naming them) when some exist and not ``overwrite``."""
+    if not overwrite:
+        taken = existing(found)
+        if taken:
+            raise CredentialsError(
+                f"blocks {', '.join(taken)} exist already; nothing was saved. Pass --overwrite "
+                "to replace them, or --name to import under another name"
+            )
+    for item in found:
+        item.block.save(item.name, overwrite=overwrite)
+
+
+def register_block_types() -> list[str]:
+    """Register tqflow's block types (and the credentials blocks they use) with the Prefect
+    API in use, e.g. a remote server that does not have tqflow installed."""
+    from prefect_aws import AwsCredentials
+    from prefect_gcp import GcpCredentials
+
+    from blocks import CAVECredentials, CloudFilesStorage, LocalTaskQueue, SQSTaskQueue
+
+    types = [CAVECredentials, CloudFilesStorage, LocalTaskQueue, SQSTaskQueue, AwsCredentials, GcpCredentials]
+    for block_type in types:
+        block_type.register_type_and_schema()
+    return [block_type.get_block_type_slug() for block_type in types]

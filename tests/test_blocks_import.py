@@ -1,0 +1,150 @@
+"""``tqflow blocks import`` / ``register`` on a real (temporary) Prefect server."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+
+import pytest
+from typer.testing import CliRunner
+
+from blocks import CAVECredentials
+from blocks.errors import CredentialsError
+from flows.cli import app
+from tests.conftest import service_account_info
+
+
+@pytest.fixture
+def secrets_folder(tmp_path):
+    """A secrets folder laid out as cloud-volume's, with made-up values."""
+    folder = tmp_path / "secrets"
+    folder.mkdir()
+    values = {
+        "aws": {
+            "AWS_ACCESS_KEY_ID": "AKIATQFLOWTEST00001",
+            "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
+            "AWS_DEFAULT_REGION": "us-west-1",
+        },
+        "google": service_account_info(),
+        "cave": {"token": secrets.token_hex(16)},
+        "minnie": {"token": secrets.token_hex(16)},
+    }
+    (folder / "aws-secret.json").write_text(json.dumps(values["aws"]))
+    (folder / "google-secret.json").write_text(json.dumps(values["google"]))
+    (folder / "cave-secret.json").write_text(json.dumps(values["cave"]))
+    (folder / "minnie.microns-daf.com-cave-secret.json").write_text(json.dumps(values["minnie"]))
+    (folder / "notes.txt").write_text("not a secrets file")
+    return folder, values
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "300"})
+
+
+def secret_strings(values) -> list[str]:
+    return [
+        values["aws"]["AWS_SECRET_ACCESS_KEY"],
+        values["google"]["private_key"].splitlines()[1],
+        values["cave"]["token"],
+        values["minnie"]["token"],
+    ]
+
+
+def test_import_round_trips_every_secrets_file_into_blocks(secrets_folder, prefect_api):
+    from prefect_aws import AwsCredentials
+    from prefect_gcp import GcpCredentials
+
+    folder, values = secrets_folder
+    name = f"lab-{uuid.uuid4().hex[:6]}"
+    result = invoke("blocks", "import", "--folder", str(folder), "--name", name, "--datastack", "minnie65_public")
+    assert result.exit_code == 0, result.output
+
+    aws = AwsCredentials.load(name)
+    assert aws.aws_access_key_id == values["aws"]["AWS_ACCESS_KEY_ID"]
+    assert aws.aws_secret_access_key.get_secret_value() == values["aws"]["AWS_SECRET_ACCESS_KEY"]
+    assert aws.region_name == "us-west-1"
+    gcp = GcpCredentials.load(name)
+    assert gcp.service_account_info.get_secret_value()["private_key"] == values["google"]["private_key"]
+    assert gcp.project == "tqflow-test"
+    cave = CAVECredentials.load(name)
+    assert cave.token.get_secret_value() == values["cave"]["token"]
+    assert cave.server_address == "https://global.daf-apis.com"
+    assert cave.datastack_name == "minnie65_public"
+    minnie = CAVECredentials.load(f"{name}-minnie-microns-daf-com")
+    assert minnie.token.get_secret_value() == values["minnie"]["token"]
+    assert minnie.server_address == "https://minnie.microns-daf.com"
+
+    assert f"aws-credentials/{name}" in result.output
+    assert f"cave-credentials/{name}-minnie-microns-daf-com" in result.output
+    for secret in secret_strings(values):
+        assert secret not in result.output
+
+
+def test_import_refuses_to_overwrite_and_saves_nothing_without_overwrite(secrets_folder, prefect_api):
+    folder, values = secrets_folder
+    name = f"lab-{uuid.uuid4().hex[:6]}"
+    CAVECredentials(token="older-token").save(name)
+
+    result = invoke("blocks", "import", "--folder", str(folder), "--name", name)
+    assert isinstance(result.exception, CredentialsError)
+    assert f"cave-credentials/{name} exist already" in str(result.exception)
+    assert "--overwrite" in str(result.exception)
+    assert CAVECredentials.load(name).token.get_secret_value() == "older-token"
+    from prefect_aws import AwsCredentials
+
+    with pytest.raises(ValueError):
+        AwsCredentials.load(name)  # all or nothing: not saved either
+
+    result = invoke("blocks", "import", "--folder", str(folder), "--name", name, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert CAVECredentials.load(name).token.get_secret_value() == values["cave"]["token"]
+
+
+def test_malformed_files_are_named_with_what_is_wrong_and_nothing_is_saved(secrets_folder, prefect_api):
+    folder, values = secrets_folder
+    (folder / "aws-secret.json").write_text(json.dumps({"AWS_ACCESS_KEY_ID": "x"}))
+    broken = dict(values["google"], private_key="-----BEGIN PRIVATE KEY-----\nnot a key\n")
+    (folder / "google-secret.json").write_text(json.dumps(broken))
+    (folder / "cave-secret.json").write_text("{not json")
+    name = f"lab-{uuid.uuid4().hex[:6]}"
+
+    result = invoke("blocks", "import", "--folder", str(folder), "--name", name)
+
+    message = str(result.exception)
+    assert isinstance(result.exception, CredentialsError)
+    assert "aws-secret.json: it has no 'AWS_SECRET_ACCESS_KEY' key" in message
+    assert "google-secret.json: it is not a usable service account key" in message
+    assert "cave-secret.json: it is not valid JSON" in message
+    assert "nothing was saved" in message
+    for secret in secret_strings(values):
+        assert secret not in message
+    with pytest.raises(ValueError):
+        CAVECredentials.load(f"{name}-minnie-microns-daf-com")
+
+
+def test_a_missing_folder_says_which_and_what_to_pass(tmp_path):
+    result = invoke("blocks", "import", "--folder", str(tmp_path / "nowhere"))
+    assert isinstance(result.exception, CredentialsError)
+    assert "nowhere does not exist" in str(result.exception)
+    assert "--folder" in str(result.exception)
+
+
+def test_register_makes_the_block_types_known_to_the_server(prefect_api):
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:  # a server that has never seen the type
+        try:
+            client.delete_block_type(client.read_block_type_by_slug("cave-credentials").id)
+        except ObjectNotFound:
+            pass
+        with pytest.raises(ObjectNotFound):
+            client.read_block_type_by_slug("cave-credentials")
+
+    result = invoke("blocks", "register")
+    assert result.exit_code == 0, result.output
+    with get_client(sync_client=True) as client:
+        for slug in ("cave-credentials", "cloud-files-storage", "sqs-task-queue", "local-task-queue"):
+            assert client.read_block_type_by_slug(slug).slug == slug
+            assert f"registered {slug}" in result.output
