@@ -51,3 +51,10 @@ def writes_extra(x: int, storage) -> str:
 
 def needs_cave(x: int, cave) -> int:
     return x
+
+
+def fails_on(x: int, bad: list[int]) -> int:
+    """``x * x``, except for the items in ``bad``, which raise."""
+    if x in bad:
+        raise ValueError(f"item {x} is bad")
+    return x * x
