@@ -344,6 +344,50 @@ def blocks_register() -> None:
         console().print(f"registered {slug}")
 
 
+@app.command("plan-resources")
+def plan_resources(
+    machine_type: Optional[str] = typer.Option(
+        None, "--machine-type", help="GCE machine type of the worker nodes, e.g. e2-highmem-4."
+    ),
+    cpus: Optional[int] = typer.Option(None, "--cpus", help="Or: vCPUs of the node."),
+    memory_gib: Optional[float] = typer.Option(None, "--memory-gib", help="And its memory in GiB."),
+    pods_per_node: int = typer.Option(4, "--pods-per-node", help="Worker pods per node."),
+    headroom: float = typer.Option(0.05, help="Fraction left free for cluster pods and spikes."),
+    as_json: bool = typer.Option(False, "--json", help="Print the job variables as JSON."),
+) -> None:
+    """Requests and memory limit for worker pods that fit a GKE node (no CPU limit)."""
+    from flows.resources import Machine, plan
+
+    if machine_type is not None:
+        machine = Machine.from_type(machine_type)
+    elif cpus is not None and memory_gib is not None:
+        machine = Machine(cpus=cpus, memory_gib=memory_gib)
+    else:
+        raise typer.BadParameter("give --machine-type, or both --cpus and --memory-gib")
+    resources = plan(machine, pods_per_node, headroom=headroom)
+    variables = resources.as_job_variables()
+    if as_json:
+        print(json.dumps(variables))
+        return
+    console().print(
+        f"node: {machine.cpus} vCPUs, {machine.memory_gib:g} GiB -> allocatable "
+        f"{machine.allocatable_cpu_millicores}m CPU, {machine.allocatable_memory_mib:,} MiB"
+    )
+    for name, value in variables.items():
+        console().print(f"{name}: {value}")
+    console().print("cpu_limit: none (on purpose: a task may use idle cores)")
+    flags = " ".join(f"-jv {name}={value}" for name, value in variables.items())
+    console().print(f"use: prefect deploy --name worker-gke {flags}", soft_wrap=True)
+
+
+@app.command("gke-job-template")
+def gke_job_template() -> None:
+    """Print the base job template for a GKE (kubernetes) work pool."""
+    from flows.job_template import base_job_template
+
+    print(json.dumps(base_job_template(), indent=2, sort_keys=True))
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,95 @@
+"""The base job template of tqflow's GKE work pool.
+
+It is prefect-kubernetes' default template with what batch workers on GKE need added:
+
+- ``node_selector`` and ``tolerations``, so workers land on the worker node pool and may run on
+  spot / preemptible nodes (whose taint the default tolerates);
+- resource defaults from the planner (`flows.resources`) for an ``e2-standard-4`` node with four
+  workers, and **no CPU limit** at all (the variable and the manifest field are removed);
+- quiet, single-threaded defaults in the environment: ``TQDM_DISABLE=1`` (progress bars fill
+  node disks through the log pipeline), ``PYTHONUNBUFFERED=1``, one BLAS / OpenMP thread;
+- ``termination_grace_period_seconds`` longer than a worker needs to release its leases on
+  SIGTERM, ``finished_job_ttl`` so finished Jobs do not pile up, ``backoff_limit`` 0 (Prefect
+  reschedules a run whose pod was evicted; the pipeline relaunches lost workers).
+
+``tqflow gke-job-template`` prints it; ``deployments/gke/base-job-template.json`` is that output.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from flows.resources import Machine, plan
+
+#: Environment every worker pod gets unless the deployment overrides ``env``.
+WORKER_ENV = {
+    "TQDM_DISABLE": "1",
+    "PYTHONUNBUFFERED": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+#: The taint GKE puts on spot nodes, and the one on preemptible (the older kind) node pools
+#: created with --node-taints by deployments/gke/make_cluster.sh.
+SPOT_TOLERATIONS = [
+    {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+    {"key": "cloud.google.com/gke-preemptible", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+]
+
+WORKER_NODE_POOL = "tqflow-workers"
+DEFAULT_MACHINE_TYPE = "e2-standard-4"
+DEFAULT_PODS_PER_NODE = 4
+
+
+def base_job_template() -> dict[str, Any]:
+    """The GKE work pool's base job template (``prefect work-pool create --base-job-template``)."""
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    template = copy.deepcopy(KubernetesWorker.get_default_base_job_template())
+    properties = template["variables"]["properties"]
+    manifest = template["job_configuration"]["job_manifest"]
+    pod = manifest["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+
+    del properties["cpu_limit"]
+    del container["resources"]["limits"]["cpu"]
+
+    resources = plan(Machine.from_type(DEFAULT_MACHINE_TYPE), DEFAULT_PODS_PER_NODE)
+    for name, value in resources.as_job_variables().items():
+        properties[name]["default"] = value
+    properties["cpu_request"]["description"] += (
+        f" Default: 4 workers per {DEFAULT_MACHINE_TYPE} node (`tqflow plan-resources`)."
+    )
+    properties["memory_limit"]["description"] += " tqflow sets it equal to the request."
+    properties["env"]["default"] = dict(WORKER_ENV)
+    properties["finished_job_ttl"]["default"] = 3600
+    properties["node_selector"] = {
+        "title": "Node Selector",
+        "description": "Labels of the nodes worker pods may run on.",
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "default": {"cloud.google.com/gke-nodepool": WORKER_NODE_POOL},
+    }
+    properties["tolerations"] = {
+        "title": "Tolerations",
+        "description": "Taints worker pods tolerate (default: spot and preemptible nodes).",
+        "type": "array",
+        "items": {"type": "object"},
+        "default": copy.deepcopy(SPOT_TOLERATIONS),
+    }
+    properties["termination_grace_period_seconds"] = {
+        "title": "Termination Grace Period Seconds",
+        "description": (
+            "Time between SIGTERM and SIGKILL on eviction or spot preemption (GKE gives spot "
+            "nodes 30 s): the worker releases its leases within a second of SIGTERM."
+        ),
+        "type": "integer",
+        "minimum": 1,
+        "default": 25,
+    }
+    pod["nodeSelector"] = "{{ node_selector }}"
+    pod["tolerations"] = "{{ tolerations }}"
+    pod["terminationGracePeriodSeconds"] = "{{ termination_grace_period_seconds }}"
+    return template

@@ -1,0 +1,156 @@
+"""Pod resources that fit a GKE node: the planner behind ``tqflow plan-resources``.
+
+Pods that ask for more than a node can give stay ``PodUnschedulable``; pods without a memory
+limit let one task take the node down. The numbers that fit come from what GKE leaves for pods:
+
+- **Allocatable** = machine - GKE's reservation - the kubelet's 100 MiB eviction threshold.
+  GKE reserves CPU: 6% of the first core, 1% of the second, 0.5% of the next two, 0.25% above
+  four; memory: 25% of the first 4 GiB, 20% of the next 4, 10% of the next 8, 6% of the next
+  112, 2% above 128 GiB (255 MiB on machines under 1 GiB). The kernel keeps a further ~2.7% of
+  memory before the kubelet counts capacity: a 16 GiB node shows 13,498,416 Ki allocatable.
+- **System pods** (kube-system, gmp-system DaemonSets: logging, metrics, kube-proxy, CSI) request
+  about 250m CPU and 500 MiB on every node; cluster singletons (kube-dns, metrics-server) add
+  more on some nodes, which the headroom covers.
+- Workers get **no CPU limit** (a task may use idle cores; the request only places the pod) and
+  a **memory limit equal to the request**: a task that needs more is OOMKilled alone, with a
+  clear reason, instead of the node evicting its neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+from blocks.errors import TqflowError
+
+#: GiB of memory per vCPU of the predefined GCE machine families (``<family>-<kind>-<vCPUs>``).
+MEMORY_PER_VCPU_GIB = {
+    ("e2", "standard"): 4.0,
+    ("e2", "highmem"): 8.0,
+    ("e2", "highcpu"): 1.0,
+    ("n2", "standard"): 4.0,
+    ("n2", "highmem"): 8.0,
+    ("n2", "highcpu"): 1.0,
+    ("n2d", "standard"): 4.0,
+    ("n2d", "highmem"): 8.0,
+    ("n2d", "highcpu"): 1.0,
+    ("n4", "standard"): 4.0,
+    ("n4", "highmem"): 8.0,
+    ("n4", "highcpu"): 2.0,
+    ("c3", "standard"): 4.0,
+    ("c3", "highmem"): 8.0,
+    ("c3", "highcpu"): 2.0,
+    ("c2", "standard"): 4.0,
+    ("c2d", "standard"): 4.0,
+    ("c2d", "highmem"): 8.0,
+    ("c2d", "highcpu"): 2.0,
+    ("t2d", "standard"): 4.0,
+    ("n1", "standard"): 3.75,
+    ("n1", "highmem"): 6.5,
+    ("n1", "highcpu"): 0.9,
+}
+
+#: Requests of the DaemonSets GKE runs on every node (fluentbit, gke-metrics-agent, kube-proxy,
+#: pdcsi-node, the managed Prometheus collector), rounded up.
+SYSTEM_CPU_MILLICORES = 250
+SYSTEM_MEMORY_MIB = 512
+#: Memory the kernel keeps before the kubelet reports capacity (fitted to GKE's published
+#: 16 GiB node: 13,498,416 Ki allocatable).
+KERNEL_MEMORY_FRACTION = 0.0268
+EVICTION_THRESHOLD_MIB = 100
+
+
+class ResourcePlanError(TqflowError):
+    """The machine is unknown, or the pods asked for do not fit on it."""
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpus: int
+    memory_gib: float
+
+    @classmethod
+    def from_type(cls, machine_type: str) -> "Machine":
+        """A predefined GCE machine type, e.g. ``e2-highmem-4``."""
+        match = re.fullmatch(r"([a-z0-9]+)-([a-z]+)-(\d+)", machine_type.strip().lower())
+        ratio = MEMORY_PER_VCPU_GIB.get(match.group(1, 2)) if match else None
+        if ratio is None:
+            raise ResourcePlanError(
+                f"unknown machine type {machine_type!r}: give --cpus and --memory-gib instead "
+                f"(known families: {', '.join(sorted({f'{f}-{k}' for f, k in MEMORY_PER_VCPU_GIB}))})"
+            )
+        cpus = int(match.group(3))
+        return cls(cpus=cpus, memory_gib=cpus * ratio)
+
+    @property
+    def allocatable_cpu_millicores(self) -> int:
+        cores = float(self.cpus)
+        reserved = (
+            0.06 * min(cores, 1)
+            + 0.01 * min(max(cores - 1, 0), 1)
+            + 0.005 * min(max(cores - 2, 0), 2)
+            + 0.0025 * max(cores - 4, 0)
+        )
+        return int(round((cores - reserved) * 1000))
+
+    @property
+    def allocatable_memory_mib(self) -> int:
+        gib = self.memory_gib
+        if gib < 1:
+            reserved_gib = 255 / 1024
+        else:
+            reserved_gib = (
+                0.25 * min(gib, 4)
+                + 0.20 * min(max(gib - 4, 0), 4)
+                + 0.10 * min(max(gib - 8, 0), 8)
+                + 0.06 * min(max(gib - 16, 0), 112)
+                + 0.02 * max(gib - 128, 0)
+            )
+        visible_gib = gib * (1 - KERNEL_MEMORY_FRACTION)
+        return int((visible_gib - reserved_gib) * 1024) - EVICTION_THRESHOLD_MIB
+
+
+@dataclass(frozen=True)
+class PodResources:
+    """Requests and limits for one worker pod, in Kubernetes quantities."""
+
+    cpu_request: str
+    memory_request: str
+    memory_limit: str
+
+    def as_job_variables(self) -> dict[str, str]:
+        """The kubernetes work pool's job variables (no ``cpu_limit``: on purpose)."""
+        return asdict(self)
+
+
+def plan(
+    machine: Machine,
+    pods_per_node: int,
+    system_cpu_millicores: int = SYSTEM_CPU_MILLICORES,
+    system_memory_mib: int = SYSTEM_MEMORY_MIB,
+    headroom: float = 0.05,
+) -> PodResources:
+    """Requests that let ``pods_per_node`` worker pods share one node with the system pods,
+    keeping ``headroom`` of what is left free for cluster singletons and spikes."""
+    if pods_per_node < 1:
+        raise ResourcePlanError(f"pods per node must be at least 1, got {pods_per_node}")
+    if not 0 <= headroom < 1:
+        raise ResourcePlanError(f"headroom is a fraction in [0, 1), got {headroom}")
+    cpu = (machine.allocatable_cpu_millicores - system_cpu_millicores) * (1 - headroom)
+    memory = (machine.allocatable_memory_mib - system_memory_mib) * (1 - headroom)
+    cpu_each = int(cpu / pods_per_node) // 10 * 10
+    memory_each = int(memory / pods_per_node) // 16 * 16
+    if cpu_each < 100 or memory_each < 256:
+        most = max(1, math.floor(min(cpu / 100, memory / 256)))
+        raise ResourcePlanError(
+            f"{pods_per_node} pods do not fit on a node with {machine.cpus} vCPUs and "
+            f"{machine.memory_gib:g} GiB ({machine.allocatable_cpu_millicores}m, "
+            f"{machine.allocatable_memory_mib} MiB allocatable): at most {most} pods of "
+            "100m / 256 MiB; use fewer pods per node or a larger machine"
+        )
+    return PodResources(
+        cpu_request=f"{cpu_each}m",
+        memory_request=f"{memory_each}Mi",
+        memory_limit=f"{memory_each}Mi",
+    )

@@ -1,0 +1,174 @@
+"""The GKE side without a cluster: the resource planner against GKE's figures, and the worker
+Job that prefect-kubernetes renders from our work-pool template, validated against the
+Kubernetes API schema."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import uuid
+
+import kubernetes_validate
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.job_template import base_job_template
+from flows.resources import Machine, ResourcePlanError, plan
+from tests.conftest import REPO
+
+GIB_MIB = 1024
+
+
+# -- the planner ------------------------------------------------------------------------------
+
+
+def test_allocatable_matches_gkes_published_4_vcpu_16_gib_node():
+    # GKE's "plan node sizes" page: `kubectl get node` on a 4 vCPU / 16 GiB node shows
+    # allocatable cpu 3920m and memory 13498416Ki.
+    node = Machine.from_type("e2-standard-4")
+    assert node.allocatable_cpu_millicores == 3920
+    assert node.allocatable_memory_mib == pytest.approx(13498416 / 1024, rel=0.005)
+
+
+def test_allocatable_matches_the_e2_highmem_4_nodes_of_the_user_notes():
+    # `kubectl describe node` on an e2-highmem-4 node (32 GiB) in the user's notes: a 1-CPU
+    # limit is 25% of allocatable CPU, and 4Gi / 3032M / 2G of memory are 14% / 10% / 6% of
+    # allocatable memory, which puts it between 26.7 and 28.2 GiB ("29GB instead of 32GB").
+    node = Machine.from_type("e2-highmem-4")
+    assert node.allocatable_cpu_millicores == 3920
+    assert 26.7 * GIB_MIB < node.allocatable_memory_mib <= 28.2 * GIB_MIB
+
+
+@pytest.mark.parametrize(
+    "cpus, millicores",
+    [(1, 940), (2, 1930), (8, 7910), (16, 15890), (32, 31850), (96, 95690)],
+)
+def test_allocatable_cpu_follows_gkes_reservation_tiers(cpus, millicores):
+    # 6% of the first core, 1% of the second, 0.5% of the next two, 0.25% above four.
+    assert Machine(cpus=cpus, memory_gib=4 * cpus).allocatable_cpu_millicores == millicores
+
+
+def test_machine_families_give_their_memory_per_vcpu():
+    assert Machine.from_type("n1-standard-8") == Machine(cpus=8, memory_gib=30.0)
+    assert Machine.from_type("n2-highmem-16") == Machine(cpus=16, memory_gib=128.0)
+    assert Machine.from_type("E2-HIGHCPU-32") == Machine(cpus=32, memory_gib=32.0)
+
+
+def test_planned_pods_and_system_pods_fit_within_allocatable():
+    for machine_type, pods in [("e2-highmem-4", 4), ("e2-highmem-4", 11), ("n2-standard-16", 15), ("e2-standard-2", 1)]:
+        node = Machine.from_type(machine_type)
+        resources = plan(node, pods)
+        cpu = int(resources.cpu_request.rstrip("m"))
+        memory = int(resources.memory_request.rstrip("Mi"))
+        assert pods * cpu + 250 <= node.allocatable_cpu_millicores
+        assert pods * memory + 512 <= node.allocatable_memory_mib
+        assert resources.memory_limit == resources.memory_request
+        # and little is wasted: the headroom is the only slack
+        assert pods * cpu + 250 > 0.93 * node.allocatable_cpu_millicores
+
+
+def test_the_user_notes_cluster_would_have_fitted_its_eleven_pods():
+    # The notes ran 11 pods at 300m on e2-highmem-4 nodes next to ~600m of system pods.
+    assert plan(Machine.from_type("e2-highmem-4"), 11).cpu_request == "310m"
+
+
+def test_too_many_pods_per_node_is_refused_with_how_many_fit():
+    with pytest.raises(ResourcePlanError, match=r"40 pods do not fit.*at most \d+ pods"):
+        plan(Machine.from_type("e2-standard-2"), 40)
+
+
+def test_an_unknown_machine_type_says_to_give_cpus_and_memory():
+    with pytest.raises(ResourcePlanError, match=r"unknown machine type 'm9-mega-4'.*--cpus and --memory-gib"):
+        Machine.from_type("m9-mega-4")
+
+
+def test_plan_resources_command_prints_job_variables_without_a_cpu_limit():
+    result = CliRunner().invoke(
+        app, ["plan-resources", "--machine-type", "e2-highmem-4", "--pods-per-node", "4", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == plan(Machine.from_type("e2-highmem-4"), 4).as_job_variables()
+    assert "cpu_limit" not in result.output
+
+    raw = CliRunner().invoke(app, ["plan-resources", "--cpus", "4", "--memory-gib", "32", "--json"])
+    assert json.loads(raw.output) == json.loads(result.output)
+
+
+# -- the work-pool template and the Job it renders ---------------------------------------------
+
+
+def test_checked_in_template_is_the_generated_one():
+    checked_in = json.loads((REPO / "deployments/gke/base-job-template.json").read_text())
+    assert checked_in == base_job_template(), (
+        "regenerate: tqflow gke-job-template > deployments/gke/base-job-template.json"
+    )
+
+
+def render_job(job_variables: dict, parameters: dict) -> dict:
+    """The Job manifest prefect-kubernetes' worker would submit for a flow run."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    configuration = asyncio.run(
+        KubernetesWorkerJobConfiguration.from_template_and_values(base_job_template(), job_variables)
+    )
+    run = FlowRun(flow_id=uuid.uuid4(), name="brave-otter", parameters=parameters)
+    configuration.prepare_for_flow_run(run)
+    return configuration.job_manifest
+
+
+@pytest.fixture(scope="module")
+def rendered(request):
+    request.getfixturevalue("prefect_api")
+    resources = plan(Machine.from_type("e2-highmem-4"), 4).as_job_variables()
+    manifest = render_job(
+        {"image": "us-docker.pkg.dev/my-lab/tqflow/worker:0.1.0", **resources},
+        # blocks travel by reference: the worker pod loads them from the API
+        {"queue": {"$ref": {"block_document_id": str(uuid.uuid4())}}, "idle_seconds": 30},
+    )
+    return manifest, resources
+
+
+#: prefect-kubernetes insists on these in the pod spec (its manifest check refuses a template
+#: without them there), where Kubernetes has no such fields: the API server drops them with a
+#: warning. They are the only fields strict validation may refuse.
+MISPLACED_BY_PREFECT_KUBERNETES = ("parallelism", "completions")
+
+
+def test_rendered_job_validates_strictly_against_the_kubernetes_schema(rendered):
+    manifest = copy.deepcopy(rendered[0])
+    pod = manifest["spec"]["template"]["spec"]
+    for field in MISPLACED_BY_PREFECT_KUBERNETES:
+        pod.pop(field)
+    kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_rendered_job_carries_the_planned_resources_and_no_cpu_limit(rendered):
+    manifest, resources = rendered
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == {
+        "requests": {"cpu": resources["cpu_request"], "memory": resources["memory_request"]},
+        "limits": {"memory": resources["memory_limit"]},
+    }
+
+
+def test_rendered_job_runs_on_the_worker_pool_and_tolerates_spot_nodes(rendered):
+    manifest, _ = rendered
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-nodepool": "tqflow-workers"}
+    assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["terminationGracePeriodSeconds"] == 25
+    assert manifest["spec"]["ttlSecondsAfterFinished"] == 3600
+
+
+def test_rendered_job_env_is_quiet_single_threaded_and_holds_no_secret(rendered):
+    manifest, _ = rendered
+    env = {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TQDM_DISABLE"] == "1"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1"
+    assert env["PREFECT__FLOW_RUN_ID"]
+    secretish = ("SECRET", "TOKEN", "PASSWORD", "AWS_ACCESS", "PRIVATE_KEY", "API_KEY")
+    assert not [name for name in env if any(word in name.upper() for word in secretish)]
