@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import io
 import re
-from typing import Any
+from typing import Any, Union
 
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.outputs import outputs_prefix
 
@@ -89,14 +90,15 @@ def plot(frame: pd.DataFrame, batch: str) -> bytes:
 
 
 @flow(name="analysis")
-def analysis(storage: CloudFilesStorage, batch: str) -> dict[str, Any]:
+def analysis(storage: Union[CloudFilesStorage, str], batch: str) -> dict[str, Any]:
     """Collect every output of ``batch`` into ``<batch>/analysis/results.parquet``.
 
     Args:
-        storage: Storage block holding the batch.
+        storage: Storage block holding the batch (or a saved block's slug).
         batch: Name of the batch.
     """
     logger = get_run_logger()
+    storage = load_block(storage, CloudFilesStorage)
     frame = load_results(storage, batch)
     if frame.empty:
         logger.warning("batch %s has no outputs under %s", batch, storage.url(outputs_prefix(batch)))

@@ -67,13 +67,12 @@ def _load_block(slug_and_name: str) -> Any:
     from prefect.blocks.core import Block
 
     import blocks  # noqa: F401  (registers tqflow's block types)
+    from blocks.specs import load_block
 
-    if "/" not in slug_and_name:
-        raise typer.BadParameter(f"{slug_and_name!r}: write BLOCK-TYPE-SLUG/NAME")
     try:
-        return Block.load(slug_and_name)
+        return load_block(slug_and_name, Block)
     except ValueError as exc:
-        raise typer.BadParameter(f"no block {slug_and_name!r}: {exc}") from None
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _fail(exc: Exception) -> None:

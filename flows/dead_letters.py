@@ -6,13 +6,14 @@ image): redriven messages start again with their receive count at zero.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.errors import MessageError
 from blocks.queues.base import DeadLetter, TaskQueue
+from blocks.specs import load_block
 from flows.analysis import artifact_key
 from flows.messages import decode
 
@@ -35,18 +36,19 @@ def describe(dead: DeadLetter) -> dict[str, Any]:
 
 @flow(name="dead-letters")
 def dead_letters(
-    queue: TaskQueue,
+    queue: Union[TaskQueue, str],
     action: Literal["list", "redrive"] = "list",
     limit: Optional[int] = 100,
 ) -> dict[str, Any]:
     """List dead-lettered messages with their reasons, or redrive them into the queue.
 
     Args:
-        queue: The queue block whose dead-letter queue to look at.
+        queue: The queue block whose dead-letter queue to look at (or a saved block's slug).
         action: ``list`` or ``redrive``.
         limit: At most this many messages (``None``: all, for redrive).
     """
     logger = get_run_logger()
+    queue = load_block(queue, TaskQueue)
     if action == "redrive":
         moved = queue.redrive(limit)
         logger.info("redrove %d messages back into %s", moved, queue.queue_name)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 from prefect import flow, get_run_logger
 
 from blocks.cave import CAVECredentials, CAVETableQuery
 from blocks.errors import TqflowError
 from blocks.queues.base import TaskQueue
+from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.messages import resolve, task_messages
 from flows.outputs import output_path
@@ -146,15 +147,15 @@ def enqueue_items(
 @flow(name="enqueue")
 def enqueue(
     fn: str,
-    queue: TaskQueue,
-    storage: CloudFilesStorage,
+    queue: Union[TaskQueue, str],
+    storage: Union[CloudFilesStorage, str],
     batch: str = "default",
     items: Optional[list[Any]] = None,
     items_file: Optional[str] = None,
     column: Optional[str] = None,
     items_from: Optional[str] = None,
     cave_query: Optional[CAVETableQuery] = None,
-    cave: Optional[CAVECredentials] = None,
+    cave: Union[CAVECredentials, str, None] = None,
     kwargs: Optional[dict[str, Any]] = None,
     item_param: Optional[str] = None,
     overwrite: bool = False,
@@ -164,7 +165,7 @@ def enqueue(
     Args:
         fn: Task function, ``package.module:function``; it must be importable here and in
             the workers.
-        queue: Queue block to send to.
+        queue: Queue block to send to (or a saved block's slug).
         storage: Storage block holding the batch's outputs (to skip finished items).
         batch: Name of the batch: the folder of its outputs.
         items: The items themselves.
@@ -177,6 +178,9 @@ def enqueue(
         item_param: Parameter that takes the item (default: the function's first).
         overwrite: Queue items whose output exists too.
     """
+    queue = load_block(queue, TaskQueue)
+    storage = load_block(storage, CloudFilesStorage)
+    cave = load_block(cave, CAVECredentials) if cave is not None else None
     found = read_items(items, items_file, column, items_from, cave_query, cave)
     result = enqueue_items(
         queue, storage, fn, found, batch, kwargs, item_param, overwrite, log=get_run_logger()

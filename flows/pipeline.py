@@ -8,7 +8,7 @@ local worker processes. With an ``SQSTaskQueue``, a ``gs://`` storage block and
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 from blocks.cave import CAVECredentials, CAVETableQuery
 from blocks.errors import TqflowError
 from blocks.queues.base import TaskQueue
+from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.analysis import analysis, artifact_key
 from flows.enqueue import enqueue
@@ -31,15 +32,15 @@ class DeadLettersError(TqflowError):
 @flow(name="pipeline")
 def pipeline(
     fn: str,
-    queue: TaskQueue,
-    storage: CloudFilesStorage,
+    queue: Union[TaskQueue, str],
+    storage: Union[CloudFilesStorage, str],
     batch: str = "default",
     items: Optional[list[Any]] = None,
     items_file: Optional[str] = None,
     column: Optional[str] = None,
     items_from: Optional[str] = None,
     cave_query: Optional[CAVETableQuery] = None,
-    cave: Optional[CAVECredentials] = None,
+    cave: Union[CAVECredentials, str, None] = None,
     kwargs: Optional[dict[str, Any]] = None,
     workers: int = 2,
     mode: Literal["local", "deployment"] = "local",
@@ -58,8 +59,8 @@ def pipeline(
 
     Args:
         fn: Task function, ``package.module:function``.
-        queue: Queue block.
-        storage: Storage block for the outputs.
+        queue: Queue block, or the slug of a saved one (``sqs-task-queue/prod``).
+        storage: Storage block for the outputs, or its slug.
         batch: Name of the batch (its folder in storage).
         items, items_file, column, items_from, cave_query: Where the items come from (see
             ``enqueue``).
@@ -80,6 +81,9 @@ def pipeline(
         poll_seconds: How often the monitor reads the queue's counts.
     """
     logger = get_run_logger()
+    queue = load_block(queue, TaskQueue)
+    storage = load_block(storage, CloudFilesStorage)
+    cave = load_block(cave, CAVECredentials) if cave is not None else None
     if cave is not None:
         cave.get_client()  # a refused token fails here, not in every worker
     queue.ensure()

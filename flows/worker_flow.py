@@ -6,13 +6,14 @@ worker process entry, so it stops on SIGTERM the way ``flows.worker_process`` do
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
+from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.worker import Worker
 from flows.worker_process import stop_on_signals
@@ -20,8 +21,8 @@ from flows.worker_process import stop_on_signals
 
 @flow(name="worker", log_prints=False)
 def worker(
-    queue: TaskQueue,
-    storage: CloudFilesStorage,
+    queue: Union[TaskQueue, str],
+    storage: Union[CloudFilesStorage, str],
     default_batch: str = "default",
     idle_seconds: float = 30.0,
     max_tasks: Optional[int] = None,
@@ -30,12 +31,12 @@ def worker(
     prefetch: Optional[int] = None,
     retry_base_seconds: float = 5.0,
     import_modules: Optional[list[str]] = None,
-    cave: Optional[CAVECredentials] = None,
+    cave: Union[CAVECredentials, str, None] = None,
 ) -> dict[str, Any]:
     """Drain ``queue`` into ``storage`` until it stays empty for ``idle_seconds``.
 
     Args:
-        queue: The queue block to lease tasks from.
+        queue: The queue block to lease tasks from (or a saved block's slug).
         storage: Where outputs (``<batch>/outputs/<key>.json``) are written.
         default_batch: Batch for python-task-queue bodies, which name none.
         idle_seconds: Stop after the queue has been empty this long.
@@ -48,6 +49,9 @@ def worker(
         cave: CAVE block for task functions that take a ``cave`` client.
     """
     logger = get_run_logger()
+    queue = load_block(queue, TaskQueue)
+    storage = load_block(storage, CloudFilesStorage)
+    cave = load_block(cave, CAVECredentials) if cave is not None else None
     loop = Worker(
         queue,
         storage,

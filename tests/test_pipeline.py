@@ -177,4 +177,19 @@ def test_a_block_that_does_not_exist_is_named_in_the_error():
         app, ["status", "--queue-block", "local-task-queue/no-such-block"], env={"COLUMNS": "200"}
     )
     assert result.exit_code != 0
-    assert "no block 'local-task-queue/no-such-block'" in result.output
+    assert "no saved block 'local-task-queue/no-such-block'" in result.output
+
+
+def test_flows_take_saved_blocks_by_slug_so_parameters_hold_no_credentials(queue_factory, storage):
+    import uuid
+
+    queue = queue_factory()
+    name = f"slug-{uuid.uuid4().hex[:6]}"
+    queue.save(name)
+    storage.save(name)
+    summary = run_pipeline(
+        f"{queue.get_block_type_slug()}/{name}", f"cloud-files-storage/{name}",
+        fn="tests.tasks:square", batch="by-slug", items=[2, 3], analyze=False,
+    )
+    assert summary["queued"] == 2
+    assert storage.get_json(output_path("by-slug", "3"))["result"] == 9
