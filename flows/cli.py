@@ -92,10 +92,11 @@ def demo(
     """Run the embedded pipeline: queue -> local workers -> local storage -> analysis."""
     from blocks.queues.local import LocalTaskQueue
     from blocks.storage import CloudFilesStorage
+    from flows.examples import demo_root_ids
     from flows.pipeline import pipeline
 
     data = data.resolve()
-    root_ids = [864691135000000000 + i for i in range(items)]
+    root_ids = demo_root_ids(items)
     console().print(
         f"tqflow demo: {items:,} synthetic neurons, {workers} local workers, results in {data}"
     )
@@ -332,6 +333,26 @@ def blocks_import(
         table.add_row(item.slug, item.file.name, item.about)
     console().print(table)
     console().print("use them by name, e.g. CAVECredentials.load(...), or in the Prefect UI")
+
+
+@blocks_app.command("save-local")
+def blocks_save_local(
+    data: Path = DataOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace blocks that exist."),
+) -> None:
+    """Save the embedded blocks the local deployments use: local-task-queue/tqflow and
+    cloud-files-storage/tqflow-local, both in --data."""
+    from blocks.queues.local import LocalTaskQueue
+    from blocks.storage import CloudFilesStorage
+
+    data = data.resolve()
+    saved = {
+        "local-task-queue/tqflow": LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="tqflow"),
+        "cloud-files-storage/tqflow-local": CloudFilesStorage(cloudpath=f"file://{data}"),
+    }
+    for slug, block in saved.items():
+        block.save(slug.split("/", 1)[1], overwrite=overwrite)
+        console().print(f"saved {slug} ({data})")
 
 
 @blocks_app.command("register")

@@ -107,3 +107,8 @@ def skeleton_stats(
 
 def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / np.linalg.norm(vector)
+
+
+def demo_root_ids(n: int = 200) -> list[int]:
+    """Made-up root IDs for the embedded demo and the ``pipeline-local`` deployment."""
+    return [864691135000000000 + i for i in range(n)]

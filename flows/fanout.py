@@ -110,8 +110,8 @@ class LocalFleet(Fleet):
 class DeploymentFleet(Fleet):
     """Workers as flow runs of a ``worker`` deployment (``flow-name/deployment-name``).
 
-    The queue and storage must be saved blocks: runs get them by reference, so no secret
-    travels as a flow-run parameter.
+    The queue and storage must be saved blocks: runs get their slugs and load them, so no
+    secret travels as a flow-run parameter.
     """
 
     def __init__(
@@ -158,8 +158,9 @@ class DeploymentFleet(Fleet):
                 if state is None or not state.is_final():
                     alive.append(run)
                 elif state.is_completed():
-                    result = state.result(raise_on_failure=False)
-                    self.finished.append(result if isinstance(result, dict) else {})
+                    # Results are not persisted (a pod's disk is gone with it): the worker
+                    # flow publishes its counters as its "worker-stats" artifact instead.
+                    self.finished.append(_worker_stats(client, run.id))
                 else:
                     self.lost += 1
         self._runs = alive
@@ -174,14 +175,32 @@ class DeploymentFleet(Fleet):
                 client.set_flow_run_state(run.id, Cancelling(), force=True)
 
 
-def _block_reference(block: Any) -> dict[str, Any]:
-    document_id = getattr(block, "_block_document_id", None)
-    if document_id is None:
+def _worker_stats(client: Any, flow_run_id: Any) -> dict[str, Any]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    artifacts = client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["worker-stats"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+        )
+    )
+    if not artifacts:
+        return {}
+    rows = artifacts[0].data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    return {row["counter"]: row["value"] for row in rows}
+
+
+def _block_reference(block: Any) -> str:
+    """A saved block's slug (``sqs-task-queue/prod``): what the worker flow loads when it
+    starts, so no credential travels as a flow-run parameter."""
+    name = getattr(block, "_block_document_name", None)
+    if name is None or getattr(block, "_is_anonymous", False):
         raise ValueError(
             f"{type(block).__name__} must be a saved block for deployment fan-out: "
-            "save it (block.save('name')) and pass the loaded block"
+            "save it (block.save('name')) and pass the loaded block or its slug"
         )
-    return {"$ref": {"block_document_id": str(document_id)}}
+    return f"{block.get_block_type_slug()}/{name}"
 
 
 def _last_json_line(text: str) -> Optional[dict[str, Any]]:

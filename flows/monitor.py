@@ -65,14 +65,16 @@ def watch(
 
     Calls ``on_progress(progress)`` on every poll. Logs a progress line at every tenth of the
     batch and at least every ``log_seconds``: a few dozen lines for a batch of any size or length.
-    Relaunches workers while messages remain and none run, at most ``max_relaunches`` (default:
-    ``3 * workers``) times.
+    While messages remain, replaces every worker that is lost (crashed, killed, preempted) and
+    starts workers again when none runs, at most ``max_relaunches`` (default: ``3 * workers``)
+    launches in all.
     """
     max_relaunches = 3 * workers if max_relaunches is None else max_relaunches
     started = time.monotonic()
     next_log = started + log_seconds
     logged_tenths = 0
     relaunched = 0
+    lost_seen = 0
     while True:
         running = fleet.running()
         counts = queue.counts()
@@ -97,16 +99,24 @@ def watch(
         if counts.pending == 0 and running == 0:
             log.info("batch drained: %s", progress.line())
             return progress
-        if running == 0:
+        lost_now, lost_seen = fleet.lost - lost_seen, fleet.lost
+        replace = 0
+        if counts.pending > 0 and running == 0:
+            replace = min(workers, counts.pending)
+        elif counts.pending > 0 and lost_now > 0:  # crashed, killed, preempted
+            replace = min(lost_now, workers - running, counts.pending)
+        if replace > 0:
             if relaunched >= max_relaunches:
                 raise WorkersLostError(
                     f"{counts.pending:,} messages remain but workers keep ending "
                     f"({fleet.lost} lost, {relaunched} relaunched); see the worker logs"
                 )
-            n = min(workers, counts.pending)
-            log.warning("no worker running and %d messages left: launching %d", counts.pending, n)
-            fleet.launch(n)
-            relaunched += n
+            log.warning(
+                "%d workers running, %d lost, %d messages left: launching %d",
+                running, fleet.lost, counts.pending, replace,
+            )
+            fleet.launch(replace)
+            relaunched += replace
         tenths = int(10 * progress.fraction)
         if time.monotonic() >= next_log or tenths > logged_tenths:
             log.info(progress.line())

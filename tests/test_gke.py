@@ -172,3 +172,14 @@ def test_rendered_job_env_is_quiet_single_threaded_and_holds_no_secret(rendered)
     assert env["PREFECT__FLOW_RUN_ID"]
     secretish = ("SECRET", "TOKEN", "PASSWORD", "AWS_ACCESS", "PRIVATE_KEY", "API_KEY")
     assert not [name for name in env if any(word in name.upper() for word in secretish)]
+
+
+def test_worker_image_is_built_on_the_prefect_version_tqflow_runs_with():
+    import re
+
+    import prefect
+
+    dockerfile = (REPO / "worker_image/Dockerfile").read_text()
+    assert re.search(r"^ARG PREFECT_VERSION=(\S+)$", dockerfile, re.M).group(1) == prefect.__version__
+    assert re.search(r"^FROM prefecthq/prefect:\$\{PREFECT_VERSION\}-python", dockerfile, re.M)
+    assert "TQDM_DISABLE=1" in dockerfile and re.search(r"^USER (?!root)", dockerfile, re.M)
