@@ -2,8 +2,8 @@
 
 It is prefect-kubernetes' default template with what batch workers on GKE need added:
 
-- ``node_selector`` and ``tolerations``, so workers land on the worker node pool and may run on
-  spot / preemptible nodes (whose taint the default tolerates);
+- ``node_selector`` and ``tolerations``, so workers land on the (tainted) worker node pool and
+  may run on spot / preemptible nodes;
 - resource defaults from the planner (`flows.resources`) for an ``e2-standard-4`` node with four
   workers, and **no CPU limit** at all (the variable and the manifest field are removed);
 - quiet, single-threaded defaults in the environment: ``TQDM_DISABLE=1`` (progress bars fill
@@ -31,9 +31,10 @@ WORKER_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 
-#: The taint GKE puts on spot nodes, and the one on preemptible (the older kind) node pools
-#: created with --node-taints by deployments/gke/make_cluster.sh.
-SPOT_TOLERATIONS = [
+#: The taint deployments/gke/make_cluster.sh puts on the worker pool (it keeps other pods off),
+#: and the ones GKE puts on spot and preemptible nodes.
+WORKER_TOLERATIONS = [
+    {"key": "tqflow-worker", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
     {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
     {"key": "cloud.google.com/gke-preemptible", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
 ]
@@ -74,10 +75,10 @@ def base_job_template() -> dict[str, Any]:
     }
     properties["tolerations"] = {
         "title": "Tolerations",
-        "description": "Taints worker pods tolerate (default: spot and preemptible nodes).",
+        "description": "Taints worker pods tolerate (default: the worker pool's, spot, preemptible).",
         "type": "array",
         "items": {"type": "object"},
-        "default": copy.deepcopy(SPOT_TOLERATIONS),
+        "default": copy.deepcopy(WORKER_TOLERATIONS),
     }
     properties["termination_grace_period_seconds"] = {
         "title": "Termination Grace Period Seconds",

@@ -79,17 +79,6 @@ def test_check_passes_for_existing_buckets(any_storage):
     any_storage.check()
 
 
-def test_a_write_to_a_missing_bucket_is_not_retried_by_tqflow(moto_endpoint):
-    storage = CloudFilesStorage(
-        cloudpath="s3://no-such-bucket-here/outputs",
-        aws_credentials=sqs_credentials(moto_endpoint),
-        write_retries=6,  # would add ~30 s of backoff if the error were taken as transient
-    )
-    with pytest.raises(StorageError, match=r"NoSuchBucket for bucket 'no-such-bucket-here'.*create it") as info:
-        storage.put_json("b/outputs/1.json", {})
-    assert "attempts" not in str(info.value)
-
-
 def test_gcp_service_account_becomes_cloud_files_credentials_in_memory(monkeypatch):
     from google.oauth2 import service_account
     from prefect_gcp import GcpCredentials

@@ -174,9 +174,17 @@ def test_deployment_mode_fan_out_runs_n_worker_deployments_that_drain_the_queue(
 
 
 def test_a_killed_worker_run_is_replaced_and_the_batch_completes(deployed, tmp_path):
+    from blocks import LocalTaskQueue
+
+    with client(deployed):  # leases of 5 s: the killed worker's tasks come back soon
+        LocalTaskQueue(
+            path=str(Path(deployed["TQFLOW_DATA"]) / "queue.sqlite"), queue_name="e2e-kill",
+            lease_seconds=5,
+        ).save("e2e-kill")
     started = time.time()
     pipeline_run = subprocess.Popen(
         [str(BIN / "prefect"), "deployment", "run", "pipeline/pipeline-local", "--params", json.dumps({
+            "queue": "local-task-queue/e2e-kill",
             "batch": "e2e-kill", "items": list(range(40)), "items_from": None,
             "fn": "tests.tasks:tracked", "kwargs": {"log_dir": str(tmp_path), "seconds": 0.25},
             "mode": "deployment", "worker_deployment": "worker/worker-local", "workers": 2,
