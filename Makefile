@@ -21,7 +21,7 @@ demo: $(INSTALLED)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/tqflow demo
 
 test: $(INSTALLED)
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q -n 2
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) tqflow-data .pytest_cache .hypothesis

@@ -134,6 +134,13 @@ def enqueue_command(
     items_file: Optional[Path] = typer.Option(None, help="File of items: .txt, .csv, .parquet."),
     column: Optional[str] = typer.Option(None, help="Column of the items file."),
     items_from: Optional[str] = typer.Option(None, help="package.module:function returning items."),
+    cave_table: Optional[str] = typer.Option(
+        None, help="Or a CAVE materialization table: its --column (default pt_root_id) values."
+    ),
+    cave_filter: str = typer.Option("{}", help="CAVE rows to keep, as JSON {column: value}."),
+    cave_block: Optional[str] = typer.Option(
+        None, help="CAVE block for --cave-table, e.g. cave-credentials/lab."
+    ),
     kwargs: str = typer.Option("{}", help="Fixed keyword arguments, as JSON."),
     batch: str = BatchOption,
     data: Path = DataOption,
@@ -147,11 +154,20 @@ def enqueue_command(
 
     try:
         fixed = json.loads(kwargs)
+        cave_query = None
+        if cave_table is not None:
+            from blocks.cave import CAVETableQuery
+
+            cave_query = CAVETableQuery(
+                table=cave_table, column=column or "pt_root_id", filter_equal=json.loads(cave_filter)
+            )
         found = read_items(
             [_from_text(i) for i in items] if items else None,
             str(items_file) if items_file else None,
             column,
             items_from,
+            cave_query,
+            _load_block(cave_block) if cave_block else None,
         )
         result = enqueue_items(
             _queue(data, batch, queue, queue_block),

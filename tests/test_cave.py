@@ -157,3 +157,21 @@ def test_synapse_profile_runs_in_the_worker_with_one_client_per_worker(
     info_requests = [c for c in cave_service.calls if c.request.url.endswith(f"/datastack/full/{DATASTACK}")]
     assert len(info_requests) == 1
     assert authorizations(cave_service) == {f"Bearer {cave_block.token.get_secret_value()}"}
+
+
+def test_enqueue_command_takes_items_from_a_cave_table(cave_service, cave_block, tmp_path, prefect_api):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    serve_table(cave_service, "synapses", SYNAPSES)
+    name = f"cli-{secrets.token_hex(3)}"
+    cave_block.save(name)
+    result = CliRunner().invoke(app, [
+        "enqueue", "tests.tasks:square", "--cave-table", "synapses", "--column", "pre_pt_root_id",
+        "--cave-filter", '{"post_pt_root_id": 20}', "--cave-block", f"cave-credentials/{name}",
+        "--batch", "from-cave", "--data", str(tmp_path),
+    ], env={"COLUMNS": "200"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    queue = LocalTaskQueue(path=str(tmp_path / "queue.sqlite"), queue_name="from-cave")
+    assert sorted(json.loads(lease.body)["key"] for lease in queue.receive(max_messages=10)) == ["10", "11", "12", "20"]

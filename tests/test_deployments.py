@@ -24,7 +24,8 @@ import yaml
 
 from tests.conftest import REPO, free_port
 
-pytestmark = pytest.mark.slow
+# One server, one deploy: keep these tests on one xdist worker (make test uses --dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployments")]
 
 BIN = Path(sys.executable).parent
 
