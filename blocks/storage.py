@@ -11,10 +11,10 @@ them cloud-files looks for its own (``~/.cloudvolume/secrets``, application defa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,6 +29,8 @@ from blocks.errors import CredentialsError, StorageError
 
 
 _clients = threading.local()
+#: Local folders known to exist, so a write does not try to make its folder every time.
+_made_folders: set[str] = set()
 
 
 class CloudFilesStorage(Block):
@@ -242,16 +244,25 @@ class CloudFilesStorage(Block):
     def _put_local(self, path: str, content: bytes) -> None:
         # cloud-files opens local files with 'wb' and writes in place, so a worker killed
         # mid-write would leave an empty or truncated output that later runs take as done.
-        # Write a temporary file beside it and rename it into place instead.
-        target = Path(self.cloudpath[len("file://") :]) / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        # Write a temporary file beside it and rename it into place instead. The temporary
+        # name is unique per process and thread, so no two writers share one.
+        target = os.path.join(self.cloudpath[len("file://") :], path)
+        folder, name = os.path.split(target)
+        if folder not in _made_folders:
+            os.makedirs(folder, exist_ok=True)
+            _made_folders.add(folder)
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             with os.fdopen(fd, "wb") as f:
                 f.write(content)
             os.replace(tmp, target)
+        except FileNotFoundError:
+            _made_folders.discard(folder)  # removed since: make it again on the next try
+            raise
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
 
     def put_json(self, path: str, obj: Any) -> None:
@@ -289,7 +300,7 @@ class CloudFilesStorage(Block):
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists."""
         if self.is_local:
-            return (Path(self.cloudpath[len("file://") :]) / path).is_file()
+            return os.path.isfile(os.path.join(self.cloudpath[len("file://") :], path))
         try:
             return bool(self._cloudfiles().exists(path))
         except Exception as exc:

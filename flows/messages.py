@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import functools
 import inspect
 import json
 import re
@@ -242,6 +243,15 @@ def _registered_task_runner(cls: type) -> Callable[..., Any]:
     return run
 
 
+@functools.lru_cache(maxsize=256)
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    """``inspect.signature`` once per function: it costs more than a no-op task."""
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+
+
 def bind(
     func: Callable[..., Any],
     message: TaskMessage,
@@ -252,9 +262,8 @@ def bind(
     A parameter named in ``injectables`` (``storage``, ``cave``) that the message does not set
     gets the injected object. Raises `BadArgumentsError` naming the function and what is wrong.
     """
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):
+    signature = _signature(func)
+    if signature is None:
         return _unchecked(func, message)
     kwargs = dict(message.kwargs)
     for name in signature.parameters.keys() & injectables.keys():
