@@ -1,12 +1,13 @@
 # tqflow: `make demo` runs the embedded pipeline, `make test` runs the tests.
-# Both create .venv and install what they need on first use.
+# Both create .venv and install what they need on first use. `make bench` prints the
+# side-by-side benchmarks (bench/README.md).
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 install: $(INSTALLED)
 
@@ -22,6 +23,9 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q -n 2 --dist loadgroup
+
+bench: $(INSTALLED)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) tqflow-data .pytest_cache .hypothesis

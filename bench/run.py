@@ -1,0 +1,73 @@
+"""Run every benchmark side by side and print one table of figures and ratios.
+
+    python -m bench.run                 # all scenarios (~10 minutes on 2 cores)
+    python -m bench.run queues sqs      # some of them
+    python -m bench.run --quick         # one run each, for a smoke test
+
+Absolute times vary between machines and runs; the ratios, measured in the same run on the
+same machine, are the figures to compare. Results also go to bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+SCENARIOS = {
+    "queues": "bench.queue_bench",
+    "worker": "bench.worker_bench",
+    "sqs": "bench.sqs_bench",
+    "prefect": "bench.prefect_bench",
+}
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import prefect
+
+    return (f"{platform.machine()}, {cpus} cores, {memory:.0f} GiB, Python {platform.python_version()}, "
+            f"Prefect {prefect.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--quick", action="store_true", help="one run of each, smaller sizes")
+    args = parser.parse_args()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ["TQDM_DISABLE"] = "1"
+
+    import importlib
+    import logging
+
+    logging.getLogger("tqflow").setLevel(logging.WARNING)
+    rows: list[dict] = []
+    for name in args.scenarios or SCENARIOS:
+        module = importlib.import_module(SCENARIOS[name])
+        started = time.perf_counter()
+        options = {"runs": 1} if args.quick else {}
+        found = module.run(**options)
+        print(f"[{name}: {time.perf_counter() - started:.0f} s]", flush=True)
+        rows += [{"scenario": name, **row} for row in found]
+    print(table(rows))
+    out = Path(__file__).with_name("results.json")
+    out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2, default=str) + "\n")
+    print(f"\n{machine()}\nwritten to {out}")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| scenario | measure | value | target | met |", "|---|---|---|---|---|"]
+    for row in rows:
+        met = {True: "yes", False: "**no**", None: ""}[row.get("met")]
+        value = f"{row['value']} {row['unit']}".strip()
+        lines.append(f"| {row['scenario']} | {row['measure']} | {value} | {row.get('target', '')} | {met} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
