@@ -2,6 +2,10 @@
 
 It logs through the run logger and publishes its counters as a table artifact. It is also a
 worker process entry, so it stops on SIGTERM the way ``flows.worker_process`` does.
+
+Nothing in the loop waits on the Prefect API: logs go through Prefect's background log worker,
+and the counters are published once at the end. An API outage mid-run costs no queue work; a
+report that cannot be published is logged, and the run still returns its counters.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def worker(
     retry_base_seconds: float = 5.0,
     import_modules: Optional[list[str]] = None,
     cave: Union[CAVECredentials, str, None] = None,
+    progress_seconds: float = 30.0,
 ) -> dict[str, Any]:
     """Drain ``queue`` into ``storage`` until it stays empty for ``idle_seconds``.
 
@@ -47,6 +52,7 @@ def worker(
         retry_base_seconds: First backoff before a failed task is retried.
         import_modules: Modules to import first (python-task-queue RegisteredTask classes).
         cave: CAVE block for task functions that take a ``cave`` client.
+        progress_seconds: How often the worker logs its counters and rate.
     """
     logger = get_run_logger()
     queue = load_block(queue, TaskQueue)
@@ -64,13 +70,17 @@ def worker(
         retry_base_seconds=retry_base_seconds,
         import_modules=import_modules or (),
         cave=cave,
+        progress_seconds=progress_seconds,
         log=logger,
     )
     with stop_on_signals(loop):
         stats = loop.run().as_dict()
-    create_table_artifact(
-        key="worker-stats",
-        table=[{"counter": name, "value": value} for name, value in stats.items()],
-        description=f"Worker {loop.name} on queue {queue.queue_name}",
-    )
+    try:
+        create_table_artifact(
+            key="worker-stats",
+            table=[{"counter": name, "value": value} for name, value in stats.items()],
+            description=f"Worker {loop.name} on queue {queue.queue_name}",
+        )
+    except Exception as exc:  # the work is done and in storage; only the report is lost
+        logger.warning("could not publish the worker-stats artifact (%s: %s)", type(exc).__name__, exc)
     return stats
