@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import pytest
 
 from blocks.queues.base import TaskQueue
 from flows import worker_process
 from flows.messages import task_messages
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: Runs a test that builds its queue with `queue_factory` on the SQS backend only.
+sqs_only = pytest.mark.parametrize("backend", ["sqs"], indirect=True)
 
 
 def enqueue(queue: TaskQueue, fn: str, items, batch: str = "b", **kwargs: Any) -> int:
@@ -38,3 +44,14 @@ def runs(log_dir: Path, item: int, what: str = "started") -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, every: float = 0.02) -> Any:
+    """Poll ``condition`` until it is true; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(every)

@@ -14,16 +14,27 @@ from collections import Counter
 from typing import Any
 
 
-class _ThrottledResponse:
-    status_code = 400
+class _RefusedResponse:
     headers: dict[str, str] = {}
     content = b""
     text = ""
 
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
+#: What a refused call answers, in turn.
+_REFUSALS = [
+    (400, "ThrottlingException", "Rate exceeded"),
+    (500, "InternalError", "We encountered an internal error"),
+    (503, "ServiceUnavailable", "The service is unavailable"),
+]
+
 
 class SQSFaults:
-    """Fail each batch entry once (every ``fail_every``-th), throttle every ``throttle_every``-th
-    call of the named operations; count every request by operation."""
+    """Fail each batch entry once (every ``fail_every``-th), refuse every ``throttle_every``-th
+    call of the named operations (throttling, 500, 503 in turn); count every request by
+    operation."""
 
     def __init__(
         self,
@@ -51,7 +62,7 @@ class SQSFaults:
         self._on("before-call.sqs", self._count, "count")
         for op in self.operations:
             self._on(f"before-parameter-build.sqs.{op}", self._drop_entries, f"drop-{op}")
-            self._on(f"before-call.sqs.{op}", self._throttle, f"throttle-{op}")
+            self._on(f"before-call.sqs.{op}", self._refuse, f"refuse-{op}")
             self._on(f"after-call.sqs.{op}", self._report_dropped, f"report-{op}")
         return self
 
@@ -68,13 +79,16 @@ class SQSFaults:
         with self._lock:
             self.requests[model.name] += 1
 
-    def _throttle(self, model: Any, **kwargs: Any) -> Any:
+    def _refuse(self, model: Any, **kwargs: Any) -> Any:
         with self._lock:
-            if next(self._calls) % self.throttle_every:
+            call = next(self._calls)
+            if call % self.throttle_every:
                 return None
-            self.injected[f"throttled {model.name}"] += 1
-        error = {"Code": "ThrottlingException", "Message": "Rate exceeded (injected)"}
-        return _ThrottledResponse(), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}
+            status, code, message = _REFUSALS[(call // self.throttle_every) % len(_REFUSALS)]
+            self.injected[f"refused {model.name}"] += 1
+            self.injected[f"HTTP {status}"] += 1
+        error = {"Code": code, "Message": f"{message} (injected)"}
+        return _RefusedResponse(status), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}
 
     def _drop_entries(self, params: dict[str, Any], model: Any, **kwargs: Any) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 
@@ -58,3 +59,18 @@ def fails_on(x: int, bad: list[int]) -> int:
     if x in bad:
         raise ValueError(f"item {x} is bad")
     return x * x
+
+
+def counted(x: int, log_dir: str, seconds: float = 0.0) -> int:
+    """Append ``x`` to this process's execution log (one line per execution, so a test can
+    count executions across processes), sleep ``seconds``, return ``x * x``."""
+    _append(Path(log_dir) / f"{os.getpid()}.log", str(x))
+    time.sleep(seconds)
+    return x * x
+
+
+def executions(log_dir: str) -> Counter[int]:
+    """How often each item ran, by the logs `counted` writes."""
+    return Counter(
+        int(line) for log in Path(log_dir).glob("*.log") for line in log.read_text().split()
+    )

@@ -1,28 +1,19 @@
 """The Queue contract (DESIGN.md, "Queue"), run against every backend in QUEUE_BACKENDS.
 
 Leases and delays are whole seconds here: SQS takes no fractions (the SQS backend rounds up).
+Many receivers at once (no message delivered twice while its lease holds) is proven end to end,
+with worker processes, in ``tests/reliability/test_many_writers.py``.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-from collections import Counter
 
 import pytest
 
 from blocks.errors import LeaseLostError, MessageTooLargeError, QueueConfigError
-from blocks.specs import block_from_spec, block_spec
+from tests.helpers import wait_until
 
-
-def wait_for(condition, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def test_send_returns_how_many_were_sent(queue_factory):
@@ -44,7 +35,7 @@ def test_lease_hides_a_message_until_it_expires(queue_factory):
     queue.send(["only"])
     assert len(queue.receive(lease_seconds=1)) == 1
     assert queue.receive() == []
-    (again,) = wait_for(lambda: queue.receive(), timeout=5)
+    (again,) = wait_until(lambda: queue.receive(), timeout=5)
     assert again.body == "only"
 
 
@@ -91,7 +82,7 @@ def test_delayed_message_is_not_received_before_its_delay(queue_factory):
     queue.send(["later"], delay_seconds=1)
     assert queue.counts().delayed == 1
     assert queue.receive() == []
-    (lease,) = wait_for(lambda: queue.receive(), timeout=5)
+    (lease,) = wait_until(lambda: queue.receive(), timeout=5)
     assert lease.body == "later"
 
 
@@ -218,49 +209,3 @@ def test_ensure_reports_a_different_redrive_policy(queue_factory, tmp_path):
     queue_factory(max_receive_count=5)
     with pytest.raises(QueueConfigError, match="max_receive_count=5"):
         queue_factory(max_receive_count=2)
-
-
-def _drain(spec, results, lease_seconds):
-    queue = block_from_spec(spec)
-    received = []
-    empty_polls = 0
-    while empty_polls < 20:
-        leases = queue.receive(max_messages=5, lease_seconds=lease_seconds)
-        if not leases:
-            empty_polls += 1
-            time.sleep(0.01)
-            continue
-        empty_polls = 0
-        received.extend(lease.body for lease in leases)
-        queue.ack(leases)
-    results.put(received)
-
-
-#: Messages drained by four processes: moto's server slows as its queue grows, so fewer there.
-DRAIN_COUNTS = {"local": 5_000, "sqs": 400}
-
-#: Copies of one message delivered while its lease holds. The local queue takes the write lock
-#: for every receive, so never. SQS standard queues are at-least-once and say so ("occasionally
-#: more than one copy"), and moto's receive runs unlocked across its request threads: a rare
-#: duplicate is the backend's, and tqflow's worker skips a task whose output exists.
-DUPLICATES_ALLOWED = {"local": 0, "sqs": 0.01}
-
-
-def test_four_processes_drain_every_message_and_none_twice_while_leases_hold(queue_factory, backend):
-    queue = queue_factory()
-    n = DRAIN_COUNTS[backend]
-    queue.send(str(i) for i in range(n))
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    processes = [
-        ctx.Process(target=_drain, args=(block_spec(queue), results, 120)) for _ in range(4)
-    ]
-    for p in processes:
-        p.start()
-    received = [body for _ in processes for body in results.get(timeout=120)]
-    for p in processes:
-        p.join(timeout=30)
-    counts = Counter(received)
-    assert len(counts) == n  # none lost
-    assert len(received) - n <= DUPLICATES_ALLOWED[backend] * n
-    assert queue.counts().pending == 0

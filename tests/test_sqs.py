@@ -4,68 +4,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections import Counter
 from functools import partial
 
 import pytest
 
-from blocks.errors import QueueConfigError, QueueError
+from blocks.errors import QueueConfigError
 from blocks.queues.sqs import SQSTaskQueue
 from blocks.specs import block_from_spec, block_spec
 from flows.enqueue import enqueue_items
 from flows.worker import Worker
 from tests.conftest import sqs_credentials
-from tests.helpers import enqueue, run_worker
+from tests.helpers import enqueue, run_worker, sqs_only
 from tests.sqs_faults import SQSFaults
-
-#: Runs a test that builds its queue with `queue_factory` on the SQS backend only.
-sqs_only = pytest.mark.parametrize("backend", ["sqs"], indirect=True)
-
-
-def drain(queue: SQSTaskQueue) -> list[str]:
-    bodies = []
-    while True:
-        leases = queue.receive(max_messages=10, lease_seconds=60)
-        if not leases:
-            return bodies
-        bodies.extend(lease.body for lease in leases)
-        assert queue.ack(leases) == len(leases)
-
-
-@sqs_only
-def test_send_survives_failed_entries_and_throttling_without_loss_or_duplicates(queue_factory):
-    queue = queue_factory()
-    bodies = [f"m{i}" for i in range(200)]
-    with SQSFaults(queue._client(), operations=("SendMessageBatch",)) as faults:
-        assert queue.send(bodies) == 200
-    assert faults.injected["failed SendMessageBatch entry"] > 0
-    assert faults.injected["throttled SendMessageBatch"] > 0
-    assert Counter(drain(queue)) == Counter(bodies)
-
-
-@sqs_only
-def test_receive_and_ack_survive_failed_entries_and_throttling(queue_factory):
-    queue = queue_factory()
-    bodies = [f"m{i}" for i in range(120)]
-    queue.send(bodies)
-    with SQSFaults(queue._client(), operations=("ReceiveMessage", "DeleteMessageBatch")) as faults:
-        received = drain(queue)
-    assert faults.injected["failed DeleteMessageBatch entry"] > 0
-    assert faults.injected["throttled ReceiveMessage"] > 0
-    assert Counter(received) == Counter(bodies)
-    assert queue.counts().pending == 0
-
-
-@sqs_only
-def test_permanently_refused_entries_are_named_and_the_rest_are_sent(queue_factory):
-    queue = queue_factory()
-    bad = json.dumps({"fn": "m:f", "kwargs": {}, "key": "item-13", "batch": "b"})
-    bodies = [f"m{i}" for i in range(25)] + [bad]
-    with SQSFaults(queue._client(), fail_every=10**9, throttle_every=10**9, permanent_bodies=(bad,)):
-        with pytest.raises(QueueError, match="1 of 26 messages could not be sent.*item-13"):
-            queue.send(bodies)
-    assert sorted(drain(queue)) == sorted(bodies[:-1])
-
 
 @sqs_only
 def test_a_300_kib_task_is_refused_at_enqueue_naming_the_item(queue_factory, storage):

@@ -8,16 +8,9 @@ import subprocess
 import time
 from functools import partial
 
-from tests.helpers import child_env, enqueue, run_worker, runs
+from tests.helpers import child_env, enqueue, run_worker, runs, wait_until
 from flows import worker_process
-from flows.outputs import error_path, output_path
-
-
-def wait_until(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+from flows.outputs import output_path
 
 
 def test_worker_writes_every_output_and_empties_the_queue(queue_factory, storage):
@@ -54,20 +47,6 @@ def test_overwrite_re_runs_finished_items(queue_factory, storage, log_dir):
     assert all(runs(log_dir, i) == 2 for i in range(3))
 
 
-def test_failing_task_is_dead_lettered_after_max_receive_count_with_every_traceback(
-    queue_factory, storage
-):
-    queue = queue_factory(max_receive_count=3, lease_seconds=5)
-    enqueue(queue, "tests.tasks:always_fails", [13])
-    stats = run_worker(queue, storage, retry_base_seconds=0.05)
-    assert (stats["failed"], stats["succeeded"]) == (3, 0)
-    (dead,) = queue.dead_letters()
-    assert "max_receive_count=3" in dead.reason
-    errors = storage.get_json(error_path("b", "13"))
-    assert [a["attempt"] for a in errors["attempts"]] == [1, 2, 3]
-    assert all("RuntimeError: item 13 always fails" in a["traceback"] for a in errors["attempts"])
-    assert not storage.exists(output_path("b", "13"))
-
 
 def test_unrunnable_messages_go_to_the_dead_letter_queue_at_once_and_the_worker_goes_on(
     queue_factory, storage
@@ -101,38 +80,6 @@ def test_task_can_write_large_results_through_the_injected_storage(queue_factory
     assert storage.get_json("extra/4.json") == {"values": [0, 1, 2, 3]}
 
 
-def test_worker_killed_mid_task_loses_nothing(queue_factory, storage, log_dir, workers):
-    queue = queue_factory(lease_seconds=1)
-    enqueue(queue, "tests.tasks:tracked", [1], log_dir=str(log_dir), seconds=3)
-    victim = worker_process.spawn(queue, storage, {"idle_seconds": 60}, env=child_env())
-    workers.append(victim)
-    wait_until(lambda: runs(log_dir, 1) == 1)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert queue.counts().in_flight == 1  # its lease holds until it ends, then it returns
-    stats = run_worker(queue, storage, idle_seconds=0.5)
-    assert stats["succeeded"] == 1
-    assert (runs(log_dir, 1), runs(log_dir, 1, "finished")) == (2, 1)
-    assert storage.get_json(output_path("b", "1"))["attempt"] == 2
-    assert queue.counts().pending == 0
-
-
-def test_sigterm_mid_task_releases_the_lease_at_once_and_exits_zero(
-    queue_factory, storage, log_dir, workers
-):
-    queue = queue_factory(lease_seconds=300)
-    enqueue(queue, "tests.tasks:tracked", [1], log_dir=str(log_dir), seconds=60)
-    worker = worker_process.spawn(queue, storage, {"idle_seconds": 60}, env=child_env())
-    workers.append(worker)
-    wait_until(lambda: runs(log_dir, 1) == 1)
-    signalled = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
-    out, _ = worker.communicate(timeout=20)
-    assert worker.returncode == 0
-    assert time.monotonic() - signalled < 5
-    assert json.loads(out.strip().splitlines()[-1])["stop_reason"] == "stopped"
-    assert queue.counts().visible == 1  # released, not waiting out its 300 s lease
-    assert runs(log_dir, 1, "finished") == 0
 
 
 def test_task_longer_than_its_lease_is_not_run_twice(queue_factory, storage, log_dir, workers):

@@ -22,7 +22,7 @@ from tests.conftest import GCS_BUCKET, service_account_info
 
 
 def test_a_batch_leaks_no_secret_into_logs_artifacts_parameters_or_errors(
-    moto_endpoint, gcs_emulator, prefect_api, capfd
+    moto_endpoint, gcs_emulator, prefect_api, capfd, figure
 ):
     aws_secret = f"aws-secret-{secrets.token_hex(12)}"
     gcp_info = service_account_info()
@@ -87,3 +87,9 @@ def test_a_batch_leaks_no_secret_into_logs_artifacts_parameters_or_errors(
     for where, text in seen.items():
         for what, secret in known.items():
             assert secret not in text, f"the {what} appears in the {where}"
+    figure(
+        "9. Secrets of a batch (AWS key, GCP private key, CAVE token)",
+        trials=1, items=4, lost=0, duplicated=0, dead_lettered=len(queue.dead_letters()),
+        recovery_seconds=None,
+        notes=f"searched {len(seen)} places ({', '.join(seen)}): no secret found",
+    )

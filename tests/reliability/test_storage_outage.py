@@ -1,0 +1,115 @@
+"""Reliability: the storage service goes away mid-batch and comes back. Storage here is a
+gcp-storage-emulator that keeps its objects on disk, stopped and started again on its port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from prefect_gcp import GcpCredentials
+
+from blocks import CloudFilesStorage
+from flows.outputs import outputs_prefix
+from tests.conftest import free_port, service_account_info, wait_for_port
+from tests.helpers import enqueue, wait_until
+from tests.reliability.conftest import scaled
+
+BUCKET = "outage-bucket"
+ITEMS = scaled(120, 600)
+OUTAGE_SECONDS = scaled(6, 10)
+
+
+class StorageService:
+    """A gcp-storage-emulator on a fixed port whose objects outlive a restart."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start",
+             "--host=127.0.0.1", f"--port={self.port}", f"--default-bucket={BUCKET}", "--quiet"],
+            env={**os.environ, "STORAGE_BASE": str(self.folder)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def objects_on_disk(self, prefix: str) -> int:
+        """Objects stored under ``prefix``, counted on disk: works while the service is down."""
+        return sum(1 for _ in (self.folder / ".cloudstorage" / BUCKET).glob(f"{prefix}*.json"))
+
+
+@pytest.fixture
+def storage_service(tmp_path, monkeypatch) -> Iterator[StorageService]:
+    service = StorageService(tmp_path / "gcs")
+    service.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", service.endpoint)
+    yield service
+    if service.process is not None:
+        service.stop()
+
+
+def test_no_message_is_acknowledged_without_its_output_through_a_storage_outage(
+    queue_factory, storage_service, forked_workers, tmp_path, figure
+):
+    storage = CloudFilesStorage(
+        cloudpath=f"gs://{BUCKET}/outage",
+        gcp_credentials=GcpCredentials(service_account_info=service_account_info()),
+    )
+    queue = queue_factory(lease_seconds=5, max_receive_count=3)
+    log_dir = tmp_path / "executions"
+    log_dir.mkdir()
+    enqueue(queue, "tests.tasks:counted", range(ITEMS), log_dir=str(log_dir), seconds=0.03)
+    prefix = "outage/" + outputs_prefix("b")
+
+    def acknowledged() -> int:
+        counts = queue.counts()
+        return ITEMS - counts.pending - counts.dead
+
+    def check_no_ack_without_output() -> None:
+        acked = acknowledged()  # first: outputs only grow, so a later count can only be larger
+        assert storage_service.objects_on_disk(prefix) >= acked
+
+    workers = [forked_workers.start(queue, storage, idle_seconds=1) for _ in range(2)]
+    wait_until(lambda: storage_service.objects_on_disk(prefix) >= ITEMS // 4)
+    storage_service.stop()
+    went_down = time.monotonic()
+    while time.monotonic() - went_down < OUTAGE_SECONDS:
+        check_no_ack_without_output()
+        time.sleep(0.25)
+    acked_during_outage = acknowledged()
+    storage_service.start()
+    came_back = time.monotonic()
+    stats = [forked_workers.wait(w, timeout=300) for w in workers]
+    recovery_seconds = time.monotonic() - came_back
+
+    check_no_ack_without_output()
+    counts = queue.counts()
+    assert (counts.pending, counts.dead) == (0, 0)
+    assert storage_service.objects_on_disk(prefix) == ITEMS
+    assert sum(s["succeeded"] for s in stats) + sum(s["skipped"] for s in stats) >= ITEMS
+    figure(
+        "5. Storage outage mid-batch",
+        trials=1, items=ITEMS, lost=ITEMS - storage_service.objects_on_disk(prefix), duplicated=0,
+        dead_lettered=counts.dead, recovery_seconds=round(recovery_seconds, 1),
+        notes=f"storage down {OUTAGE_SECONDS} s; {acked_during_outage} acknowledged by its end, "
+        f"each with its output; {sum(s['failed'] for s in stats)} attempts failed",
+    )
