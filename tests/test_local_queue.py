@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from blocks.errors import LeaseLostError
-from tests.test_queue_contract import wait_for
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.parametrize("backend", ["local"], indirect=True)
 
@@ -14,7 +14,7 @@ def test_extend_of_a_lease_taken_over_by_another_receiver_raises(queue_factory):
     queue = queue_factory()
     queue.send(["x"])
     (stale,) = queue.receive(lease_seconds=1)
-    wait_for(lambda: queue.receive(lease_seconds=30), timeout=5)
+    wait_until(lambda: queue.receive(lease_seconds=30), timeout=5)
     with pytest.raises(LeaseLostError):
         queue.extend(stale, 30)
 
@@ -23,7 +23,7 @@ def test_ack_with_a_stale_receipt_leaves_the_new_receivers_message(queue_factory
     queue = queue_factory()
     queue.send(["x"])
     (stale,) = queue.receive(lease_seconds=1)
-    (current,) = wait_for(lambda: queue.receive(lease_seconds=30), timeout=5)
+    (current,) = wait_until(lambda: queue.receive(lease_seconds=30), timeout=5)
     assert queue.ack([stale]) == 0
     assert queue.counts().in_flight == 1
     assert queue.ack([current]) == 1

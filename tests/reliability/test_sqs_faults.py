@@ -87,6 +87,7 @@ def test_a_batch_enqueued_and_drained_under_faults_on_every_call_runs_each_item_
     assert sum(n for what, n in faults.injected.items() if what.startswith("failed")) > 0
     assert len(outputs) == ITEMS and set(ran) == set(range(ITEMS))
     assert stats.succeeded == ITEMS and stats.failed == 0
+    assert stats.skipped == 0  # a message sent twice would be skipped, its output existing
     assert max(ran.values()) == 1  # none enqueued twice, none run twice
     assert queue.counts().pending == 0
     figure(
