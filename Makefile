@@ -1,13 +1,14 @@
 # tqflow: `make demo` runs the embedded pipeline, `make test` runs the tests.
 # Both create .venv and install what they need on first use. `make bench` prints the
-# side-by-side benchmarks (bench/README.md).
+# side-by-side benchmarks (bench/README.md), `make reliability` the fault-injection figures
+# (bench/RELIABILITY.md).
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench reliability install clean
 
 install: $(INSTALLED)
 
@@ -26,6 +27,10 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m bench.run
+
+# The fault-injection scenarios at their stress sizes; figures go to bench/RELIABILITY.md.
+reliability: $(INSTALLED)
+	$(PY) -m bench.reliability --stress
 
 clean:
 	rm -rf $(VENV) tqflow-data .pytest_cache .hypothesis

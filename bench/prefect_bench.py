@@ -29,7 +29,6 @@ def mapped(n: int) -> int:
 
 def task_map_seconds(n: int, recorded: list[int]) -> float:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     state = None
 
@@ -40,9 +39,9 @@ def task_map_seconds(n: int, recorded: list[int]) -> float:
     seconds = timed(run)
     assert state.result() == n
     with get_client(sync_client=True) as client:
-        recorded.append(client.count_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        ))
+        # The REST API counts task runs; the Python client has no method of its own for it.
+        flow_run = {"id": {"any_": [str(state.state_details.flow_run_id)]}}
+        recorded.append(client.request("POST", "/task_runs/count", json={"flow_runs": flow_run}).json())
     return seconds
 
 
@@ -87,10 +86,15 @@ def run(runs: int = 3, small: int = 2_000, large: int = 20_000, map_small: int =
         {"measure": "per-item cost, task.map vs tqflow", "value": round(map_slope / tq_slope), "unit": "x",
          "target": ">= 20x", "met": map_slope / tq_slope >= 20},
         {"measure": f"wall time at {small:,} items, task.map vs tqflow", "value": round(_at(small, map_small, map_large, map_small_s, map_large_s) / tq_small, 1),
-         "unit": "x", "target": ">= 10x (at 10,000)", "met": None},
+         "unit": "x"},
+        # task.map at 10,000 items would take many minutes (it grows faster than linearly), so
+        # its time there is extrapolated along its measured slope: a lower bound.
+        {"measure": "wall time at 10,000 items, task.map (lower bound) vs tqflow", "value": round(_at(10_000, map_small, map_large, map_small_s, map_large_s) / _at(10_000, small, large, tq_small, tq_large), 1),
+         "unit": "x", "target": ">= 10x", "met": _at(10_000, map_small, map_large, map_small_s, map_large_s) / _at(10_000, small, large, tq_small, tq_large) >= 10},
     ]
 
 
 def _at(n: int, n1: int, n2: int, t1: float, t2: float) -> float:
-    """task.map's time at ``n`` items: measured if ``n`` is one of its sizes."""
+    """The time at ``n`` items: measured if ``n`` is one of the two sizes, else on the line
+    through both."""
     return {n1: t1, n2: t2}.get(n, t1 + (t2 - t1) * (n - n1) / (n2 - n1))

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 from functools import partial
-from pathlib import Path
 
 from bench.common import child_env, median_of, timed
 

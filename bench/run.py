@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import time
+import traceback
 from pathlib import Path
 
 SCENARIOS = {
@@ -49,18 +50,32 @@ def main() -> None:
     import logging
 
     logging.getLogger("tqflow").setLevel(logging.WARNING)
-    rows: list[dict] = []
+    # Results accumulate by scenario: running some scenarios replaces only their rows.
+    out = Path(__file__).with_name("results.json")
+    results = json.loads(out.read_text()) if out.exists() else {}
+    by_scenario: dict = results.get("scenarios", {})
+    failed = []
     for name in args.scenarios or SCENARIOS:
         module = importlib.import_module(SCENARIOS[name])
         started = time.perf_counter()
         options = {"runs": 1} if args.quick else {}
-        found = module.run(**options)
-        print(f"[{name}: {time.perf_counter() - started:.0f} s]", flush=True)
-        rows += [{"scenario": name, **row} for row in found]
+        try:
+            found = module.run(**options)
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        seconds = time.perf_counter() - started
+        print(f"[{name}: {seconds:.0f} s]", flush=True)
+        by_scenario[name] = {"rows": found, "seconds": round(seconds), "machine": machine(),
+                             "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+        out.write_text(json.dumps({"scenarios": by_scenario}, indent=2, default=str) + "\n")
+    rows = [{"scenario": name, **row} for name in SCENARIOS if name in by_scenario
+            for row in by_scenario[name]["rows"]]
     print(table(rows))
-    out = Path(__file__).with_name("results.json")
-    out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2, default=str) + "\n")
     print(f"\n{machine()}\nwritten to {out}")
+    if failed:
+        raise SystemExit(f"scenarios that failed: {', '.join(failed)}")
 
 
 def table(rows: list[dict]) -> str:

@@ -92,7 +92,7 @@ def taskqueue_sqs(endpoint: str, n: int) -> dict:
             "enqueue_seconds": enqueued - started, "drain_seconds": drained - enqueued}
 
 
-def run(runs: int = 3, n: int = 1_000) -> list[dict]:
+def run(runs: int = 3, n: int = 500) -> list[dict]:
     import statistics
 
     ours, theirs = [], []

@@ -81,6 +81,25 @@ def worker_memory(n: int) -> dict[str, float]:
         return {"start": warm, "end": end, "peak": max(rss for _, rss in samples + [(n, end)])}
 
 
+def _spin_slice(items: list[int], iterations: int) -> float:
+    from bench.tasks import spin
+
+    started = time.perf_counter()
+    for x in items:
+        spin(x, iterations)
+    return time.perf_counter() - started
+
+
+def plain_processes_seconds(n: int, processes: int, iterations: int) -> float:
+    """The machine's own limit: the same CPU-bound items split evenly over plain processes,
+    no queue at all (each process's loop time, the slower one counted)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        slices = [list(range(n))[i::processes] for i in range(processes)]
+        return max(pool.starmap(_spin_slice, [(s, iterations) for s in slices]))
+
+
 def run(runs: int = 3, n: int = 20_000, n_memory: int = 20_000, n_cpu: int = 120) -> list[dict]:
     worker = median_of(runs, lambda: worker_seconds(n))
     raw = median_of(runs, lambda: raw_loop_seconds(n))
@@ -89,6 +108,8 @@ def run(runs: int = 3, n: int = 20_000, n_memory: int = 20_000, n_cpu: int = 120
     cpu = {"iterations": 400_000}
     one = median_of(runs, lambda: tqflow_drain(n_cpu, workers=1, fn="bench.tasks:spin", kwargs=cpu))
     two = median_of(runs, lambda: tqflow_drain(n_cpu, workers=2, fn="bench.tasks:spin", kwargs=cpu))
+    plain_one = median_of(runs, lambda: plain_processes_seconds(n_cpu, 1, cpu["iterations"]))
+    plain_two = median_of(runs, lambda: plain_processes_seconds(n_cpu, 2, cpu["iterations"]))
     return [
         {"measure": "tqflow worker (1 process): no-op tasks", "value": round(n / worker), "unit": "tasks/s"},
         {"measure": "raw lease/ack loop: no-op tasks", "value": round(n / raw), "unit": "tasks/s"},
@@ -100,4 +121,8 @@ def run(runs: int = 3, n: int = 20_000, n_memory: int = 20_000, n_cpu: int = 120
          "target": "< 10%", "met": growth < 0.10},
         {"measure": "2 workers vs 1 on a CPU-bound task", "value": round(one / two, 2), "unit": "x",
          "target": ">= 1.7x", "met": one / two >= 1.7},
+        {"measure": "2 plain processes vs 1, same task, no queue (the machine's limit)",
+         "value": round(plain_one / plain_two, 2), "unit": "x"},
+        {"measure": "tqflow's scaling as a share of the machine's", "value": round((one / two) / (plain_one / plain_two), 2),
+         "unit": "x"},
     ]
