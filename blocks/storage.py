@@ -123,6 +123,9 @@ class CloudFilesStorage(Block):
         """Whether the folder is on this machine's disk (``file://``)."""
         return self.cloudpath.startswith("file://")
 
+    def _local_path(self, path: str) -> str:
+        return os.path.join(self.cloudpath[len("file://") :], path)
+
     def _secrets(self) -> Any:
         """Credentials handed to cloud-files; ``None`` lets cloud-files find its own."""
         if self.gcp_credentials is not None:
@@ -246,7 +249,7 @@ class CloudFilesStorage(Block):
         # mid-write would leave an empty or truncated output that later runs take as done.
         # Write a temporary file beside it and rename it into place instead. The temporary
         # name is unique per process and thread, so no two writers share one.
-        target = os.path.join(self.cloudpath[len("file://") :], path)
+        target = self._local_path(path)
         folder, name = os.path.split(target)
         if folder not in _made_folders:
             os.makedirs(folder, exist_ok=True)
@@ -275,6 +278,14 @@ class CloudFilesStorage(Block):
 
     def get(self, path: str) -> bytes | None:
         """The content of ``path``, or ``None`` if it does not exist."""
+        if self.is_local:  # tqflow writes local files uncompressed: read them directly
+            try:
+                with open(self._local_path(path), "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise StorageError(f"cannot read {self.url(path)}: {type(exc).__name__}: {exc}") from exc
         try:
             return self._cloudfiles().get(path)
         except Exception as exc:
@@ -300,7 +311,7 @@ class CloudFilesStorage(Block):
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists."""
         if self.is_local:
-            return os.path.isfile(os.path.join(self.cloudpath[len("file://") :], path))
+            return os.path.isfile(self._local_path(path))
         try:
             return bool(self._cloudfiles().exists(path))
         except Exception as exc:

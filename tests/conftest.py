@@ -204,6 +204,17 @@ def workers() -> Iterator[list[subprocess.Popen]]:
             process.wait()
 
 
+@pytest.fixture
+def forked_workers(tmp_path) -> Iterator[Any]:
+    """Worker processes forked warm (`tests.forked_workers`); killed at the test's end if
+    still running."""
+    from tests.forked_workers import ForkedWorkers
+
+    workers = ForkedWorkers(tmp_path)
+    yield workers
+    workers.stop_all()
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     """One temporary Prefect server (SQLite) for the whole session: it takes 10-20 s to start,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -11,7 +11,6 @@ from typing import Any, Callable
 import pytest
 
 from blocks.queues.base import TaskQueue
-from flows import worker_process
 from flows.messages import task_messages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,12 +24,13 @@ def enqueue(queue: TaskQueue, fn: str, items, batch: str = "b", **kwargs: Any) -
 
 
 def run_worker(queue, storage, timeout: float = 120, **options: Any) -> dict[str, Any]:
-    """Run one worker process to its end; return its stats."""
+    """Run one worker process (forked warm, `tests.forked_workers`) to its end; return its
+    stats."""
+    from tests.forked_workers import ForkedWorkers
+
     options.setdefault("idle_seconds", 0.2)
-    process = worker_process.spawn(queue, storage, options, env=child_env())
-    out, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, f"worker exited {process.returncode}"
-    return json.loads(out.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as folder:
+        return ForkedWorkers(Path(folder)).run(queue, storage, timeout, **options)
 
 
 def child_env() -> dict[str, str]:

@@ -21,8 +21,8 @@ from tests.helpers import enqueue, wait_until
 from tests.reliability.conftest import scaled
 
 BUCKET = "outage-bucket"
-ITEMS = scaled(120, 600)
-OUTAGE_SECONDS = scaled(6, 10)
+ITEMS = scaled(80, 600)
+OUTAGE_SECONDS = scaled(5, 10)
 
 
 class StorageService:
