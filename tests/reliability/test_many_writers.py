@@ -3,6 +3,8 @@ lease holds."""
 
 from __future__ import annotations
 
+import pytest
+
 from flows.outputs import outputs_prefix
 from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
@@ -10,7 +12,7 @@ from tests.tasks import executions
 
 WORKERS = 4
 #: moto's server slows as its queue grows (~150 sends/s at 500 messages), so fewer on SQS.
-ITEMS = {"local": 10_000, "sqs": scaled(400, 2_000)}
+ITEMS = {"local": 10_000, "sqs": scaled(400, 1_000)}
 
 #: Second deliveries of one message while its lease holds — run again, or skipped because its
 #: output exists (leases here outlast the batch, so any second delivery counts). The local queue takes the write lock for every receive, so never. SQS
@@ -19,6 +21,7 @@ ITEMS = {"local": 10_000, "sqs": scaled(400, 2_000)}
 DUPLICATES_ALLOWED = {"local": 0, "sqs": 0.01}
 
 
+@pytest.mark.timeout(600)
 def test_four_workers_run_every_task_and_none_twice_while_its_lease_holds(
     queue_factory, backend, storage, forked_workers, tmp_path, figure
 ):

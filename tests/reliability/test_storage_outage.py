@@ -38,13 +38,25 @@ class StorageService:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start",
-             "--host=127.0.0.1", f"--port={self.port}", f"--default-bucket={BUCKET}", "--quiet"],
-            env={**os.environ, "STORAGE_BASE": str(self.folder)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, self.process)
+        """Start it on its port. A restart can find the port still held by the connections of
+        the last run (TIME_WAIT), so it is tried again for up to 30 s."""
+        deadline = time.monotonic() + 30
+        while True:
+            log = open(self.folder.parent / "storage-service.log", "a")
+            self.process = subprocess.Popen(
+                [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start",
+                 "--host=127.0.0.1", f"--port={self.port}", f"--default-bucket={BUCKET}", "--quiet"],
+                env={**os.environ, "STORAGE_BASE": str(self.folder)},
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+            log.close()
+            try:
+                wait_for_port(self.port, self.process)
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def stop(self) -> None:
         assert self.process is not None
@@ -89,7 +101,7 @@ def test_no_message_is_acknowledged_without_its_output_through_a_storage_outage(
         assert storage_service.objects_on_disk(prefix) >= acked
 
     workers = [forked_workers.start(queue, storage, idle_seconds=1) for _ in range(2)]
-    wait_until(lambda: storage_service.objects_on_disk(prefix) >= ITEMS // 4)
+    wait_until(lambda: storage_service.objects_on_disk(prefix) >= ITEMS // 4, timeout=120)
     storage_service.stop()
     went_down = time.monotonic()
     while time.monotonic() - went_down < OUTAGE_SECONDS:
