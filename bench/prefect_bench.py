@@ -67,7 +67,7 @@ def pipeline_seconds(n: int) -> float:
 
 
 def run(runs: int = 3, small: int = 2_000, large: int = 20_000, map_small: int = 1_000,
-        map_large: int = 1_500) -> list[dict]:
+        map_large: int = 2_000) -> list[dict]:
     with tempfile.TemporaryDirectory() as home, prefect_server(Path(home)):
         tq_small = median_of(runs, lambda: pipeline_seconds(small))
         tq_large = median_of(runs, lambda: pipeline_seconds(large))
