@@ -44,8 +44,6 @@ def runs(log_dir: Path, item: int, what: str = "started") -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-
-
 def wait_until(condition: Callable[[], Any], timeout: float = 30.0, every: float = 0.02) -> Any:
     """Poll ``condition`` until it is true; return its value."""
     deadline = time.monotonic() + timeout
