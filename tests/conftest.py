@@ -1,11 +1,7 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,45 +13,18 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from blocks import CloudFilesStorage, LocalTaskQueue  # noqa: E402
 from blocks.queues.base import TaskQueue  # noqa: E402
+from tests.services import StorageEmulator, free_port, moto_server, wait_for_port  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 
 QUEUE_BACKENDS = ["local", "sqs"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """A moto server on 127.0.0.1: SQS over real HTTP, stopped by its PID at the end."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, server)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.kill(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    """A moto server on 127.0.0.1: SQS over real HTTP, stopped with its process group."""
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 def sqs_credentials(endpoint: str):
@@ -110,31 +79,18 @@ GCS_BUCKET = "tqflow-test-bucket"
 def gcs_emulator() -> Iterator[str]:
     """gcp-storage-emulator on 127.0.0.1 with one bucket; google-cloud-storage (and so
     cloud-files) talks to it through ``STORAGE_EMULATOR_HOST``, which child processes inherit."""
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("gcp-storage-emulator")),
-            "start",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            "--in-memory",
-            f"--default-bucket={GCS_BUCKET}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    emulator = StorageEmulator(GCS_BUCKET)
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
     try:
-        wait_for_port(port, server)
-        os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-        yield os.environ["STORAGE_EMULATOR_HOST"]
+        emulator.start()
+        os.environ["STORAGE_EMULATOR_HOST"] = emulator.endpoint
+        yield emulator.endpoint
     finally:
         if previous is None:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
-        os.kill(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        emulator.stop()
 
 
 def service_account_info() -> dict[str, str]:

@@ -1,12 +1,9 @@
 """Reliability: the storage service goes away mid-batch and comes back. Storage here is a
-gcp-storage-emulator that keeps its objects on disk, stopped and started again on its port."""
+gcp-storage-emulator that keeps its objects on disk, reached through a TCP proxy that is cut
+(connections refused and reset) and restored on the same port."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -16,9 +13,10 @@ from prefect_gcp import GcpCredentials
 
 from blocks import CloudFilesStorage
 from flows.outputs import outputs_prefix
-from tests.conftest import free_port, service_account_info, wait_for_port
+from tests.conftest import service_account_info
 from tests.helpers import enqueue, wait_until
 from tests.reliability.conftest import scaled
+from tests.services import StorageEmulator, TcpProxy
 
 BUCKET = "outage-bucket"
 ITEMS = scaled(80, 600)
@@ -26,43 +24,21 @@ OUTAGE_SECONDS = scaled(5, 10)
 
 
 class StorageService:
-    """A gcp-storage-emulator on a fixed port whose objects outlive a restart."""
+    """A gcp-storage-emulator keeping its objects on disk (so they can be counted while it is
+    unreachable), reached through a proxy whose cut is the outage."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        """Start it on its port. A restart can find the port still held by the connections of
-        the last run (TIME_WAIT), so it is tried again for up to 30 s."""
-        deadline = time.monotonic() + 30
-        while True:
-            log = open(self.folder.parent / "storage-service.log", "a")
-            self.process = subprocess.Popen(
-                [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start",
-                 "--host=127.0.0.1", f"--port={self.port}", f"--default-bucket={BUCKET}", "--quiet"],
-                env={**os.environ, "STORAGE_BASE": str(self.folder)},
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-            log.close()
-            try:
-                wait_for_port(self.port, self.process)
-                return
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        self.emulator = StorageEmulator(BUCKET, folder=folder, log=folder.parent / "storage-service.log")
+        self.emulator.start()
+        self.proxy = TcpProxy(self.emulator.port)
+        self.proxy.restore()
 
     def stop(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
-        self.process = None
+        self.proxy.cut()
+
+    def start(self) -> None:
+        self.proxy.restore()
 
     def objects_on_disk(self, prefix: str) -> int:
         """Objects stored under ``prefix``, counted on disk: works while the service is down."""
@@ -72,11 +48,10 @@ class StorageService:
 @pytest.fixture
 def storage_service(tmp_path, monkeypatch) -> Iterator[StorageService]:
     service = StorageService(tmp_path / "gcs")
-    service.start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", service.endpoint)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", service.proxy.endpoint)
     yield service
-    if service.process is not None:
-        service.stop()
+    service.proxy.cut()
+    service.emulator.stop()
 
 
 def test_no_message_is_acknowledged_without_its_output_through_a_storage_outage(
