@@ -5,11 +5,17 @@ entry point makes a Prefect server in the same environment import it.
 """
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from blocks.errors import TqflowError
+from blocks.errors import PermanentTaskError, TqflowError
 from blocks.queues import LocalTaskQueue, SQSTaskQueue, TaskQueue
 from blocks.storage import CloudFilesStorage
 
 __all__ = [
     "CAVECredentials",
     "CAVETableQuery",
-    "CloudFilesStorage", "LocalTaskQueue", "SQSTaskQueue", "TaskQueue", "TqflowError"]
+    "CloudFilesStorage",
+    "LocalTaskQueue",
+    "PermanentTaskError",
+    "SQSTaskQueue",
+    "TaskQueue",
+    "TqflowError",
+]

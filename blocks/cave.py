@@ -155,8 +155,9 @@ class CAVECredentials(Block):
                     f.write(content)
             yield Path(root)
 
-    def query_items(self, query: CAVETableQuery, client: Optional["CAVEclient"] = None) -> list[Any]:
-        """The distinct values of ``query.column``, in table order: a batch's work items."""
+    def query_column(self, query: CAVETableQuery, client: Optional["CAVEclient"] = None) -> "pd.Series":
+        """The ``query.column`` of the rows the query selects, in table order: a batch's work
+        items, as caveclient returns them (`flows.items.exact_column` reads them exactly)."""
         frame = self.query_table(
             query.table,
             filter_equal=query.filter_equal,
@@ -170,8 +171,7 @@ class CAVECredentials(Block):
             raise CAVEQueryError(
                 f"table {query.table!r} has no column {column!r}; it has {list(frame.columns)}"
             )
-        values = frame[column].dropna().drop_duplicates().tolist()
-        return [v.item() if hasattr(v, "item") else v for v in values]
+        return frame[column]
 
     def query_table(
         self,

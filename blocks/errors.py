@@ -20,6 +20,11 @@ class LeaseLostError(QueueError):
     the message was acknowledged or dead-lettered already."""
 
 
+class NoDeadLetterQueueError(QueueError):
+    """The queue has no dead-letter queue (queues made by python-task-queue or by hand), so a
+    message cannot be dead-lettered."""
+
+
 class QueueConfigError(QueueError):
     """The queue exists with a configuration (such as its redrive policy) different from the
     one asked for."""
@@ -47,6 +52,21 @@ class BadArgumentsError(MessageError):
 
 class MessageTooLargeError(MessageError):
     """A message body is over the queue backend's size limit."""
+
+
+class ItemSourceError(TqflowError):
+    """The work items cannot be read from the given source (missing file, no such column, a
+    column whose values were already rounded, two sources at once)."""
+
+
+class PermanentTaskError(TqflowError):
+    """Raised by a task (or by tqflow about a task) when trying again cannot help: the item is
+    dead-lettered at once, with this error's text as the reason, instead of being retried."""
+
+
+class ResultNotJSONError(PermanentTaskError):
+    """A task returned a value that cannot be stored as JSON: it would fail the same way on
+    every retry."""
 
 
 class StorageError(TqflowError):

@@ -45,12 +45,29 @@ class ImportedSecret:
         return f"{self.block.get_block_type_slug()}/{self.name}"
 
 
+def check_block_name(name: str, what: str = "name") -> str:
+    """Prefect block names: lowercase letters, digits and dashes. Raises `CredentialsError`
+    naming the name and a valid spelling."""
+    from prefect.types.names import raise_on_name_alphanumeric_dashes_only
+
+    try:
+        raise_on_name_alphanumeric_dashes_only(name, what)
+    except ValueError:
+        suggestion = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "lab"
+        raise CredentialsError(
+            f"{what} {name!r} cannot name a Prefect block: use lowercase letters, digits and "
+            f"dashes, e.g. {suggestion!r}"
+        ) from None
+    return name
+
+
 def read_secrets_folder(
     folder: Path, name: str = "default", datastack: Optional[str] = None
 ) -> list[ImportedSecret]:
     """Blocks for every known secrets file in ``folder``, named ``name`` (CAVE tokens of other
     servers: ``<name>-<server>``). Raises `CredentialsError` listing every file that cannot be
     read, and what it should hold."""
+    check_block_name(name, "--name")
     folder = folder.expanduser()
     if not folder.is_dir():
         raise CredentialsError(

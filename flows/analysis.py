@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
+from flows.messages import check_batch
 from flows.outputs import outputs_prefix
 
 #: Plots up to this size are embedded in the markdown artifact; larger ones are linked.
@@ -78,7 +79,9 @@ def plot(frame: pd.DataFrame, batch: str) -> bytes:
     for ax in axes.flat[len(columns) :]:
         ax.set_visible(False)
     for ax, column in zip(axes.flat, columns):
-        ax.hist(frame[column].dropna(), bins=30, color="#2f6db5")
+        values = pd.to_numeric(frame[column], errors="coerce")
+        values = values[values.abs() != float("inf")].dropna()  # outputs written before nulls
+        ax.hist(values, bins=30, color="#2f6db5")
         ax.set_title(column, fontsize=9)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"batch {batch}: {len(frame):,} items", fontsize=10)
@@ -98,6 +101,7 @@ def analysis(storage: Union[CloudFilesStorage, str], batch: str) -> dict[str, An
         batch: Name of the batch.
     """
     logger = get_run_logger()
+    check_batch(batch)
     storage = load_block(storage, CloudFilesStorage)
     frame = load_results(storage, batch)
     if frame.empty:

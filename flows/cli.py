@@ -7,36 +7,132 @@ file and a local folder); ``--queue-block`` / ``--storage-block`` name saved Pre
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
+import signal
+import sqlite3
 import sys
+import threading
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from blocks.errors import TqflowError
+from flows.messages import check_batch
 
-app = typer.Typer(
+def console(stderr: bool = False) -> Console:
+    """A console sized when it prints: rich reads ``COLUMNS`` when a Console is made, so one
+    made at import keeps whatever width the importing process had."""
+    return Console(stderr=stderr)
+
+
+#: ``--debug`` / ``TQFLOW_DEBUG=1``: show tracebacks instead of one-sentence errors.
+_debug = {"on": os.environ.get("TQFLOW_DEBUG", "") not in ("", "0", "false")}
+
+
+def explain(exc: BaseException) -> Optional[str]:
+    """One or two sentences for an error a user can fix, naming the input and the fix; None
+    for a bug (the traceback is shown then)."""
+    import httpx
+
+    if isinstance(exc, TqflowError):
+        return str(exc)
+    if isinstance(exc, httpx.ConnectError) or isinstance(exc, httpx.ConnectTimeout):
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value() or "(none set)"
+        return (
+            f"cannot reach the Prefect API at {url}: start a server with `prefect server start` "
+            "and set PREFECT_API_URL to its /api URL (e.g. http://127.0.0.1:4200/api)"
+        )
+    if isinstance(exc, sqlite3.DatabaseError):
+        return (
+            f"the local queue database cannot be read ({exc}): --data must be a folder whose "
+            "queue.sqlite was written by tqflow; move a damaged file away to start afresh"
+        )
+    return None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def errors_explained(command: F) -> F:
+    """Run ``command``; an error a user can fix becomes one line on stderr and exit code 1
+    (with ``--debug``, the traceback)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            message = explain(exc)
+            if message is None or _debug["on"]:
+                raise
+            console(stderr=True).print(f"[red]error:[/red] {message}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return run  # type: ignore[return-value]
+
+
+class _Commands(typer.Typer):
+    """Every command runs through `errors_explained`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        register = super().command(*args, **kwargs)
+        return lambda command: register(errors_explained(command))
+
+
+app = _Commands(
     name="tqflow",
     help="Run cloud task-queue batch jobs as Prefect flows.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-dead_app = typer.Typer(help="Look at and redrive dead-lettered messages.", no_args_is_help=True)
+dead_app = _Commands(help="Look at and redrive dead-lettered messages.", no_args_is_help=True)
 app.add_typer(dead_app, name="dead-letters")
-blocks_app = typer.Typer(help="Credentials blocks: import secrets files, register types.", no_args_is_help=True)
+blocks_app = _Commands(
+    help="Credentials blocks: import secrets files, register types.", no_args_is_help=True
+)
 app.add_typer(blocks_app, name="blocks")
 
 
-def console() -> Console:
-    """A console sized when it prints: rich reads ``COLUMNS`` when a Console is made, so one
-    made at import keeps whatever width the importing process had."""
-    return Console()
+@app.callback()
+def _options(
+    debug: bool = typer.Option(
+        False, "--debug", envvar="TQFLOW_DEBUG", help="Show the traceback of an error."
+    ),
+) -> None:
+    _debug["on"] = debug
 
-DataOption = typer.Option(Path("tqflow-data"), "--data", help="Folder of the embedded setup.")
+
+def _json_object(option: str, text: str) -> dict[str, Any]:
+    """The JSON object given to ``option``, or a `CLIInputError` naming the option."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CLIInputError(f"{option} is not JSON ({exc.msg}): give an object such as '{{\"lod\": 2}}'") from None
+    if not isinstance(value, dict):
+        raise CLIInputError(
+            f"{option} must be a JSON object of names to values, not a {type(value).__name__}: "
+            "e.g. '{\"lod\": 2}'"
+        )
+    return value
+
+
+class CLIInputError(TqflowError):
+    """A command-line option has a value the command cannot use."""
+
+DataOption = typer.Option(
+    Path("tqflow-data"), "--data", envvar="TQFLOW_DATA", help="Folder of the embedded setup."
+)
 BatchOption = typer.Option("demo", "--batch", "-b", help="Name of the batch.")
 QueueOption = typer.Option(None, "--queue", help="Queue name (default: the batch name).")
 QueueBlockOption = typer.Option(
@@ -47,44 +143,61 @@ StorageBlockOption = typer.Option(
 )
 
 
-def _queue(data: Path, batch: str, queue: Optional[str], block: Optional[str]) -> Any:
-    if block:
-        return _load_block(block)
-    from blocks.queues.local import LocalTaskQueue
+def _queue(
+    data: Path, batch: str, queue: Optional[str], block: Optional[str], must_exist: bool = False
+) -> Any:
+    from blocks.queues.base import TaskQueue
 
-    return LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name=queue or batch)
+    check_batch(batch)
+    if block:
+        found = _load_block(block, TaskQueue, "--queue-block")
+    else:
+        from blocks.queues.local import LocalTaskQueue
+
+        found = LocalTaskQueue(path=str(_data_folder(data) / "queue.sqlite"), queue_name=queue or batch)
+    if must_exist and not found.exists():
+        where = f"block {block}" if block else f"{data / 'queue.sqlite'}"
+        raise CLIInputError(
+            f"there is no queue {found.queue_name!r} ({where}): queue tasks first with "
+            f"`tqflow enqueue ... --batch {batch}`, or name the queue with --queue / --queue-block"
+        )
+    return found
 
 
 def _storage(data: Path, block: Optional[str]) -> Any:
-    if block:
-        return _load_block(block)
     from blocks.storage import CloudFilesStorage
 
-    return CloudFilesStorage(cloudpath=f"file://{data}")
+    if block:
+        return _load_block(block, CloudFilesStorage, "--storage-block")
+    return CloudFilesStorage(cloudpath=f"file://{_data_folder(data)}")
 
 
-def _load_block(slug_and_name: str) -> Any:
+def _data_folder(data: Path) -> Path:
+    if data.exists() and not data.is_dir():
+        raise CLIInputError(
+            f"--data {data} is a file: give the folder of the embedded setup (it holds "
+            "queue.sqlite and the batches' outputs), e.g. --data tqflow-data"
+        )
+    return data
+
+
+def _load_block(slug_and_name: str, kind: Any = None, option: str = "--queue-block") -> Any:
     from prefect.blocks.core import Block
 
     import blocks  # noqa: F401  (registers tqflow's block types)
     from blocks.specs import load_block
 
     try:
-        return load_block(slug_and_name, Block)
+        return load_block(slug_and_name, kind or Block)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
-def _fail(exc: Exception) -> None:
-    console().print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(1)
+        raise CLIInputError(f"{option}: {exc}") from None
 
 
 @app.command()
 def demo(
-    items: int = typer.Option(2_000, help="How many synthetic neurons to measure."),
-    workers: int = typer.Option(2, help="Local worker processes."),
-    nodes: int = typer.Option(2_000, help="Skeleton nodes per neuron (CPU cost per task)."),
+    items: int = typer.Option(2_000, min=1, help="How many synthetic neurons to measure."),
+    workers: int = typer.Option(2, min=1, help="Local worker processes."),
+    nodes: int = typer.Option(2_000, min=2, help="Skeleton nodes per neuron (CPU cost per task)."),
     data: Path = DataOption,
     batch: str = BatchOption,
     overwrite: bool = typer.Option(False, help="Re-run items that already have an output."),
@@ -148,49 +261,69 @@ def enqueue_command(
     queue_block: Optional[str] = QueueBlockOption,
     storage_block: Optional[str] = StorageBlockOption,
     overwrite: bool = typer.Option(False, help="Queue items whose output exists too."),
+    requeue: bool = typer.Option(
+        False, help="Queue again items an earlier run queued that are not done (after a purge)."
+    ),
 ) -> None:
-    """Queue one task per item (items already done in the batch are skipped)."""
-    from flows.enqueue import enqueue_items, read_items
+    """Queue one task per item. Items already done, or already queued by an earlier run, are
+    skipped: run it again after Ctrl-C and it queues the rest."""
+    from blocks.cave import CAVECredentials
+    from flows.enqueue import EnqueueInterrupted, enqueue_items, read_items
+    from flows.items import parse_item
 
-    try:
-        fixed = json.loads(kwargs)
-        cave_query = None
-        if cave_table is not None:
-            from blocks.cave import CAVETableQuery
+    fixed = _json_object("--kwargs", kwargs)
+    cave_query = None
+    if cave_table is not None:
+        from blocks.cave import CAVETableQuery
 
-            cave_query = CAVETableQuery(
-                table=cave_table, column=column or "pt_root_id", filter_equal=json.loads(cave_filter)
-            )
-        found = read_items(
-            [_from_text(i) for i in items] if items else None,
-            str(items_file) if items_file else None,
-            column,
-            items_from,
-            cave_query,
-            _load_block(cave_block) if cave_block else None,
+        cave_query = CAVETableQuery(
+            table=cave_table, column=column or "pt_root_id",
+            filter_equal=_json_object("--cave-filter", cave_filter),
         )
-        result = enqueue_items(
-            _queue(data, batch, queue, queue_block),
-            _storage(data, storage_block),
-            fn,
-            found,
-            batch,
-            fixed,
-            overwrite=overwrite,
-        )
-    except (TqflowError, json.JSONDecodeError) as exc:
-        _fail(exc)
-    console().print(
-        f"queued {result.queued:,} tasks; {result.skipped_done:,} skipped as already done"
-        + (f"; {result.duplicates:,} duplicate items dropped" if result.duplicates else "")
+    target = _queue(data, batch, queue, queue_block)
+    storage = _storage(data, storage_block)
+    found = read_items(
+        [parse_item(i) for i in items] if items else None,
+        str(items_file) if items_file else None,
+        column,
+        items_from,
+        cave_query,
+        _load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None,
     )
+    if found.report():
+        console(stderr=True).print(f"[yellow]{found.report()}[/yellow]", soft_wrap=True)
+    with _stop_on_signals() as stop:
+        try:
+            result = enqueue_items(
+                target, storage, fn, found, batch, fixed, overwrite=overwrite, requeue=requeue,
+                stop=stop,
+            )
+        except EnqueueInterrupted as exc:
+            console(stderr=True).print(f"[yellow]{exc}[/yellow]", soft_wrap=True)
+            raise typer.Exit(130) from None
+    console().print(result.line())
 
 
-def _from_text(value: str) -> Any:
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """While inside (a command's own entry), the first SIGINT / SIGTERM sets the yielded event,
+    which the work checks between steps; a second one interrupts at once."""
+    stop = threading.Event()
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        console(stderr=True).print(
+            "stopping after the step in progress (again to stop at once)", soft_wrap=True
+        )
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return int(value)
-    except ValueError:
-        return value
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()
@@ -200,22 +333,29 @@ def work(
     queue: Optional[str] = QueueOption,
     queue_block: Optional[str] = QueueBlockOption,
     storage_block: Optional[str] = StorageBlockOption,
-    idle_seconds: float = typer.Option(30.0, help="Stop after the queue is empty this long."),
-    max_tasks: Optional[int] = typer.Option(None, help="Stop after this many tasks."),
-    max_seconds: Optional[float] = typer.Option(None, help="Stop after this long."),
+    idle_seconds: float = typer.Option(30.0, min=0, help="Stop after the queue is empty this long."),
+    max_tasks: Optional[int] = typer.Option(None, min=1, help="Stop after this many tasks."),
+    max_seconds: Optional[float] = typer.Option(None, min=0, help="Stop after this long."),
     overwrite: bool = typer.Option(False, help="Re-run items whose output exists."),
     import_module: Optional[List[str]] = typer.Option(
         None, "--import-module", help="Module to import first (task-queue RegisteredTasks)."
     ),
+    cave_block: Optional[str] = typer.Option(
+        None, help="CAVE block for tasks that take a `cave` client, e.g. cave-credentials/lab."
+    ),
 ) -> None:
     """Run a worker in this process until the queue is drained (SIGTERM stops it cleanly)."""
+    from blocks.cave import CAVECredentials
     from flows.worker import Worker
     from flows.worker_process import log_to_stderr, stop_on_signals
 
+    target = _queue(data, batch, queue, queue_block, must_exist=True)
+    cave = _load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None
     log_to_stderr()
     worker = Worker(
-        _queue(data, batch, queue, queue_block),
+        target,
         _storage(data, storage_block),
+        cave=cave,
         default_batch=batch,
         idle_seconds=idle_seconds,
         max_tasks=max_tasks,
@@ -239,7 +379,7 @@ def status(
     """Show the queue (with its dead-letter queue) and the batch's outputs and errors."""
     from flows.outputs import outputs_prefix
 
-    q = _queue(data, batch, queue, queue_block)
+    q = _queue(data, batch, queue, queue_block, must_exist=True)
     storage = _storage(data, storage_block)
     counts = q.counts()
     outputs = sum(1 for p in storage.list(outputs_prefix(batch)) if p.endswith(".json"))
@@ -261,7 +401,9 @@ def status(
     if counts.dead:
         console().print(
             f"[yellow]{counts.dead:,} dead-lettered[/yellow]: "
-            f"`tqflow dead-letters list --batch {batch}` shows why"
+            f"`tqflow dead-letters list {_queue_flags(batch, data, queue, queue_block)}` "
+            "shows why",
+            soft_wrap=True,
         )
 
 
@@ -273,8 +415,17 @@ def analyze(
 ) -> None:
     """Collect the batch's outputs into <batch>/analysis/results.parquet."""
     from flows.analysis import analysis
+    from flows.outputs import outputs_prefix
 
-    result = analysis(storage=_storage(data, storage_block), batch=batch)
+    check_batch(batch)
+    storage = _storage(data, storage_block)
+    result = analysis(storage=storage, batch=batch)
+    if not result["items"]:
+        raise CLIInputError(
+            f"batch {batch!r} has no outputs in {storage.url(outputs_prefix(batch))}: check "
+            "the batch name (--batch) and the storage (--data / --storage-block), or run its "
+            "tasks first (`tqflow work`)"
+        )
     console().print(f"{result['items']:,} results -> {result['results']}")
 
 
@@ -284,26 +435,35 @@ def dead_letters_list(
     data: Path = DataOption,
     queue: Optional[str] = QueueOption,
     queue_block: Optional[str] = QueueBlockOption,
-    limit: int = typer.Option(20, help="Show at most this many."),
+    storage_block: Optional[str] = StorageBlockOption,
+    limit: int = typer.Option(20, min=1, help="Show at most this many."),
 ) -> None:
-    """List dead-lettered messages with the reason each was dead-lettered."""
-    from flows.dead_letters import describe
+    """List the batch's dead-lettered messages: item, receives, why, and the task's last
+    error. On a queue named with --queue / --queue-block, only --batch's messages."""
+    from flows.dead_letters import describe, in_batch
 
-    q = _queue(data, batch, queue, queue_block)
-    dead = q.dead_letters(limit)
+    q = _queue(data, batch, queue, queue_block, must_exist=True)
+    storage = _storage(data, storage_block)
+    select = in_batch(batch) if (queue or queue_block) else None
+    dead = q.dead_letters(limit, select=select)
     total = q.counts().dead
     if not dead:
-        console().print(f"the dead-letter queue of {q.queue_name} is empty")
+        console().print(f"no dead-lettered messages of batch {batch} in {q.queue_name}")
         return
-    table = Table(title=f"{total:,} dead-lettered in {q.queue_name} (showing {len(dead)})")
-    for column in ("key", "fn", "receives", "reason"):
+    table = Table(title=f"{total:,} dead-lettered in {q.queue_name} (showing {len(dead)} of batch {batch})")
+    for column in ("batch", "key", "receives", "reason", "last error"):
         table.add_column(column, overflow="fold")
-    for row in map(describe, dead):
-        table.add_row(str(row["key"]), str(row["fn"]), str(row["receives"]), row["reason"])
+    for row in (describe(d, storage) for d in dead):
+        table.add_row(
+            str(row["batch"]), str(row["key"]), str(row["receives"]), row["reason"],
+            row["last_error"] or "-",
+        )
     console().print(table)
+    flags = _queue_flags(batch, data, queue, queue_block)
     console().print(
-        f"tracebacks: <storage>/{batch}/errors/<key>.json; after fixing the cause: "
-        f"`tqflow dead-letters redrive --batch {batch}`"
+        f"tracebacks: {storage.url(f'{batch}/errors/')}<key>.json; after fixing the cause: "
+        f"`tqflow dead-letters redrive {flags}`",
+        soft_wrap=True,
     )
 
 
@@ -313,12 +473,33 @@ def dead_letters_redrive(
     data: Path = DataOption,
     queue: Optional[str] = QueueOption,
     queue_block: Optional[str] = QueueBlockOption,
-    limit: Optional[int] = typer.Option(None, help="Redrive at most this many (default all)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Redrive at most this many (default all)."),
 ) -> None:
-    """Move dead-lettered messages back into the queue, receive counts reset."""
-    q = _queue(data, batch, queue, queue_block)
-    moved = q.redrive(limit)
-    console().print(f"redrove {moved:,} messages into {q.queue_name}; run `tqflow work` to run them")
+    """Move the batch's dead-lettered messages back into the queue, receive counts reset. On a
+    queue named with --queue / --queue-block, only --batch's messages."""
+    from flows.dead_letters import in_batch
+
+    q = _queue(data, batch, queue, queue_block, must_exist=True)
+    select = in_batch(batch) if (queue or queue_block) else None
+    moved = q.redrive(limit, select=select)
+    console().print(
+        f"redrove {moved:,} messages into {q.queue_name}; run them with "
+        f"`tqflow work {_queue_flags(batch, data, queue, queue_block)}`",
+        soft_wrap=True,
+    )
+
+
+def _queue_flags(batch: str, data: Path, queue: Optional[str], queue_block: Optional[str]) -> str:
+    """The options that reach the same queue again, for the hints a command prints."""
+    flags = [f"--batch {batch}"]
+    if queue_block:
+        flags.append(f"--queue-block {queue_block}")
+    else:
+        if queue:
+            flags.append(f"--queue {queue}")
+        if data != Path("tqflow-data"):
+            flags.append(f"--data {data}")
+    return " ".join(flags)
 
 
 @blocks_app.command("import")
@@ -361,13 +542,21 @@ def blocks_save_local(
     from blocks.queues.local import LocalTaskQueue
     from blocks.storage import CloudFilesStorage
 
-    data = data.resolve()
+    data = _data_folder(data).resolve()
     saved = {
         "local-task-queue/tqflow": LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="tqflow"),
         "cloud-files-storage/tqflow-local": CloudFilesStorage(cloudpath=f"file://{data}"),
     }
     for slug, block in saved.items():
-        block.save(slug.split("/", 1)[1], overwrite=overwrite)
+        try:
+            block.save(slug.split("/", 1)[1], overwrite=overwrite)
+        except ValueError as exc:
+            if "already in use" not in str(exc):
+                raise
+            raise CLIInputError(
+                f"block {slug} exists already: pass --overwrite to replace it (it will point "
+                f"at {data})"
+            ) from None
         console().print(f"saved {slug} ({data})")
 
 
@@ -385,10 +574,14 @@ def plan_resources(
     machine_type: Optional[str] = typer.Option(
         None, "--machine-type", help="GCE machine type of the worker nodes, e.g. e2-highmem-4."
     ),
-    cpus: Optional[int] = typer.Option(None, "--cpus", help="Or: vCPUs of the node."),
-    memory_gib: Optional[float] = typer.Option(None, "--memory-gib", help="And its memory in GiB."),
-    pods_per_node: int = typer.Option(4, "--pods-per-node", help="Worker pods per node."),
-    headroom: float = typer.Option(0.05, help="Fraction left free for cluster pods and spikes."),
+    cpus: Optional[int] = typer.Option(None, "--cpus", min=1, help="Or: vCPUs of the node."),
+    memory_gib: Optional[float] = typer.Option(
+        None, "--memory-gib", min=0.5, help="And its memory in GiB."
+    ),
+    pods_per_node: int = typer.Option(4, "--pods-per-node", min=1, help="Worker pods per node."),
+    headroom: float = typer.Option(
+        0.05, min=0.0, max=0.9, help="Fraction left free for cluster pods and spikes."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the job variables as JSON."),
 ) -> None:
     """Requests and memory limit for worker pods that fit a GKE node (no CPU limit)."""

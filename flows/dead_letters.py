@@ -6,7 +6,7 @@ image): redriven messages start again with their receive count at zero.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -15,23 +15,55 @@ from blocks.errors import MessageError
 from blocks.queues.base import DeadLetter, TaskQueue
 from blocks.specs import load_block
 from flows.analysis import artifact_key
-from flows.messages import decode
+from blocks.storage import CloudFilesStorage
+from flows.messages import check_batch, decode
+from flows.outputs import error_path
 
 
-def describe(dead: DeadLetter) -> dict[str, Any]:
-    """A dead letter as a table row: which item, which function, why."""
+def describe(dead: DeadLetter, storage: Optional[CloudFilesStorage] = None) -> dict[str, Any]:
+    """A dead letter as a table row: which batch and item, which function, how many receives,
+    why it was dead-lettered, and (with ``storage``) the last error the task raised."""
     try:
         message = decode(dead.body)
         item = {"batch": message.batch, "key": message.key, "fn": message.fn}
     except MessageError:
         item = {"batch": None, "key": None, "fn": None}
+    last_error = None
+    if storage is not None and item["key"] is not None:
+        last_error = _last_error(storage, item["batch"], item["key"])
     return {
         "message_id": dead.message_id,
         **item,
         "receives": dead.receive_count,
         "reason": dead.reason,
+        "last_error": last_error,
         "body": dead.body if len(dead.body) <= 200 else dead.body[:200] + "...",
     }
+
+
+def _last_error(storage: CloudFilesStorage, batch: str, key: str) -> Optional[str]:
+    """The last line of the last failed attempt's error, from the item's error record."""
+    try:
+        record = storage.get_json(error_path(batch, key))
+    except Exception:  # a missing or unreadable record only loses the detail
+        return None
+    attempts = (record or {}).get("attempts") or []
+    if not attempts:
+        return None
+    error = str(attempts[-1].get("error") or "").strip()
+    return error.splitlines()[-1][:300] if error else None
+
+
+def in_batch(batch: str) -> Callable[[str], bool]:
+    """A body filter: messages of ``batch`` (on a queue that several batches share)."""
+
+    def select(body: str) -> bool:
+        try:
+            return decode(body).batch == batch
+        except MessageError:
+            return False
+
+    return select
 
 
 @flow(name="dead-letters")
@@ -39,6 +71,8 @@ def dead_letters(
     queue: Union[TaskQueue, str],
     action: Literal["list", "redrive"] = "list",
     limit: Optional[int] = 100,
+    batch: Optional[str] = None,
+    storage: Union[CloudFilesStorage, str, None] = None,
 ) -> dict[str, Any]:
     """List dead-lettered messages with their reasons, or redrive them into the queue.
 
@@ -46,20 +80,25 @@ def dead_letters(
         queue: The queue block whose dead-letter queue to look at (or a saved block's slug).
         action: ``list`` or ``redrive``.
         limit: At most this many messages (``None``: all, for redrive).
+        batch: Only this batch's messages (a queue several batches share).
+        storage: Storage of the batches: the list then shows each task's last error.
     """
     logger = get_run_logger()
     queue = load_block(queue, TaskQueue)
+    storage = load_block(storage, CloudFilesStorage) if storage is not None else None
+    select = in_batch(check_batch(batch)) if batch is not None else None
     if action == "redrive":
-        moved = queue.redrive(limit)
+        moved = queue.redrive(limit, select=select)
         logger.info("redrove %d messages back into %s", moved, queue.queue_name)
         return {"redriven": moved}
-    rows = [describe(d) for d in queue.dead_letters(limit or 100)]
+    rows = [describe(d, storage) for d in queue.dead_letters(limit or 100, select=select)]
     total = queue.counts().dead
     if rows:
         create_table_artifact(
-            key=artifact_key(queue.queue_name, "dead-letters"),
+            key=artifact_key(batch or queue.queue_name, "dead-letters"),
             table=rows,
-            description=f"{total} dead-lettered messages in {queue.queue_name} (first {len(rows)})",
+            description=f"{total} dead-lettered messages in {queue.queue_name} (first {len(rows)}"
+            + (f" of batch {batch})" if batch else ")"),
         )
     logger.info("%d messages in the dead-letter queue of %s", total, queue.queue_name)
     return {"dead": total, "messages": rows}

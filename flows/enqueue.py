@@ -9,6 +9,9 @@ the batch are skipped, so re-running a batch resumes it. Every message is built 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -16,26 +19,82 @@ from typing import Any, Iterable, Optional, Union
 from prefect import flow, get_run_logger
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from blocks.errors import TqflowError
+from blocks.errors import ItemSourceError, TqflowError
 from blocks.queues.base import TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
+from flows.items import Items, exact_column, plain, read_file
 from flows.messages import resolve, task_messages
 from flows.outputs import output_path
 
 
-class ItemSourceError(TqflowError):
-    """The work items cannot be read from the given source."""
+#: Messages sent per step. On a queue that cannot deduplicate (SQS) the record of what was
+#: sent is written after each step: an enqueue killed outright re-sends at most one step.
+SEND_STEP = 1_000
 
 
 @dataclass(frozen=True)
 class EnqueueResult:
+    #: Messages sent now.
     queued: int
+    #: Items whose output exists: done in an earlier run.
     skipped_done: int
+    #: Items given more than once.
     duplicates: int
+    #: Items queued by an earlier run of this enqueue and not done yet (still in the queue, in
+    #: flight, or dead-lettered): not sent again.
+    already_queued: int = 0
+    #: Empty cells skipped in the items file.
+    empty_cells: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def line(self) -> str:
+        parts = [f"queued {self.queued:,} tasks", f"{self.skipped_done:,} skipped as already done"]
+        if self.already_queued:
+            parts.append(f"{self.already_queued:,} already queued by an earlier run")
+        if self.duplicates:
+            parts.append(f"{self.duplicates:,} duplicate items dropped")
+        if self.empty_cells:
+            parts.append(f"{self.empty_cells:,} empty cells skipped")
+        return "; ".join(parts)
+
+
+class EnqueueInterrupted(TqflowError):
+    """The enqueue was stopped (Ctrl-C, SIGTERM) between two steps; what was sent is recorded,
+    so running the same enqueue again sends the rest."""
+
+    def __init__(self, result: EnqueueResult, remaining: int, batch: str):
+        self.result = result
+        self.remaining = remaining
+        super().__init__(
+            f"stopped after queueing {result.queued:,} tasks of batch {batch!r}; "
+            f"{remaining:,} not queued yet. Run the same enqueue again to queue the rest "
+            "(nothing already queued is sent twice)"
+        )
+
+
+class SentRecord:
+    """What an enqueue sent to a queue that cannot deduplicate, kept in the batch's storage
+    folder (``<batch>/enqueued/<queue>/<step>.txt``, one key per line), so that a re-run,
+    after the enqueue finished or was interrupted, sends only what is missing."""
+
+    def __init__(self, storage: CloudFilesStorage, batch: str, queue_name: str):
+        self.storage = storage
+        self.prefix = f"{batch}/enqueued/{queue_name}/"
+
+    def keys(self) -> set[str]:
+        paths = [p for p in self.storage.list(self.prefix) if p.endswith(".txt")]
+        keys: set[str] = set()
+        for path in paths:
+            content = self.storage.get(path) or b""
+            keys.update(content.decode("utf-8").split())
+        return keys
+
+    def add(self, keys: list[str]) -> None:
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.txt"
+        self.storage.put(self.prefix + name, "\n".join(keys).encode("utf-8"), "text/plain")
 
 
 def read_items(
@@ -45,60 +104,37 @@ def read_items(
     items_from: Optional[str] = None,
     cave_query: Optional[CAVETableQuery] = None,
     cave: Optional[CAVECredentials] = None,
-) -> list[Any]:
-    """Read work items from exactly one source. Integer-looking text becomes ``int``."""
-    given = [s for s in (items, items_file, items_from, cave_query) if s is not None]
-    if len(given) != 1:
+) -> Items:
+    """Read work items from one source: ``items``, ``items_file``+``column`` or ``cave_query``;
+    ``items_from`` is the default source, used when none of those is given (so a deployment
+    can name a default generator that a run replaces by passing items or a file)."""
+    given = [s for s in (items, items_file, cave_query) if s is not None]
+    if len(given) > 1:
         raise ItemSourceError(
-            "give exactly one source of items: items=[...], items_file=PATH, "
-            "items_from='package.module:generator' or cave_query={table, column, ...}"
+            "give one source of items, not several: items=[...], items_file=PATH or "
+            "cave_query={table, column, ...}"
+        )
+    if not given and items_from is None:
+        raise ItemSourceError(
+            "no items: give items=[...], items_file=PATH, items_from="
+            "'package.module:generator' or cave_query={table, column, ...}"
         )
     if items is not None:
-        return list(items)
+        return Items(map(plain, items), "items")
     if cave_query is not None:
         if cave is None:
             raise ItemSourceError(
                 f"items from CAVE table {cave_query.table!r} need a CAVE block: pass cave=..."
             )
-        return cave.query_items(cave_query)
-    if items_from is not None:
-        return list(resolve(items_from)())
-    return _read_file(Path(items_file).expanduser(), column)
-
-
-def _read_file(path: Path, column: Optional[str]) -> list[Any]:
-    if not path.is_file():
-        raise ItemSourceError(f"items file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".parquet"):
-        import pandas as pd
-
-        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
-        if column is None:
-            if len(frame.columns) != 1:
-                raise ItemSourceError(
-                    f"{path} has columns {list(frame.columns)}: name the one holding the items "
-                    "(column=... / --column)"
-                )
-            column = frame.columns[0]
-        if column not in frame.columns:
-            raise ItemSourceError(f"{path} has no column {column!r}; it has {list(frame.columns)}")
-        return [_plain(v) for v in frame[column].dropna().tolist()]
-    lines = [line.strip() for line in path.read_text().splitlines()]
-    return [_from_text(line) for line in lines if line and not line.startswith("#")]
-
-
-def _from_text(value: str) -> Any:
-    try:
-        return int(value)
-    except ValueError:
-        return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value.item() if hasattr(value, "item") else value
+        column = cave.query_column(cave_query)
+        items = exact_column(
+            column.tolist(), str(column.dtype),
+            f"CAVE table {cave_query.table!r} column {cave_query.column!r}",
+        )
+        return Items(dict.fromkeys(items), items.source, items.empty_lines)  # distinct, in order
+    if items_file is None:
+        return Items(map(plain, resolve(items_from)()), items_from)
+    return read_file(Path(items_file).expanduser(), column)
 
 
 def enqueue_items(
@@ -110,10 +146,22 @@ def enqueue_items(
     kwargs: Optional[dict[str, Any]] = None,
     item_param: Optional[str] = None,
     overwrite: bool = False,
+    requeue: bool = False,
+    stop: Optional[threading.Event] = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> EnqueueResult:
-    """Queue ``fn(item, **kwargs)`` for every item not done yet in ``batch``."""
+    """Queue ``fn(item, **kwargs)`` for every item of ``batch`` that is neither done nor
+    already queued.
+
+    Idempotent: run again, after it finished or after it was stopped at any point, it leaves
+    one live message per item that is not done. The local queue enforces it itself (dedup ids);
+    for SQS a `SentRecord` in storage says what was sent. ``requeue`` sends again the items
+    queued earlier and not done (e.g. after the queue was purged; the local queue does so by
+    itself, as it knows what it holds). ``stop``, when set, ends the
+    enqueue between two steps with `EnqueueInterrupted`.
+    """
     log = log or logging.getLogger("tqflow.enqueue")
+    empty_cells = len(getattr(items, "empty_lines", ()))
     messages, duplicates, seen = [], 0, set()
     for message in task_messages(fn, items, batch, kwargs, item_param):
         if message.key in seen:
@@ -128,20 +176,33 @@ def enqueue_items(
         todo = [m for m in messages if not done[output_path(batch, m.key)]]
         skipped = len(messages) - len(todo)
         messages = todo
-    bodies = [m.encode(max_bytes=queue.max_message_bytes) for m in messages]
+    record = None if queue.deduplicates else SentRecord(storage, batch, queue.queue_name)
+    already = 0
+    if record is not None and not requeue and messages:
+        sent_before = record.keys()
+        todo = [m for m in messages if m.key not in sent_before]
+        already = len(messages) - len(todo)
+        messages = todo
+    # Every body is built and checked before the first is sent: bad input loses nothing.
+    bodies = [(m.key, m.encode(max_bytes=queue.max_message_bytes)) for m in messages]
     queue.ensure()
-    queued = queue.send(bodies)
-    result = EnqueueResult(queued=queued, skipped_done=skipped, duplicates=duplicates)
-    log.info(
-        "batch %s: queued %d tasks of %s on %s; %d skipped as already done%s",
-        batch,
-        queued,
-        fn,
-        queue.queue_name,
-        skipped,
-        f"; {duplicates} duplicate items dropped" if duplicates else "",
-    )
-    return result
+    queued = 0
+
+    def result() -> EnqueueResult:
+        return EnqueueResult(queued, skipped, duplicates, already, empty_cells)
+
+    for start in range(0, len(bodies), SEND_STEP):
+        if stop is not None and stop.is_set():
+            raise EnqueueInterrupted(result(), len(bodies) - start, batch)
+        step = bodies[start : start + SEND_STEP]
+        dedup_ids = [f"{batch}/{key}" for key, _ in step]
+        sent = queue.send([body for _, body in step], dedup_ids=dedup_ids)
+        queued += sent
+        already += len(step) - sent
+        if record is not None:
+            record.add([key for key, _ in step])
+    log.info("batch %s on %s: %s", batch, queue.queue_name, result().line())
+    return result()
 
 
 @flow(name="enqueue")
@@ -159,6 +220,7 @@ def enqueue(
     kwargs: Optional[dict[str, Any]] = None,
     item_param: Optional[str] = None,
     overwrite: bool = False,
+    requeue: bool = False,
 ) -> dict[str, int]:
     """Queue one task per item: ``fn(<item_param>=item, **kwargs)``.
 
@@ -177,12 +239,17 @@ def enqueue(
         kwargs: Fixed keyword arguments for every task.
         item_param: Parameter that takes the item (default: the function's first).
         overwrite: Queue items whose output exists too.
+        requeue: Queue again the items an earlier run queued that are not done (after the
+            queue was purged); without it a re-run sends only what was never sent.
     """
     queue = load_block(queue, TaskQueue)
     storage = load_block(storage, CloudFilesStorage)
     cave = load_block(cave, CAVECredentials) if cave is not None else None
+    logger = get_run_logger()
     found = read_items(items, items_file, column, items_from, cave_query, cave)
+    if found.report():
+        logger.warning(found.report())
     result = enqueue_items(
-        queue, storage, fn, found, batch, kwargs, item_param, overwrite, log=get_run_logger()
+        queue, storage, fn, found, batch, kwargs, item_param, overwrite, requeue, log=logger
     )
     return result.as_dict()

@@ -11,14 +11,17 @@ does (fetching a skeleton or mesh from CAVE and measuring it), with a real, tuna
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from caveclient import CAVEclient
 
 
 def synapse_profile(
     root_id: int,
-    cave: Any,
+    cave: "CAVEclient",
     synapse_table: Optional[str] = None,
     size_column: str = "size",
 ) -> dict[str, float | int | None]:

@@ -24,6 +24,7 @@ import importlib
 import functools
 import inspect
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -83,16 +84,22 @@ class TaskMessage:
 
 
 def item_key(item: Any) -> str:
-    """The deterministic key of a work item.
+    """The deterministic key of a work item: its output's file name.
 
-    Strings and integers that are safe as file names are their own key (a neuron's root ID
-    stays readable); anything else is named by a hash of its canonical JSON.
+    An integer is its own key (a neuron's root ID stays readable: ``864691135000000001``), and
+    so is a string that is safe as a file name and could not be mistaken for another item: not
+    integer-like (``"1"`` is not the item ``1``) and not shaped like a hash key. Anything else
+    (other strings, floats, booleans, lists, dicts) is named by a hash of its canonical JSON,
+    which tells ``"1"``, ``1``, ``1.0`` and ``true`` apart.
     """
-    if isinstance(item, bool):
-        item = str(item).lower()
-    if isinstance(item, int):
-        item = str(item)
-    if isinstance(item, str) and _SAFE_KEY.match(item):
+    if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+        return str(item)
+    if (
+        isinstance(item, str)
+        and _SAFE_KEY.match(item)
+        and not item.isdigit()
+        and not item.startswith("h-")
+    ):
         return item
     canonical = json.dumps(item, sort_keys=True, separators=(",", ":"), default=str)
     return "h-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:24]
@@ -106,6 +113,19 @@ def check_key(key: str) -> str:
             "'-' (at most 200, not starting with '.' or '-'), or let tqflow derive the key"
         )
     return key
+
+
+def check_batch(batch: str) -> str:
+    """Return ``batch`` if it can name the batch's folder in storage, else raise
+    `BadArgumentsError` saying what a batch name may hold. The one rule for every entry point:
+    flows, CLI and worker."""
+    if not isinstance(batch, str) or not _SAFE_KEY.match(batch):
+        raise BadArgumentsError(
+            f"batch name {batch!r} cannot name a folder in storage: use letters, digits, '.', "
+            "'_', '=' or '-' (at most 200, starting with a letter or digit), e.g. "
+            "'synapse-profiles-v2'"
+        )
+    return batch
 
 
 def decode(body: str | bytes, default_batch: str = "default") -> TaskMessage:
@@ -149,7 +169,7 @@ def _decode_tqflow(data: dict[str, Any], default_batch: str) -> TaskMessage:
         key = _call_key(fn, args, kwargs)
     try:
         check_key(key)
-        check_key(batch)
+        check_batch(batch)
     except BadArgumentsError as exc:
         raise UndecodableMessageError(str(exc)) from None
     return TaskMessage(fn=fn, key=key, batch=batch, kwargs=kwargs, args=tuple(args))
@@ -209,14 +229,18 @@ def resolve(fn: str) -> Callable[..., Any]:
     A python-task-queue ``RegisteredTask`` class resolves to a callable that builds the task
     and runs its ``execute()``.
     """
-    module_name, _, attr_path = fn.partition(":")
+    module_name, colon, attr_path = fn.partition(":")
+    if not colon or not module_name or not attr_path:
+        raise UnknownFunctionError(
+            f"task function {fn!r} must be written package.module:function, e.g. "
+            "flows.examples:skeleton_stats"
+        )
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or any error raised while importing it
         raise UnknownFunctionError(
             f"cannot import module {module_name!r} for task function {fn!r} "
-            f"({type(exc).__name__}: {exc}); install the package that provides it in the "
-            "worker's environment (for GKE: the worker image)"
+            f"({type(exc).__name__}: {exc}); {_import_hint(module_name, exc)}"
         ) from None
     target: Any = module
     for part in attr_path.split("."):
@@ -232,6 +256,23 @@ def resolve(fn: str) -> Callable[..., Any]:
     if not callable(target):
         raise UnknownFunctionError(f"{fn!r} is a {type(target).__name__}, not a function")
     return target
+
+
+def _import_hint(module_name: str, exc: Exception) -> str:
+    top = module_name.split(".")[0]
+    here = os.getcwd()
+    if isinstance(exc, ModuleNotFoundError) and (
+        os.path.isfile(os.path.join(here, top + ".py")) or os.path.isdir(os.path.join(here, top))
+    ):
+        return (
+            f"{top!r} is in the current folder ({here}), where this program does not look for "
+            "modules: install your package (pip install -e .) or run with PYTHONPATH=. — and "
+            "install it in the worker's environment too (for GKE: the worker image)"
+        )
+    return (
+        "install the package that provides it in the worker's environment (for GKE: the "
+        "worker image)"
+    )
 
 
 def _registered_task_runner(cls: type) -> Callable[..., Any]:
@@ -252,6 +293,31 @@ def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
+#: What a task may ask the worker for, by annotating a parameter with the type's name:
+#: ``storage: CloudFilesStorage`` (the worker's storage), ``cave: CAVEclient`` (its CAVE client).
+INJECTED_TYPES = {"storage": ("CloudFilesStorage",), "cave": ("CAVEclient", "CAVEclientFull")}
+
+
+@functools.lru_cache(maxsize=256)
+def injected_parameters(func: Callable[..., Any]) -> tuple[tuple[str, str, int], ...]:
+    """``(parameter, what, position)`` for each parameter of ``func`` annotated with a type the
+    worker injects. Only an annotation asks: a python-task-queue function's own ``storage``
+    argument is never replaced."""
+    signature = _signature(func)
+    if signature is None:
+        return ()
+    found = []
+    for position, (name, parameter) in enumerate(signature.parameters.items()):
+        annotation = parameter.annotation
+        if annotation is inspect.Parameter.empty:
+            continue
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        for what, type_names in INJECTED_TYPES.items():
+            if any(re.search(rf"\b{type_name}\b", text) for type_name in type_names):
+                found.append((name, what, position))
+    return tuple(found)
+
+
 def bind(
     func: Callable[..., Any],
     message: TaskMessage,
@@ -259,22 +325,23 @@ def bind(
 ) -> inspect.BoundArguments:
     """Bind a message's arguments to ``func``.
 
-    A parameter named in ``injectables`` (``storage``, ``cave``) that the message does not set
-    gets the injected object. Raises `BadArgumentsError` naming the function and what is wrong.
+    A parameter annotated with a type the worker injects (`INJECTED_TYPES`) that the message
+    does not set gets the object ``injectables[what]()`` makes. Raises `BadArgumentsError`
+    naming the function and what is wrong.
     """
     signature = _signature(func)
     if signature is None:
         return _unchecked(func, message)
     kwargs = dict(message.kwargs)
-    for name in signature.parameters.keys() & injectables.keys():
-        if name not in kwargs:
-            kwargs[name] = injectables[name]()
+    injected = injected_parameters(func)
+    for name, what, position in injected:
+        if name not in kwargs and position >= len(message.args) and what in injectables:
+            kwargs[name] = injectables[what]()
     try:
         bound = signature.bind(*message.args, **kwargs)
     except TypeError as exc:
-        expected = ", ".join(
-            n for n in signature.parameters if n not in injectables
-        )
+        skip = {name for name, _, _ in injected}
+        expected = ", ".join(n for n in signature.parameters if n not in skip)
         raise BadArgumentsError(
             f"arguments of item {message.key!r} do not fit {message.fn}({expected}): {exc}"
         ) from None
@@ -304,16 +371,20 @@ def task_messages(
     ``item_param`` defaults to the function's first parameter. Raises `UnknownFunctionError`
     or `BadArgumentsError` before any message is made if ``fn`` cannot take the arguments.
     """
-    check_key(batch)
+    check_batch(batch)
     func = resolve(fn)
     fixed = dict(kwargs or {})
     if item_param is None:
-        params = [p for p in inspect.signature(func).parameters if p not in fixed]
+        signature = _signature(func)
+        params = list(signature.parameters) if signature is not None else []
         if not params:
-            raise BadArgumentsError(f"{fn} takes no parameter left for the item")
+            raise BadArgumentsError(f"{fn} takes no parameter for the item")
         item_param = params[0]
     if item_param in fixed:
-        raise BadArgumentsError(f"kwargs set {item_param!r}, the parameter that takes the item")
+        raise BadArgumentsError(
+            f"kwargs set {item_param!r}, the parameter of {fn} that takes each item; remove "
+            f"{item_param!r} from kwargs, or name another parameter for the item (item_param)"
+        )
     first = True
     for item in items:
         message = TaskMessage(fn=fn, key=item_key(item), batch=batch, kwargs={item_param: item, **fixed})

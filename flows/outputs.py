@@ -8,7 +8,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 from typing import Any
+
+from blocks.errors import ResultNotJSONError
 
 from flows.messages import TaskMessage
 
@@ -32,6 +36,40 @@ def key_of_output(path: str) -> str:
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def storable_result(message: TaskMessage, result: Any) -> Any:
+    """``result`` as it will be stored: JSON, with NaN and infinities as null (so the analysis
+    never meets them). Raises `ResultNotJSONError` naming the call when it is not JSON."""
+    try:
+        json.dumps(result, default=_json_default, allow_nan=False)
+        return result
+    except ValueError:
+        return _finite(result)
+    except (TypeError, RecursionError) as exc:
+        raise ResultNotJSONError(
+            f"the return value of {message.fn}({message.key}) cannot be stored as JSON ({exc}): "
+            "return numbers, strings, lists and dicts (NumPy values are fine), and write large "
+            "or binary results through the injected storage, returning their paths"
+        ) from None
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # NumPy arrays and scalars
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _finite(value: Any) -> Any:
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def output_record(

@@ -31,12 +31,24 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from blocks.cave import CAVECredentials
-from blocks.errors import BadArgumentsError, LeaseLostError, MessageError
+from blocks.errors import (
+    BadArgumentsError,
+    LeaseLostError,
+    MessageError,
+    NoDeadLetterQueueError,
+    PermanentTaskError,
+)
 from blocks.queues.base import Lease, TaskQueue
 from blocks.storage import CloudFilesStorage
 from flows.lease_keeper import LeaseKeeper
-from flows.messages import TaskMessage, bind, decode, resolve
-from flows.outputs import error_path, failed_attempt, output_path, output_record
+from flows.messages import TaskMessage, bind, check_batch, decode, item_key, resolve
+from flows.outputs import (
+    error_path,
+    failed_attempt,
+    output_path,
+    output_record,
+    storable_result,
+)
 from flows.retries import retry_delay
 
 logger = logging.getLogger("tqflow.worker")
@@ -120,7 +132,7 @@ class Worker:
     ) -> None:
         self.queue = queue
         self.storage = storage
-        self.default_batch = default_batch
+        self.default_batch = check_batch(default_batch)
         self.idle_seconds = idle_seconds
         self.max_tasks = max_tasks
         self.max_seconds = max_seconds
@@ -281,9 +293,16 @@ class Worker:
                 self._in_task = False
             seconds = time.perf_counter() - started
             record = output_record(
-                message, result, attempt=lease.receive_count, seconds=seconds, worker=self.name
+                message,
+                storable_result(message, result),
+                attempt=lease.receive_count,
+                seconds=seconds,
+                worker=self.name,
             )
             self.storage.put_json(out, record)
+        except PermanentTaskError as exc:  # retrying cannot help
+            self._dead_letter(lease, message, exc)
+            return
         except Exception as exc:
             self._failed(lease, message, exc)
             return
@@ -319,16 +338,44 @@ class Worker:
         except LeaseLostError:
             pass  # another worker holds it already
 
-    def _dead_letter(self, lease: Lease, message: TaskMessage | None, exc: MessageError) -> None:
+    def _dead_letter(
+        self, lease: Lease, message: TaskMessage | None, exc: MessageError | PermanentTaskError
+    ) -> None:
         self._keeper.drop(lease)
         reason = f"{type(exc).__name__}: {exc}"
-        if self.queue.dead_letter(lease, reason):
+        try:
+            moved = self.queue.dead_letter(lease, reason)
+        except NoDeadLetterQueueError as missing:
+            # A python-task-queue queue as it is: the message is kept, whole, in its error
+            # record, with the advice; then removed, so the queue drains instead of
+            # re-delivering it until its retention ends.
+            self._record_error(message, lease, exc, body=lease.body, advice=str(missing))
+            self.queue.ack([lease])
+            self.stats.dead_lettered += 1
+            self.log.warning(
+                "message %s not runnable (%s); kept in its error record: %s",
+                lease.message_id, reason, missing,
+            )
+            return
+        if moved:
             self.stats.dead_lettered += 1
         self.log.warning("message %s moved to the dead-letter queue: %s", lease.message_id, reason)
-        if message is not None:
+        if message is not None:  # an unreadable body stays, with its reason, in the DLQ only
             self._record_error(message, lease, exc)
 
-    def _record_error(self, message: TaskMessage, lease: Lease, exc: BaseException) -> None:
+    def _record_error(
+        self,
+        message: TaskMessage | None,
+        lease: Lease,
+        exc: BaseException,
+        **extra: Any,
+    ) -> None:
+        """Append this attempt to the item's error record (an unreadable message's record is
+        named after its body), with ``extra`` fields."""
+        if message is None:
+            message = TaskMessage(
+                fn="", key=item_key({"body": lease.body}), batch=self.default_batch
+            )
         path = error_path(message.batch, message.key)
         attempt = failed_attempt(
             attempt=lease.receive_count,
@@ -345,6 +392,7 @@ class Worker:
                 "attempts": [],
             }
             record["attempts"].append(attempt)
+            record.update(extra)
             self.storage.put_json(path, record)
         except Exception as write_exc:
             self.log.warning("could not record the error of item %s: %s", message.key, write_exc)

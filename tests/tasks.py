@@ -43,14 +43,14 @@ def fails_until_fixed(x: int, fixed_flag: str) -> int:
     return x * x
 
 
-def writes_extra(x: int, storage) -> str:
+def writes_extra(x: int, storage: "CloudFilesStorage") -> str:  # noqa: F821
     """Writes a large result itself through the injected storage and returns its path."""
     path = f"extra/{x}.json"
     storage.put_json(path, {"values": list(range(x))})
     return path
 
 
-def needs_cave(x: int, cave) -> int:
+def needs_cave(x: int, cave: "CAVEclient") -> int:  # noqa: F821
     return x
 
 
@@ -74,3 +74,30 @@ def executions(log_dir: str) -> Counter[int]:
     return Counter(
         int(line) for log in Path(log_dir).glob("*.log") for line in log.read_text().split()
     )
+
+
+def identity(value):
+    """Returns its item unchanged: what reached the task is what was read."""
+    return value
+
+
+def power(base: int, exponent: int = 1) -> int:
+    return base**exponent
+
+
+def returns_a_set(x: int) -> set:
+    """A return value JSON cannot hold: fails the same way on every attempt."""
+    return {x}
+
+
+def not_finite(x: int) -> dict:
+    """NaN and infinity in a result (for even items)."""
+    if x % 2:
+        return {"value": float(x), "ratio": 1.0 / x, "ok": float(x)}
+    return {"value": float("nan"), "ratio": float("inf"), "ok": float(x)}
+
+
+def takes_its_own_storage(path: str, storage: str = "gs://theirs") -> str:
+    """A python-task-queue style function whose own ``storage`` argument is a string: tqflow
+    must not replace it (it is not annotated as CloudFilesStorage)."""
+    return f"{storage}/{path}"

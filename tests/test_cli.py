@@ -49,9 +49,13 @@ def test_status_shows_queue_counts_outputs_and_errors(data_with_dead_letters):
 def test_dead_letters_list_names_each_item_and_why(data_with_dead_letters):
     out = invoke("dead-letters", "list", "--batch", "nightly", "--data", str(data_with_dead_letters))
     assert "2 dead-lettered in nightly" in out
-    assert "tests.tasks:always_fails" in out
-    assert "max_receive_count=2" in out
-    assert "cannot import module 'gone.module'" in out
+    rows = {row[2].strip(): row for row in (line.split("│") for line in out.splitlines()) if len(row) == 7}
+    assert rows["7"][1].strip() == "nightly" and rows["7"][3].strip() == "2"
+    assert "max_receive_count=2" in rows["7"][4]
+    assert "RuntimeError: item 7 always fails" in rows["7"][5]  # the task's last error
+    assert "cannot import module 'gone.module'" in rows["9"][4]
+    # the hint reaches the same queue
+    assert f"tqflow dead-letters redrive --batch nightly --data {data_with_dead_letters}" in out
 
 
 def test_dead_letters_redrive_puts_them_back(data_with_dead_letters):

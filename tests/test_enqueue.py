@@ -39,9 +39,19 @@ def test_items_from_an_importable_generator():
     assert read_items(items_from="tests.enqueue_sources:five_roots") == [10, 11, 12, 13, 14]
 
 
-def test_exactly_one_source_is_required():
-    with pytest.raises(ItemSourceError, match="exactly one source"):
-        read_items(items=[1], items_from="tests.enqueue_sources:five_roots")
+def test_two_explicit_sources_are_refused():
+    with pytest.raises(ItemSourceError, match="one source of items, not several"):
+        read_items(items=[1], items_file="roots.txt")
+
+
+def test_no_source_at_all_is_refused():
+    with pytest.raises(ItemSourceError, match="no items"):
+        read_items()
+
+
+def test_explicit_items_replace_the_default_generator():
+    # a deployment's default items_from does not stand in the way of a run's own items
+    assert read_items(items=[7], items_from="tests.enqueue_sources:five_roots") == [7]
 
 
 def test_items_with_outputs_are_skipped_and_duplicates_dropped(queue_factory, storage):

@@ -50,10 +50,17 @@ def test_encode_names_the_item_whose_arguments_are_not_json():
 
 @pytest.mark.parametrize(
     "item, key",
-    [(864691135000000001, "864691135000000001"), ("abc_1.v2", "abc_1.v2"), (True, "true")],
+    [(864691135000000001, "864691135000000001"), ("abc_1.v2", "abc_1.v2"), ("007x", "007x")],
 )
 def test_readable_items_are_their_own_key(item, key):
     assert item_key(item) == key
+
+
+@pytest.mark.parametrize(
+    "a, b", [(1, "1"), (7, "007"), (1, 1.0), (1, True), ("true", True), ("h-1", "h-2"), (-5, "-5")]
+)
+def test_items_of_different_types_or_spellings_get_different_keys(a, b):
+    assert item_key(a) != item_key(b)
 
 
 @given(item=json_values)
@@ -161,3 +168,17 @@ def test_task_queue_registered_task_body_decodes_and_runs(tmp_path):
 def test_unregistered_task_queue_class_names_the_fix():
     with pytest.raises(UnknownFunctionError, match="import_modules"):
         decode('{"payload": {"class": "NeverDefinedTask", "a": 1}, "queueName": "q"}')
+
+
+def test_a_parameter_named_storage_is_injected_only_when_annotated_so():
+    from flows.messages import resolve
+
+    injected = {"storage": lambda: "THE-WORKERS-STORAGE"}
+    own = TaskMessage(fn="tests.tasks:takes_its_own_storage", key="k", batch="b", args=("a.txt",))
+    bound = bind(resolve(own.fn), own, injected)
+    assert resolve(own.fn)(*bound.args, **bound.kwargs) == "gs://theirs/a.txt"
+    positional = TaskMessage(fn=own.fn, key="k", batch="b", args=("a.txt", "s3://mine"))
+    bound = bind(resolve(own.fn), positional, injected)
+    assert bound.arguments["storage"] == "s3://mine"
+    annotated = TaskMessage(fn="tests.tasks:writes_extra", key="k", batch="b", kwargs={"x": 2})
+    assert bind(resolve(annotated.fn), annotated, injected).arguments["storage"] == "THE-WORKERS-STORAGE"

@@ -150,7 +150,9 @@ def test_saved_blocks_are_found_by_slug_and_name_from_the_cli(tmp_path):
     from blocks import CloudFilesStorage, LocalTaskQueue
     from flows.cli import app
 
-    LocalTaskQueue(path=str(tmp_path / "q.sqlite"), queue_name="saved").save("nightly", overwrite=True)
+    queue = LocalTaskQueue(path=str(tmp_path / "q.sqlite"), queue_name="saved")
+    queue.ensure()
+    queue.save("nightly", overwrite=True)
     CloudFilesStorage(cloudpath=f"file://{tmp_path}").save("nightly", overwrite=True)
     result = CliRunner().invoke(
         app,

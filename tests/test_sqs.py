@@ -85,3 +85,28 @@ def test_python_task_queue_sqs_queue_drains_with_the_worker(queue_factory, stora
     assert stats["succeeded"] == 8
     results = sorted(storage.get_json(p)["result"] for p in storage.list("legacy/outputs/"))
     assert results == [n**3 for n in range(8)]
+
+
+def test_a_python_task_queue_queue_without_dead_letter_queue_drains_and_keeps_what_cannot_run(
+    moto_endpoint, storage, tmp_path
+):
+    # A queue as python-task-queue makes it: no dead-letter queue, bodies in its own format.
+    from tests.test_messages import _queued_bodies
+    from tests.tq_tasks import power
+
+    name = f"tq-made-{uuid.uuid4().hex[:8]}"
+    queue = SQSTaskQueue(queue_name=name, aws_credentials=sqs_credentials(moto_endpoint), wait_seconds=0)
+    queue._client().create_queue(QueueName=name)
+    (good,) = _queued_bodies(tmp_path, [partial(power, 3)])
+    gone = json.dumps({"payload": [["gone.module", "f"], [1], {}, "2"], "id": "2"})
+    queue.send([good, gone])
+
+    stats = run_worker(queue, storage, idle_seconds=0.5)  # ends at idle: no crash, no hang
+
+    assert (stats["succeeded"], stats["dead_lettered"]) == (1, 1)
+    assert queue.counts().pending == 0 and queue.counts().dead == 0
+    [record_path] = [p for p in storage.list("default/errors/")]
+    record = storage.get_json(record_path)
+    assert json.loads(record["body"]) == json.loads(gone)  # the message itself, kept
+    assert "attach_dead_letter_queue()" in record["advice"]
+    assert "cannot import module 'gone.module'" in record["attempts"][-1]["error"]

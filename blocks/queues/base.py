@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, Sequence
+from typing import Callable, ClassVar, Iterable, Sequence
 
 from prefect.blocks.core import Block
 from pydantic import Field
@@ -71,6 +71,10 @@ class TaskQueue(Block, ABC):
 
     #: Largest message body the backend accepts, in bytes (SQS: 256 KiB).
     max_message_bytes: ClassVar[int] = 262_144
+    #: Whether `send` honours ``dedup_ids``: a body whose id is live in the queue (or in its
+    #: dead-letter queue) is not sent again. SQS standard queues cannot; enqueue then keeps its
+    #: own record of what was sent (`flows.enqueue`).
+    deduplicates: ClassVar[bool] = False
 
     queue_name: str = Field(
         default="tqflow",
@@ -104,6 +108,10 @@ class TaskQueue(Block, ABC):
     )
 
     @abstractmethod
+    def exists(self) -> bool:
+        """Whether the queue has been created (by `ensure`); creates nothing."""
+
+    @abstractmethod
     def ensure(self) -> None:
         """Create the queue and its dead-letter queue if missing; idempotent.
 
@@ -111,10 +119,16 @@ class TaskQueue(Block, ABC):
         """
 
     @abstractmethod
-    def send(self, bodies: Iterable[str], delay_seconds: float = 0) -> int:
+    def send(
+        self,
+        bodies: Iterable[str],
+        delay_seconds: float = 0,
+        dedup_ids: Sequence[str] | None = None,
+    ) -> int:
         """Send message bodies; return how many were sent.
 
-        Every body is checked against `max_message_bytes` before any is sent.
+        Every body is checked against `max_message_bytes` before any is sent. ``dedup_ids``
+        (one per body) are honoured where `deduplicates` is true and ignored elsewhere.
         """
 
     @abstractmethod
@@ -166,13 +180,19 @@ class TaskQueue(Block, ABC):
         """Messages by state, dead-letter queue included."""
 
     @abstractmethod
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """Look at up to ``limit`` dead-lettered messages without consuming them."""
+    def dead_letters(
+        self, limit: int = 100, select: Callable[[str], bool] | None = None
+    ) -> list[DeadLetter]:
+        """Look at up to ``limit`` dead-lettered messages without consuming them; with
+        ``select``, only those whose body it accepts (e.g. one batch's on a shared queue)."""
 
     @abstractmethod
-    def redrive(self, limit: int | None = None) -> int:
+    def redrive(
+        self, limit: int | None = None, select: Callable[[str], bool] | None = None
+    ) -> int:
         """Move up to ``limit`` (default all) dead-lettered messages back to the queue, with
-        their receive count reset; return how many moved."""
+        their receive count reset; with ``select``, only those whose body it accepts. Returns
+        how many moved."""
 
     @abstractmethod
     def purge(self, dead_letters: bool = False) -> None:

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from pydantic import Field
 
@@ -47,6 +47,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_queue ON dead_letters (queue, id);
+"""
+
+#: Deduplication: a message sent with a dedup id is not sent again while a message with that id
+#: is live in the queue or in its dead-letter queue. Added to files made before it existed.
+_DEDUP_SCHEMA = """
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_dedup_id ON messages (queue, dedup_id)
+    WHERE dedup_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS dead_letters_by_dedup_id ON dead_letters (queue, dedup_id)
+    WHERE dedup_id IS NOT NULL;
 """
 
 #: Rows per insert transaction: large enough for speed, small enough that receivers are not
@@ -97,11 +106,7 @@ class LocalTaskQueue(TaskQueue):
         path = str(Path(self.path).expanduser().resolve())
         conn = cache.get(path)
         if conn is None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            conn = _open(path)
             cache[path] = conn
         return conn
 
@@ -109,6 +114,14 @@ class LocalTaskQueue(TaskQueue):
         return _Transaction(self._connection())
 
     # -- contract -------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        if not Path(self.path).expanduser().is_file():
+            return False
+        row = self._connection().execute(
+            "SELECT 1 FROM queues WHERE name = ?", (self.queue_name,)
+        ).fetchone()
+        return row is not None
 
     def ensure(self) -> None:
         with self._write() as db:
@@ -127,19 +140,38 @@ class LocalTaskQueue(TaskQueue):
                     "or another queue_name"
                 )
 
-    def send(self, bodies: Iterable[str], delay_seconds: float = 0) -> int:
+    deduplicates = True
+
+    def send(
+        self,
+        bodies: Iterable[str],
+        delay_seconds: float = 0,
+        dedup_ids: Sequence[str] | None = None,
+    ) -> int:
         bodies = list(bodies)
         self.check_sizes(bodies)
+        ids: list[str | None] = list(dedup_ids) if dedup_ids is not None else [None] * len(bodies)
+        if len(ids) != len(bodies):
+            raise ValueError(f"{len(ids)} dedup_ids for {len(bodies)} bodies")
+        rows = list(zip(bodies, ids))
         sent = 0
-        for chunk in _chunks(bodies, _SEND_CHUNK):
+        for chunk in _chunks(rows, _SEND_CHUNK):
             now = time.time()
             visible_at = now + delay_seconds
             with self._write() as db:
+                before = db.total_changes
                 db.executemany(
-                    "INSERT INTO messages (queue, body, visible_at, sent_at) VALUES (?, ?, ?, ?)",
-                    [(self.queue_name, body, visible_at, now) for body in chunk],
+                    "INSERT OR IGNORE INTO messages (queue, body, visible_at, sent_at, dedup_id)"
+                    " SELECT :queue, :body, :visible_at, :now, :dedup_id"
+                    " WHERE :dedup_id IS NULL OR NOT EXISTS (SELECT 1 FROM dead_letters"
+                    "  WHERE queue = :queue AND dedup_id = :dedup_id)",
+                    [
+                        {"queue": self.queue_name, "body": body, "visible_at": visible_at,
+                         "now": now, "dedup_id": dedup_id}
+                        for body, dedup_id in chunk
+                    ],
                 )
-            sent += len(chunk)
+                sent += db.total_changes - before
         return sent
 
     def receive(
@@ -244,31 +276,46 @@ class LocalTaskQueue(TaskQueue):
         ).fetchone()
         return QueueCounts(visible=visible, in_flight=in_flight, delayed=delayed, dead=dead)
 
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        rows = (
-            self._connection()
-            .execute(
-                "SELECT id, body, reason, receive_count FROM dead_letters"
-                " WHERE queue = ? ORDER BY id LIMIT ?",
-                (self.queue_name, limit),
-            )
-            .fetchall()
-        )
-        return [DeadLetter(str(i), body, reason, count) for i, body, reason, count in rows]
+    def dead_letters(
+        self, limit: int = 100, select: Optional[Callable[[str], bool]] = None
+    ) -> list[DeadLetter]:
+        found = []
+        for message_id, body, reason, count in self._dead_rows(self._connection()):
+            if select is None or select(body):
+                found.append(DeadLetter(str(message_id), body, reason, count))
+                if len(found) >= limit:
+                    break
+        return found
 
-    def redrive(self, limit: int | None = None) -> int:
+    def _dead_rows(self, db: sqlite3.Connection, page: int = 1_000) -> Iterator[tuple]:
+        """This queue's dead letters in order, a page at a time (the table may be large)."""
+        last = -1
+        while True:
+            rows = db.execute(
+                "SELECT id, body, reason, receive_count FROM dead_letters"
+                " WHERE queue = ? AND id > ? ORDER BY id LIMIT ?",
+                (self.queue_name, last, page),
+            ).fetchall()
+            yield from rows
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
+    def redrive(
+        self, limit: int | None = None, select: Optional[Callable[[str], bool]] = None
+    ) -> int:
         with self._write() as db:
-            ids = [
-                row[0]
-                for row in db.execute(
-                    "SELECT id FROM dead_letters WHERE queue = ? ORDER BY id LIMIT ?",
-                    (self.queue_name, -1 if limit is None else limit),
-                )
-            ]
+            ids = []
+            for message_id, body, _, _ in self._dead_rows(db):
+                if limit is not None and len(ids) >= limit:
+                    break
+                if select is None or select(body):
+                    ids.append(message_id)
             now = time.time()
             db.executemany(
-                "INSERT INTO messages (id, queue, body, visible_at, receive_count, sent_at)"
-                " SELECT id, queue, body, ?, 0, sent_at FROM dead_letters WHERE id = ?",
+                "INSERT OR IGNORE INTO messages"
+                " (id, queue, body, visible_at, receive_count, sent_at, dedup_id)"
+                " SELECT id, queue, body, ?, 0, sent_at, dedup_id FROM dead_letters WHERE id = ?",
                 [(now, i) for i in ids],
             )
             db.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids])
@@ -283,8 +330,10 @@ class LocalTaskQueue(TaskQueue):
     @staticmethod
     def _move_to_dead(db: sqlite3.Connection, message_id: int, reason: str) -> None:
         db.execute(
-            "INSERT INTO dead_letters (id, queue, body, reason, receive_count, sent_at, dead_at)"
-            " SELECT id, queue, body, ?, receive_count, sent_at, ? FROM messages WHERE id = ?",
+            "INSERT INTO dead_letters"
+            " (id, queue, body, reason, receive_count, sent_at, dead_at, dedup_id)"
+            " SELECT id, queue, body, ?, receive_count, sent_at, ?, dedup_id"
+            " FROM messages WHERE id = ?",
             (reason, time.time(), message_id),
         )
         db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
@@ -311,6 +360,46 @@ class _Transaction:
             self.conn.execute("ROLLBACK")
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _open(path: str) -> sqlite3.Connection:
+    """Open (creating if missing) the queue database at ``path``. A file that is not one, or
+    a folder that cannot hold it, is a `QueueError` naming the path and the fix."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QueueError(
+            f"cannot make the folder of the local queue {path} ({exc.strerror}): give a folder "
+            "that can be created and written"
+        ) from None
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+        _add_dedup_ids(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.OperationalError):  # locked, disk full: not the file's fault
+            raise QueueError(f"cannot open the local queue {path}: {exc}") from exc
+        raise QueueError(
+            f"{path} is not a tqflow queue database ({exc}): move it away (a new queue is then "
+            "made there) or point the queue at another path"
+        ) from None
+    return conn
+
+
+def _add_dedup_ids(conn: sqlite3.Connection) -> None:
+    """Give both tables their ``dedup_id`` column (files made before it have none)."""
+    for table in ("messages", "dead_letters"):
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if "dedup_id" not in columns:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN dedup_id TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
+    conn.executescript(_DEDUP_SCHEMA)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

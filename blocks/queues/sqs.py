@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError
 from prefect_aws import AwsCredentials
 from pydantic import Field
 
-from blocks.errors import LeaseLostError, QueueConfigError, QueueError
+from blocks.errors import LeaseLostError, NoDeadLetterQueueError, QueueConfigError, QueueError
 from blocks.queues.base import DeadLetter, Lease, QueueCounts, TaskQueue
 
 #: SQS's limits: entries per batch request, bytes per batch, longest long poll, longest lease.
@@ -148,6 +148,20 @@ class SQSTaskQueue(TaskQueue):
 
     # -- contract -------------------------------------------------------------------------
 
+    def exists(self) -> bool:
+        try:
+            self._url(self.queue_name)
+        except QueueError:
+            return False
+        return True
+
+    def _dead_letter_queue_exists(self) -> bool:
+        try:
+            self._url(self.dlq_name)
+        except QueueError:
+            return False
+        return True
+
     def ensure(self) -> None:
         policy = self._ensure_dead_letter_queue()
         existing = self._existing_redrive_policy()
@@ -216,7 +230,14 @@ class SQSTaskQueue(TaskQueue):
         policy = attributes.get("RedrivePolicy")
         return json.loads(policy) if policy else None
 
-    def send(self, bodies: Iterable[str], delay_seconds: float = 0) -> int:
+    def send(
+        self,
+        bodies: Iterable[str],
+        delay_seconds: float = 0,
+        dedup_ids: Sequence[str] | None = None,
+    ) -> int:
+        # Standard queues cannot deduplicate (FIFO queues could, for 5 minutes only): dedup_ids
+        # are ignored, and enqueue keeps its own record of what was sent.
         bodies = list(bodies)
         self.check_sizes(bodies)
         return self._send_to(self._url(self.queue_name), bodies, delay_seconds)
@@ -354,6 +375,12 @@ class SQSTaskQueue(TaskQueue):
         return lost
 
     def dead_letter(self, lease: Lease, reason: str) -> bool:
+        if not self._dead_letter_queue_exists():
+            raise NoDeadLetterQueueError(
+                f"SQS queue {self.queue_name!r} has no dead-letter queue ({self.dlq_name!r} "
+                "does not exist); attach one with queue.attach_dead_letter_queue() so that "
+                "unrunnable messages are kept in a queue"
+            )
         self._send_to(
             self._url(self.dlq_name),
             [lease.body],
@@ -376,7 +403,8 @@ class SQSTaskQueue(TaskQueue):
             "ApproximateNumberOfMessagesDelayed",
         ]
         main = self._attributes(self.queue_name, names)
-        dead = self._attributes(self.dlq_name, names)
+        # A queue made by python-task-queue or by hand may have no dead-letter queue.
+        dead = self._attributes(self.dlq_name, names) if self._dead_letter_queue_exists() else {}
         return QueueCounts(
             visible=main[names[0]],
             in_flight=main[names[1]],
@@ -390,23 +418,31 @@ class SQSTaskQueue(TaskQueue):
         )["Attributes"]
         return {n: int(attributes.get(n, 0)) for n in names}
 
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        leases = self._receive_dead(limit, lease_seconds=30)
+    def dead_letters(
+        self, limit: int = 100, select: Optional[Callable[[str], bool]] = None
+    ) -> list[DeadLetter]:
+        chosen, passed = self._receive_dead(limit, lease_seconds=30, select=select)
         # Peek, don't consume: make them visible again at once.
         self._batch_entries(
             "change_message_visibility_batch",
             self._url(self.dlq_name),
-            [lease for lease, _ in leases],
+            [lease for lease, _ in chosen] + passed,
             lambda lease: {"VisibilityTimeout": 0},
         )
         return [
             DeadLetter(lease.message_id, lease.body, reason, lease.receive_count)
-            for lease, reason in leases
+            for lease, reason in chosen
         ]
 
-    def _receive_dead(self, limit: int, lease_seconds: int) -> list[tuple[Lease, str]]:
+    def _receive_dead(
+        self, limit: int, lease_seconds: int, select: Optional[Callable[[str], bool]] = None
+    ) -> tuple[list[tuple[Lease, str]], list[Lease]]:
+        """Up to ``limit`` dead letters whose body ``select`` accepts (all without it), held
+        for ``lease_seconds``; and the leases of those passed over, held too so that one pass
+        does not see them twice (the caller makes them visible again)."""
         client, url = self._client(), self._url(self.dlq_name)
         found: dict[str, tuple[Lease, str]] = {}
+        passed: dict[str, Lease] = {}
         empty = 0
         while len(found) < limit and empty < 2:
             response = self._call(
@@ -432,20 +468,33 @@ class SQSTaskQueue(TaskQueue):
                     or self.max_receive_count
                 )
                 lease = Lease(m["MessageId"], m["ReceiptHandle"], m["Body"], receives)
-                found.setdefault(m["MessageId"], (lease, reason))
-        return list(found.values())
+                if select is None or select(lease.body):
+                    found.setdefault(m["MessageId"], (lease, reason))
+                else:
+                    passed[m["MessageId"]] = lease
+        return list(found.values()), list(passed.values())
 
-    def redrive(self, limit: int | None = None) -> int:
+    def redrive(
+        self, limit: int | None = None, select: Optional[Callable[[str], bool]] = None
+    ) -> int:
         moved = 0
+        passed: list[Lease] = []
         while limit is None or moved < limit:
             want = _BATCH if limit is None else min(_BATCH, limit - moved)
-            leases = [lease for lease, _ in self._receive_dead(want, lease_seconds=60)]
+            chosen, skipped = self._receive_dead(want, lease_seconds=60, select=select)
+            passed.extend(skipped)
+            leases = [lease for lease, _ in chosen]
             if not leases:
                 break
             # Send first, then delete: a crash in between duplicates, never loses.
             self._send_to(self._url(self.queue_name), [lease.body for lease in leases])
             self._batch_entries("delete_message_batch", self._url(self.dlq_name), leases)
             moved += len(leases)
+        if passed:  # not this batch's: visible again in the dead-letter queue
+            self._batch_entries(
+                "change_message_visibility_batch", self._url(self.dlq_name), passed,
+                lambda lease: {"VisibilityTimeout": 0},
+            )
         return moved
 
     def purge(self, dead_letters: bool = False) -> None:

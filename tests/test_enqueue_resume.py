@@ -1,0 +1,113 @@
+"""An interrupted ``tqflow enqueue``, run again, leaves one live message per item: Ctrl-C
+(SIGINT) and SIGKILL at a random point of the send, on both backends, the real command in its
+own process."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from blocks import CloudFilesStorage, LocalTaskQueue
+from flows.enqueue import SEND_STEP
+from flows.messages import decode
+from tests.conftest import sqs_credentials
+from tests.helpers import child_env, wait_until
+
+#: Enough steps that an interrupt lands mid-send on a busy machine too (the local queue sends a
+#: step of 1,000 in milliseconds).
+ITEMS = 50_000
+BIN = Path(sys.executable).parent
+ROOTS = [864691135000000000 + 7 * i for i in range(ITEMS)]
+
+
+@pytest.fixture
+def target(request, backend, tmp_path):
+    """The queue the command fills, the options that name it, and the environment it runs in."""
+    data = tmp_path / "data"
+    if backend == "local":
+        queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="resume", wait_seconds=0)
+        return queue, ["--data", str(data), "--queue", "resume"], child_env()
+    request.getfixturevalue("prefect_api")
+    from prefect.settings import PREFECT_API_URL
+
+    from blocks.queues.sqs import SQSTaskQueue
+
+    name = f"resume-{uuid.uuid4().hex[:8]}"
+    queue = SQSTaskQueue(
+        queue_name=name, aws_credentials=sqs_credentials(request.getfixturevalue("moto_endpoint")),
+        wait_seconds=0,
+    )
+    queue.save(name)
+    CloudFilesStorage(cloudpath=f"file://{data}").save(name)
+    env = {**child_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    return queue, ["--queue-block", f"sqs-task-queue/{name}",
+                   "--storage-block", f"cloud-files-storage/{name}"], env
+
+
+def enqueue_command(items_file: Path, options: list[str]) -> list[str]:
+    return [str(BIN / "tqflow"), "enqueue", "tests.tasks:square", "--items-file", str(items_file),
+            "--batch", "resume", *options]
+
+
+def live_keys(queue) -> Counter:
+    """Every live message's key, counted: received with a long lease, then released."""
+    keys: Counter = Counter()
+    leases = []
+    while True:
+        got = queue.receive(max_messages=10, lease_seconds=300, wait_seconds=0)
+        if not got:
+            break
+        leases.extend(got)
+        keys.update(decode(lease.body).key for lease in got)
+    return keys
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_an_interrupted_enqueue_run_again_leaves_one_live_message_per_item(target, tmp_path, signum, backend):
+    queue, options, env = target
+    items_file = tmp_path / "roots.txt"
+    items_file.write_text("\n".join(map(str, ROOTS)) + "\n")
+    stop_at = random.randint(1, ITEMS - 2 * SEND_STEP)
+
+    first = subprocess.Popen(enqueue_command(items_file, options), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    wait_until(lambda: first.poll() is not None or (queue.exists() and queue.counts().visible >= stop_at),
+               timeout=300, every=0.01)
+    assert first.poll() is None, "the enqueue ended before it could be interrupted"
+    first.send_signal(signum)
+    out, _ = first.communicate(timeout=120)
+    if signum == signal.SIGINT:
+        assert first.returncode == 130, out
+        assert "Run the same enqueue again to queue the rest" in out, out
+
+    again = subprocess.run(enqueue_command(items_file, options), env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+    keys = live_keys(queue)
+    assert set(keys) == {str(r) for r in ROOTS}  # every item queued
+    extra = sum(keys.values()) - ITEMS
+    if backend == "local" or signum == signal.SIGINT:
+        assert extra == 0, f"{extra} duplicate messages"
+    else:
+        # SQS cannot deduplicate: a kill between a step's send and its record re-sends that step
+        assert extra <= SEND_STEP, f"{extra} duplicate messages, more than one step"
+
+
+def test_running_a_finished_enqueue_again_queues_nothing(target, tmp_path):
+    queue, options, env = target
+    items_file = tmp_path / "roots.txt"
+    items_file.write_text("\n".join(map(str, ROOTS[:500])) + "\n")
+    for expected in ("queued 500 tasks", "queued 0 tasks; 0 skipped as already done; 500 already queued"):
+        run = subprocess.run(enqueue_command(items_file, options), env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0 and expected in run.stdout, run.stdout + run.stderr
+    assert sum(live_keys(queue).values()) == 500

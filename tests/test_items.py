@@ -1,0 +1,124 @@
+"""Items are read exactly: 18-digit root IDs with gaps, in every format, reach the task as the
+very ints they are; empty cells are skipped and reported by line, never turned into numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from blocks import LocalTaskQueue
+from blocks.errors import BadArgumentsError, ItemSourceError
+from flows.cli import app
+from flows.enqueue import enqueue_items, read_items
+from flows.items import parse_item
+from flows.messages import decode
+
+#: Real-size root IDs (> 2**53): as float64 the first two are the same number, and the third
+#: becomes ...768.
+ROOTS = [864691135000000001, 864691135000000003, 864691135123456789]
+assert float(ROOTS[0]) == float(ROOTS[1]) and int(float(ROOTS[2])) != ROOTS[2]
+
+
+def test_text_file_keeps_root_ids_exact_and_reports_blank_lines(tmp_path):
+    path = tmp_path / "roots.txt"
+    path.write_text(f"# root ids\n{ROOTS[0]}\n\n{ROOTS[1]}\n{ROOTS[2]}\n\n")
+    items = read_items(items_file=str(path))
+    assert items == ROOTS and all(type(i) is int for i in items)
+    assert items.empty_lines == [3]
+    assert "1 empty cells skipped (lines 3)" in items.report()
+
+
+def test_csv_with_a_gap_keeps_every_root_id_exact(tmp_path):
+    path = tmp_path / "roots.csv"
+    path.write_text(f"root_id,note\n{ROOTS[0]},a\n,gap\n{ROOTS[1]},b\n{ROOTS[2]},c\n")
+    items = read_items(items_file=str(path), column="root_id")
+    assert items == ROOTS and all(type(i) is int for i in items)
+    assert items.empty_lines == [3]
+
+
+def test_csv_written_by_pandas_from_a_nullable_column_keeps_root_ids(tmp_path):
+    frame = pd.DataFrame({"root_id": pd.array([ROOTS[0], None, ROOTS[1], ROOTS[2]], dtype="Int64")})
+    frame.to_csv(tmp_path / "roots.csv", index=False)
+    assert read_items(items_file=str(tmp_path / "roots.csv")) == ROOTS
+
+
+@pytest.mark.parametrize("writer", ["arrow", "pandas"])
+def test_parquet_int64_column_with_nulls_keeps_root_ids(tmp_path, writer):
+    path = tmp_path / "roots.parquet"
+    values = [ROOTS[0], None, ROOTS[1], ROOTS[2]]
+    if writer == "arrow":
+        pq.write_table(pa.table({"root_id": pa.array(values, pa.int64())}), path)
+    else:
+        pd.DataFrame({"root_id": pd.array(values, dtype="Int64")}).to_parquet(path)
+    items = read_items(items_file=str(path), column="root_id")
+    assert items == ROOTS and all(type(i) is int for i in items)
+    assert items.empty_lines == [2]
+
+
+def test_parquet_float_column_of_large_ids_is_refused_with_how_to_keep_them(tmp_path):
+    path = tmp_path / "roots.parquet"
+    pd.DataFrame({"root_id": [float(ROOTS[0]), float("nan")]}).to_parquet(path)
+    with pytest.raises(ItemSourceError, match=r"root_id.*above 2\*\*53.*Int64"):
+        read_items(items_file=str(path), column="root_id")
+
+
+def test_parquet_float_column_of_small_integral_ids_gives_ints(tmp_path):
+    path = tmp_path / "ids.parquet"
+    pd.DataFrame({"id": [3.0, float("nan"), 1.0]}).to_parquet(path)
+    assert read_items(items_file=str(path)) == [3, 1]
+
+
+def test_parquet_string_column_is_parsed_as_text(tmp_path):
+    path = tmp_path / "roots.parquet"
+    pq.write_table(pa.table({"root_id": [str(ROOTS[0]), None, "007"]}), path)
+    assert read_items(items_file=str(path)) == [ROOTS[0], "007"]
+
+
+def test_generator_items_keep_numpy_int64_exact():
+    import numpy as np
+
+    assert read_items(items=list(np.array(ROOTS, dtype=np.int64))) == ROOTS
+
+
+@pytest.mark.parametrize(
+    "text, value", [("42", 42), (" 42 ", 42), ("-7", -7), ("007", "007"), ("1e3", "1e3"),
+                    ("+5", "+5"), ("abc", "abc"), (str(ROOTS[2]), ROOTS[2])],
+)
+def test_text_is_an_int_only_when_written_canonically(text, value):
+    assert parse_item(text) == value and type(parse_item(text)) is type(value)
+
+
+def test_enqueue_command_queues_exactly_the_root_ids_of_a_csv_with_gaps(tmp_path):
+    path = tmp_path / "roots.csv"
+    path.write_text(f"root_id\n{ROOTS[0]}\n\n{ROOTS[1]}\n \n{ROOTS[2]}\n")
+    data = tmp_path / "data"
+    result = CliRunner().invoke(app, [
+        "enqueue", "tests.tasks:identity", "--items-file", str(path), "--column", "root_id",
+        "--batch", "roots", "--data", str(data),
+    ], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "queued 3 tasks" in result.output
+    assert "2 empty cells skipped (lines 3, 5)" in result.output
+    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="roots", wait_seconds=0)
+    bodies = [lease.body for lease in queue.receive(max_messages=10)]
+    assert sorted(decode(b).kwargs["value"] for b in bodies) == ROOTS
+    assert sorted(decode(b).key for b in bodies) == sorted(map(str, ROOTS))
+
+
+def test_kwargs_that_name_the_item_parameter_are_refused_naming_it(queue_factory, storage):
+    queue = queue_factory()
+    with pytest.raises(BadArgumentsError, match=r"kwargs set 'x', the parameter of tests.tasks:square that takes each item"):
+        enqueue_items(queue, storage, "tests.tasks:square", [1, 2], "b", {"x": 5})
+    assert queue.counts().pending == 0
+
+
+def test_item_and_kwargs_reach_the_task_unshifted(queue_factory, storage):
+    queue = queue_factory()
+    enqueue_items(queue, storage, "tests.tasks:power", [3], "b", {"exponent": 2})
+    [lease] = queue.receive()
+    assert json.loads(lease.body)["kwargs"] == {"base": 3, "exponent": 2}
