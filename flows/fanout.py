@@ -12,9 +12,11 @@ Two fleets behind one interface:
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
+from collections import Counter
 from typing import Any, Optional
 
 from blocks.cave import CAVECredentials
@@ -39,8 +41,13 @@ class Fleet(ABC):
         self.cave = cave
         #: Stats reported by workers that finished.
         self.finished: list[dict[str, Any]] = []
-        #: Workers that ended without reporting (crashed, killed).
+        #: Workers that ended before the queue was drained, whatever their final state:
+        #: crashed, killed, failed, cancelled, or stopped by SIGTERM (spot preemption) and
+        #: completed. The monitor replaces them while work remains.
         self.lost = 0
+        #: How each lost worker ended ("killed by SIGKILL", "stopped by a signal",
+        #: "Crashed: ...") and how many ended so.
+        self.endings: Counter[str] = Counter()
         self.launched = 0
 
     @abstractmethod
@@ -54,6 +61,17 @@ class Fleet(ABC):
     @abstractmethod
     def stop(self) -> None:
         """Stop every worker that is still running (their leases are released)."""
+
+    def _ended(self, stats: Optional[dict[str, Any]], ending: str) -> None:
+        """Count a worker that ended: finished when it reported stats and stopped for a reason
+        of its own (idle, max_tasks, max_seconds), lost otherwise."""
+        if stats is not None and stats.get("stop_reason") != "stopped":
+            self.finished.append(stats)
+            return
+        if stats is not None:
+            self.finished.append(stats)  # its counters still count
+        self.lost += 1
+        self.endings[ending] += 1
 
 
 class LocalFleet(Fleet):
@@ -89,10 +107,13 @@ class LocalFleet(Fleet):
             stdout.seek(0)
             stats = _last_json_line(stdout.read())
             stdout.close()
-            if process.returncode == 0 and stats is not None:
-                self.finished.append(stats)
+            code = process.returncode
+            if code == 0 and stats is not None:
+                self._ended(stats, "stopped by a signal (SIGTERM / SIGINT)")
+            elif code < 0:
+                self._ended(None, f"killed by {_signal_name(-code)}")
             else:
-                self.lost += 1
+                self._ended(None, f"exited with code {code}")
         self._processes = alive
         return len(alive)
 
@@ -156,13 +177,13 @@ class DeploymentFleet(Fleet):
             for run in self._runs:
                 state = client.read_flow_run(run.id).state
                 if state is None or not state.is_final():
-                    alive.append(run)
+                    alive.append(run)  # includes runs rescheduled after SIGTERM
                 elif state.is_completed():
                     # Results are not persisted (a pod's disk is gone with it): the worker
                     # flow publishes its counters as its "worker-stats" artifact instead.
-                    self.finished.append(_worker_stats(client, run.id))
+                    self._ended(_worker_stats(client, run.id), "stopped by a signal (SIGTERM)")
                 else:
-                    self.lost += 1
+                    self._ended(None, f"{state.type.value.title()}: {state.message or state.name}")
         self._runs = alive
         return len(alive)
 
@@ -201,6 +222,13 @@ def _block_reference(block: Any) -> str:
             "save it (block.save('name')) and pass the loaded block or its slug"
         )
     return f"{block.get_block_type_slug()}/{name}"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _last_json_line(text: str) -> Optional[dict[str, Any]]:

@@ -3,7 +3,10 @@
 It is prefect-kubernetes' default template with what batch workers on GKE need added:
 
 - ``node_selector`` and ``tolerations``, so workers land on the (tainted) worker node pool and
-  may run on spot / preemptible nodes;
+  may run on spot / preemptible nodes (orchestrating runs override both: see
+  `ORCHESTRATION_JOB_VARIABLES`);
+- the ``tqflow`` namespace, the one the Prefect worker's Role covers, and the ``tqflow-jobs``
+  service account that Workload Identity binds to a Google service account;
 - resource defaults from the planner (`flows.resources`) for an ``e2-standard-4`` node with four
   workers, and **no CPU limit** at all (the variable and the manifest field are removed);
 - quiet, single-threaded defaults in the environment: ``TQDM_DISABLE=1`` (progress bars fill
@@ -40,6 +43,23 @@ WORKER_TOLERATIONS = [
 ]
 
 WORKER_NODE_POOL = "tqflow-workers"
+#: The namespace of the Jobs. The Prefect worker's Role (Helm chart: ``worker.config.jobNamespace``
+#: and the release namespace) covers this namespace only, and its crash observer watches it.
+NAMESPACE = "tqflow"
+#: The Kubernetes service account of the Jobs: Workload Identity binds it to a Google service
+#: account that may write the bucket (deployments/gke/make_cluster.sh creates both).
+JOB_SERVICE_ACCOUNT = "tqflow-jobs"
+#: Where the orchestrating runs (pipeline, analysis, dead-letters) go: the on-demand system pool,
+#: not spot nodes (a preemption would kill the run that watches the batch), with memory for the
+#: analysis of a large batch. Only worker runs go to the spot worker pool.
+SYSTEM_NODE_POOL = "default-pool"
+ORCHESTRATION_JOB_VARIABLES: dict[str, Any] = {
+    "node_selector": {"cloud.google.com/gke-nodepool": SYSTEM_NODE_POOL},
+    "tolerations": [],
+    "cpu_request": "500m",
+    "memory_request": "5Gi",
+    "memory_limit": "5Gi",
+}
 DEFAULT_MACHINE_TYPE = "e2-standard-4"
 DEFAULT_PODS_PER_NODE = 4
 
@@ -65,6 +85,15 @@ def base_job_template() -> dict[str, Any]:
     )
     properties["memory_limit"]["description"] += " tqflow sets it equal to the request."
     properties["env"]["default"] = dict(WORKER_ENV)
+    properties["namespace"]["default"] = NAMESPACE
+    properties["namespace"]["description"] += (
+        " It must be the namespace the Prefect worker's Role covers (its Helm release's)."
+    )
+    properties["service_account_name"]["default"] = JOB_SERVICE_ACCOUNT
+    properties["service_account_name"]["description"] = (
+        "Kubernetes service account of the Job's pod; with Workload Identity it acts as the "
+        "Google service account it is annotated with (iam.gke.io/gcp-service-account)."
+    )
     properties["finished_job_ttl"]["default"] = 3600
     properties["node_selector"] = {
         "title": "Node Selector",

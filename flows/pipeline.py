@@ -15,18 +15,36 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from blocks.errors import TqflowError
+from blocks.errors import BadArgumentsError, TqflowError
 from blocks.queues.base import TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.analysis import analysis, artifact_key
 from flows.enqueue import enqueue
 from flows.fanout import DeploymentFleet, Fleet, LocalFleet
+from flows.messages import check_batch
 from flows.monitor import Progress, watch
 
 
 class DeadLettersError(TqflowError):
     """Items of the batch ended in the dead-letter queue."""
+
+
+def cli_flags(queue: TaskQueue, batch: str) -> str:
+    """The ``tqflow`` options that reach ``queue`` and ``batch``, for hints."""
+    from pathlib import Path
+
+    from blocks.queues.local import LocalTaskQueue
+
+    flags = [f"--batch {batch}"]
+    name = getattr(queue, "_block_document_name", None)
+    if name and not getattr(queue, "_is_anonymous", True):
+        flags.append(f"--queue-block {queue.get_block_type_slug()}/{name}")
+    else:
+        flags.append(f"--queue {queue.queue_name}")
+        if isinstance(queue, LocalTaskQueue):
+            flags.append(f"--data {Path(queue.path).expanduser().resolve().parent}")
+    return " ".join(flags)
 
 
 @flow(name="pipeline")
@@ -81,6 +99,11 @@ def pipeline(
         poll_seconds: How often the monitor reads the queue's counts.
     """
     logger = get_run_logger()
+    check_batch(batch)
+    if workers < 1 or tasks_per_worker < 1:
+        raise BadArgumentsError(
+            f"workers={workers}, tasks_per_worker={tasks_per_worker}: both must be at least 1"
+        )
     queue = load_block(queue, TaskQueue)
     storage = load_block(storage, CloudFilesStorage)
     cave = load_block(cave, CAVECredentials) if cave is not None else None
@@ -102,7 +125,9 @@ def pipeline(
         kwargs=kwargs,
         overwrite=overwrite,
     )
-    total = queue.counts().pending
+    # SQS's counts are approximate and lag (up to a minute): never start fewer workers than
+    # the messages this run just sent.
+    total = max(queue.counts().pending, queued["queued"])
     options = {
         "default_batch": batch,
         "idle_seconds": idle_seconds,
@@ -150,17 +175,19 @@ def pipeline(
         **{k: v for k, v in progress.as_dict().items() if k != "pending"},
         "workers_launched": fleet.launched,
         "workers_lost": fleet.lost,
+        "worker_endings": dict(fleet.endings),
         "outputs": storage.url(f"{batch}/outputs/"),
     }
     if analyze:
         summary["analysis"] = analysis(storage=storage, batch=batch)
     if progress.dead_lettered:
+        flags = cli_flags(queue, batch)
         raise DeadLettersError(
             f"{progress.dead_lettered} of {total} items of batch {batch!r} ended in the "
             f"dead-letter queue of {queue.queue_name!r}. See why with "
-            f"`tqflow dead-letters list --batch {batch}` (tracebacks in "
-            f"{storage.url(f'{batch}/errors/')}); after fixing the cause, re-run them with "
-            f"`tqflow dead-letters redrive --batch {batch}` and `tqflow work`, or run this "
-            "pipeline again"
+            f"`tqflow dead-letters list {flags}` (tracebacks in "
+            f"{storage.url(f'{batch}/errors/')}); after fixing the cause, send them back with "
+            f"`tqflow dead-letters redrive {flags}` and run them with `tqflow work {flags}` "
+            "or this pipeline again"
         )
     return summary

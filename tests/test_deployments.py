@@ -1,15 +1,22 @@
-"""prefect.yaml end to end: a real ``prefect server start``, ``prefect deploy --all``, a process
-worker, ``prefect deployment run``, and deployment-mode fan-out with a worker killed mid-run.
+"""The shipped prefect.yaml and the README's process-pool recipe, end to end and unmodified.
 
-Building and pushing the worker image needs Docker and a registry, so the copy of prefect.yaml
-deployed here has its build and push steps removed; everything else is the file as shipped.
+The README's recipe is run verbatim by bash in this checkout: it starts ``prefect server``,
+saves the local blocks, creates the process pool, deploys, starts a process worker and runs the
+local pipeline in deployment mode. On that server, ``prefect deploy --all`` then deploys the
+shipped prefect.yaml as a user without Docker does, with an image built elsewhere
+(``TQFLOW_IMAGE``), and the remaining tests run pipelines whose worker runs are killed, stopped
+by SIGTERM as on a spot node, or started by an active schedule.
+
+Only the environment is the test's own: a private PREFECT_HOME, free ports, a data folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,57 +24,68 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
-import yaml
 
-from tests.conftest import REPO, free_port
+from flows.examples import demo_root_ids
+from tests.conftest import REPO
+from tests.services import free_port, start, stop_process
 
 # One server, one deploy: keep these tests on one xdist worker (make test uses --dist loadgroup).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployments")]
 
 BIN = Path(sys.executable).parent
+RECIPE_HEADING = "### Without a cluster: the same fan-out on a process pool"
+#: What a user with an image built by CI or Cloud Build exports before `prefect deploy --all`.
+IMAGE = "us-west1-docker.pkg.dev/my-lab/tqflow/worker@sha256:" + "0" * 64
+
+
+def readme_block(heading: str) -> str:
+    """The first ```bash block after ``heading`` in README.md, as written there."""
+    text = (REPO / "README.md").read_text()
+    after = text[text.index(heading):]
+    match = re.search(r"```bash\n(.*?)```", after, re.S)
+    assert match, f"no bash block under {heading!r} in README.md"
+    return match.group(1)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """``prefect server start`` on 127.0.0.1 with its own home and database; yields the
-    environment that points the CLI and clients at it."""
+def recipe(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """The README's process-pool recipe, run by bash in the repository; yields the environment
+    that points at its server, with the recipe's output. Its server and worker (background
+    jobs of the script, in its process group) are stopped at the end."""
     home = tmp_path_factory.mktemp("prefect-home")
+    data = tmp_path_factory.mktemp("tqflow-data")
     port = free_port()
-    env = {
-        **os.environ,
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({
         "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
+        # the scheduler looks for due schedules every 2 s instead of every 60 s
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "TQFLOW_DATA": str(data),
         "PYTHONPATH": str(REPO),  # flow runs import tests.tasks
         "PWD": str(REPO),  # prefect.yaml's local pull step: this checkout
-    }
-    log = open(home / "server.log", "w")
-    process = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (home / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "prefect server did not start in 120 s"
-            time.sleep(0.5)
-        yield env
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
+    })
+    log_path = home / "recipe.log"
+    with open(log_path, "w") as log:
+        script = start(["bash", "-euo", "pipefail", "-c", readme_block(RECIPE_HEADING)],
+                       env=env, cwd=REPO, log=log)
+        try:
+            code = script.wait(timeout=900)
+            yield {
+                **env,
+                "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+                "RECIPE_EXIT": str(code),
+                "RECIPE_LOG": str(log_path),
+                "WORKER_LOG": str(REPO / "prefect-worker.log"),
+            }
+        finally:
+            stop_process(script)
 
 
-def cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
+def cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
     result = subprocess.run(
         [str(BIN / args[0]), *args[1:]], env=env, cwd=REPO, capture_output=True, text=True,
         timeout=timeout,
@@ -77,32 +95,14 @@ def cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployed(server, tmp_path_factory) -> Iterator[dict[str, str]]:
-    """Work pools and local blocks created, ``prefect deploy --all`` run, a process worker
-    polling the local pool."""
-    work = tmp_path_factory.mktemp("deploy")
-    cli(server, "prefect", "work-pool", "create", "tqflow-local", "--type", "process")
-    cli(server, "prefect", "work-pool", "create", "tqflow-gke", "--type", "kubernetes",
+def deployed(recipe) -> dict[str, str]:
+    """The GKE work pool created from the shipped template, and ``prefect deploy --all`` of the
+    shipped prefect.yaml with an image built elsewhere, on the recipe's server."""
+    assert recipe["RECIPE_EXIT"] == "0", Path(recipe["RECIPE_LOG"]).read_text()[-4000:]
+    cli(recipe, "prefect", "work-pool", "create", "tqflow-gke", "--type", "kubernetes",
         "--base-job-template", str(REPO / "deployments/gke/base-job-template.json"))
-    cli(server, "tqflow", "blocks", "save-local", "--data", str(work / "data"))
-    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    spec.pop("build"), spec.pop("push")
-    for deployment in spec["deployments"]:
-        deployment.pop("build", None), deployment.pop("push", None)
-    (work / "prefect.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    cli(server, "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(work / "prefect.yaml"))
-
-    worker_log = open(work / "worker.log", "w")
-    worker = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "tqflow-local", "--type", "process"],
-        env=server, cwd=work, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        yield {**server, "TQFLOW_DATA": str(work / "data"), "WORKER_LOG": str(work / "worker.log")}
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=60)
-        worker_log.close()
+    cli({**recipe, "TQFLOW_IMAGE": IMAGE}, "prefect", "--no-prompt", "deploy", "--all")
+    return recipe
 
 
 @contextlib.contextmanager
@@ -116,11 +116,19 @@ def client(env):
             yield c
 
 
-def run_deployment(env, name: str, **parameters) -> None:
-    """``prefect deployment run NAME --params ... --watch``; asserts the run completed."""
-    out = cli(env, "prefect", "deployment", "run", name, "--params", json.dumps(parameters),
-              "--watch", "--watch-timeout", "240", timeout=300)
+def deployment_run(env, name: str, **parameters) -> subprocess.Popen:
+    """``prefect deployment run NAME --params ... --watch`` in the background."""
+    return subprocess.Popen(
+        [str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(parameters),
+         "--watch", "--watch-timeout", "300"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def completed(env, run: subprocess.Popen) -> str:
+    out, _ = run.communicate(timeout=420)
     assert "Completed" in out, out[-2000:] + Path(env["WORKER_LOG"]).read_text()[-4000:]
+    return out
 
 
 def outputs(env, batch: str) -> set[str]:
@@ -128,17 +136,32 @@ def outputs(env, batch: str) -> set[str]:
     return {p.stem for p in folder.glob("*.json")} if folder.exists() else set()
 
 
-def worker_runs(env, batch_started_after: float) -> list:
+def runs_of(env, deployment: str, started_after: float) -> list:
     with client(env) as c:
         runs = c.read_flow_runs()
         deployments = {d.id: d.name for d in c.read_deployments()}
     return [
         r for r in runs
-        if deployments.get(r.deployment_id) == "worker-local" and r.created.timestamp() > batch_started_after
+        if deployments.get(r.deployment_id) == deployment and r.created.timestamp() > started_after
     ]
 
 
-def test_deploy_all_registers_every_deployment_and_an_inactive_schedule(deployed):
+# -- the README's recipe --------------------------------------------------------------------------
+
+
+def test_readme_process_pool_recipe_completes_the_demo_batch_with_two_worker_runs(recipe):
+    log = Path(recipe["RECIPE_LOG"]).read_text()
+    assert recipe["RECIPE_EXIT"] == "0", log[-4000:]
+    assert outputs(recipe, "demo") == {str(i) for i in demo_root_ids()}
+    assert re.search(r"outputs written\s*│\s*200", log), log[-3000:]  # `tqflow status` at the end
+    worker_runs = runs_of(recipe, "worker-local", 0)
+    assert len(worker_runs) == 2 and all(r.state.is_completed() for r in worker_runs)
+
+
+# -- prefect deploy --all of the shipped file -------------------------------------------------------
+
+
+def test_deploy_all_of_the_shipped_file_registers_every_deployment_and_an_inactive_schedule(deployed):
     with client(deployed) as c:
         found = {d.name: d for d in c.read_deployments()}
     assert set(found) == {
@@ -146,8 +169,6 @@ def test_deploy_all_registers_every_deployment_and_an_inactive_schedule(deployed
     }
     [schedule] = found["pipeline-gke"].schedules
     assert (schedule.schedule.cron, schedule.active) == ("0 6 * * 1", False)
-    assert found["worker-gke"].job_variables["memory_limit"] == found["worker-gke"].job_variables["memory_request"]
-    assert "cpu_limit" not in found["worker-gke"].job_variables
     # blocks by slug: no credential in any deployment's parameters
     assert found["pipeline-gke"].parameters["queue"] == "sqs-task-queue/tqflow"
     assert found["pipeline-local"].pull_steps == [
@@ -155,59 +176,133 @@ def test_deploy_all_registers_every_deployment_and_an_inactive_schedule(deployed
     ]
 
 
-def test_deployment_run_of_the_local_pipeline_writes_every_output(deployed):
-    run_deployment(deployed, "pipeline/pipeline-local", batch="e2e-local", items=list(range(12)),
-                   items_from=None, fn="tests.tasks:square", idle_seconds=1, poll_seconds=0.5)
-    assert outputs(deployed, "e2e-local") == {str(i) for i in range(12)}
+def test_gke_deployments_take_the_image_built_elsewhere(deployed):
+    with client(deployed) as c:
+        found = {d.name: d for d in c.read_deployments()}
+    for name in ("pipeline-gke", "worker-gke", "analysis", "dead-letters"):
+        assert found[name].job_variables["image"] == IMAGE, name
+    assert "image" not in found["pipeline-local"].job_variables
+
+
+def test_only_worker_runs_go_to_spot_nodes_and_orchestration_runs_to_the_system_pool(deployed):
+    with client(deployed) as c:
+        found = {d.name: d for d in c.read_deployments()}
+    worker = found["worker-gke"].job_variables
+    assert "node_selector" not in worker and "tolerations" not in worker  # the pool's: spot
+    assert worker["memory_limit"] == worker["memory_request"] and "cpu_limit" not in worker
+    for name in ("pipeline-gke", "analysis", "dead-letters"):
+        variables = found[name].job_variables
+        assert variables["node_selector"] == {"cloud.google.com/gke-nodepool": "default-pool"}, name
+        assert variables["tolerations"] == [], name
+        assert variables["memory_limit"] == variables["memory_request"] == "5Gi", name
+
+
+# -- fan-out on the process pool ------------------------------------------------------------------
 
 
 def test_deployment_mode_fan_out_runs_n_worker_deployments_that_drain_the_queue(deployed):
     started = time.time()
-    run_deployment(deployed, "pipeline/pipeline-local", batch="e2e-fan", items=list(range(30)),
-                   items_from=None, fn="tests.tasks:square", mode="deployment",
-                   worker_deployment="worker/worker-local", workers=4, tasks_per_worker=10,
-                   idle_seconds=1, poll_seconds=0.5, analyze=False)
+    completed(deployed, deployment_run(
+        deployed, "pipeline/pipeline-local", batch="e2e-fan", items=list(range(30)),
+        fn="tests.tasks:square", mode="deployment", worker_deployment="worker/worker-local",
+        workers=4, tasks_per_worker=10, idle_seconds=1, poll_seconds=0.5, analyze=False,
+    ))
     assert outputs(deployed, "e2e-fan") == {str(i) for i in range(30)}
-    runs = worker_runs(deployed, started)
+    runs = runs_of(deployed, "worker-local", started)
     assert len(runs) == 3  # min(workers=4, ceil(30 / 10))
     assert all(r.state.is_completed() for r in runs)
 
 
-def test_a_killed_worker_run_is_replaced_and_the_batch_completes(deployed, tmp_path):
+def _lease_queue(env, name: str) -> str:
+    """A saved local queue with 5 s leases, so a lost worker's tasks come back soon."""
     from blocks import LocalTaskQueue
 
-    with client(deployed):  # leases of 5 s: the killed worker's tasks come back soon
+    with client(env):
         LocalTaskQueue(
-            path=str(Path(deployed["TQFLOW_DATA"]) / "queue.sqlite"), queue_name="e2e-kill",
-            lease_seconds=5,
-        ).save("e2e-kill")
+            path=str(Path(env["TQFLOW_DATA"]) / "queue.sqlite"), queue_name=name, lease_seconds=5,
+        ).save(name, overwrite=True)
+    return f"local-task-queue/{name}"
+
+
+def _run_and_signal_a_worker(env, tmp_path, batch: str, worker_deployment: str, signum: int):
+    """Run a 40-item pipeline on two worker runs; once tasks are being done, send ``signum`` to
+    the process of one running worker run. Returns the worker runs of the batch."""
     started = time.time()
-    pipeline_run = subprocess.Popen(
-        [str(BIN / "prefect"), "deployment", "run", "pipeline/pipeline-local", "--params", json.dumps({
-            "queue": "local-task-queue/e2e-kill",
-            "batch": "e2e-kill", "items": list(range(40)), "items_from": None,
-            "fn": "tests.tasks:tracked", "kwargs": {"log_dir": str(tmp_path), "seconds": 0.25},
-            "mode": "deployment", "worker_deployment": "worker/worker-local", "workers": 2,
-            "tasks_per_worker": 20, "idle_seconds": 1, "poll_seconds": 0.5, "analyze": False,
-        }), "--watch", "--watch-timeout", "240"],
-        env=deployed, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    pipeline_run = deployment_run(
+        env, "pipeline/pipeline-local", queue=_lease_queue(env, batch), batch=batch,
+        items=list(range(40)), fn="tests.tasks:tracked",
+        kwargs={"log_dir": str(tmp_path), "seconds": 0.25}, mode="deployment",
+        worker_deployment=worker_deployment, workers=2, tasks_per_worker=20, idle_seconds=1,
+        poll_seconds=0.5, analyze=False,
     )
     victim = None
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while victim is None and time.monotonic() < deadline:  # a worker that has started tasks
-        running = [r for r in worker_runs(deployed, started) if r.state.is_running()]
+        running = [r for r in runs_of(env, worker_deployment.split("/")[1], started) if r.state.is_running()]
         if running and len(list(tmp_path.glob("*.finished"))) >= 4:
             victim = _process_of_flow_run(running[0].id)
         time.sleep(0.2)
     assert victim is not None, "no running worker flow run was found"
-    os.kill(victim, signal.SIGKILL)
+    os.kill(victim, signum)
+    completed(env, pipeline_run)
+    assert outputs(env, batch) == {str(i) for i in range(40)}
+    return runs_of(env, worker_deployment.split("/")[1], started)
 
-    out, _ = pipeline_run.communicate(timeout=300)
-    assert "Completed" in out, out[-3000:]
-    assert outputs(deployed, "e2e-kill") == {str(i) for i in range(40)}
-    runs = worker_runs(deployed, started)
+
+def test_a_killed_worker_run_is_replaced_and_the_batch_completes(deployed, tmp_path):
+    runs = _run_and_signal_a_worker(deployed, tmp_path, "e2e-kill", "worker/worker-local", signal.SIGKILL)
     assert sum(r.state.is_crashed() or r.state.is_failed() for r in runs) == 1
     assert len(runs) == 3  # the two launched, and the one that replaced the killed run
+
+
+def test_a_worker_run_stopped_by_sigterm_is_replaced_as_on_kubernetes(deployed, tmp_path):
+    # prefect-kubernetes sets this in every Job whose backoffLimit is 0 (ours): on SIGTERM the
+    # engine would reschedule the run. tqflow's worker handles SIGTERM itself: it releases its
+    # leases and completes, and the pipeline must still replace it while work remains.
+    with client(deployed) as c:
+        worker = c.read_deployment_by_name("worker/worker-local")
+        c.create_deployment(
+            flow_id=worker.flow_id, name="worker-local-reschedule", entrypoint=worker.entrypoint,
+            work_pool_name=worker.work_pool_name, work_queue_name=worker.work_queue_name,
+            parameters=worker.parameters, pull_steps=worker.pull_steps,
+            parameter_openapi_schema=worker.parameter_openapi_schema,
+            job_variables={"env": {"PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule"}},
+        )
+    runs = _run_and_signal_a_worker(
+        deployed, tmp_path, "e2e-sigterm", "worker/worker-local-reschedule", signal.SIGTERM
+    )
+    assert len(runs) == 3, [(r.name, r.state.type) for r in runs]  # the stopped one was replaced
+    assert all(r.state.is_completed() for r in runs)
+
+
+# -- schedules --------------------------------------------------------------------------------------
+
+
+def test_an_active_schedule_creates_and_completes_a_run(deployed):
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    with client(deployed) as c:
+        pipeline = c.read_deployment_by_name("pipeline/pipeline-local")
+        [schedule] = c.create_deployment_schedules(pipeline.id, [DeploymentScheduleCreate(
+            schedule=IntervalSchedule(interval=dt.timedelta(seconds=20)), active=True,
+            parameters={"batch": "e2e-scheduled", "items": list(range(5)), "fn": "tests.tasks:square",
+                        "idle_seconds": 1, "poll_seconds": 0.5, "analyze": False},
+        )])
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            done = [r for r in runs_of(deployed, "pipeline-local", 0)
+                    if r.parameters.get("batch") == "e2e-scheduled" and r.state.is_completed()]
+            if done:
+                break
+            assert time.monotonic() < deadline, "no scheduled run completed in 300 s"
+            time.sleep(1)
+        assert done[0].auto_scheduled
+        assert outputs(deployed, "e2e-scheduled") == {str(i) for i in range(5)}
+    finally:
+        with client(deployed) as c:
+            c.delete_deployment_schedule(pipeline.id, schedule.id)
 
 
 def _process_of_flow_run(flow_run_id) -> int | None:

@@ -183,3 +183,72 @@ def test_worker_image_is_built_on_the_prefect_version_tqflow_runs_with():
     assert re.search(r"^ARG PREFECT_VERSION=(\S+)$", dockerfile, re.M).group(1) == prefect.__version__
     assert re.search(r"^FROM prefecthq/prefect:\$\{PREFECT_VERSION\}-python", dockerfile, re.M)
     assert "TQDM_DISABLE=1" in dockerfile and re.search(r"^USER (?!root)", dockerfile, re.M)
+
+
+# -- one namespace, one service account: template, Helm values, cluster script ---------------------
+
+import re  # noqa: E402
+
+import yaml  # noqa: E402
+
+from flows.job_template import JOB_SERVICE_ACCOUNT, NAMESPACE  # noqa: E402
+
+
+def helm_values() -> dict:
+    return yaml.safe_load((REPO / "deployments/gke/worker-values.yaml").read_text())
+
+
+def test_jobs_land_in_the_namespace_the_prefect_workers_role_and_observer_cover(rendered):
+    manifest, _ = rendered
+    values = helm_values()
+    install = (REPO / "deployments/gke/worker-values.yaml").read_text()
+    # the chart puts the worker's Role in the release namespace unless role.namespace says otherwise
+    release_namespace = re.search(r"helm install .*?--namespace (\S+)", install, re.S).group(1)
+    role_namespace = values.get("role", {}).get("namespace") or release_namespace
+    assert manifest["metadata"]["namespace"] == NAMESPACE
+    assert role_namespace == NAMESPACE
+    assert values["worker"]["config"]["jobNamespace"] == NAMESPACE
+    # no second, hand-set copy of what jobNamespace sets
+    assert "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES" not in install
+
+
+def test_jobs_run_as_the_service_account_the_cluster_script_binds_to_google(rendered):
+    manifest, _ = rendered
+    script = (REPO / "deployments/gke/make_cluster.sh").read_text()
+    assert manifest["spec"]["template"]["spec"]["serviceAccountName"] == JOB_SERVICE_ACCOUNT
+    assert re.search(rf"^JOBS_KSA={JOB_SERVICE_ACCOUNT}\b", script, re.M)
+    assert re.search(rf"^NAMESPACE=\$\{{NAMESPACE:-{NAMESPACE}\}}", script, re.M)
+    # Workload Identity, all three parts: the binding, the annotation, the pool's metadata server
+    assert "roles/iam.workloadIdentityUser" in script
+    assert 'iam.gke.io/gcp-service-account=$JOBS_GSA' in script
+    assert "--workload-metadata GKE_METADATA" in script
+
+
+def test_helm_values_remove_the_charts_cpu_limit_and_pin_the_chart():
+    values = helm_values()
+    limits = values["worker"]["resources"]["limits"]
+    assert "cpu" in limits and limits["cpu"] is None  # null removes the chart's default
+    text = (REPO / "deployments/gke/worker-values.yaml").read_text()
+    guide = (REPO / "deployments/gke/README.md").read_text()
+    [version] = set(re.findall(r"prefect/prefect-worker --version (\S+)", text + guide))
+    assert re.fullmatch(r"\d{4}\.\d+\.\d+", version)
+
+
+def test_orchestration_runs_render_onto_the_system_pool_and_workers_onto_spot(request):
+    request.getfixturevalue("prefect_api")
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    for name in ("pipeline-gke", "analysis", "dead-letters"):
+        variables = {**deployments[name]["work_pool"]["job_variables"], "image": "img"}
+        pod = render_job(variables, {})["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"cloud.google.com/gke-nodepool": "default-pool"}, name
+        assert not pod.get("tolerations"), name
+        memory = pod["containers"][0]["resources"]
+        assert memory["requests"]["memory"] == memory["limits"]["memory"] == "5Gi"
+    worker_variables = {**deployments["worker-gke"]["work_pool"]["job_variables"], "image": "img"}
+    pod = render_job(worker_variables, {})["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-nodepool": "tqflow-workers"}
+    assert any(t["key"] == "cloud.google.com/gke-spot" for t in pod["tolerations"])
+    # the system pool holds two orchestration pods beside the Prefect worker and system pods
+    node = Machine.from_type("e2-standard-4")
+    assert 2 * 5 * 1024 + 256 + 512 <= node.allocatable_memory_mib
