@@ -264,6 +264,10 @@ def enqueue_command(
     requeue: bool = typer.Option(
         False, help="Queue again items an earlier run queued that are not done (after a purge)."
     ),
+    step: int = typer.Option(
+        1_000, min=10, help="Messages sent between two records of what was sent: on SQS, a "
+        "killed enqueue re-sends at most this many when run again.",
+    ),
 ) -> None:
     """Queue one task per item. Items already done, or already queued by an earlier run, are
     skipped: run it again after Ctrl-C and it queues the rest."""
@@ -296,7 +300,7 @@ def enqueue_command(
         try:
             result = enqueue_items(
                 target, storage, fn, found, batch, fixed, overwrite=overwrite, requeue=requeue,
-                stop=stop,
+                stop=stop, step=step,
             )
         except EnqueueInterrupted as exc:
             console(stderr=True).print(f"[yellow]{exc}[/yellow]", soft_wrap=True)

@@ -149,6 +149,7 @@ def enqueue_items(
     requeue: bool = False,
     stop: Optional[threading.Event] = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,
+    step: int = SEND_STEP,
 ) -> EnqueueResult:
     """Queue ``fn(item, **kwargs)`` for every item of ``batch`` that is neither done nor
     already queued.
@@ -158,7 +159,8 @@ def enqueue_items(
     for SQS a `SentRecord` in storage says what was sent. ``requeue`` sends again the items
     queued earlier and not done (e.g. after the queue was purged; the local queue does so by
     itself, as it knows what it holds). ``stop``, when set, ends the
-    enqueue between two steps with `EnqueueInterrupted`.
+    enqueue between two steps with `EnqueueInterrupted`. ``step``: messages sent between two
+    records of what was sent; on SQS a kill re-sends at most one step.
     """
     log = log or logging.getLogger("tqflow.enqueue")
     empty_cells = len(getattr(items, "empty_lines", ()))
@@ -191,16 +193,15 @@ def enqueue_items(
     def result() -> EnqueueResult:
         return EnqueueResult(queued, skipped, duplicates, already, empty_cells)
 
-    for start in range(0, len(bodies), SEND_STEP):
+    for start in range(0, len(bodies), step):
         if stop is not None and stop.is_set():
             raise EnqueueInterrupted(result(), len(bodies) - start, batch)
-        step = bodies[start : start + SEND_STEP]
-        dedup_ids = [f"{batch}/{key}" for key, _ in step]
-        sent = queue.send([body for _, body in step], dedup_ids=dedup_ids)
+        chunk = bodies[start : start + step]
+        sent = queue.send([body for _, body in chunk], dedup_ids=[f"{batch}/{key}" for key, _ in chunk])
         queued += sent
-        already += len(step) - sent
+        already += len(chunk) - sent
         if record is not None:
-            record.add([key for key, _ in step])
+            record.add([key for key, _ in chunk])
     log.info("batch %s on %s: %s", batch, queue.queue_name, result().line())
     return result()
 

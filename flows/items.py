@@ -156,7 +156,7 @@ def exact_column(values: list[Any], dtype: str, source: str, first_line: int = 1
     items, empty = [], []
     for index, value in enumerate(values):
         value = plain(value)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if _missing(value):
             empty.append(index + first_line)
             continue
         if isinstance(value, float):
@@ -178,6 +178,15 @@ def exact_column(values: list[Any], dtype: str, source: str, first_line: int = 1
             value = parse_item(value)
         items.append(value)
     return Items(items, source, empty)
+
+
+def _missing(value: Any) -> bool:
+    """None, NaN, or pandas' NA / NaT: an empty cell."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return type(value).__name__ in ("NAType", "NaTType")
 
 
 def _pick_column(path: Path, columns: list[str], column: Optional[str]) -> str:

@@ -175,3 +175,16 @@ def test_enqueue_command_takes_items_from_a_cave_table(cave_service, cave_block,
     assert result.exit_code == 0, result.output
     queue = LocalTaskQueue(path=str(tmp_path / "queue.sqlite"), queue_name="from-cave")
     assert sorted(json.loads(lease.body)["key"] for lease in queue.receive(max_messages=10)) == ["10", "11", "12", "20"]
+
+
+def test_cave_query_keeps_18_digit_root_ids_exact_and_skips_empty_cells(cave_service, cave_block):
+    roots = [864691135000000001, 864691135000000003, 864691135123456789]
+    frame = pd.DataFrame({
+        "pre_pt_root_id": pd.array([roots[0], None, roots[1], roots[2], roots[0]], dtype="Int64"),
+        "post_pt_root_id": [20] * 5,
+    })
+    serve_table(cave_service, "synapses", frame)
+    query = CAVETableQuery(table="synapses", column="pre_pt_root_id", filter_equal={"post_pt_root_id": 20})
+    items = read_items(cave_query=query, cave=cave_block)
+    assert items == roots and all(type(i) is int for i in items)
+    assert items.empty_lines == [2]

@@ -73,3 +73,19 @@ def test_enqueue_with_a_function_that_cannot_take_the_items_fails_clearly(tmp_pa
     )
     assert result.exit_code == 1
     assert "do not fit tests.tasks:square" in result.output
+
+
+def test_dead_letters_of_a_shared_queue_are_listed_and_redriven_per_batch(tmp_path):
+    data = tmp_path / "data"
+    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="shared", max_receive_count=1)
+    queue.ensure()
+    enqueue(queue, "tests.tasks:returns_a_set", [1, 2], batch="monday")
+    enqueue(queue, "tests.tasks:returns_a_set", [3], batch="tuesday")
+    run_worker(queue, CloudFilesStorage(cloudpath=f"file://{data}"))
+    common = ["--queue", "shared", "--data", str(data)]
+    listing = invoke("dead-letters", "list", "--batch", "tuesday", *common)
+    assert "showing 1 of batch tuesday" in listing and "returns_a_set(3)" in " ".join(listing.split())
+    assert "returns_a_set(1)" not in " ".join(listing.split())
+    assert f"redrive --batch tuesday --queue shared --data {data}" in listing  # the hint reaches it
+    assert "redrove 1 messages" in invoke("dead-letters", "redrive", "--batch", "tuesday", *common)
+    assert queue.counts().dead == 2  # monday's stay

@@ -195,3 +195,24 @@ def test_flows_take_saved_blocks_by_slug_so_parameters_hold_no_credentials(queue
     )
     assert summary["queued"] == 2
     assert storage.get_json(output_path("by-slug", "3"))["result"] == 9
+
+
+def test_an_unsafe_batch_name_is_refused_as_a_batch_name_by_flows_and_worker(queue_factory, storage):
+    from blocks.errors import BadArgumentsError
+    from flows.worker import Worker
+
+    queue = queue_factory()
+    with pytest.raises(BadArgumentsError, match="batch name 'a/b' cannot name a folder"):
+        run_pipeline(queue, storage, fn="tests.tasks:square", batch="a/b", items=[1])
+    with pytest.raises(BadArgumentsError, match="batch name '../x' cannot name a folder"):
+        Worker(queue, storage, default_batch="../x")
+    assert queue.counts().pending == 0
+
+
+def test_zero_workers_is_refused_before_anything_is_queued(queue_factory, storage):
+    from blocks.errors import BadArgumentsError
+
+    queue = queue_factory()
+    with pytest.raises(BadArgumentsError, match="workers=0"):
+        run_pipeline(queue, storage, fn="tests.tasks:square", batch="b", items=[1], workers=0)
+    assert queue.counts().pending == 0
