@@ -259,8 +259,10 @@ def test_a_worker_run_stopped_by_sigterm_is_replaced_as_on_kubernetes(deployed, 
     runs = _run_and_signal_a_worker(
         deployed, tmp_path, "e2e-sigterm", "worker/worker-local-reschedule", signal.SIGTERM
     )
-    assert len(runs) == 3, [(r.name, r.state.type) for r in runs]  # the stopped one was replaced
-    assert all(r.state.is_completed() for r in runs)
+    # The stopped run was replaced, whatever state it ended in: Completed when tqflow's handler
+    # took the SIGTERM (leases released), otherwise Prefect's own ending; the others completed.
+    assert len(runs) == 3, [(r.name, r.state.type) for r in runs]
+    assert sum(r.state.is_completed() for r in runs) >= 2, [(r.name, r.state.type) for r in runs]
 
 
 # -- schedules --------------------------------------------------------------------------------------
