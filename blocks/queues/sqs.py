@@ -149,15 +149,14 @@ class SQSTaskQueue(TaskQueue):
     # -- contract -------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        try:
-            self._url(self.queue_name)
-        except QueueError:
-            return False
-        return True
+        return self._queue_exists(self.queue_name)
 
     def _dead_letter_queue_exists(self) -> bool:
+        return self._queue_exists(self.dlq_name)
+
+    def _queue_exists(self, name: str) -> bool:
         try:
-            self._url(self.dlq_name)
+            self._url(name)
         except QueueError:
             return False
         return True
