@@ -181,14 +181,13 @@ def _data_folder(data: Path) -> Path:
     return data
 
 
-def _load_block(slug_and_name: str, kind: Any = None, option: str = "--queue-block") -> Any:
-    from prefect.blocks.core import Block
-
+def _load_block(slug_and_name: str, kind: Any, option: str) -> Any:
+    """The saved block ``slug_and_name`` of type ``kind``; errors name ``option``."""
     import blocks  # noqa: F401  (registers tqflow's block types)
     from blocks.specs import load_block
 
     try:
-        return load_block(slug_and_name, kind or Block)
+        return load_block(slug_and_name, kind)
     except ValueError as exc:
         raise CLIInputError(f"{option}: {exc}") from None
 
