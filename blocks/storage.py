@@ -12,6 +12,7 @@ them cloud-files looks for its own (``~/.cloudvolume/secrets``, application defa
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -347,8 +348,23 @@ _PERMANENT = {
 }
 
 
+#: Local-disk errors a retry cannot fix, with what to do instead.
+_PERMANENT_OS = {
+    errno.EACCES: "permission denied: make the folder writable for this user, or use another",
+    errno.EPERM: "operation not permitted: make the folder writable, or use another",
+    errno.EROFS: "the file system is read-only: use a writable folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: fix the cloudpath",
+    errno.EISDIR: "the path is a folder, not a file: remove the folder or fix the cloudpath",
+    errno.ENOSPC: "the disk is full: free space, or use another folder",
+    errno.EDQUOT: "the disk quota is exceeded: free space, or use another folder",
+}
+
+
 def _permanent_failure(exc: Exception, cloudpath: str) -> Optional[str]:
     """What to do about ``exc`` if retrying cannot help, else ``None``."""
+    if isinstance(exc, OSError) and exc.errno in _PERMANENT_OS:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{os.strerror(exc.errno)}{where}: {_PERMANENT_OS[exc.errno]}"
     code = getattr(exc, "response", {}) or {}
     code = code.get("Error", {}).get("Code") if isinstance(code, dict) else None
     code = code or type(exc).__name__  # google.api_core names its exceptions by status
