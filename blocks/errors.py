@@ -25,6 +25,11 @@ class NoDeadLetterQueueError(QueueError):
     message cannot be dead-lettered."""
 
 
+class QueueUnreachableError(QueueError):
+    """The queue could not be reached for longer than the worker's bound: the worker stops,
+    since no task can be received, acknowledged or retried meanwhile."""
+
+
 class QueueConfigError(QueueError):
     """The queue exists with a configuration (such as its redrive policy) different from the
     one asked for."""
@@ -50,6 +55,11 @@ class BadArgumentsError(MessageError):
     """The message's arguments do not bind to the task function's signature."""
 
 
+class TaskNotAllowedError(MessageError):
+    """The message names a function outside the worker's allowed modules. Workers hold the
+    batch's credentials, so a body naming any callable (``os:system``) is refused, not run."""
+
+
 class MessageTooLargeError(MessageError):
     """A message body is over the queue backend's size limit."""
 
@@ -67,6 +77,12 @@ class PermanentTaskError(TqflowError):
 class ResultNotJSONError(PermanentTaskError):
     """A task returned a value that cannot be stored as JSON: it would fail the same way on
     every retry."""
+
+
+class TaskTimeoutError(TqflowError):
+    """A task ran past its time limit (``task_timeout_seconds``), or would have outlived the
+    longest lease its queue allows (SQS: 12 hours from receipt), and was stopped. It is retried
+    like any failure, and dead-lettered after ``max_receive_count`` attempts."""
 
 
 class StorageError(TqflowError):

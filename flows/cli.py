@@ -267,6 +267,10 @@ def enqueue_command(
         1_000, min=10, help="Messages sent between two records of what was sent: on SQS, a "
         "killed enqueue re-sends at most this many when run again.",
     ),
+    task_timeout: Optional[float] = typer.Option(
+        None, min=0.001, help="The batch's time limit per task, in seconds: a task past it is "
+        "stopped, retried, and dead-lettered after the queue's max receive count.",
+    ),
 ) -> None:
     """Queue one task per item. Items already done, or already queued by an earlier run, are
     skipped: run it again after Ctrl-C and it queues the rest."""
@@ -299,7 +303,7 @@ def enqueue_command(
         try:
             result = enqueue_items(
                 target, storage, fn, found, batch, fixed, overwrite=overwrite, requeue=requeue,
-                stop=stop, step=step,
+                stop=stop, step=step, task_timeout_seconds=task_timeout,
             )
         except EnqueueInterrupted as exc:
             console(stderr=True).print(f"[yellow]{exc}[/yellow]", soft_wrap=True)
@@ -346,6 +350,12 @@ def work(
     cave_block: Optional[str] = typer.Option(
         None, help="CAVE block for tasks that take a `cave` client, e.g. cave-credentials/lab."
     ),
+    task_timeout: Optional[float] = typer.Option(
+        None, min=0.001, help="Stop a task after this many seconds (a batch's own limit wins)."
+    ),
+    allow: Optional[List[str]] = typer.Option(
+        None, "--allow", help="Module whose functions may run besides the batches' own (repeat)."
+    ),
 ) -> None:
     """Run a worker in this process until the queue is drained (SIGTERM stops it cleanly)."""
     from blocks.cave import CAVECredentials
@@ -365,10 +375,14 @@ def work(
         max_seconds=max_seconds,
         overwrite=overwrite,
         import_modules=import_module or (),
+        task_timeout_seconds=task_timeout,
+        allow=allow or (),
     )
     with stop_on_signals(worker):
         stats = worker.run()
     console().print_json(json.dumps(stats.as_dict()))
+    if stats.stop_reason == "queue_unreachable":
+        raise CLIInputError(stats.error)
 
 
 @app.command()

@@ -19,10 +19,11 @@ from typing import Any, Iterable, Optional, Union
 from prefect import flow, get_run_logger
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from blocks.errors import ItemSourceError, TqflowError
+from blocks.errors import BadArgumentsError, ItemSourceError, TqflowError
 from blocks.queues.base import TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
+from flows.allowed_modules import record_batch_function
 from flows.items import Items, exact_column, plain, read_file
 from flows.messages import resolve, task_messages
 from flows.outputs import output_path
@@ -150,6 +151,7 @@ def enqueue_items(
     stop: Optional[threading.Event] = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,
     step: int = SEND_STEP,
+    task_timeout_seconds: Optional[float] = None,
 ) -> EnqueueResult:
     """Queue ``fn(item, **kwargs)`` for every item of ``batch`` that is neither done nor
     already queued.
@@ -161,11 +163,19 @@ def enqueue_items(
     itself, as it knows what it holds). ``stop``, when set, ends the
     enqueue between two steps with `EnqueueInterrupted`. ``step``: messages sent between two
     records of what was sent; on SQS a kill re-sends at most one step.
+    ``task_timeout_seconds``: the batch's time limit per task, carried by each message.
+
+    The batch's function is noted in storage first (`record_batch_function`): workers run
+    only functions of batches enqueued this way, or of allowed modules.
     """
     log = log or logging.getLogger("tqflow.enqueue")
     empty_cells = len(getattr(items, "empty_lines", ()))
     messages, duplicates, seen = [], 0, set()
-    for message in task_messages(fn, items, batch, kwargs, item_param):
+    if task_timeout_seconds is not None and not task_timeout_seconds > 0:
+        raise BadArgumentsError(
+            f"task_timeout_seconds must be a positive number of seconds, not {task_timeout_seconds!r}"
+        )
+    for message in task_messages(fn, items, batch, kwargs, item_param, task_timeout_seconds):
         if message.key in seen:
             duplicates += 1
             continue
@@ -188,6 +198,8 @@ def enqueue_items(
     # Every body is built and checked before the first is sent: bad input loses nothing.
     bodies = [(m.key, m.encode(max_bytes=queue.max_message_bytes)) for m in messages]
     queue.ensure()
+    if messages:
+        record_batch_function(storage, batch, fn)
     queued = 0
 
     def result() -> EnqueueResult:
@@ -222,6 +234,7 @@ def enqueue(
     item_param: Optional[str] = None,
     overwrite: bool = False,
     requeue: bool = False,
+    task_timeout_seconds: Optional[float] = None,
 ) -> dict[str, int]:
     """Queue one task per item: ``fn(<item_param>=item, **kwargs)``.
 
@@ -242,6 +255,8 @@ def enqueue(
         overwrite: Queue items whose output exists too.
         requeue: Queue again the items an earlier run queued that are not done (after the
             queue was purged); without it a re-run sends only what was never sent.
+        task_timeout_seconds: Time limit per task: a task past it is stopped and retried,
+            and dead-lettered after the queue's max receive count (default: the worker's).
     """
     queue = load_block(queue, TaskQueue)
     storage = load_block(storage, CloudFilesStorage)
@@ -251,6 +266,7 @@ def enqueue(
     if found.report():
         logger.warning(found.report())
     result = enqueue_items(
-        queue, storage, fn, found, batch, kwargs, item_param, overwrite, requeue, log=logger
+        queue, storage, fn, found, batch, kwargs, item_param, overwrite, requeue, log=logger,
+        task_timeout_seconds=task_timeout_seconds,
     )
     return result.as_dict()

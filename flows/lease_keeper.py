@@ -2,7 +2,10 @@
 
 - **Extends** every held lease (the running task and any prefetched) each third of the lease,
   in one batch, so a task may run far longer than ``lease_seconds`` without another worker
-  receiving it.
+  receiving it — but never past the queue's ``max_lease_seconds`` from the receive (SQS refuses
+  that); the worker stops a task before then (`Worker.check_deadline`, called each tick).
+- **Sets retry delays** (`retry_later`) under the same lock as its extensions, so an extension
+  in flight never restores a full lease over a retry delay just set.
 - **Acknowledges** finished tasks in batches (up to 10, or after ``ack_seconds``): SQS bills
   per request. A finished task waits at most that long; if the worker dies first, the task comes
   back and the next worker skips it, since its output exists.
@@ -16,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from blocks.queues.base import Lease, TaskQueue
 
@@ -36,16 +39,22 @@ class LeaseKeeper:
         stop: threading.Event,
         logger: logging.Logger | logging.LoggerAdapter,
         ack_seconds: float = 1.0,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.queue = queue
+        self.on_tick = on_tick
         self.lease_seconds = lease_seconds
         self.stop = stop
         self.logger = logger
         self.ack_seconds = ack_seconds
         self._held: dict[str, Lease] = {}
         self._acks: list[Lease] = []
+        #: Acknowledgements sent and not yet answered.
+        self._acking: set[str] = set()
         self._oldest_ack = 0.0
         self._lock = threading.Lock()
+        #: Held while the visibility of held leases is changed (extension, retry delay).
+        self._visibility_lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tqflow-lease-keeper", daemon=True)
 
@@ -69,6 +78,13 @@ class LeaseKeeper:
         with self._lock:
             self._held.pop(lease.message_id, None)
 
+    def retry_later(self, lease: Lease, seconds: float) -> None:
+        """Stop looking after ``lease`` and make its message visible again in ``seconds`` (a
+        failed task's backoff). Raises `LeaseLostError` if the lease is no longer ours."""
+        with self._visibility_lock:
+            self.drop(lease)
+            self.queue.extend(lease, seconds)
+
     def ack(self, lease: Lease) -> None:
         """Acknowledge ``lease`` with the next batch; it stays extended until then."""
         with self._lock:
@@ -82,6 +98,7 @@ class LeaseKeeper:
     def flush_acks(self) -> None:
         with self._lock:
             acks, self._acks = self._acks, []
+            self._acking.update(lease.message_id for lease in acks)
         if not acks:
             return
         try:
@@ -93,6 +110,7 @@ class LeaseKeeper:
         with self._lock:
             for lease in acks:
                 self._held.pop(lease.message_id, None)
+                self._acking.discard(lease.message_id)
 
     def _run(self) -> None:
         interval = self.lease_seconds / 3
@@ -109,24 +127,39 @@ class LeaseKeeper:
                 if time.monotonic() >= next_extension:
                     self._extend_all()
                     next_extension = time.monotonic() + interval
+                if self.on_tick is not None:
+                    try:
+                        self.on_tick()
+                    except Exception as exc:  # never let the keeper die: leases need it
+                        self.logger.warning("lease keeper tick failed: %s", exc)
             self._closed.wait(_TICK_SECONDS)
 
     def _extend_all(self) -> None:
-        with self._lock:
-            held = list(self._held.values())
-        if not held:
-            return
-        try:
-            lost = self.queue.extend_many(held, self.lease_seconds)
-        except Exception as exc:  # the queue may be briefly unreachable: try next time
-            self.logger.warning("could not extend %d leases: %s", len(held), exc)
-            return
-        for lease in lost:
-            self.drop(lease)
+        with self._visibility_lock:
+            with self._lock:
+                held = list(self._held.values())
+            if not held:
+                return
+            # Never past the queue's longest lease from the receive (SQS refuses it).
+            now = time.monotonic()
+            cap = self.queue.max_lease_seconds
+            full = [l for l in held if now - l.received_at + self.lease_seconds <= cap]
+            capped = [l for l in held if now - l.received_at + self.lease_seconds > cap]
+            try:
+                lost = self.queue.extend_many(full, self.lease_seconds) if full else []
+                for lease in capped:
+                    remaining = cap - (now - lease.received_at)
+                    if remaining > 1:
+                        lost += self.queue.extend_many([lease], remaining - 1)
+            except Exception as exc:  # the queue may be briefly unreachable: try next time
+                self.logger.warning("could not extend %d leases: %s", len(held), exc)
+                return
+            for lease in lost:
+                self.drop(lease)
 
     def _release_all(self) -> None:
         with self._lock:
-            acked = {lease.message_id for lease in self._acks}
+            acked = {lease.message_id for lease in self._acks} | self._acking
             held = [lease for key, lease in self._held.items() if key not in acked]
             self._held = {key: lease for key, lease in self._held.items() if key in acked}
         for lease in held:

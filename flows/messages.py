@@ -51,6 +51,8 @@ class TaskMessage:
     kwargs: dict[str, Any] = field(default_factory=dict)
     #: Positional arguments; only python-task-queue ``@queueable`` bodies carry them.
     args: tuple[Any, ...] = ()
+    #: The batch's time limit per task (``"timeout"`` in the body); the worker's own when unset.
+    task_timeout_seconds: float | None = None
 
     def encode(self, max_bytes: int | None = None) -> str:
         """The JSON body. Raises `MessageTooLargeError` naming the key when the body is over
@@ -63,6 +65,8 @@ class TaskMessage:
         }
         if self.args:
             body["args"] = list(self.args)
+        if self.task_timeout_seconds:
+            body["timeout"] = self.task_timeout_seconds
         try:
             # ASCII only: every body is valid in SQS's allowed character set, whatever the
             # kwargs hold (lone surrogates, control characters).
@@ -165,6 +169,11 @@ def _decode_tqflow(data: dict[str, Any], default_batch: str) -> TaskMessage:
         raise UndecodableMessageError(f"'kwargs' must be an object, got {type(kwargs).__name__}")
     if not isinstance(args, list):
         raise UndecodableMessageError(f"'args' must be a list, got {type(args).__name__}")
+    timeout = data.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise UndecodableMessageError(f"'timeout' must be a positive number of seconds, got {timeout!r}")
     if key is None:
         key = _call_key(fn, args, kwargs)
     try:
@@ -172,7 +181,9 @@ def _decode_tqflow(data: dict[str, Any], default_batch: str) -> TaskMessage:
         check_batch(batch)
     except BadArgumentsError as exc:
         raise UndecodableMessageError(str(exc)) from None
-    return TaskMessage(fn=fn, key=key, batch=batch, kwargs=kwargs, args=tuple(args))
+    return TaskMessage(
+        fn=fn, key=key, batch=batch, kwargs=kwargs, args=tuple(args), task_timeout_seconds=timeout
+    )
 
 
 def _decode_task_queue(payload: Any, default_batch: str) -> TaskMessage:
@@ -365,8 +376,10 @@ def task_messages(
     batch: str,
     kwargs: Mapping[str, Any] | None = None,
     item_param: str | None = None,
+    task_timeout_seconds: float | None = None,
 ) -> Iterator[TaskMessage]:
-    """One message per item: ``fn(<item_param>=item, **kwargs)``, keyed by `item_key`.
+    """One message per item: ``fn(<item_param>=item, **kwargs)``, keyed by `item_key`, with
+    the batch's time limit per task if one is given.
 
     ``item_param`` defaults to the function's first parameter. Raises `UnknownFunctionError`
     or `BadArgumentsError` before any message is made if ``fn`` cannot take the arguments.
@@ -387,7 +400,13 @@ def task_messages(
         )
     first = True
     for item in items:
-        message = TaskMessage(fn=fn, key=item_key(item), batch=batch, kwargs={item_param: item, **fixed})
+        message = TaskMessage(
+            fn=fn,
+            key=item_key(item),
+            batch=batch,
+            kwargs={item_param: item, **fixed},
+            task_timeout_seconds=task_timeout_seconds,
+        )
         if first:  # check the call once, with the first item, before anything is queued
             bind(func, message, {"storage": lambda: None, "cave": lambda: None})
             first = False

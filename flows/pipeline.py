@@ -66,6 +66,7 @@ def pipeline(
     tasks_per_worker: int = 1_000,
     idle_seconds: float = 5.0,
     retry_base_seconds: float = 5.0,
+    task_timeout_seconds: Optional[float] = None,
     overwrite: bool = False,
     analyze: bool = True,
     poll_seconds: float = 1.0,
@@ -94,6 +95,8 @@ def pipeline(
         idle_seconds: Workers exit after the queue has been empty this long.
         retry_base_seconds: First backoff before a failed task is retried (see
             ``flows.retries``).
+        task_timeout_seconds: Time limit per task: a task past it is stopped and retried,
+            and dead-lettered after the queue's max receive count.
         overwrite: Re-run items whose output exists.
         analyze: Run the analysis flow at the end.
         poll_seconds: How often the monitor reads the queue's counts.
@@ -124,10 +127,12 @@ def pipeline(
         cave=cave,
         kwargs=kwargs,
         overwrite=overwrite,
+        task_timeout_seconds=task_timeout_seconds,
     )
-    # SQS's counts are approximate and lag (up to a minute): never start fewer workers than
-    # the messages this run just sent.
-    total = max(queue.counts().pending, queued["queued"])
+    # The batch's exact size is the enqueue's own count — what it sent and what earlier runs
+    # had queued — not the queue's count, which on SQS lags up to a minute and includes other
+    # batches: a stale zero would start no worker.
+    total = queued["queued"] + queued["already_queued"]
     options = {
         "default_batch": batch,
         "idle_seconds": idle_seconds,

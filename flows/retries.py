@@ -5,11 +5,47 @@ and shortens its lease to a backoff delay, so the message becomes visible again 
 (SQS: ChangeMessageVisibility). Each receive counts; after ``max_receive_count`` receives the
 queue's redrive policy moves the message to the dead-letter queue. Nothing else retries a task.
 
-A message that no retry can fix (undecodable body, unimportable function, arguments that do not
-bind) is dead-lettered at once instead.
+Not retried — dead-lettered at once, with the reason:
+
+- a message no retry can fix (undecodable body, unimportable or not-allowed function,
+  arguments that do not bind): `MessageError`;
+- a task that raises `PermanentTaskError` (a result that is not JSON is one);
+- a failure the worker's ``retry_when(receive_count, exception)`` says not to retry, as
+  dramatiq's ``Retries`` middleware takes it: e.g. ``lambda n, exc: not isinstance(exc,
+  TypeError)``, or ``"mylab.tasks:should_retry"`` where a function must be named by its path.
+
+A task that times out is retried like any failure (`flows.time_limit`).
 """
 
 from __future__ import annotations
+
+from typing import Callable, Union
+
+from blocks.errors import MessageError, PermanentTaskError
+
+RetryWhen = Callable[[int, Exception], bool]
+
+
+class RetryRule:
+    """Whether a failed task is retried. ``retry_when`` is a callable or the
+    ``package.module:function`` path of one."""
+
+    def __init__(self, retry_when: Union[str, RetryWhen, None] = None) -> None:
+        if isinstance(retry_when, str):
+            from flows.messages import resolve
+
+            retry_when = resolve(retry_when)
+        self.retry_when = retry_when
+
+    def retries(self, receive_count: int, exc: Exception) -> bool:
+        if isinstance(exc, (MessageError, PermanentTaskError)):
+            return False
+        if self.retry_when is not None:
+            try:
+                return bool(self.retry_when(receive_count, exc))
+            except Exception:  # a broken rule must not cost the item: retry it
+                return True
+        return True
 
 
 def retry_delay(receive_count: int, *, base_seconds: float, max_seconds: float) -> float:

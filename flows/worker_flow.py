@@ -17,6 +17,7 @@ from prefect.artifacts import create_table_artifact
 
 from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
+from blocks.errors import QueueUnreachableError
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.worker import Worker
@@ -34,6 +35,8 @@ def worker(
     overwrite: bool = False,
     prefetch: Optional[int] = None,
     retry_base_seconds: float = 5.0,
+    task_timeout_seconds: Optional[float] = None,
+    allow: Optional[list[str]] = None,
     import_modules: Optional[list[str]] = None,
     cave: Union[CAVECredentials, str, None] = None,
     progress_seconds: float = 30.0,
@@ -50,6 +53,10 @@ def worker(
         overwrite: Re-run items whose output exists instead of skipping them.
         prefetch: Messages leased per receive (default: sized from recent task durations).
         retry_base_seconds: First backoff before a failed task is retried.
+        task_timeout_seconds: Stop a task after this long (a batch's own limit wins); it is
+            retried, and dead-lettered after the queue's max receive count.
+        allow: Modules whose functions may run besides those of batches enqueued through
+            tqflow and the queue block's allowed_modules.
         import_modules: Modules to import first (python-task-queue RegisteredTask classes).
         cave: CAVE block for task functions that take a ``cave`` client.
         progress_seconds: How often the worker logs its counters and rate.
@@ -68,6 +75,8 @@ def worker(
         overwrite=overwrite,
         prefetch=prefetch,
         retry_base_seconds=retry_base_seconds,
+        task_timeout_seconds=task_timeout_seconds,
+        allow=allow or (),
         import_modules=import_modules or (),
         cave=cave,
         progress_seconds=progress_seconds,
@@ -75,6 +84,8 @@ def worker(
     )
     with stop_on_signals(loop):
         stats = loop.run().as_dict()
+    if stats["stop_reason"] == "queue_unreachable":
+        raise QueueUnreachableError(stats["error"])
     try:
         create_table_artifact(
             key="worker-stats",

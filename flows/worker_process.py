@@ -6,8 +6,10 @@
      "options": {<Worker keyword arguments>}}
 
 drains the queue, prints the worker's stats as one JSON line on stdout and exits 0, also when
-stopped by SIGTERM (spot preemption, pod eviction). It never calls the Prefect API: the parent
-reports for it. Secrets arrive on stdin, never in argv or the environment.
+stopped by SIGTERM (spot preemption, pod eviction); exits 3 when the queue stayed unreachable
+(``stop_reason`` ``queue_unreachable``) and 4 when a task past its time limit would not stop.
+It never calls the Prefect API: the parent reports for it. Secrets arrive on stdin, never in
+argv or the environment.
 """
 
 from __future__ import annotations
@@ -23,16 +25,25 @@ import threading
 from typing import IO, Any, Iterator
 
 from blocks.cave import CAVECredentials
+from blocks.errors import TaskTimeoutError
 from blocks.queues.base import TaskQueue
 from blocks.specs import block_from_spec, block_spec
 from blocks.storage import CloudFilesStorage
 from flows.worker import Worker
 
 
+#: Exit codes of a worker process that did not end normally.
+EXIT_QUEUE_UNREACHABLE = 3
+EXIT_STUCK_TASK = 4
+
+
 @contextlib.contextmanager
 def stop_on_signals(worker: Worker) -> Iterator[None]:
     """While inside, SIGTERM and SIGINT stop ``worker``: no new lease is taken, held leases are
-    released at once, and a running task is interrupted the way Ctrl-C interrupts code.
+    released at once, and a running task or long-poll receive is interrupted the way Ctrl-C
+    interrupts code. A second signal exits at once (whatever is held returns to the queue
+    when its lease ends). SIGALRM is how the worker stops a task past its time limit
+    (`flows.time_limit`).
 
     Installs handlers only in the main thread (Python allows no other) and restores the
     previous ones on exit.
@@ -42,13 +53,31 @@ def stop_on_signals(worker: Worker) -> Iterator[None]:
         return
 
     def handle(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if worker.stop.is_set():
+            sys.stderr.write(f"tqflow worker: second {name}: exiting now; messages still held "
+                             "return to the queue when their leases end\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
         if worker.request_stop():
-            raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+            raise KeyboardInterrupt(f"stopped by signal {name}")
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def alarm(signum: int, frame: Any) -> None:
+        if worker.timed_out_task():
+            raise TaskTimeoutError
+
+    def stuck(reason: str) -> None:
+        sys.stderr.write(f"tqflow worker: {reason}; exiting so that the process is replaced\n")
+        sys.stderr.flush()
+        os._exit(EXIT_STUCK_TASK)
+
+    handlers = {signal.SIGTERM: handle, signal.SIGINT: handle, signal.SIGALRM: alarm}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    worker.interrupt_by_signal, worker.on_stuck_task = True, stuck
     try:
         yield
     finally:
+        worker.interrupt_by_signal, worker.on_stuck_task = False, None
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -117,7 +146,7 @@ def main() -> int:
     spec = json.loads(sys.stdin.read())
     stats = run_from_spec(spec)
     print(json.dumps(stats), flush=True)
-    return 0
+    return EXIT_QUEUE_UNREACHABLE if stats["stop_reason"] == "queue_unreachable" else 0
 
 
 if __name__ == "__main__":

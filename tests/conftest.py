@@ -48,12 +48,14 @@ def backend(request) -> str:
 @pytest.fixture
 def queue_factory(request, backend, tmp_path):
     """Build a queue of the parametrised backend with the given fields, `ensure()`d. Every
-    call in one test names the same queue; each test gets its own."""
+    call in one test names the same queue; each test gets its own. Workers on it run the
+    test task modules (`allowed_modules`), as a lab's queue block names its own."""
     name = f"test-{uuid.uuid4().hex[:10]}"
 
     def build(**fields: Any) -> TaskQueue:
         fields.setdefault("queue_name", name)
         fields.setdefault("wait_seconds", 0)
+        fields.setdefault("allowed_modules", ["tests"])
         if backend == "local":
             queue = LocalTaskQueue(path=str(tmp_path / "queue.sqlite"), **fields)
         else:

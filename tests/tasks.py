@@ -101,3 +101,45 @@ def takes_its_own_storage(path: str, storage: str = "gs://theirs") -> str:
     """A python-task-queue style function whose own ``storage`` argument is a string: tqflow
     must not replace it (it is not annotated as CloudFilesStorage)."""
     return f"{storage}/{path}"
+
+
+def sleeps_on(x: int, slow: list[int], seconds: float = 3600.0) -> int:
+    """``x * x``, except that the items in ``slow`` sleep for ``seconds`` first (a hung call)."""
+    if x in slow:
+        time.sleep(seconds)
+    return x * x
+
+
+def spins_on(x: int, slow: list[int]) -> int:
+    """``x * x``, except that the items in ``slow`` loop in Python for ever."""
+    while x in slow:
+        pass
+    return x * x
+
+
+def refuses_to_stop(x: int, log_dir: str) -> int:
+    """Swallows the interrupt of the first SIGTERM and goes on sleeping: only a second signal
+    can end its worker."""
+    _append(Path(log_dir) / f"{x}.started", "started")
+    while True:
+        try:
+            time.sleep(3600)
+        except BaseException:
+            _append(Path(log_dir) / f"{x}.interrupted", "interrupted")
+
+
+def huge_permanent_error(x: int, size: int) -> None:
+    from blocks.errors import PermanentTaskError
+
+    raise PermanentTaskError("z" * size)
+
+
+def retry_only_value_errors(receive_count: int, exc: Exception) -> bool:
+    """A ``retry_when`` rule: retry `ValueError` (flaky input service), nothing else."""
+    return isinstance(exc, ValueError)
+
+
+def type_error_on(x: int, bad: list[int]) -> int:
+    if x in bad:
+        raise TypeError(f"item {x} has the wrong type")
+    return x * x

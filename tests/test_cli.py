@@ -15,7 +15,8 @@ from tests.helpers import enqueue, run_worker
 @pytest.fixture
 def data_with_dead_letters(tmp_path):
     data = tmp_path / "data"
-    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="nightly", max_receive_count=2)
+    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="nightly", max_receive_count=2,
+                           allowed_modules=["tests", "gone"])
     queue.ensure()
     storage = CloudFilesStorage(cloudpath=f"file://{data}")
     enqueue(queue, "tests.tasks:square", [1, 2, 3], batch="nightly")
@@ -77,7 +78,8 @@ def test_enqueue_with_a_function_that_cannot_take_the_items_fails_clearly(tmp_pa
 
 def test_dead_letters_of_a_shared_queue_are_listed_and_redriven_per_batch(tmp_path):
     data = tmp_path / "data"
-    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="shared", max_receive_count=1)
+    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="shared", max_receive_count=1,
+                           allowed_modules=["tests"])
     queue.ensure()
     enqueue(queue, "tests.tasks:returns_a_set", [1, 2], batch="monday")
     enqueue(queue, "tests.tasks:returns_a_set", [3], batch="tuesday")

@@ -168,7 +168,8 @@ def test_a_result_that_is_not_json_is_dead_lettered_at_once_naming_the_call(queu
 
 def test_nan_and_infinity_are_stored_as_null_and_analyze_runs(prefect_api, queue_factory, tmp_path):
     data = tmp_path / "data"
-    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="nan", wait_seconds=0)
+    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="nan", wait_seconds=0,
+                           allowed_modules=["tests"])
     queue.ensure()
     storage = CloudFilesStorage(cloudpath=f"file://{data}")
     enqueue(queue, "tests.tasks:not_finite", [1, 2, 3], batch="nan")

@@ -42,7 +42,8 @@ def test_worker_and_analysis_run_over_cloud_storage(protocol, request, tmp_path,
     storage = request.getfixturevalue({"gs": "gcs_storage", "s3": "s3_storage"}[protocol])
     from blocks import LocalTaskQueue
 
-    queue = LocalTaskQueue(path=str(tmp_path / "q.sqlite"), queue_name="cloud", wait_seconds=0)
+    queue = LocalTaskQueue(path=str(tmp_path / "q.sqlite"), queue_name="cloud", wait_seconds=0,
+                           allowed_modules=["tests"])
     queue.ensure()
     enqueue(queue, "tests.tasks:square", range(20), batch="cloud")
 

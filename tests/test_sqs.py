@@ -30,7 +30,10 @@ def test_a_300_kib_task_is_refused_at_enqueue_naming_the_item(queue_factory, sto
 
 def test_existing_queue_without_a_dead_letter_queue_is_reported_then_attached(moto_endpoint):
     name = f"made-by-hand-{uuid.uuid4().hex[:8]}"
-    bare = SQSTaskQueue(queue_name=name, aws_credentials=sqs_credentials(moto_endpoint), wait_seconds=0)
+    bare = SQSTaskQueue(
+        queue_name=name, aws_credentials=sqs_credentials(moto_endpoint), wait_seconds=0,
+        allowed_modules=["tests"],
+    )
     bare._client().create_queue(QueueName=name)
     with pytest.raises(QueueConfigError, match="without a dead-letter queue.*attach_dead_letter_queue"):
         bare.ensure()
@@ -95,7 +98,10 @@ def test_a_python_task_queue_queue_without_dead_letter_queue_drains_and_keeps_wh
     from tests.tq_tasks import power
 
     name = f"tq-made-{uuid.uuid4().hex[:8]}"
-    queue = SQSTaskQueue(queue_name=name, aws_credentials=sqs_credentials(moto_endpoint), wait_seconds=0)
+    queue = SQSTaskQueue(
+        queue_name=name, aws_credentials=sqs_credentials(moto_endpoint), wait_seconds=0,
+        allowed_modules=["tests", "gone"],
+    )
     queue._client().create_queue(QueueName=name)
     (good,) = _queued_bodies(tmp_path, [partial(power, 3)])
     gone = json.dumps({"payload": [["gone.module", "f"], [1], {}, "2"], "id": "2"})

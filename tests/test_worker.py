@@ -51,7 +51,7 @@ def test_overwrite_re_runs_finished_items(queue_factory, storage, log_dir):
 def test_unrunnable_messages_go_to_the_dead_letter_queue_at_once_and_the_worker_goes_on(
     queue_factory, storage
 ):
-    queue = queue_factory(max_receive_count=5)
+    queue = queue_factory(max_receive_count=5, allowed_modules=["tests", "no_such_package"])
     queue.send(
         [
             "this is not json",
@@ -84,11 +84,11 @@ def test_task_can_write_large_results_through_the_injected_storage(queue_factory
 
 def test_task_longer_than_its_lease_is_not_run_twice(queue_factory, storage, log_dir, workers):
     queue = queue_factory(lease_seconds=0.6)
-    for _ in range(2):  # both polling before the task is queued, whatever their start-up time
-        process = worker_process.spawn(
+    for _ in range(2):
+        workers.append(worker_process.spawn(
             queue, storage, {"idle_seconds": 60}, stderr=subprocess.PIPE, env=child_env()
-        )
-        workers.append(process)
+        ))
+    for process in workers:  # both polling before the task is queued, whatever their start-up
         wait_for_line(process.stderr, "draining")
     enqueue(queue, "tests.tasks:tracked", [1], log_dir=str(log_dir), seconds=3)
     wait_until(lambda: runs(log_dir, 1, "finished") == 1)

@@ -17,8 +17,9 @@ backend.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable, Sequence
 
 from prefect.blocks.core import Block
@@ -35,6 +36,9 @@ class Lease:
     body: str
     #: How many times the message has been received, this receive included.
     receive_count: int
+    #: When it was received (`time.monotonic`): a lease cannot be extended past
+    #: `TaskQueue.max_lease_seconds` from then.
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class TaskQueue(Block, ABC):
     #: dead-letter queue) is not sent again. SQS standard queues cannot; enqueue then keeps its
     #: own record of what was sent (`flows.enqueue`).
     deduplicates: ClassVar[bool] = False
+    #: Longest a lease can last from its receive, extensions included (SQS: 12 hours). The
+    #: local queue keeps SQS's rule, so a batch tried locally meets it as it would on SQS.
+    max_lease_seconds: ClassVar[float] = 43_200.0
 
     queue_name: str = Field(
         default="tqflow",
@@ -95,6 +102,15 @@ class TaskQueue(Block, ABC):
             "How long a received message stays hidden from other receivers (the visibility "
             "timeout). Workers extend it while a task runs, so it bounds how soon a crashed "
             "worker's task is retried, not how long a task may take."
+        ),
+    )
+
+    allowed_modules: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Modules (prefixes, e.g. 'mylab.tasks') whose functions workers may run besides "
+            "the functions of batches enqueued through tqflow. Workers hold your credentials: "
+            "any other function named in a message is dead-lettered, not run."
         ),
     )
 
@@ -197,6 +213,25 @@ class TaskQueue(Block, ABC):
     @abstractmethod
     def purge(self, dead_letters: bool = False) -> None:
         """Delete every message in the queue (and in the dead-letter queue if asked)."""
+
+    #: Longest dead-letter reason kept with the message; the whole text is in the item's
+    #: error record.
+    max_reason_chars: ClassVar[int] = 10_000
+
+    def fit_reason(self, reason: str, body: str) -> str:
+        """``reason`` cut to at most `max_reason_chars` and to fit beside ``body`` in one
+        message of `max_message_bytes` (SQS counts message attributes in its 256 KiB); ``""``
+        when there is no room at all."""
+        overhead = 200  # attribute names and types, the receive count
+        room = self.max_message_bytes - len(body.encode("utf-8")) - overhead
+        limit = min(self.max_reason_chars, room)
+        encoded = reason.encode("utf-8")
+        if len(encoded) <= limit:
+            return reason
+        note = " ... (cut; the whole text is in the item's error record)"
+        if limit <= len(note):
+            return ""
+        return encoded[: limit - len(note)].decode("utf-8", "ignore") + note
 
     def check_sizes(self, bodies: Sequence[str]) -> None:
         """Raise `MessageTooLargeError` naming the first body over `max_message_bytes`."""

@@ -258,7 +258,7 @@ class LocalTaskQueue(TaskQueue):
                 (int(lease.message_id), lease.receipt),
             ).fetchone()
             if owned:
-                self._move_to_dead(db, int(lease.message_id), reason)
+                self._move_to_dead(db, int(lease.message_id), self.fit_reason(reason, lease.body))
         return bool(owned)
 
     def counts(self) -> QueueCounts:

@@ -33,7 +33,8 @@ def count_outputs(storage) -> int:
 def test_queue_work_goes_on_through_an_api_outage_and_the_report_arrives_after_it(
     prefect_api, storage, tmp_path, figure
 ):
-    queue = LocalTaskQueue(path=str(tmp_path / "queue.sqlite"), queue_name="outage", wait_seconds=0)
+    queue = LocalTaskQueue(path=str(tmp_path / "queue.sqlite"), queue_name="outage", wait_seconds=0,
+                           allowed_modules=["tests"])
     queue.ensure()
     log_dir = tmp_path / "executions"
     log_dir.mkdir()
