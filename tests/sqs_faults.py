@@ -2,25 +2,35 @@
 
 Requests still go over HTTP to the moto server; the hooks only take entries out of a batch
 request before it is sent (and report them as ``Failed``, as SQS does for a partial failure) or
-answer a call with a throttling error instead of sending it. So what the injected faults claim
-is always true: a "failed" entry really was not sent.
+answer an HTTP attempt with a throttling or server error instead of sending it (``before-send``,
+so botocore parses the answer and its retry mode sees it, as it would SQS's). So what the
+injected faults claim is always true: a "failed" entry really was not sent.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from collections import Counter
 from typing import Any
 
+from botocore.awsrequest import AWSResponse
 
-class _RefusedResponse:
-    headers: dict[str, str] = {}
-    content = b""
-    text = ""
 
-    def __init__(self, status_code: int) -> None:
-        self.status_code = status_code
+class _Body:
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
+    def stream(self, **kwargs: Any) -> Any:
+        yield self.content
+
+
+def _refusal(url: str, status: int, code: str, message: str) -> AWSResponse:
+    """What SQS (JSON protocol) answers when it refuses a request."""
+    body = json.dumps({"__type": f"com.amazonaws.sqs#{code}", "message": message}).encode()
+    headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": "injected"}
+    return AWSResponse(url, status, headers, _Body(body))
 
 
 #: What a refused call answers, in turn.
@@ -33,7 +43,7 @@ _REFUSALS = [
 
 class SQSFaults:
     """Fail each batch entry once (every ``fail_every``-th), refuse every ``throttle_every``-th
-    call of the named operations (throttling, 500, 503 in turn); count every request by
+    HTTP attempt of the named operations (throttling, 500, 503 in turn); count every call by
     operation."""
 
     def __init__(
@@ -62,7 +72,7 @@ class SQSFaults:
         self._on("before-call.sqs", self._count, "count")
         for op in self.operations:
             self._on(f"before-parameter-build.sqs.{op}", self._drop_entries, f"drop-{op}")
-            self._on(f"before-call.sqs.{op}", self._refuse, f"refuse-{op}")
+            self._on(f"before-send.sqs.{op}", self._refuse, f"refuse-{op}")
             self._on(f"after-call.sqs.{op}", self._report_dropped, f"report-{op}")
         return self
 
@@ -79,16 +89,16 @@ class SQSFaults:
         with self._lock:
             self.requests[model.name] += 1
 
-    def _refuse(self, model: Any, **kwargs: Any) -> Any:
+    def _refuse(self, request: Any, event_name: str, **kwargs: Any) -> Any:
+        operation = event_name.rsplit(".", 1)[-1]
         with self._lock:
-            call = next(self._calls)
-            if call % self.throttle_every:
+            attempt = next(self._calls)
+            if attempt % self.throttle_every:
                 return None
-            status, code, message = _REFUSALS[(call // self.throttle_every) % len(_REFUSALS)]
-            self.injected[f"refused {model.name}"] += 1
+            status, code, message = _REFUSALS[(attempt // self.throttle_every) % len(_REFUSALS)]
+            self.injected[f"refused {operation}"] += 1
             self.injected[f"HTTP {status}"] += 1
-        error = {"Code": code, "Message": f"{message} (injected)"}
-        return _RefusedResponse(status), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return _refusal(request.url, status, code, f"{message} (injected)")
 
     def _drop_entries(self, params: dict[str, Any], model: Any, **kwargs: Any) -> None:
         with self._lock:

@@ -3,8 +3,10 @@
 Reliability over python-task-queue's SQS client, for the same message format:
 
 - every SendMessageBatch / DeleteMessageBatch entry is confirmed; entries listed in ``Failed``
-  and throttled calls are retried alone with backoff, and a batch that succeeded is never sent
-  again; a permanent failure raises naming the item keys, after every other batch is sent;
+  are retried alone with backoff, and a batch that succeeded is never sent again; a permanent
+  failure raises naming the item keys, after every other batch is sent. Whole requests
+  (throttling, 5xx, dropped connections) are retried by botocore alone (standard mode): one
+  retry layer per call;
 - the receive count (``ApproximateReceiveCount``) is read on every receive;
 - the dead-letter queue and its redrive policy are created by `ensure()`, not by hand;
 - SQS bills per request: receives take up to 10 messages, acknowledgements and lease
@@ -36,19 +38,6 @@ _BATCH = 10
 _BATCH_BYTES = 262_144
 _MAX_WAIT = 20
 _MAX_VISIBILITY = 43_200
-
-#: Error codes worth retrying: the request was not carried out and may succeed later.
-_TRANSIENT = {
-    "Throttling",
-    "ThrottlingException",
-    "RequestThrottled",
-    "RequestLimitExceeded",
-    "TooManyRequestsException",
-    "ServiceUnavailable",
-    "InternalError",
-    "InternalFailure",
-    "KmsThrottled",
-}
 _NOT_OURS = {"ReceiptHandleIsInvalid", "AWS.SimpleQueueService.ReceiptHandleIsInvalid"}
 
 #: Message attributes a message dead-lettered by a worker carries.
@@ -105,7 +94,10 @@ class SQSTaskQueue(TaskQueue):
     max_attempts: int = Field(
         default=8,
         ge=1,
-        description="Attempts of a throttled or failing request or batch entry before giving up.",
+        description=(
+            "Attempts of a request (botocore's standard retry mode: throttling, server errors, "
+            "dropped connections) and of a batch entry SQS reports failed, before giving up."
+        ),
     )
 
     # -- plumbing -------------------------------------------------------------------------
@@ -115,7 +107,20 @@ class SQSTaskQueue(TaskQueue):
         return self.dead_letter_queue_name or f"{self.queue_name}-dlq"
 
     def _client(self) -> Any:
-        return self.aws_credentials.get_client("sqs")
+        """The SQS client. botocore retries throttling, server errors and dropped connections
+        itself (standard retry mode, `max_attempts`), unless the block's client parameters
+        configure retries otherwise: tqflow adds no second retry layer around a request."""
+        credentials = self.aws_credentials
+        parameters = credentials.aws_client_parameters
+        if "retries" not in (parameters.config or {}):
+            config = {
+                **(parameters.config or {}),
+                "retries": {"mode": "standard", "max_attempts": self.max_attempts},
+            }
+            credentials = credentials.model_copy(
+                update={"aws_client_parameters": parameters.model_copy(update={"config": config})}
+            )
+        return credentials.get_client("sqs")
 
     def _url(self, name: str) -> str:
         client = self._client()
@@ -124,7 +129,7 @@ class SQSTaskQueue(TaskQueue):
             url = _queue_urls.get(key)
         if url is None:
             try:
-                url = self._call(client.get_queue_url, QueueName=name)["QueueUrl"]
+                url = client.get_queue_url(QueueName=name)["QueueUrl"]
             except ClientError as exc:
                 if _code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
                     raise QueueError(
@@ -135,16 +140,6 @@ class SQSTaskQueue(TaskQueue):
             with _queue_urls_lock:
                 _queue_urls[key] = url
         return url
-
-    def _call(self, method: Callable[..., Any], **kwargs: Any) -> Any:
-        """Call ``method``, retrying throttling and server errors with jittered backoff."""
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return method(**kwargs)
-            except ClientError as exc:
-                if _code(exc) not in _TRANSIENT or attempt == self.max_attempts:
-                    raise
-                _backoff(attempt)
 
     # -- contract -------------------------------------------------------------------------
 
@@ -165,9 +160,7 @@ class SQSTaskQueue(TaskQueue):
         policy = self._ensure_dead_letter_queue()
         existing = self._existing_redrive_policy()
         if existing is False:
-            self._call(
-                self._client().create_queue,
-                QueueName=self.queue_name,
+            self._client().create_queue(QueueName=self.queue_name,
                 Attributes={
                     "VisibilityTimeout": str(_seconds(self.lease_seconds)),
                     "MessageRetentionPeriod": str(self.message_retention_seconds),
@@ -196,23 +189,17 @@ class SQSTaskQueue(TaskQueue):
         """Create the dead-letter queue if needed and set this block's redrive policy on an
         existing queue (e.g. one made by python-task-queue or by hand)."""
         policy = self._ensure_dead_letter_queue()
-        self._call(
-            self._client().set_queue_attributes,
-            QueueUrl=self._url(self.queue_name),
+        self._client().set_queue_attributes(QueueUrl=self._url(self.queue_name),
             Attributes={"RedrivePolicy": json.dumps(policy)},
         )
 
     def _ensure_dead_letter_queue(self) -> dict[str, Any]:
         """Create the dead-letter queue if missing; return the redrive policy pointing at it."""
         client = self._client()
-        self._call(
-            client.create_queue,
-            QueueName=self.dlq_name,
+        client.create_queue(QueueName=self.dlq_name,
             Attributes={"MessageRetentionPeriod": str(self.message_retention_seconds)},
         )
-        arn = self._call(
-            client.get_queue_attributes,
-            QueueUrl=self._url(self.dlq_name),
+        arn = client.get_queue_attributes(QueueUrl=self._url(self.dlq_name),
             AttributeNames=["QueueArn"],
         )["Attributes"]["QueueArn"]
         return {"deadLetterTargetArn": arn, "maxReceiveCount": self.max_receive_count}
@@ -223,8 +210,7 @@ class SQSTaskQueue(TaskQueue):
             url = self._url(self.queue_name)
         except QueueError:
             return False
-        attributes = self._call(
-            self._client().get_queue_attributes, QueueUrl=url, AttributeNames=["RedrivePolicy"]
+        attributes = self._client().get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"]
         ).get("Attributes", {})
         policy = attributes.get("RedrivePolicy")
         return json.loads(policy) if policy else None
@@ -274,13 +260,8 @@ class SQSTaskQueue(TaskQueue):
                 if attributes is not None:
                     entry["MessageAttributes"] = attributes[int(entry_id)]
                 entries.append(entry)
-            try:
-                response = client.send_message_batch(QueueUrl=url, Entries=entries)
-            except ClientError as exc:
-                if _code(exc) not in _TRANSIENT or attempt == self.max_attempts:
-                    raise
-                _backoff(attempt)
-                continue
+            # botocore has retried the request itself; what is left are entries it failed.
+            response = client.send_message_batch(QueueUrl=url, Entries=entries)
             for ok in response.get("Successful", []):
                 pending.pop(ok["Id"], None)
             for failed in response.get("Failed", []):
@@ -299,9 +280,7 @@ class SQSTaskQueue(TaskQueue):
     ) -> list[Lease]:
         lease_seconds = self.lease_seconds if lease_seconds is None else lease_seconds
         wait_seconds = self.wait_seconds if wait_seconds is None else wait_seconds
-        response = self._call(
-            self._client().receive_message,
-            QueueUrl=self._url(self.queue_name),
+        response = self._client().receive_message(QueueUrl=self._url(self.queue_name),
             MaxNumberOfMessages=max(1, min(_BATCH, max_messages)),
             VisibilityTimeout=_seconds(lease_seconds),
             WaitTimeSeconds=min(_MAX_WAIT, _seconds(wait_seconds)),
@@ -357,7 +336,7 @@ class SQSTaskQueue(TaskQueue):
                     {"Id": i, "ReceiptHandle": lease.receipt, **extra(lease)}
                     for i, lease in pending.items()
                 ]
-                response = self._call(method, QueueUrl=url, Entries=entries)
+                response = method(QueueUrl=url, Entries=entries)
                 for ok in response.get("Successful", []):
                     pending.pop(ok["Id"], None)
                 for failed in response.get("Failed", []):
@@ -380,19 +359,13 @@ class SQSTaskQueue(TaskQueue):
                 "does not exist); attach one with queue.attach_dead_letter_queue() so that "
                 "unrunnable messages are kept in a queue"
             )
-        self._send_to(
-            self._url(self.dlq_name),
-            [lease.body],
-            attributes=[
-                {
-                    REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:10_000]},
-                    RECEIVES_ATTRIBUTE: {
-                        "DataType": "Number",
-                        "StringValue": str(lease.receive_count),
-                    },
-                }
-            ],
-        )
+        attributes = {
+            RECEIVES_ATTRIBUTE: {"DataType": "Number", "StringValue": str(lease.receive_count)}
+        }
+        reason = self.fit_reason(reason, lease.body)
+        if reason:
+            attributes[REASON_ATTRIBUTE] = {"DataType": "String", "StringValue": reason}
+        self._send_to(self._url(self.dlq_name), [lease.body], attributes=[attributes])
         return self.ack([lease]) == 1
 
     def counts(self) -> QueueCounts:
@@ -412,8 +385,7 @@ class SQSTaskQueue(TaskQueue):
         )
 
     def _attributes(self, name: str, names: list[str]) -> dict[str, int]:
-        attributes = self._call(
-            self._client().get_queue_attributes, QueueUrl=self._url(name), AttributeNames=names
+        attributes = self._client().get_queue_attributes(QueueUrl=self._url(name), AttributeNames=names
         )["Attributes"]
         return {n: int(attributes.get(n, 0)) for n in names}
 
@@ -444,9 +416,7 @@ class SQSTaskQueue(TaskQueue):
         passed: dict[str, Lease] = {}
         empty = 0
         while len(found) < limit and empty < 2:
-            response = self._call(
-                client.receive_message,
-                QueueUrl=url,
+            response = client.receive_message(QueueUrl=url,
                 MaxNumberOfMessages=min(_BATCH, limit - len(found)),
                 VisibilityTimeout=lease_seconds,
                 WaitTimeSeconds=0,
@@ -501,7 +471,7 @@ class SQSTaskQueue(TaskQueue):
         names = [self.queue_name] + ([self.dlq_name] if dead_letters else [])
         for name in names:
             try:
-                self._call(client.purge_queue, QueueUrl=self._url(name))
+                client.purge_queue(QueueUrl=self._url(name))
             except ClientError as exc:
                 if "PurgeQueueInProgress" not in _code(exc):
                     raise
