@@ -28,6 +28,16 @@ from flows.worker import Worker
 from tests.helpers import child_env, enqueue, run_worker, runs, wait_until
 
 
+@pytest.fixture
+def backend() -> str:
+    """The worker's rules are the same on every backend: the local queue, unless a test is
+    marked for SQS too (where SQS's own limits or long poll are the point)."""
+    return "local"
+
+
+both_backends = pytest.mark.parametrize("backend", ["local", "sqs"])
+
+
 def _error_record(storage: CloudFilesStorage, key: str, batch: str = "b") -> dict:
     return storage.get_json(error_path(batch, key))
 
@@ -35,6 +45,7 @@ def _error_record(storage: CloudFilesStorage, key: str, batch: str = "b") -> dic
 # -- 1. time limits -------------------------------------------------------------------------------
 
 
+@both_backends
 def test_a_hung_task_is_stopped_at_its_time_limit_retried_then_dead_lettered(queue_factory, storage):
     queue = queue_factory(max_receive_count=2)
     enqueue_items(
@@ -125,6 +136,7 @@ def test_a_storage_error_that_no_retry_fixes_is_raised_on_the_first_attempt(tmp_
     assert "attempts" not in str(raised.value)
 
 
+@both_backends
 def test_a_300_kib_failure_reason_is_cut_to_fit_and_kept_whole_in_the_error_record(
     queue_factory, storage
 ):
@@ -168,6 +180,7 @@ def idle_worker(queue_factory, storage):
     process.communicate()
 
 
+@pytest.mark.parametrize("backend", ["sqs"])  # the local queue's receive polls in short sleeps
 def test_sigterm_during_a_long_poll_stops_the_worker_at_once(idle_worker):
     time.sleep(0.5)  # let it reach the receive (a signal before it stops it anyway)
     sent = time.monotonic()
@@ -194,6 +207,7 @@ def test_a_second_signal_stops_a_worker_whose_task_ignores_the_first(queue_facto
 # -- 7. allowed task modules ----------------------------------------------------------------------
 
 
+@both_backends
 def test_a_message_naming_os_system_is_dead_lettered_not_run(queue_factory, storage, tmp_path):
     queue = queue_factory(allowed_modules=[])
     marker = tmp_path / "pwned"
