@@ -340,7 +340,10 @@ def work(
     queue: Optional[str] = QueueOption,
     queue_block: Optional[str] = QueueBlockOption,
     storage_block: Optional[str] = StorageBlockOption,
-    idle_seconds: float = typer.Option(30.0, min=0, help="Stop after the queue is empty this long."),
+    idle_seconds: float = typer.Option(
+        5.0, min=0, help="Stop after the queue has been empty this long (workers on a cluster "
+        "wait longer: 30 s, for an enqueue still sending).",
+    ),
     max_tasks: Optional[int] = typer.Option(None, min=1, help="Stop after this many tasks."),
     max_seconds: Optional[float] = typer.Option(None, min=0, help="Stop after this long."),
     overwrite: bool = typer.Option(False, help="Re-run items whose output exists."),
