@@ -18,6 +18,18 @@ from tests.helpers import enqueue, runs
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
+@pytest.fixture
+def backend() -> str:
+    """The pipeline's own logic is the same on every backend, which the queue contract and the
+    worker tests cover each: these tests run on the local queue, and the few marked
+    ``both_backends`` (or ``sqs_only``) run end to end on SQS too."""
+    return "local"
+
+
+both_backends = pytest.mark.parametrize("backend", ["local", "sqs"])
+sqs_only = pytest.mark.parametrize("backend", ["sqs"])
+
+
 def latest_artifact(key: str):
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
@@ -33,6 +45,7 @@ def run_pipeline(queue, storage, **parameters):
     return pipeline(queue=queue, storage=storage, **parameters)
 
 
+@both_backends
 def test_pipeline_writes_a_correct_output_for_every_item(queue_factory, storage):
     summary = run_pipeline(
         queue_factory(), storage, fn="tests.tasks:square", batch="squares", items=list(range(40))
@@ -81,6 +94,7 @@ def _table_rows(data):
     return json.loads(data) if isinstance(data, str) else data
 
 
+@both_backends
 def test_failing_items_end_in_the_dead_letter_queue_and_fail_the_flow(queue_factory, storage, tmp_path):
     queue = queue_factory(max_receive_count=2)
     flag = tmp_path / "fixed"
@@ -182,6 +196,7 @@ def test_a_block_that_does_not_exist_is_named_in_the_error():
     assert "no saved block 'local-task-queue/no-such-block'" in result.output
 
 
+@sqs_only  # the case with secrets in the block: AWS credentials
 def test_flows_take_saved_blocks_by_slug_so_parameters_hold_no_credentials(queue_factory, storage):
     import uuid
 
