@@ -144,7 +144,8 @@ class CloudFilesStorage(Block):
                     f"({type(exc).__name__}): check the GcpCredentials block's service account"
                 ) from None
         if self.aws_credentials is not None:
-            return _aws_secrets(self.aws_credentials, self.cloudpath)
+            source = _aws_credential_source(self.aws_credentials, self.cloudpath)
+            return _aws_secrets(source, self.aws_credentials)
         return None
 
     def _client_path(self) -> str:
@@ -164,12 +165,19 @@ class CloudFilesStorage(Block):
             cache = _clients.by_block = {}
             _clients.pid = os.getpid()
         key = self._cache_key()
-        client = cache.get(key)
-        if client is None:
-            client = cache[key] = CloudFiles(
-                self._client_path(), secrets=self._secrets(), num_threads=self.num_threads
-            )
-        return client
+        entry = cache.get(key)
+        if entry is None or _expired(entry):
+            source = None
+            if self.aws_credentials is not None:
+                # Keep the boto3 credentials, not a copy of their values: role, SSO and
+                # credential-process credentials expire (~1 h) and refresh themselves.
+                source = _aws_credential_source(self.aws_credentials, self.cloudpath)
+                secrets = _aws_secrets(source, self.aws_credentials)
+            else:
+                secrets = self._secrets()
+            client = CloudFiles(self._client_path(), secrets=secrets, num_threads=self.num_threads)
+            entry = cache[key] = (client, source, _frozen(source))
+        return entry[0]
 
     def _cache_key(self) -> str:
         # Two blocks on one folder with different credentials must not share a client; the
@@ -375,25 +383,41 @@ def _permanent_failure(exc: Exception, cloudpath: str) -> Optional[str]:
     return f"{code} for bucket {bucket!r}: {hint}"
 
 
-def _aws_secrets(credentials: AwsCredentials, cloudpath: str) -> dict[str, str]:
-    """cloud-files' form of AWS credentials, resolved the way boto3 resolves them (keys, a
-    profile, or the environment)."""
-    session = credentials.get_boto3_session()
-    found = session.get_credentials()
+def _aws_credential_source(credentials: AwsCredentials, cloudpath: str) -> Any:
+    """The botocore credentials the block resolves to, the way boto3 resolves them (keys, a
+    profile, the environment); refreshable ones (role, SSO, credential process) refresh."""
+    found = credentials.get_boto3_session().get_credentials()
     if found is None:
         raise CredentialsError(
             f"the AWS credentials for {cloudpath} hold no keys and boto3 finds none (profile, "
             "environment): fill in the AwsCredentials block's access key or profile"
         )
-    frozen = found.get_frozen_credentials()
+    return found
+
+
+def _frozen(source: Any) -> Any:
+    return None if source is None else source.get_frozen_credentials()
+
+
+def _expired(entry: tuple) -> bool:
+    """Whether a cached client holds AWS keys that have been refreshed since it was built
+    (``get_frozen_credentials`` refreshes them when they near their expiry)."""
+    _, source, frozen = entry
+    return source is not None and _frozen(source) != frozen
+
+
+def _aws_secrets(source: Any, credentials: AwsCredentials) -> dict[str, str]:
+    """cloud-files' form of AWS credentials (current values of ``source``)."""
+    frozen = source.get_frozen_credentials()
     secrets = {
         "AWS_ACCESS_KEY_ID": frozen.access_key,
         "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
     }
     if frozen.token:
         secrets["AWS_SESSION_TOKEN"] = frozen.token
-    if session.region_name:
-        secrets["AWS_DEFAULT_REGION"] = session.region_name
+    region = credentials.region_name or credentials.get_boto3_session().region_name
+    if region:
+        secrets["AWS_DEFAULT_REGION"] = region
     return secrets
 
 
