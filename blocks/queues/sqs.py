@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from prefect_aws import AwsCredentials
 from pydantic import Field
 
@@ -230,24 +230,29 @@ class SQSTaskQueue(TaskQueue):
     def _send_to(self, url: str, bodies: list[str], delay_seconds: float = 0, attributes=None) -> int:
         batches = list(_batches(bodies))
         failures: list[str] = []
+        errors: list[str] = []
         with ThreadPoolExecutor(max_workers=min(self.send_threads, max(1, len(batches)))) as pool:
-            for failed in pool.map(
+            for failed, error in pool.map(
                 lambda batch: self._send_batch(url, batch, delay_seconds, attributes), batches
             ):
                 failures.extend(failed)
+                if error:
+                    errors.append(error)
         if failures:
+            cause = f" (last error: {errors[-1]})" if errors else ""
             raise QueueError(
                 f"{len(failures)} of {len(bodies)} messages could not be sent to "
-                f"{self.queue_name!r}; items: {', '.join(_item_keys(failures)[:20])}. The rest "
-                "were sent; re-run the enqueue, which skips nothing that is not done"
+                f"{self.queue_name!r}{cause}; items: {', '.join(_item_keys(failures)[:20])}. "
+                "The rest were sent; re-run the enqueue, which skips nothing that is not done"
             )
         return len(bodies)
 
     def _send_batch(
         self, url: str, batch: list[str], delay_seconds: float, attributes: Optional[list]
-    ) -> list[str]:
+    ) -> tuple[list[str], str]:
         """Send one batch; retry only the entries that failed. Return the bodies that could
-        not be sent."""
+        not be sent, and why the request itself failed if it did (after botocore's retries),
+        so that the error names the items."""
         client = self._client()
         pending = {str(i): body for i, body in enumerate(batch)}
         refused: list[str] = []
@@ -261,7 +266,10 @@ class SQSTaskQueue(TaskQueue):
                     entry["MessageAttributes"] = attributes[int(entry_id)]
                 entries.append(entry)
             # botocore has retried the request itself; what is left are entries it failed.
-            response = client.send_message_batch(QueueUrl=url, Entries=entries)
+            try:
+                response = client.send_message_batch(QueueUrl=url, Entries=entries)
+            except (ClientError, BotoCoreError) as exc:
+                return refused + list(pending.values()), f"{type(exc).__name__}: {exc}"
             for ok in response.get("Successful", []):
                 pending.pop(ok["Id"], None)
             for failed in response.get("Failed", []):
@@ -270,7 +278,7 @@ class SQSTaskQueue(TaskQueue):
             if not pending:
                 break
             _backoff(attempt)
-        return refused + list(pending.values())
+        return refused + list(pending.values()), ""
 
     def receive(
         self,

@@ -68,6 +68,16 @@ def test_permanently_refused_entries_are_named_and_the_rest_are_sent(queue_facto
 
 
 @sqs_only
+def test_a_request_that_fails_after_botocore_retries_names_its_items(queue_factory):
+    queue = queue_factory()
+    url = queue._url(queue.queue_name)
+    queue._client().delete_queue(QueueUrl=url)  # every send to it is refused from now on
+    bodies = [json.dumps({"fn": "m:f", "kwargs": {}, "key": f"item-{i}", "batch": "b"}) for i in range(3)]
+    with pytest.raises(QueueError, match=r"3 of 3 messages could not be sent.*NonExistentQueue.*item-0, item-1, item-2"):
+        queue.send(bodies)
+
+
+@sqs_only
 def test_a_batch_enqueued_and_drained_under_faults_on_every_call_runs_each_item_once(
     queue_factory, storage, tmp_path, figure
 ):
