@@ -151,6 +151,26 @@ def test_a_300_kib_failure_reason_is_cut_to_fit_and_kept_whole_in_the_error_reco
     assert len(_error_record(storage, "1")["attempts"][0]["error"]) > 300 * 1024
 
 
+def test_a_queue_unreachable_past_the_bound_stops_the_worker_with_exit_code_3(storage):
+    from blocks import SQSTaskQueue
+    from tests.conftest import sqs_credentials
+    from tests.services import free_port
+
+    # Nothing listens on the endpoint; one attempt per request, so the bound is what is tested.
+    queue = SQSTaskQueue(
+        queue_name="nowhere", aws_credentials=sqs_credentials(f"http://127.0.0.1:{free_port()}"),
+        wait_seconds=0, max_attempts=1,
+    )
+    process = worker_process.spawn(
+        queue, storage, {"queue_unreachable_seconds": 2}, stderr=subprocess.PIPE, env=child_env()
+    )
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == worker_process.EXIT_QUEUE_UNREACHABLE, err[-2000:]
+    stats = json.loads(out)
+    assert stats["stop_reason"] == "queue_unreachable"
+    assert "queue 'nowhere' unreachable for" in stats["error"]
+
+
 # -- 3. permanent errors --------------------------------------------------------------------------
 
 
