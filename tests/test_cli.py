@@ -91,3 +91,16 @@ def test_dead_letters_of_a_shared_queue_are_listed_and_redriven_per_batch(tmp_pa
     assert f"redrive --batch tuesday --queue shared --data {data}" in listing  # the hint reaches it
     assert "redrove 1 messages" in invoke("dead-letters", "redrive", "--batch", "tuesday", *common)
     assert queue.counts().dead == 2  # monday's stay
+
+
+def test_work_takes_allow_and_task_timeout(tmp_path):
+    data = tmp_path / "data"
+    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="limits")
+    queue.ensure()
+    enqueue(queue, "tests.tasks:sleeps_on", [1, 2], batch="limits", slow=[2])  # not via tqflow
+    out = invoke("work", "--batch", "limits", "--data", str(data), "--queue", "limits",
+                 "--allow", "tests", "--task-timeout", "1", "--max-tasks", "2")
+    stats = json.loads(out[out.index("{"):])
+    assert (stats["succeeded"], stats["timed_out"], stats["dead_lettered"]) == (1, 1, 0)
+    error = json.loads((data / "limits/errors/2.json").read_text())["attempts"][0]["error"]
+    assert "timed out after 1 s" in error
