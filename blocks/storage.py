@@ -18,6 +18,7 @@ import json
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
@@ -144,8 +145,8 @@ class CloudFilesStorage(Block):
                     f"({type(exc).__name__}): check the GcpCredentials block's service account"
                 ) from None
         if self.aws_credentials is not None:
-            source = _aws_credential_source(self.aws_credentials, self.cloudpath)
-            return _aws_secrets(source, self.aws_credentials)
+            session = _AwsSession(self.aws_credentials, self.cloudpath)
+            return session.secrets(session.keys())
         return None
 
     def _client_path(self) -> str:
@@ -166,18 +167,21 @@ class CloudFilesStorage(Block):
             _clients.pid = os.getpid()
         key = self._cache_key()
         entry = cache.get(key)
-        if entry is None or _expired(entry):
-            source = None
-            if self.aws_credentials is not None:
-                # Keep the boto3 credentials, not a copy of their values: role, SSO and
-                # credential-process credentials expire (~1 h) and refresh themselves.
-                source = _aws_credential_source(self.aws_credentials, self.cloudpath)
-                secrets = _aws_secrets(source, self.aws_credentials)
-            else:
-                secrets = self._secrets()
-            client = CloudFiles(self._client_path(), secrets=secrets, num_threads=self.num_threads)
-            entry = cache[key] = (client, source, _frozen(source))
-        return entry[0]
+        if entry is None:
+            aws = _AwsSession(self.aws_credentials, self.cloudpath) if self.aws_credentials else None
+            entry = cache[key] = _Client(aws=aws)
+        if entry.aws is not None:
+            # Role, SSO and credential-process keys expire (~1 h); boto3 refreshes them as they
+            # near it, and cloud-files, which holds a copy, gets a client with the new ones.
+            keys = entry.aws.keys()
+            if keys != entry.aws_keys:
+                entry.cloudfiles, entry.aws_keys = None, keys
+        if entry.cloudfiles is None:
+            secrets = entry.aws.secrets(entry.aws_keys) if entry.aws else self._secrets()
+            entry.cloudfiles = CloudFiles(
+                self._client_path(), secrets=secrets, num_threads=self.num_threads
+            )
+        return entry.cloudfiles
 
     def _cache_key(self) -> str:
         # Two blocks on one folder with different credentials must not share a client; the
@@ -383,42 +387,41 @@ def _permanent_failure(exc: Exception, cloudpath: str) -> Optional[str]:
     return f"{code} for bucket {bucket!r}: {hint}"
 
 
-def _aws_credential_source(credentials: AwsCredentials, cloudpath: str) -> Any:
-    """The botocore credentials the block resolves to, the way boto3 resolves them (keys, a
-    profile, the environment); refreshable ones (role, SSO, credential process) refresh."""
-    found = credentials.get_boto3_session().get_credentials()
-    if found is None:
-        raise CredentialsError(
-            f"the AWS credentials for {cloudpath} hold no keys and boto3 finds none (profile, "
-            "environment): fill in the AwsCredentials block's access key or profile"
-        )
-    return found
+class _AwsSession:
+    """The block's AWS credentials as boto3 resolves them (keys, a profile, the environment),
+    kept: refreshable ones (role, SSO, credential process) refresh themselves."""
+
+    def __init__(self, credentials: AwsCredentials, cloudpath: str) -> None:
+        session = credentials.get_boto3_session()
+        self.credentials = session.get_credentials()
+        if self.credentials is None:
+            raise CredentialsError(
+                f"the AWS credentials for {cloudpath} hold no keys and boto3 finds none "
+                "(profile, environment): fill in the AwsCredentials block's access key or profile"
+            )
+        self.region = session.region_name
+
+    def keys(self) -> Any:
+        """The current keys (refreshed first when they near their expiry)."""
+        return self.credentials.get_frozen_credentials()
+
+    def secrets(self, keys: Any) -> dict[str, str]:
+        """cloud-files' form of ``keys``."""
+        secrets = {"AWS_ACCESS_KEY_ID": keys.access_key, "AWS_SECRET_ACCESS_KEY": keys.secret_key}
+        if keys.token:
+            secrets["AWS_SESSION_TOKEN"] = keys.token
+        if self.region:
+            secrets["AWS_DEFAULT_REGION"] = self.region
+        return secrets
 
 
-def _frozen(source: Any) -> Any:
-    return None if source is None else source.get_frozen_credentials()
+@dataclass
+class _Client:
+    """A cached cloud-files client, and for s3:// the AWS keys it was built with."""
 
-
-def _expired(entry: tuple) -> bool:
-    """Whether a cached client holds AWS keys that have been refreshed since it was built
-    (``get_frozen_credentials`` refreshes them when they near their expiry)."""
-    _, source, frozen = entry
-    return source is not None and _frozen(source) != frozen
-
-
-def _aws_secrets(source: Any, credentials: AwsCredentials) -> dict[str, str]:
-    """cloud-files' form of AWS credentials (current values of ``source``)."""
-    frozen = source.get_frozen_credentials()
-    secrets = {
-        "AWS_ACCESS_KEY_ID": frozen.access_key,
-        "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
-    }
-    if frozen.token:
-        secrets["AWS_SESSION_TOKEN"] = frozen.token
-    region = credentials.region_name or credentials.get_boto3_session().region_name
-    if region:
-        secrets["AWS_DEFAULT_REGION"] = region
-    return secrets
+    aws: Optional[_AwsSession] = None
+    aws_keys: Any = None
+    cloudfiles: Any = None
 
 
 def _loads(url: str, content: bytes) -> Any:
