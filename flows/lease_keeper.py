@@ -140,17 +140,18 @@ class LeaseKeeper:
                 held = list(self._held.values())
             if not held:
                 return
-            # Never past the queue's longest lease from the receive (SQS refuses it).
             now = time.monotonic()
-            cap = self.queue.max_lease_seconds
-            full = [l for l in held if now - l.received_at + self.lease_seconds <= cap]
-            capped = [l for l in held if now - l.received_at + self.lease_seconds > cap]
+            full, lost = [], []
             try:
-                lost = self.queue.extend_many(full, self.lease_seconds) if full else []
-                for lease in capped:
-                    remaining = cap - (now - lease.received_at)
-                    if remaining > 1:
-                        lost += self.queue.extend_many([lease], remaining - 1)
+                for lease in held:
+                    # Never past the queue's longest lease from the receive (SQS refuses it).
+                    left = self.queue.max_lease_seconds - (now - lease.received_at)
+                    if left >= self.lease_seconds:
+                        full.append(lease)
+                    elif left > 1:
+                        lost += self.queue.extend_many([lease], left - 1)
+                if full:
+                    lost += self.queue.extend_many(full, self.lease_seconds)
             except Exception as exc:  # the queue may be briefly unreachable: try next time
                 self.logger.warning("could not extend %d leases: %s", len(held), exc)
                 return

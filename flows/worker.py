@@ -389,14 +389,15 @@ class Worker:
             return
 
         out = output_path(message.batch, message.key)
+        task: _RunningTask | None = None
         try:
             if not self.overwrite and self.storage.exists(out):
                 self._ack(lease)
                 self.stats.skipped += 1
                 return
             started = time.perf_counter()
+            task = self._start_task(lease, message)
             try:
-                self._start_task(lease, message)
                 result = func(*bound.args, **bound.kwargs)
             finally:
                 self._end_task()
@@ -412,7 +413,8 @@ class Worker:
         except TaskTimeoutError:
             self._end_task()  # raised while the task was being ended: end it now
             self.stats.timed_out += 1
-            self._failed(lease, message, TaskTimeoutError(self._timeout_reason))
+            reason = task.reason if task is not None else "timed out"
+            self._failed(lease, message, TaskTimeoutError(reason))
             return
         except Exception as exc:
             if self.retry_rule.retries(lease.receive_count, exc):
@@ -429,7 +431,7 @@ class Worker:
 
     # -- time limits ----------------------------------------------------------------------------
 
-    def _start_task(self, lease: Lease, message: TaskMessage) -> None:
+    def _start_task(self, lease: Lease, message: TaskMessage) -> _RunningTask:
         timeout = message.task_timeout_seconds or self.task_timeout_seconds
         now = time.monotonic()
         deadline, reason = float("inf"), ""
@@ -447,9 +449,10 @@ class Worker:
                 "that no second worker runs it meanwhile; split the task, or set "
                 "task_timeout_seconds below that"
             )
-        self._timeout_reason = reason
+        task = _RunningTask(lease, message.key, threading.get_ident(), deadline, reason)
         with self._task_lock:
-            self._task = _RunningTask(lease, message.key, threading.get_ident(), deadline, reason)
+            self._task = task
+        return task
 
     def _end_task(self) -> None:
         with self._task_lock:
