@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from blocks.errors import TqflowError
+from blocks.errors import QueueUnreachableError, TqflowError
 from flows.messages import check_batch
 
 def console(stderr: bool = False) -> Console:
@@ -385,7 +385,7 @@ def work(
         stats = worker.run()
     console().print_json(json.dumps(stats.as_dict()))
     if stats.stop_reason == "queue_unreachable":
-        raise CLIInputError(stats.error)
+        raise QueueUnreachableError(stats.error)
 
 
 @app.command()
