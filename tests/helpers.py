@@ -15,8 +15,11 @@ from flows.messages import task_messages
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: Runs a test that builds its queue with `queue_factory` on the SQS backend only.
-sqs_only = pytest.mark.parametrize("backend", ["sqs"], indirect=True)
+#: Runs a test that builds its queue with `queue_factory` on the SQS backend only. Direct
+#: parametrisation, so it also overrides a module's own ``backend`` fixture.
+sqs_only = pytest.mark.parametrize("backend", ["sqs"])
+#: Runs it on both backends, in a module whose ``backend`` fixture picks one by default.
+both_backends = pytest.mark.parametrize("backend", ["local", "sqs"])
 
 
 def enqueue(queue: TaskQueue, fn: str, items, batch: str = "b", **kwargs: Any) -> int:

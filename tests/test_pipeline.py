@@ -13,7 +13,7 @@ from flows.dead_letters import dead_letters
 from flows.outputs import output_path
 from flows.pipeline import DeadLettersError, pipeline
 from flows.worker_flow import worker
-from tests.helpers import enqueue, runs
+from tests.helpers import both_backends, enqueue, runs, sqs_only
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -24,10 +24,6 @@ def backend() -> str:
     worker tests cover each: these tests run on the local queue, and the few marked
     ``both_backends`` (or ``sqs_only``) run end to end on SQS too."""
     return "local"
-
-
-both_backends = pytest.mark.parametrize("backend", ["local", "sqs"])
-sqs_only = pytest.mark.parametrize("backend", ["sqs"])
 
 
 def latest_artifact(key: str):

@@ -25,7 +25,7 @@ from flows.enqueue import enqueue_items
 from flows.lease_keeper import LeaseKeeper
 from flows.outputs import error_path, output_path
 from flows.worker import Worker
-from tests.helpers import child_env, enqueue, run_worker, runs, wait_until
+from tests.helpers import both_backends, child_env, enqueue, run_worker, runs, sqs_only, wait_until
 
 
 @pytest.fixture
@@ -33,9 +33,6 @@ def backend() -> str:
     """The worker's rules are the same on every backend: the local queue, unless a test is
     marked for SQS too (where SQS's own limits or long poll are the point)."""
     return "local"
-
-
-both_backends = pytest.mark.parametrize("backend", ["local", "sqs"])
 
 
 def _error_record(storage: CloudFilesStorage, key: str, batch: str = "b") -> dict:
@@ -200,7 +197,7 @@ def idle_worker(queue_factory, storage):
     process.communicate()
 
 
-@pytest.mark.parametrize("backend", ["sqs"])  # the local queue's receive polls in short sleeps
+@sqs_only  # the local queue's receive polls in short sleeps
 def test_sigterm_during_a_long_poll_stops_the_worker_at_once(idle_worker):
     time.sleep(0.5)  # let it reach the receive (a signal before it stops it anyway)
     sent = time.monotonic()
