@@ -2,8 +2,9 @@
 
 Two fleets behind one interface:
 
-- `LocalFleet` starts N OS processes running the worker loop (``flows.worker_process``). They
-  never call the Prefect API; the pipeline reports for them.
+- `LocalFleet` starts N OS processes running the worker loop (``flows.worker_process``), forked
+  from one warm server process (`flows.warm_workers`). They never call the Prefect API; the
+  pipeline reports for them.
 - `DeploymentFleet` creates N runs of a ``worker`` deployment (a GKE work pool in production)
   with ``run_deployment(timeout=0, idempotency_key=...)``, so a retried pipeline run does not
   launch its workers twice.
@@ -11,6 +12,7 @@ Two fleets behind one interface:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -23,6 +25,7 @@ from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
 from blocks.storage import CloudFilesStorage
 from flows import worker_process
+from flows.warm_workers import WarmWorker, warm_worker_server
 
 
 class Fleet(ABC):
@@ -85,16 +88,15 @@ class LocalFleet(Fleet):
         cave: Optional[CAVECredentials] = None,
     ):
         super().__init__(queue, storage, options, cave)
-        self._processes: list[tuple[subprocess.Popen, Any]] = []
+        self._processes: list[tuple[WarmWorker, Any]] = []
 
     def launch(self, n: int) -> None:
+        spec = worker_process.worker_spec(self.queue, self.storage, self.options, cave=self.cave)
         for _ in range(n):
             # stdout to a file, not a pipe: a task that prints a lot must not block on a
             # full pipe nobody reads until the worker ends.
-            stdout = tempfile.TemporaryFile(mode="w+")
-            process = worker_process.spawn(
-                self.queue, self.storage, self.options, cave=self.cave, stdout=stdout
-            )
+            stdout = tempfile.NamedTemporaryFile(mode="w+", prefix="tqflow-worker-", suffix=".out")
+            process = warm_worker_server().start(spec, stdout.name)
             self._processes.append((process, stdout))
             self.launched += 1
 
@@ -105,9 +107,10 @@ class LocalFleet(Fleet):
                 alive.append((process, stdout))
                 continue
             stdout.seek(0)
-            stats = _last_json_line(stdout.read())
+            stats = worker_process.stats_from_output(stdout.read())
             stdout.close()
             code = process.returncode
+            assert code is not None
             if code == 0 and stats is not None:
                 self._ended(stats, "stopped by a signal (SIGTERM / SIGINT)")
             elif code < 0:
@@ -125,6 +128,8 @@ class LocalFleet(Fleet):
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=30)
         self.running()
 
 
@@ -229,15 +234,3 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
-
-
-def _last_json_line(text: str) -> Optional[dict[str, Any]]:
-    for line in reversed(text.strip().splitlines()):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-

@@ -95,6 +95,22 @@ def run_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return stats.as_dict()
 
 
+def worker_spec(
+    queue: TaskQueue,
+    storage: CloudFilesStorage,
+    options: dict[str, Any] | None = None,
+    *,
+    cave: CAVECredentials | None = None,
+) -> dict[str, Any]:
+    """What a worker process is started with (secrets included: pass it by pipe, never argv)."""
+    return {
+        "queue": block_spec(queue),
+        "storage": block_spec(storage),
+        "cave": block_spec(cave) if cave is not None else None,
+        "options": options or {},
+    }
+
+
 def spawn(
     queue: TaskQueue,
     storage: CloudFilesStorage,
@@ -106,12 +122,7 @@ def spawn(
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start a worker process on ``queue``; its spec (secrets included) goes through stdin."""
-    spec = {
-        "queue": block_spec(queue),
-        "storage": block_spec(storage),
-        "cave": block_spec(cave) if cave is not None else None,
-        "options": options or {},
-    }
+    spec = worker_spec(queue, storage, options, cave=cave)
     child_env = dict(os.environ if env is None else env)
     # A worker process never starts a Prefect server of its own (see DESIGN.md).
     child_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -141,12 +152,29 @@ def log_to_stderr(level: int = logging.INFO) -> None:
     logger.propagate = False
 
 
-def main() -> int:
+def main_from_spec(spec: dict[str, Any]) -> int:
+    """A worker process's life: log to stderr, drain, print the stats line; the exit code."""
     log_to_stderr()
-    spec = json.loads(sys.stdin.read())
     stats = run_from_spec(spec)
     print(json.dumps(stats), flush=True)
     return EXIT_QUEUE_UNREACHABLE if stats["stop_reason"] == "queue_unreachable" else 0
+
+
+def stats_from_output(text: str) -> dict[str, Any] | None:
+    """The stats a worker process printed: the last line of its stdout that is a JSON object
+    (its task may print anything before)."""
+    for line in reversed(text.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def main() -> int:
+    return main_from_spec(json.loads(sys.stdin.read()))
 
 
 if __name__ == "__main__":

@@ -1,71 +1,54 @@
-"""Worker processes forked from a warm forkserver.
+"""Worker processes forked warm, the way local fan-out starts them (`flows.warm_workers`).
 
-A test that starts many workers (or kills them 20 times) cannot pay Python's and Prefect's ~3 s
-of imports each time, so these are forked from a forkserver that has imported the worker and
-built each block model once (`tests.forkserver_preload`). Each is still a real process running
-the worker's own entry (`flows.worker_process.run_from_spec`, signal handling included), stopped
-or killed by real signals. ``python -m flows.worker_process`` itself, the entry local fan-out
-starts, is exercised by the pipeline tests.
+A test that starts many workers (or kills them 20 times) cannot pay the worker's ~5 s of imports
+each time; local fan-out does not either. Each is a real process running the worker's own entry
+(`flows.worker_process.main_from_spec`, signal handling included), stopped or killed by real
+signals. ``python -m flows.worker_process``, the entry a Kubernetes-less user can start by hand,
+is exercised by the tests that spawn it.
 """
 
 from __future__ import annotations
 
-import json
-import multiprocessing
-import os
 import signal
 from pathlib import Path
 from typing import Any
 
 from blocks.queues.base import TaskQueue
-from blocks.specs import block_spec
 from blocks.storage import CloudFilesStorage
-
-_context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["tests.forkserver_preload"])
-
-
-def _worker_main(spec: dict[str, Any], env: dict[str, str], stats_path: str) -> None:
-    # A forkserver child starts with the forkserver's environment, not the test's.
-    os.environ.update(env)
-    from flows.worker_process import log_to_stderr, run_from_spec
-
-    log_to_stderr()
-    stats = run_from_spec(spec)
-    Path(stats_path).write_text(json.dumps(stats))
+from flows.warm_workers import WarmWorker, warm_worker_server
+from flows.worker_process import stats_from_output, worker_spec
 
 
 class ForkedWorkers:
-    """Worker processes forked from a forkserver that has the worker imported already."""
+    """Worker processes forked from this test process's warm worker server."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.started: list[multiprocessing.Process] = []
+        self.started: list[WarmWorker] = []
 
-    def start(self, queue: TaskQueue, storage: CloudFilesStorage, **options: Any) -> multiprocessing.Process:
+    def start(self, queue: TaskQueue, storage: CloudFilesStorage, **options: Any) -> WarmWorker:
         options.setdefault("idle_seconds", 0.5)
-        spec = {"queue": block_spec(queue), "storage": block_spec(storage), "cave": None, "options": options}
-        env = {k: v for k, v in os.environ.items() if k.startswith(("STORAGE_EMULATOR", "PREFECT_"))}
-        stats_path = self.folder / f"stats-{len(self.started)}.json"
-        process = _context.Process(target=_worker_main, args=(spec, env, str(stats_path)), daemon=True)
-        process.start()
-        process.stats_path = stats_path  # type: ignore[attr-defined]
-        self.started.append(process)
-        return process
+        stdout = self.folder / f"worker-{len(self.started)}.out"
+        worker = warm_worker_server().start(worker_spec(queue, storage, options), str(stdout))
+        worker.stdout_path = stdout  # type: ignore[attr-defined]
+        self.started.append(worker)
+        return worker
 
     def run(self, queue: TaskQueue, storage: CloudFilesStorage, timeout: float = 120, **options: Any) -> dict[str, Any]:
         """Run one worker to its end; return its stats."""
-        process = self.start(queue, storage, **options)
-        return self.wait(process, timeout)
+        return self.wait(self.start(queue, storage, **options), timeout)
 
     @staticmethod
-    def wait(process: multiprocessing.Process, timeout: float = 120) -> dict[str, Any]:
-        process.join(timeout)
-        assert process.exitcode == 0, f"worker exited {process.exitcode}"
-        return json.loads(process.stats_path.read_text())  # type: ignore[attr-defined]
+    def wait(worker: WarmWorker, timeout: float = 120) -> dict[str, Any]:
+        code = worker.wait(timeout)
+        out = worker.stdout_path.read_text()  # type: ignore[attr-defined]
+        assert code == 0, f"worker exited {code}:\n{out[-2000:]}"
+        stats = stats_from_output(out)
+        assert stats is not None, f"no stats line in the worker's stdout:\n{out[-2000:]}"
+        return stats
 
     def stop_all(self) -> None:
-        for process in self.started:
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGKILL)
-                process.join(10)
+        for worker in self.started:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(30)

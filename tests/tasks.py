@@ -143,3 +143,8 @@ def type_error_on(x: int, bad: list[int]) -> int:
     if x in bad:
         raise TypeError(f"item {x} has the wrong type")
     return x * x
+
+
+def environment(x: int, name: str) -> dict:
+    """The value of the environment variable ``name`` and the working directory the task sees."""
+    return {"value": os.environ.get(name), "cwd": os.getcwd()}

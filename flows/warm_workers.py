@@ -1,0 +1,274 @@
+"""Local worker processes forked from one warm server process.
+
+A worker imports Prefect, prefect-aws, prefect-gcp and cloud-files before its first task: about
+5 s of CPU. A local fleet of N workers, and every replacement of a lost one, would pay that N times
+on a laptop's few cores. Instead the fleet starts one server (``python -m flows.warm_workers``)
+that imports the worker once and forks each worker from there: the first worker waits for the
+import, the others start in a fraction of a second.
+
+Each worker is still its own OS process, with the environment, working directory and stdout the
+fleet gives it, running the worker's process entry (`flows.worker_process.main_from_spec`: its
+signal handlers, stats line and exit codes). The server is single-threaded, since a fork copies
+only the calling thread, and it never imports the fleet's ``__main__``, so a script without an
+``if __name__ == "__main__"`` guard is safe (multiprocessing's forkserver would re-run it).
+
+Protocol, JSON lines: the fleet writes ``{"spec", "env", "cwd", "stdout"}`` to the server's stdin;
+the server answers ``{"started": pid}`` and, once that worker has ended,
+``{"ended": pid, "returncode": code}`` (negative for a signal, as `subprocess.Popen` reports it).
+The server ignores SIGINT and SIGTERM (they are for the workers, which share the terminal's
+process group) and exits when its stdin closes, i.e. when the fleet's process has ended; workers
+still running then go on to their own end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Optional
+
+#: How often the server looks for workers that ended; a worker's end is known at most this late.
+REAP_SECONDS = 0.1
+#: The exit code reported for a worker that ended after its server died (its real one is lost).
+EXIT_STATUS_LOST = 255
+
+
+class WarmWorker:
+    """One worker forked by the server; the parts of `subprocess.Popen` a fleet uses."""
+
+    def __init__(self, server: "WarmWorkerServer", pid: int) -> None:
+        self._server = server
+        self.pid = pid
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._server.returncode(self.pid)
+
+    def poll(self) -> Optional[int]:
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        code = self._server.wait(self.pid, timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0)
+        return code
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:  # not reported ended, so the pid is still this worker's
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class WarmWorkerServer:
+    """The parent's side: starts the server on first use, forks workers through it and follows
+    their ends. Thread-safe; one per process (`warm_worker_server`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # one request and its answer at a time
+        self._ended = threading.Condition()
+        self._returncodes: dict[int, int] = {}
+        self._started: list[int] = []
+        self._process: Optional[subprocess.Popen] = None
+
+    def start(self, spec: dict[str, Any], stdout_path: str, env: Optional[dict[str, str]] = None) -> WarmWorker:
+        """Fork a worker running ``spec`` (see `flows.worker_process`), its stdout appended to
+        ``stdout_path``, its stderr the server's (the terminal's), its environment ``env``
+        (default: this process's) and its working directory this process's."""
+        request = {
+            "spec": spec,
+            "env": dict(os.environ if env is None else env),
+            "cwd": os.getcwd(),
+            "stdout": stdout_path,
+        }
+        with self._lock:
+            process = self._running_server()
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(request) + "\n")
+            process.stdin.flush()
+            with self._ended:
+                while not self._started and process.poll() is None:
+                    self._ended.wait(1.0)
+                if not self._started:
+                    raise RuntimeError(f"the warm worker server exited with {process.returncode}")
+                pid = self._started.pop(0)
+        return WarmWorker(self, pid)
+
+    def returncode(self, pid: int) -> Optional[int]:
+        with self._ended:
+            code = self._returncodes.get(pid)
+            if code is None and self._process is not None and self._process.poll() is not None:
+                code = self._lost_with_server(pid)
+            return code
+
+    def _lost_with_server(self, pid: int) -> Optional[int]:
+        """A worker of a server that died (killed with its process group, say): nobody reports
+        its end any more, so it is known only to have ended, with `EXIT_STATUS_LOST`."""
+        try:
+            os.kill(pid, 0)
+            return None
+        except ProcessLookupError:
+            self._returncodes[pid] = EXIT_STATUS_LOST
+            return EXIT_STATUS_LOST
+
+    def wait(self, pid: int, timeout: Optional[float]) -> Optional[int]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._ended:
+            while pid not in self._returncodes:
+                if self._process is not None and self._process.poll() is not None:
+                    if self._lost_with_server(pid) is not None:
+                        break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._ended.wait(1.0 if left is None else min(left, 1.0))
+            return self._returncodes[pid]
+
+    def _running_server(self) -> subprocess.Popen:
+        if self._process is not None and self._process.poll() is None:
+            return self._process
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "flows.warm_workers"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        threading.Thread(target=self._read_answers, args=(self._process,), daemon=True,
+                         name="tqflow-warm-workers").start()
+        return self._process
+
+    def _read_answers(self, process: subprocess.Popen) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            answer = json.loads(line)
+            with self._ended:
+                if "started" in answer:
+                    self._started.append(answer["started"])
+                else:
+                    self._returncodes[answer["ended"]] = answer["returncode"]
+                self._ended.notify_all()
+        process.wait()
+        with self._ended:  # the server is gone: wake whoever waits for it
+            self._ended.notify_all()
+
+
+_server: Optional[WarmWorkerServer] = None
+_server_lock = threading.Lock()
+
+
+def warm_worker_server() -> WarmWorkerServer:
+    """This process's server (started on its first worker)."""
+    global _server
+    with _server_lock:
+        if _server is None:
+            _server = WarmWorkerServer()
+        return _server
+
+
+# -- the server process ------------------------------------------------------------------------
+
+
+def _warm_up() -> None:
+    """Import the worker and build each block model once (pydantic builds a model's validator on
+    first use), so that every forked worker starts warm."""
+    from blocks import CloudFilesStorage, LocalTaskQueue
+    from blocks.queues.sqs import SQSTaskQueue
+    from blocks.specs import block_from_spec, block_spec
+    from flows import worker_process  # noqa: F401
+
+    for block in (LocalTaskQueue(path="/nonexistent/warm.sqlite"), SQSTaskQueue(), CloudFilesStorage()):
+        block_from_spec(block_spec(block))
+
+
+def _answer(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()  # before any fork: a child must not inherit unwritten answers
+
+
+def _run_worker(request: dict[str, Any]) -> int:
+    """In the forked child: become the worker the request describes, run it, return its exit code."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    # as `python -m` would: the working directory and PYTHONPATH first on the import path
+    for entry in reversed([request["cwd"], *filter(None, request["env"].get("PYTHONPATH", "").split(os.pathsep))]):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    out = os.open(request["stdout"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(out, 1)
+    os.close(null)
+    os.close(out)
+    from flows.worker_process import main_from_spec
+
+    return main_from_spec(request["spec"])
+
+
+def _fork(request: dict[str, Any]) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        code = _run_worker(request)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # the worker's end, whatever it was: report it, never return to the loop
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+    return 0  # not reached
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _answer({"ended": pid, "returncode": os.waitstatus_to_exitcode(status)})
+
+
+def serve() -> None:
+    """The server's loop: fork a worker per request line, report each one's end."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    _warm_up()
+    pending = b""
+    while True:
+        readable, _, _ = select.select([0], [], [], REAP_SECONDS)
+        if readable:
+            chunk = os.read(0, 1 << 20)
+            if not chunk:
+                break  # the fleet's process ended
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                _answer({"started": _fork(json.loads(line))})
+        _reap()
+    _reap()
+
+
+if __name__ == "__main__":
+    serve()

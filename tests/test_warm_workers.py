@@ -1,0 +1,60 @@
+"""Local workers are forked from a warm server process (`flows.warm_workers`): each must still be
+the worker its fleet would have started with ``subprocess``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from flows.outputs import output_path
+from tests.helpers import child_env, enqueue
+
+import pytest
+
+
+@pytest.fixture
+def backend() -> str:
+    return "local"
+
+
+def test_a_forked_worker_has_the_environment_and_folder_of_its_fleet_at_its_start(
+    queue_factory, storage, forked_workers, tmp_path, monkeypatch
+):
+    queue = queue_factory()
+    forked_workers.run(queue, storage)  # the server runs, with this process's environment of now
+    monkeypatch.setenv("TQFLOW_TEST_MARK", "set after the server started")
+    monkeypatch.chdir(tmp_path)
+    enqueue(queue, "tests.tasks:environment", [1], name="TQFLOW_TEST_MARK")
+    forked_workers.run(queue, storage)
+    result = storage.get_json(output_path("b", "1"))["result"]
+    assert result == {"value": "set after the server started", "cwd": str(tmp_path)}
+
+
+def test_a_script_without_a_main_guard_runs_its_local_pipeline_once(prefect_api, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    ran = tmp_path / "script-ran"
+    script = tmp_path / "run_batch.py"
+    script.write_text(textwrap.dedent(f"""
+        from blocks import CloudFilesStorage, LocalTaskQueue
+        from flows.pipeline import pipeline
+
+        with open({str(ran)!r}, "a") as f:
+            f.write("ran\\n")
+        summary = pipeline(
+            queue=LocalTaskQueue(path={str(tmp_path / "queue.sqlite")!r}, queue_name="guardless",
+                                 allowed_modules=["tests"]),
+            storage=CloudFilesStorage(cloudpath={"file://" + str(tmp_path / "data")!r}),
+            fn="tests.tasks:square", batch="guardless", items=list(range(6)), workers=2,
+            idle_seconds=0.5, poll_seconds=0.2, analyze=False,
+        )
+        print("done", summary["done"])
+    """))
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**child_env(), "PREFECT_API_URL": PREFECT_API_URL.value()},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "done 6" in result.stdout
+    assert ran.read_text() == "ran\n"  # not once more in each worker
