@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
 from blocks.storage import CloudFilesStorage
 from flows.warm_workers import WarmWorker, warm_worker_server
@@ -26,17 +27,24 @@ class ForkedWorkers:
         self.folder = folder
         self.started: list[WarmWorker] = []
 
-    def start(self, queue: TaskQueue, storage: CloudFilesStorage, **options: Any) -> WarmWorker:
+    def start(
+        self, queue: TaskQueue, storage: CloudFilesStorage, cave: Optional[CAVECredentials] = None,
+        **options: Any,
+    ) -> WarmWorker:
         options.setdefault("idle_seconds", 0.5)
         stdout = self.folder / f"worker-{len(self.started)}.out"
-        worker = warm_worker_server().start(worker_spec(queue, storage, options), str(stdout))
+        spec = worker_spec(queue, storage, options, cave=cave)
+        worker = warm_worker_server().start(spec, str(stdout))
         worker.stdout_path = stdout  # type: ignore[attr-defined]
         self.started.append(worker)
         return worker
 
-    def run(self, queue: TaskQueue, storage: CloudFilesStorage, timeout: float = 120, **options: Any) -> dict[str, Any]:
+    def run(
+        self, queue: TaskQueue, storage: CloudFilesStorage, timeout: float = 120,
+        cave: Optional[CAVECredentials] = None, **options: Any,
+    ) -> dict[str, Any]:
         """Run one worker to its end; return its stats."""
-        return self.wait(self.start(queue, storage, **options), timeout)
+        return self.wait(self.start(queue, storage, cave, **options), timeout)
 
     @staticmethod
     def wait(worker: WarmWorker, timeout: float = 120) -> dict[str, Any]:

@@ -4,7 +4,6 @@ credentials of prefect-gcp and prefect-aws blocks."""
 from __future__ import annotations
 
 import io
-import uuid
 import pandas as pd
 import pytest
 
@@ -125,43 +124,3 @@ def test_credentials_for_another_protocol_are_refused():
 
     with pytest.raises(ValueError, match="aws_credentials are for s3:// folders"):
         CloudFilesStorage(cloudpath="gs://bucket/x", aws_credentials=AwsCredentials())
-
-
-def test_s3_storage_follows_aws_credentials_that_expire_during_a_batch(moto_endpoint, tmp_path, monkeypatch):
-    # A profile whose credential process hands out keys that expire within minutes, as role, SSO
-    # and STS keys do after an hour: boto3 refreshes them, and the storage's client must follow.
-    import sys
-
-    from prefect_aws import AwsCredentials
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    issued = tmp_path / "issued"
-    script = tmp_path / "issue_keys.py"
-    script.write_text(
-        "import datetime, json, pathlib\n"
-        f"issued = pathlib.Path({str(issued)!r})\n"
-        "n = int(issued.read_text()) + 1 if issued.exists() else 1\n"
-        "issued.write_text(str(n))\n"
-        "expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)\n"
-        "print(json.dumps({'Version': 1, 'AccessKeyId': f'AKIAISSUED{n:06d}',\n"
-        "                  'SecretAccessKey': 'secret', 'SessionToken': f'token-{n}',\n"
-        "                  'Expiration': expires.isoformat()}))\n"
-    )
-    config = tmp_path / "aws-config"
-    config.write_text(f"[profile expiring]\ncredential_process = {sys.executable} {script}\nregion = us-east-1\n")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
-    bucket = f"tqflow-{uuid.uuid4().hex[:10]}"
-    sqs_credentials(moto_endpoint).get_s3_client().create_bucket(Bucket=bucket)
-    storage = CloudFilesStorage(
-        cloudpath=f"s3://{bucket}/outputs",
-        aws_credentials=AwsCredentials(
-            profile_name="expiring", aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint)
-        ),
-    )
-    used = []
-    for n in range(3):
-        storage.put_json(f"b/outputs/{n}.json", {"n": n})
-        used.append(storage._cloudfiles().secrets["AWS_ACCESS_KEY_ID"])
-    # Keys five minutes from expiry are past boto3's refresh margin: new ones at every use.
-    assert len(set(used)) == 3 and all(key.startswith("AKIAISSUED") for key in used)
-    assert [storage.get_json(f"b/outputs/{n}.json") for n in range(3)] == [{"n": 0}, {"n": 1}, {"n": 2}]

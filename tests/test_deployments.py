@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import pytest
@@ -198,7 +199,46 @@ def test_only_worker_runs_go_to_spot_nodes_and_orchestration_runs_to_the_system_
         assert variables["memory_limit"] == variables["memory_request"] == "5Gi", name
 
 
-# -- fan-out on the process pool ------------------------------------------------------------------
+# -- fan-out on the process pool, and schedules ----------------------------------------------------
+#
+# The three scenarios below spend most of their time waiting for flow-run processes to start, so
+# one fixture runs them at the same time; each test takes its own scenario's outcome (a scenario
+# that failed raises in its own test).
+
+
+@pytest.fixture(scope="module")
+def scenarios(deployed, tmp_path_factory) -> Iterator[dict[str, Future]]:
+    with client(deployed) as c:
+        _deploy_rescheduling_worker(c)
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="e2e")
+    try:
+        yield {
+            "SIGKILL": pool.submit(
+                _run_and_signal_a_worker, deployed, tmp_path_factory.mktemp("e2e-kill"),
+                "e2e-kill", "worker/worker-local", signal.SIGKILL,
+            ),
+            "SIGTERM": pool.submit(
+                _run_and_signal_a_worker, deployed, tmp_path_factory.mktemp("e2e-sigterm"),
+                "e2e-sigterm", "worker/worker-local-reschedule", signal.SIGTERM,
+            ),
+            "schedule": pool.submit(_run_on_a_schedule, deployed),
+        }
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _deploy_rescheduling_worker(c) -> None:
+    """``worker-local`` as prefect-kubernetes runs it: every Job whose backoffLimit is 0 (ours)
+    gets PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule, so on SIGTERM the engine would
+    reschedule the run."""
+    worker = c.read_deployment_by_name("worker/worker-local")
+    c.create_deployment(
+        flow_id=worker.flow_id, name="worker-local-reschedule", entrypoint=worker.entrypoint,
+        work_pool_name=worker.work_pool_name, work_queue_name=worker.work_queue_name,
+        parameters=worker.parameters, pull_steps=worker.pull_steps,
+        parameter_openapi_schema=worker.parameter_openapi_schema,
+        job_variables={"env": {"PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule"}},
+    )
 
 
 def _lease_queue(env, name: str) -> str:
@@ -224,7 +264,7 @@ def _run_and_signal_a_worker(env, tmp_path, batch: str, worker_deployment: str, 
         poll_seconds=0.5, analyze=False,
     )
     victim = None
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300
     while victim is None and time.monotonic() < deadline:  # a worker that has started tasks
         running = [r for r in runs_of(env, worker_deployment.split("/")[1], started) if r.state.is_running()]
         if running and len(list(tmp_path.glob("*.finished"))) >= 4:
@@ -237,43 +277,13 @@ def _run_and_signal_a_worker(env, tmp_path, batch: str, worker_deployment: str, 
     return runs_of(env, worker_deployment.split("/")[1], started)
 
 
-def test_a_killed_worker_run_is_replaced_and_the_batch_completes(deployed, tmp_path):
-    runs = _run_and_signal_a_worker(deployed, tmp_path, "e2e-kill", "worker/worker-local", signal.SIGKILL)
-    assert sum(r.state.is_crashed() or r.state.is_failed() for r in runs) == 1
-    assert len(runs) == 3  # the two launched, and the one that replaced the killed run
-
-
-def test_a_worker_run_stopped_by_sigterm_is_replaced_as_on_kubernetes(deployed, tmp_path):
-    # prefect-kubernetes sets this in every Job whose backoffLimit is 0 (ours): on SIGTERM the
-    # engine would reschedule the run. tqflow's worker handles SIGTERM itself: it releases its
-    # leases and completes, and the pipeline must still replace it while work remains.
-    with client(deployed) as c:
-        worker = c.read_deployment_by_name("worker/worker-local")
-        c.create_deployment(
-            flow_id=worker.flow_id, name="worker-local-reschedule", entrypoint=worker.entrypoint,
-            work_pool_name=worker.work_pool_name, work_queue_name=worker.work_queue_name,
-            parameters=worker.parameters, pull_steps=worker.pull_steps,
-            parameter_openapi_schema=worker.parameter_openapi_schema,
-            job_variables={"env": {"PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule"}},
-        )
-    runs = _run_and_signal_a_worker(
-        deployed, tmp_path, "e2e-sigterm", "worker/worker-local-reschedule", signal.SIGTERM
-    )
-    # The stopped run was replaced, whatever state it ended in: Completed when tqflow's handler
-    # took the SIGTERM (leases released), otherwise Prefect's own ending; the others completed.
-    assert len(runs) == 3, [(r.name, r.state.type) for r in runs]
-    assert sum(r.state.is_completed() for r in runs) >= 2, [(r.name, r.state.type) for r in runs]
-
-
-# -- schedules --------------------------------------------------------------------------------------
-
-
-@pytest.mark.timeout(600)  # its own deadline below is 300 s; the run itself needs a worker slot
-def test_an_active_schedule_creates_and_completes_a_run(deployed):
+def _run_on_a_schedule(env):
+    """An active 20 s interval schedule on ``pipeline-local``; returns its first completed run
+    (within 300 s). The schedule is deleted at the end."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import IntervalSchedule
 
-    with client(deployed) as c:
+    with client(env) as c:
         pipeline = c.read_deployment_by_name("pipeline/pipeline-local")
         [schedule] = c.create_deployment_schedules(pipeline.id, [DeploymentScheduleCreate(
             schedule=IntervalSchedule(interval=dt.timedelta(seconds=20)), active=True,
@@ -283,17 +293,37 @@ def test_an_active_schedule_creates_and_completes_a_run(deployed):
     try:
         deadline = time.monotonic() + 300
         while True:
-            done = [r for r in runs_of(deployed, "pipeline-local", 0)
+            done = [r for r in runs_of(env, "pipeline-local", 0)
                     if r.parameters.get("batch") == "e2e-scheduled" and r.state.is_completed()]
             if done:
-                break
+                return done[0]
             assert time.monotonic() < deadline, "no scheduled run completed in 300 s"
             time.sleep(1)
-        assert done[0].auto_scheduled
-        assert outputs(deployed, "e2e-scheduled") == {str(i) for i in range(5)}
     finally:
-        with client(deployed) as c:
+        with client(env) as c:
             c.delete_deployment_schedule(pipeline.id, schedule.id)
+
+
+def test_a_killed_worker_run_is_replaced_and_the_batch_completes(scenarios):
+    runs = scenarios["SIGKILL"].result()
+    assert sum(r.state.is_crashed() or r.state.is_failed() for r in runs) == 1
+    assert len(runs) == 3  # the two launched, and the one that replaced the killed run
+
+
+def test_a_worker_run_stopped_by_sigterm_is_replaced_as_on_kubernetes(scenarios):
+    # tqflow's worker handles SIGTERM itself: it releases its leases and completes, and the
+    # pipeline must still replace it while work remains, although the engine would reschedule it.
+    runs = scenarios["SIGTERM"].result()
+    # The stopped run was replaced, whatever state it ended in: Completed when tqflow's handler
+    # took the SIGTERM (leases released), otherwise Prefect's own ending; the others completed.
+    assert len(runs) == 3, [(r.name, r.state.type) for r in runs]
+    assert sum(r.state.is_completed() for r in runs) >= 2, [(r.name, r.state.type) for r in runs]
+
+
+def test_an_active_schedule_creates_and_completes_a_run(scenarios, deployed):
+    run = scenarios["schedule"].result()
+    assert run.auto_scheduled
+    assert outputs(deployed, "e2e-scheduled") == {str(i) for i in range(5)}
 
 
 def _process_of_flow_run(flow_run_id) -> int | None:

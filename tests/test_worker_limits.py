@@ -1,31 +1,28 @@
-"""The worker under a long batch's trouble: hung tasks, failures outside the task, huge errors,
-shutdown in a long poll, task code it must not run, and the lease keeper's races.
+"""The worker's rules for a long batch's trouble, one case each: time limits, failures outside
+the task, the queue unreachable, retry rules, allowed modules, the lease keeper's races. The
+scenarios that mix them into batches (hung tasks, bad messages, shutdown, ``os:system``, expiring
+keys) are in tests/reliability/.
 
 Worker processes are real (`tests.forked_workers`: the process entry, its signal handlers);
-the time-limit tests run one worker in the test's own thread too, where no handler is
-installed and the limit is enforced by an asynchronous exception instead.
+some time-limit tests run one worker in the test's own thread, where no handler is installed
+and the limit is enforced by an asynchronous exception instead.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
 from blocks import CloudFilesStorage, LocalTaskQueue
-from blocks.errors import LeaseLostError
 from flows import worker_process
 from flows.enqueue import enqueue_items
 from flows.lease_keeper import LeaseKeeper
-from flows.outputs import error_path, output_path
+from flows.outputs import error_path
 from flows.worker import Worker
-from tests.helpers import both_backends, child_env, enqueue, run_worker, runs, sqs_only, wait_until
+from tests.helpers import child_env, enqueue, run_worker
 
 
 @pytest.fixture
@@ -42,19 +39,7 @@ def _error_record(storage: CloudFilesStorage, key: str, batch: str = "b") -> dic
 # -- 1. time limits -------------------------------------------------------------------------------
 
 
-@both_backends
-def test_a_hung_task_is_stopped_at_its_time_limit_retried_then_dead_lettered(queue_factory, storage):
-    queue = queue_factory(max_receive_count=2)
-    enqueue_items(
-        queue, storage, "tests.tasks:sleeps_on", range(4), "b", {"slow": [2]},
-        task_timeout_seconds=2,
-    )
-    stats = run_worker(queue, storage, retry_base_seconds=0.1, idle_seconds=1)
-    assert (stats["succeeded"], stats["timed_out"], stats["stop_reason"]) == (3, 2, "idle")
-    assert [d.receive_count for d in queue.dead_letters()] == [2]
-    attempts = _error_record(storage, "2")["attempts"]
-    assert len(attempts) == 2
-    assert all("timed out after 2 s" in a["error"] for a in attempts)
+# The hung task among good ones, on both backends: tests/reliability/test_time_limits.py.
 
 
 def test_the_worker_time_limit_applies_when_the_batch_sets_none(queue_factory, storage):
@@ -133,19 +118,8 @@ def test_a_storage_error_that_no_retry_fixes_is_raised_on_the_first_attempt(tmp_
     assert "attempts" not in str(raised.value)
 
 
-@both_backends
-def test_a_300_kib_failure_reason_is_cut_to_fit_and_kept_whole_in_the_error_record(
-    queue_factory, storage
-):
-    queue = queue_factory(max_receive_count=3)
-    enqueue(queue, "tests.tasks:huge_permanent_error", [1], size=300 * 1024)
-    enqueue(queue, "tests.tasks:square", [2])
-    stats = run_worker(queue, storage)
-    assert (stats["dead_lettered"], stats["succeeded"]) == (1, 1)
-    [dead] = queue.dead_letters()
-    assert dead.reason.startswith("PermanentTaskError: zzz")
-    assert len(dead.reason) < 300 * 1024
-    assert len(_error_record(storage, "1")["attempts"][0]["error"]) > 300 * 1024
+# A 300 KiB failure text among other bad messages, both backends:
+# tests/reliability/test_bad_messages.py.
 
 
 def test_a_queue_unreachable_past_the_bound_stops_the_worker_with_exit_code_3(storage):
@@ -180,60 +154,13 @@ def test_retry_when_decides_which_failures_are_retried(queue_factory, storage):
     assert dead.receive_count == 1 and "TypeError: item 1 has the wrong type" in dead.reason
 
 
-# -- 5. shutdown ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def idle_worker(queue_factory, storage):
-    """A ``python -m flows.worker_process`` waiting in a 20 s long poll on an empty queue."""
-    queue = queue_factory(wait_seconds=20)
-    process = worker_process.spawn(
-        queue, storage, {"idle_seconds": 600}, stderr=subprocess.PIPE, env=child_env()
-    )
-    wait_until(lambda: "draining" in process.stderr.readline(), timeout=120, every=0)
-    yield process
-    if process.poll() is None:
-        process.kill()
-    process.communicate()
-
-
-@sqs_only  # the local queue's receive polls in short sleeps
-def test_sigterm_during_a_long_poll_stops_the_worker_at_once(idle_worker):
-    time.sleep(0.5)  # let it reach the receive (a signal before it stops it anyway)
-    sent = time.monotonic()
-    idle_worker.send_signal(signal.SIGTERM)
-    assert idle_worker.wait(timeout=60) == 0
-    # The poll began less than a second before the signal: waited out, it would end ~19 s later.
-    # (A quiet machine exits in ~0.3 s; the bound leaves room for a busy one.)
-    assert time.monotonic() - sent < 12
-    assert json.loads(idle_worker.stdout.read())["stop_reason"] == "stopped"
-
-
-def test_a_second_signal_stops_a_worker_whose_task_ignores_the_first(queue_factory, storage, tmp_path):
-    queue = queue_factory()
-    enqueue(queue, "tests.tasks:refuses_to_stop", [1], log_dir=str(tmp_path))
-    process = worker_process.spawn(queue, storage, {"idle_seconds": 60}, env=child_env())
-    wait_until(lambda: runs(tmp_path, 1), timeout=120)
-    process.send_signal(signal.SIGTERM)
-    wait_until(lambda: runs(tmp_path, 1, "interrupted"), timeout=60)
-    assert process.poll() is None  # the task swallowed the interrupt
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 128 + signal.SIGTERM
-    process.communicate()
+# -- 5. shutdown: tests/reliability/test_shutdown.py ---------------------------------------------
 
 
 # -- 7. allowed task modules ----------------------------------------------------------------------
 
 
-@both_backends
-def test_a_message_naming_os_system_is_dead_lettered_not_run(queue_factory, storage, tmp_path):
-    queue = queue_factory(allowed_modules=[])
-    marker = tmp_path / "pwned"
-    queue.send([json.dumps({"fn": "os:system", "kwargs": {"command": f"touch {marker}"}, "key": "x", "batch": "b"})])
-    stats = run_worker(queue, storage)
-    assert stats["dead_lettered"] == 1 and not marker.exists()
-    [dead] = queue.dead_letters()
-    assert dead.reason.startswith("TaskNotAllowedError: os:system is not an allowed task function")
+# `os:system` in a body, both backends: tests/reliability/test_task_code_not_allowed.py.
 
 
 def test_a_batch_enqueued_through_tqflow_runs_without_allowed_modules(queue_factory, storage):
