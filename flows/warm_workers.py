@@ -12,7 +12,8 @@ signal handlers, stats line and exit codes). The server is single-threaded, sinc
 only the calling thread, and it never imports the fleet's ``__main__``, so a script without an
 ``if __name__ == "__main__"`` guard is safe (multiprocessing's forkserver would re-run it).
 
-Protocol, JSON lines: the fleet writes ``{"spec", "env", "cwd", "stdout"}`` to the server's stdin;
+Protocol, JSON lines: the fleet writes ``{"spec", "env", "cwd", "stdout", "stderr"}`` (paths;
+``stderr`` null for the server's own) to the server's stdin;
 the server answers ``{"started": pid}`` and, once that worker has ended,
 ``{"ended": pid, "returncode": code}`` (negative for a signal, as `subprocess.Popen` reports it).
 The server ignores SIGINT and SIGTERM (they are for the workers, which share the terminal's
@@ -84,15 +85,23 @@ class WarmWorkerServer:
         self._started: list[int] = []
         self._process: Optional[subprocess.Popen] = None
 
-    def start(self, spec: dict[str, Any], stdout_path: str, env: Optional[dict[str, str]] = None) -> WarmWorker:
+    def start(
+        self,
+        spec: dict[str, Any],
+        stdout_path: str,
+        env: Optional[dict[str, str]] = None,
+        stderr_path: Optional[str] = None,
+    ) -> WarmWorker:
         """Fork a worker running ``spec`` (see `flows.worker_process`), its stdout appended to
-        ``stdout_path``, its stderr the server's (the terminal's), its environment ``env``
-        (default: this process's) and its working directory this process's."""
+        ``stdout_path``, its stderr (its log) to ``stderr_path`` or else the server's (the
+        terminal's), its environment ``env`` (default: this process's) and its working directory
+        this process's."""
         request = {
             "spec": spec,
             "env": dict(os.environ if env is None else env),
             "cwd": os.getcwd(),
             "stdout": stdout_path,
+            "stderr": stderr_path,
         }
         with self._lock:
             process = self._running_server()
@@ -209,10 +218,12 @@ def _run_worker(request: dict[str, Any]) -> int:
             sys.path.insert(0, entry)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    out = os.open(request["stdout"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.dup2(out, 1)
     os.close(null)
-    os.close(out)
+    for fd, path in ((1, request["stdout"]), (2, request.get("stderr"))):
+        if path:
+            out = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.dup2(out, fd)
+            os.close(out)
     from flows.worker_process import main_from_spec
 
     return main_from_spec(request["spec"])

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -149,17 +148,6 @@ def log_dir(tmp_path) -> Path:
     path = tmp_path / "runs"
     path.mkdir()
     return path
-
-
-@pytest.fixture
-def workers() -> Iterator[list[subprocess.Popen]]:
-    """Worker processes started by a test; killed at its end if still running."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

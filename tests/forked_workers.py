@@ -33,9 +33,11 @@ class ForkedWorkers:
     ) -> WarmWorker:
         options.setdefault("idle_seconds", 0.5)
         stdout = self.folder / f"worker-{len(self.started)}.out"
+        stderr = self.folder / f"worker-{len(self.started)}.log"
         spec = worker_spec(queue, storage, options, cave=cave)
-        worker = warm_worker_server().start(spec, str(stdout))
+        worker = warm_worker_server().start(spec, str(stdout), stderr_path=str(stderr))
         worker.stdout_path = stdout  # type: ignore[attr-defined]
+        worker.log_path = stderr  # type: ignore[attr-defined]
         self.started.append(worker)
         return worker
 
@@ -50,13 +52,22 @@ class ForkedWorkers:
     def wait(worker: WarmWorker, timeout: float = 120) -> dict[str, Any]:
         code = worker.wait(timeout)
         out = worker.stdout_path.read_text()  # type: ignore[attr-defined]
-        assert code == 0, f"worker exited {code}:\n{out[-2000:]}"
+        assert code == 0, f"worker exited {code}:\n{out[-2000:]}\n{_read(worker.log_path)[-3000:]}"  # type: ignore[attr-defined]
         stats = stats_from_output(out)
         assert stats is not None, f"no stats line in the worker's stdout:\n{out[-2000:]}"
         return stats
+
+    @staticmethod
+    def log(worker: WarmWorker) -> str:
+        """What the worker has logged so far (its stderr)."""
+        return _read(worker.log_path)  # type: ignore[attr-defined]
 
     def stop_all(self) -> None:
         for worker in self.started:
             if worker.poll() is None:
                 worker.kill()
                 worker.wait(30)
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""

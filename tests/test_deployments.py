@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import pytest
@@ -201,30 +200,8 @@ def test_only_worker_runs_go_to_spot_nodes_and_orchestration_runs_to_the_system_
 
 # -- fan-out on the process pool, and schedules ----------------------------------------------------
 #
-# The three scenarios below spend most of their time waiting for flow-run processes to start, so
-# one fixture runs them at the same time; each test takes its own scenario's outcome (a scenario
-# that failed raises in its own test).
-
-
-@pytest.fixture(scope="module")
-def scenarios(deployed, tmp_path_factory) -> Iterator[dict[str, Future]]:
-    with client(deployed) as c:
-        _deploy_rescheduling_worker(c)
-    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="e2e")
-    try:
-        yield {
-            "SIGKILL": pool.submit(
-                _run_and_signal_a_worker, deployed, tmp_path_factory.mktemp("e2e-kill"),
-                "e2e-kill", "worker/worker-local", signal.SIGKILL,
-            ),
-            "SIGTERM": pool.submit(
-                _run_and_signal_a_worker, deployed, tmp_path_factory.mktemp("e2e-sigterm"),
-                "e2e-sigterm", "worker/worker-local-reschedule", signal.SIGTERM,
-            ),
-            "schedule": pool.submit(_run_on_a_schedule, deployed),
-        }
-    finally:
-        pool.shutdown(wait=True)
+# One at a time: each starts several flow-run processes, and on a busy machine two at once
+# overloaded the e2e server's SQLite (503s that failed a pipeline run).
 
 
 def _deploy_rescheduling_worker(c) -> None:
@@ -264,7 +241,7 @@ def _run_and_signal_a_worker(env, tmp_path, batch: str, worker_deployment: str, 
         poll_seconds=0.5, analyze=False,
     )
     victim = None
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 180
     while victim is None and time.monotonic() < deadline:  # a worker that has started tasks
         running = [r for r in runs_of(env, worker_deployment.split("/")[1], started) if r.state.is_running()]
         if running and len(list(tmp_path.glob("*.finished"))) >= 4:
@@ -278,15 +255,19 @@ def _run_and_signal_a_worker(env, tmp_path, batch: str, worker_deployment: str, 
 
 
 def _run_on_a_schedule(env):
-    """An active 20 s interval schedule on ``pipeline-local``; returns its first completed run
-    (within 300 s). The schedule is deleted at the end."""
+    """An active schedule on ``pipeline-local`` whose one run is due 20 s from now (a day's
+    interval anchored then: one run, however slow the machine, where a short interval piled up
+    runs on a busy one; 20 s, so that the server's scheduler, looping every 2 s, sees it before it
+    is due); returns that run once it completed (within 300 s). The schedule is deleted at the
+    end."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import IntervalSchedule
 
+    due = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=20)
     with client(env) as c:
         pipeline = c.read_deployment_by_name("pipeline/pipeline-local")
         [schedule] = c.create_deployment_schedules(pipeline.id, [DeploymentScheduleCreate(
-            schedule=IntervalSchedule(interval=dt.timedelta(seconds=20)), active=True,
+            schedule=IntervalSchedule(interval=dt.timedelta(days=1), anchor_date=due), active=True,
             parameters={"batch": "e2e-scheduled", "items": list(range(5)), "fn": "tests.tasks:square",
                         "idle_seconds": 1, "poll_seconds": 0.5, "analyze": False},
         )])
@@ -304,24 +285,29 @@ def _run_on_a_schedule(env):
             c.delete_deployment_schedule(pipeline.id, schedule.id)
 
 
-def test_a_killed_worker_run_is_replaced_and_the_batch_completes(scenarios):
-    runs = scenarios["SIGKILL"].result()
+def test_a_killed_worker_run_is_replaced_and_the_batch_completes(deployed, tmp_path):
+    runs = _run_and_signal_a_worker(deployed, tmp_path, "e2e-kill", "worker/worker-local", signal.SIGKILL)
     assert sum(r.state.is_crashed() or r.state.is_failed() for r in runs) == 1
     assert len(runs) == 3  # the two launched, and the one that replaced the killed run
 
 
-def test_a_worker_run_stopped_by_sigterm_is_replaced_as_on_kubernetes(scenarios):
+def test_a_worker_run_stopped_by_sigterm_is_replaced_as_on_kubernetes(deployed, tmp_path):
     # tqflow's worker handles SIGTERM itself: it releases its leases and completes, and the
     # pipeline must still replace it while work remains, although the engine would reschedule it.
-    runs = scenarios["SIGTERM"].result()
+    with client(deployed) as c:
+        _deploy_rescheduling_worker(c)
+    runs = _run_and_signal_a_worker(
+        deployed, tmp_path, "e2e-sigterm", "worker/worker-local-reschedule", signal.SIGTERM
+    )
     # The stopped run was replaced, whatever state it ended in: Completed when tqflow's handler
     # took the SIGTERM (leases released), otherwise Prefect's own ending; the others completed.
     assert len(runs) == 3, [(r.name, r.state.type) for r in runs]
     assert sum(r.state.is_completed() for r in runs) >= 2, [(r.name, r.state.type) for r in runs]
 
 
-def test_an_active_schedule_creates_and_completes_a_run(scenarios, deployed):
-    run = scenarios["schedule"].result()
+@pytest.mark.timeout(600)  # its own deadline is 300 s; the run itself needs a worker slot
+def test_an_active_schedule_creates_and_completes_a_run(deployed):
+    run = _run_on_a_schedule(deployed)
     assert run.auto_scheduled
     assert outputs(deployed, "e2e-scheduled") == {str(i) for i in range(5)}
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import time
 from functools import partial
 
-from tests.helpers import child_env, enqueue, run_worker, runs, wait_until
-from flows import worker_process
 from flows.outputs import output_path
+from tests.helpers import enqueue, run_worker, runs, wait_until
 
 
 def test_worker_writes_every_output_and_empties_the_queue(queue_factory, storage):
@@ -80,35 +77,18 @@ def test_task_can_write_large_results_through_the_injected_storage(queue_factory
     assert storage.get_json("extra/4.json") == {"values": [0, 1, 2, 3]}
 
 
-
-
-def test_task_longer_than_its_lease_is_not_run_twice(queue_factory, storage, log_dir, workers):
+def test_task_longer_than_its_lease_is_not_run_twice(queue_factory, storage, log_dir, forked_workers):
     queue = queue_factory(lease_seconds=0.6)
-    for _ in range(2):
-        workers.append(worker_process.spawn(
-            queue, storage, {"idle_seconds": 60}, stderr=subprocess.PIPE, env=child_env()
-        ))
-    for process in workers:  # both polling before the task is queued, whatever their start-up
-        wait_for_line(process.stderr, "draining")
+    workers = [forked_workers.start(queue, storage, idle_seconds=60) for _ in range(2)]
+    for worker in workers:  # both polling before the task is queued, whatever their start-up
+        wait_until(lambda: "draining" in forked_workers.log(worker), timeout=120)
     enqueue(queue, "tests.tasks:tracked", [1], log_dir=str(log_dir), seconds=3)
     wait_until(lambda: runs(log_dir, 1, "finished") == 1)
     time.sleep(1.5)  # the other worker would have had the message by now, were it visible
-    for process in workers:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=60)
-        assert process.returncode == 0
+    for worker in workers:
+        worker.terminate()
+        assert forked_workers.wait(worker, timeout=60)["stop_reason"] == "stopped"
     assert (runs(log_dir, 1), runs(log_dir, 1, "finished")) == (1, 1)
-
-
-def wait_for_line(stream, text, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    seen = []
-    for line in stream:
-        if text in line:
-            return
-        seen.append(line)
-        assert time.monotonic() < deadline, f"no line with {text!r} in time: {seen}"
-    raise AssertionError(f"stream ended without a line with {text!r}: {''.join(seen)}")
 
 
 def test_python_task_queue_bodies_drain_with_the_worker(queue_factory, storage, tmp_path):
