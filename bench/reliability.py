@@ -44,7 +44,7 @@ def main() -> int:
     if result.returncode != 0:
         print(f"the reliability tests failed (exit {result.returncode}); {REPORT.name} left as it was")
         return result.returncode
-    rows.sort(key=lambda row: (row["scenario"], row["backend"]))
+    rows.sort(key=_order)
     shown = "python -m bench.reliability" + (" --stress" if args.stress else "")
     block = "\n".join([
         BEGIN,
@@ -62,6 +62,12 @@ def main() -> int:
     REPORT.write_text(before + block + after)
     print(block)
     return 0
+
+
+def _order(row: dict) -> tuple:
+    """By scenario number (10 after 9), then name and backend."""
+    number, _, name = row["scenario"].partition(". ")
+    return (int(number) if number.isdigit() else 0, name, row["backend"])
 
 
 def _cell(value: object) -> str:

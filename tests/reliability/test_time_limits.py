@@ -34,6 +34,7 @@ def test_a_hung_task_is_stopped_at_its_time_limit_retried_then_dead_lettered(
         "10. Hung tasks, time limit 2 s",
         trials=1, items=ITEMS, lost=0, duplicated=0, dead_lettered=queue.counts().dead,
         recovery_seconds=None,
-        notes=f"{len(HUNG)} tasks sleeping 1 h: each stopped at 2 s twice (max_receive_count=2), "
-        f"then dead-lettered; the {good} others done; one worker drained it all in {seconds:.1f} s",
+        notes=f"{len(HUNG)} of {ITEMS} tasks sleep 1 h: each stopped at 2 s twice "
+        f"(max_receive_count=2), then dead-lettered; the {good} others done; one worker drained "
+        f"it all in {seconds:.1f} s",
     )
