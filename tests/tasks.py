@@ -148,3 +148,9 @@ def type_error_on(x: int, bad: list[int]) -> int:
 def environment(x: int, name: str) -> dict:
     """The value of the environment variable ``name`` and the working directory the task sees."""
     return {"value": os.environ.get(name), "cwd": os.getcwd()}
+
+
+def aws_key_in_use(x: int, storage: "CloudFilesStorage") -> str:  # noqa: F821
+    """The AWS access key id the worker's storage writes with at this moment (its cloud-files
+    client's copy, refreshed as the keys near their expiry)."""
+    return storage._cloudfiles().secrets["AWS_ACCESS_KEY_ID"]
