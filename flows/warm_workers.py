@@ -12,6 +12,11 @@ signal handlers, stats line and exit codes). The server is single-threaded, sinc
 only the calling thread, and it never imports the fleet's ``__main__``, so a script without an
 ``if __name__ == "__main__"`` guard is safe (multiprocessing's forkserver would re-run it).
 
+One thing a fork does not redo: Prefect reads its settings from the environment once, when it is
+imported (its global settings context), so a forked worker has the server's Prefect settings. The
+worker loop uses none of them (it never calls the Prefect API); everything else it reads from the
+environment (AWS, GCS, the storage emulator) it reads when it builds its clients, in the worker.
+
 Protocol, JSON lines: the fleet writes ``{"spec", "env", "cwd", "stdout", "stderr"}`` (paths;
 ``stderr`` null for the server's own) to the server's stdin;
 the server answers ``{"started": pid}`` and, once that worker has ended,
