@@ -123,33 +123,29 @@ class WarmWorkerServer:
 
     def returncode(self, pid: int) -> Optional[int]:
         with self._ended:
-            code = self._returncodes.get(pid)
-            if code is None and self._process is not None and self._process.poll() is not None:
-                code = self._lost_with_server(pid)
-            return code
-
-    def _lost_with_server(self, pid: int) -> Optional[int]:
-        """A worker of a server that died (killed with its process group, say): nobody reports
-        its end any more, so it is known only to have ended, with `EXIT_STATUS_LOST`."""
-        try:
-            os.kill(pid, 0)
-            return None
-        except ProcessLookupError:
-            self._returncodes[pid] = EXIT_STATUS_LOST
-            return EXIT_STATUS_LOST
+            return self._known_end(pid)
 
     def wait(self, pid: int, timeout: Optional[float]) -> Optional[int]:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._ended:
-            while pid not in self._returncodes:
-                if self._process is not None and self._process.poll() is not None:
-                    if self._lost_with_server(pid) is not None:
-                        break
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
+            while (code := self._known_end(pid)) is None:
+                left = 1.0 if deadline is None else min(deadline - time.monotonic(), 1.0)
+                if left <= 0:
                     return None
-                self._ended.wait(1.0 if left is None else min(left, 1.0))
-            return self._returncodes[pid]
+                self._ended.wait(left)  # woken by each answer; at least once a second
+            return code
+
+    def _known_end(self, pid: int) -> Optional[int]:
+        """The worker's exit code once it has ended (call with ``_ended`` held). A worker of a
+        server that died (killed with its process group, say) has nobody to report its end: it
+        is known only to have ended, with `EXIT_STATUS_LOST`."""
+        code = self._returncodes.get(pid)
+        if code is None and self._process is not None and self._process.poll() is not None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                code = self._returncodes[pid] = EXIT_STATUS_LOST
+        return code
 
     def _running_server(self) -> subprocess.Popen:
         if self._process is not None and self._process.poll() is None:
@@ -212,8 +208,9 @@ def _answer(message: dict[str, Any]) -> None:
 
 def _run_worker(request: dict[str, Any]) -> int:
     """In the forked child: become the worker the request describes, run it, return its exit code."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_DFL)
+    # Python's own defaults, as in a process of its own (the server ignores both)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])

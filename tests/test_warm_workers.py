@@ -7,10 +7,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from flows.outputs import output_path
 from tests.helpers import child_env, enqueue
-
-import pytest
 
 
 @pytest.fixture
@@ -58,3 +58,19 @@ def test_a_script_without_a_main_guard_runs_its_local_pipeline_once(prefect_api,
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "done 6" in result.stdout
     assert ran.read_text() == "ran\n"  # not once more in each worker
+
+
+def test_a_worker_whose_server_died_is_seen_to_end_and_the_next_start_brings_a_new_server(
+    queue_factory, storage, forked_workers
+):
+    from flows.warm_workers import EXIT_STATUS_LOST, warm_worker_server
+
+    queue = queue_factory()
+    orphan = forked_workers.start(queue, storage, idle_seconds=600)
+    server = warm_worker_server()._process
+    server.kill()  # as when its process group is killed
+    server.wait()
+    assert orphan.poll() is None  # still running: nobody reports it, but it is alive
+    orphan.kill()
+    assert orphan.wait(timeout=30) == EXIT_STATUS_LOST  # its end is seen, not waited on for ever
+    assert forked_workers.run(queue, storage)["stop_reason"] == "idle"  # a new server
