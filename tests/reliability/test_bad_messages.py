@@ -18,11 +18,11 @@ TOKEN = "t0ken-never-shown"
 
 #: key -> what its error record's last attempt says
 BAD = {
-    "9001": "CAVE",                                            # its CAVE client cannot be built
+    "9001": "cannot reach CAVE at http://127.0.0.1:9",         # its CAVE client cannot be built
     "9002": "the return value of tests.tasks:returns_a_set",   # not JSON: permanent
     "9003": "PermanentTaskError: zzz",                         # 300 KiB of failure text
     "9004": "timed out after 2 s",                             # hangs
-    "9005": "has no 'no_such_function'",             # names nothing
+    "9005": "has no 'no_such_function'",                       # names nothing
     "9006": "nope",                                            # kwargs the function does not take
 }
 

@@ -11,7 +11,7 @@ from tests.helpers import enqueue
 def test_a_message_naming_os_system_is_dead_lettered_not_run(queue_factory, storage, forked_workers, tmp_path, figure):
     queue = queue_factory(allowed_modules=[])
     marker = tmp_path / "pwned"
-    enqueue(queue, "tests.tasks:square", range(5))  # not allowed either: no batch record, no --allow
+    enqueue(queue, "tests.tasks:square", range(5))  # no batch record: allowed only by --allow
     queue.send([json.dumps({"fn": "os:system", "kwargs": {"command": f"touch {marker}"}, "key": "x", "batch": "b"})])
     stats = forked_workers.run(queue, storage, allow=["tests.tasks"])
     assert (stats["succeeded"], stats["dead_lettered"]) == (5, 1)
