@@ -124,7 +124,8 @@ def test_task_whose_output_cannot_be_written_is_never_acknowledged(queue_factory
     broken = CloudFilesStorage(cloudpath=f"file://{not_a_folder}", write_retries=0)
     queue = queue_factory(max_receive_count=2)
     enqueue(queue, "tests.tasks:square", [3])
-    stats = run_worker(queue, broken, retry_base_seconds=0.05)
+    # idle 2 s: the retry comes back after its delay, which a loaded moto can stretch past 0.2 s
+    stats = run_worker(queue, broken, retry_base_seconds=0.05, idle_seconds=2)
     assert (stats["succeeded"], stats["failed"]) == (0, 2)
     (dead,) = queue.dead_letters()  # kept, not acknowledged: it can be redriven
     assert json.loads(dead.body)["key"] == "3"
