@@ -121,9 +121,11 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
 
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
-    """A moto server on 127.0.0.1 (SQS and S3 over real HTTP); yields its endpoint URL."""
+    """A moto server on 127.0.0.1 (SQS and S3 over real HTTP), its SQS receives made atomic
+    (`tests/atomic_moto.py` says why); yields its endpoint URL."""
     port = free_port()
-    process = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)])
+    script = Path(__file__).with_name("atomic_moto.py")
+    process = start([sys.executable, str(script), "-H", "127.0.0.1", "-p", str(port)])
     try:
         wait_for_port(port, process)
         yield f"http://127.0.0.1:{port}"
