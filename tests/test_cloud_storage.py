@@ -119,6 +119,21 @@ def test_s3_endpoint_goes_inside_the_cloud_files_path_and_keys_into_secrets():
     assert storage.url("b/x.json") == "s3://bucket/folder/b/x.json"
 
 
+def test_blocks_with_different_secrets_on_one_folder_never_share_a_client():
+    from prefect_gcp import GcpCredentials
+
+    account = service_account_info()
+
+    def gcs(**changes) -> CloudFilesStorage:
+        info = {**account, **changes}
+        return CloudFilesStorage(cloudpath=f"gs://{GCS_BUCKET}/x",
+                                 gcp_credentials=GcpCredentials(service_account_info=info))
+
+    first = gcs()._cloudfiles()
+    assert gcs()._cloudfiles() is first  # equal blocks: one client per process
+    assert gcs(private_key_id="another-key")._cloudfiles() is not first  # a secret inside a secret
+
+
 def test_credentials_for_another_protocol_are_refused():
     from prefect_aws import AwsCredentials
 
