@@ -17,7 +17,7 @@ $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "tqflow needs Python >= 3.10"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv
-	$(VENV)/bin/uv pip install --python $(PY) --quiet -e '.[test]'
+	$(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode -e '.[test]'
 	@touch $(INSTALLED)
 
 demo: $(INSTALLED)
