@@ -13,7 +13,7 @@ INSTALLED := $(VENV)/.installed
 install: $(INSTALLED)
 
 # uv installs in ~70 s what pip takes ~160 s for. --compile-bytecode: PYTHONDONTWRITEBYTECODE may be
-# set (it is in CI), and without .pyc files every process imports Prefect twice as slowly.
+# set (it is on these machines), and without .pyc files every process imports Prefect twice as slowly.
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "tqflow needs Python >= 3.10"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
