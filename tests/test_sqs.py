@@ -72,6 +72,17 @@ def test_enqueue_and_drain_take_few_requests_per_task(queue_factory, storage):
 
 
 @sqs_only
+def test_an_idle_worker_without_long_polls_backs_off_its_receives(queue_factory, storage):
+    queue = queue_factory(wait_seconds=0)
+    with SQSFaults(queue._client(), fail_every=10**9, throttle_every=10**9) as counted:
+        stats = Worker(queue, storage, idle_seconds=4).run()
+    assert stats.stop_reason == "idle"
+    # 0.05, 0.1, 0.2, 0.4, 0.8, then 1 s apart: ~8 receives in 4 s, where a fixed 0.05 s
+    # pause sent ~80.
+    assert counted.requests["ReceiveMessage"] <= 12, dict(counted.requests)
+
+
+@sqs_only
 def test_python_task_queue_sqs_queue_drains_with_the_worker(queue_factory, storage, moto_endpoint, monkeypatch):
     from taskqueue import TaskQueue
 
