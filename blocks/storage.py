@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-from prefect.blocks.core import Block
+from prefect._internal.compatibility.async_dispatch import async_dispatch
+from prefect.filesystems import WritableFileSystem
+from prefect.utilities.asyncutils import run_sync_in_worker_thread
 from prefect_aws import AwsCredentials
 from prefect_gcp import GcpCredentials
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -53,7 +55,7 @@ def _fingerprint(value: Any) -> Any:
 _made_folders: set[str] = set()
 
 
-class CloudFilesStorage(Block):
+class CloudFilesStorage(WritableFileSystem):
     """A folder in cloud storage (or on disk) that holds a batch's task outputs.
 
     Example:
@@ -366,6 +368,37 @@ class CloudFilesStorage(Block):
         except Exception as exc:
             raise StorageError(f"cannot list {self.url(prefix)}: {type(exc).__name__}: {exc}") from exc
 
+    # -- Prefect's file-system interface: result storage ------------------------------------
+
+    async def aread_path(self, path: str) -> bytes:
+        """The content of ``path``, for Prefect's result store; `FileNotFoundError` if it is
+        missing."""
+        return await run_sync_in_worker_thread(self._read_path, path)
+
+    @async_dispatch(aread_path)
+    def read_path(self, path: str) -> bytes:
+        """The content of ``path``, for Prefect's result store; `FileNotFoundError` if it is
+        missing. Lets the block serve as ``result_storage`` of a flow or task."""
+        return self._read_path(path)
+
+    def _read_path(self, path: str) -> bytes:
+        content = self.get(path)
+        if content is None:
+            raise FileNotFoundError(f"{self.url(path)} does not exist")
+        return content
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        """Write ``content`` to ``path`` for Prefect's result store; returns ``path``."""
+        return await run_sync_in_worker_thread(self._write_path, path, content)
+
+    @async_dispatch(awrite_path)
+    def write_path(self, path: str, content: bytes) -> str:
+        """Write ``content`` to ``path`` for Prefect's result store; returns ``path``."""
+        return self._write_path(path, content)
+
+    def _write_path(self, path: str, content: bytes) -> str:
+        self.put(path, content)
+        return path
 
 #: Errors a retry cannot fix, by the code S3 or GCS gives them, with what to do instead.
 _PERMANENT = {

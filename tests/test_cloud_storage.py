@@ -139,3 +139,27 @@ def test_credentials_for_another_protocol_are_refused():
 
     with pytest.raises(ValueError, match="aws_credentials are for s3:// folders"):
         CloudFilesStorage(cloudpath="gs://bucket/x", aws_credentials=AwsCredentials())
+
+
+@pytest.mark.parametrize("protocol", ["file", "gs"])
+def test_the_storage_serves_as_prefect_result_storage(protocol, request, prefect_api):
+    from prefect import flow, task
+    from prefect.results import ResultStore
+
+    storage = request.getfixturevalue({"file": "storage", "gs": "gcs_storage"}[protocol])
+    storage.save(f"results-{protocol}", overwrite=True)  # Prefect takes saved blocks only
+
+    @task(persist_result=True, result_storage=f"cloud-files-storage/results-{protocol}",
+          result_storage_key="results/square-{parameters[x]}")
+    def square(x: int) -> int:
+        return x * x
+
+    @flow
+    def squares() -> int:
+        return square(7)
+
+    assert squares() == 49
+    assert "results/square-7" in set(storage.list("results/"))
+    assert ResultStore(result_storage=storage).read("results/square-7").result == 49
+    with pytest.raises(FileNotFoundError, match="results/missing does not exist"):
+        storage.read_path("results/missing")
