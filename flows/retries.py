@@ -50,5 +50,6 @@ class RetryRule:
 
 def retry_delay(receive_count: int, *, base_seconds: float, max_seconds: float) -> float:
     """Seconds until a failed task is visible again: ``base * 2**(n-1)``, at most
-    ``max_seconds`` (the lease), where ``n`` is how many times it has been received."""
+    ``max_seconds`` (the lease), where ``n`` is how many times it has been received. The worker
+    pauses by the same rule after its ``n``-th empty receive in a row."""
     return min(max_seconds, base_seconds * 2 ** max(0, receive_count - 1))

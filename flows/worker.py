@@ -64,7 +64,8 @@ from flows.retries import RetryRule, retry_delay
 logger = logging.getLogger("tqflow.worker")
 
 
-#: Pause after an empty receive, doubled after each further one up to the last.
+#: Pause after an empty receive, doubled after each further one up to the last: an idle
+#: worker without long polls sends ~1 receive a second, not ~20 (each billed on SQS).
 _FIRST_EMPTY_PAUSE = 0.05
 _LAST_EMPTY_PAUSE = 1.0
 
@@ -208,7 +209,6 @@ class Worker:
         self._task: _RunningTask | None = None
         self._task_lock = threading.Lock()
         self._in_receive = False
-        self._empty_pause = _FIRST_EMPTY_PAUSE
         self._unreachable_since: float | None = None
         self._unreachable_errors = 0
         #: Set by the process entry when it handles SIGALRM: interrupt tasks by signal.
@@ -282,6 +282,9 @@ class Worker:
                         ):
                             self.stats.stop_reason = "idle"
                             break
+                        self.stop.wait(retry_delay(
+                            empty_polls, base_seconds=_FIRST_EMPTY_PAUSE, max_seconds=_LAST_EMPTY_PAUSE
+                        ))
                         continue
                     idle_since, empty_polls = None, 0
                     self._process(lease)
@@ -320,12 +323,7 @@ class Worker:
             finally:
                 self._in_receive = False
             if not leases:
-                # An idle worker backs off (0.05 s, doubling, up to 1 s) so that with short or
-                # no long polls it does not send ~20 receives a second, each billed on SQS.
-                self.stop.wait(self._empty_pause)
-                self._empty_pause = min(_LAST_EMPTY_PAUSE, 2 * self._empty_pause)
                 return None
-            self._empty_pause = _FIRST_EMPTY_PAUSE
             self._keeper.hold(leases)
             if self.stop.is_set():  # stopped during the receive: the keeper releases them
                 return None
