@@ -33,6 +33,8 @@ from blocks.errors import CredentialsError, StorageError
 
 
 _clients = threading.local()
+#: Local folders known to exist, so a write does not try to make its folder every time.
+_made_folders: set[str] = set()
 
 
 def _fingerprint(value: Any) -> Any:
@@ -44,15 +46,9 @@ def _fingerprint(value: Any) -> Any:
         return _fingerprint(value.get_secret_value())
     if isinstance(value, dict):
         return tuple(sorted((str(k), _fingerprint(v)) for k, v in value.items()))
-    if isinstance(value, (set, frozenset)):
-        return tuple(sorted(repr(_fingerprint(v)) for v in value))
     if isinstance(value, (list, tuple)):
         return tuple(_fingerprint(v) for v in value)
     return value
-
-
-#: Local folders known to exist, so a write does not try to make its folder every time.
-_made_folders: set[str] = set()
 
 
 class CloudFilesStorage(WritableFileSystem):
@@ -389,14 +385,12 @@ class CloudFilesStorage(WritableFileSystem):
 
     async def awrite_path(self, path: str, content: bytes) -> str:
         """Write ``content`` to ``path`` for Prefect's result store; returns ``path``."""
-        return await run_sync_in_worker_thread(self._write_path, path, content)
+        await run_sync_in_worker_thread(self.put, path, content)
+        return path
 
     @async_dispatch(awrite_path)
     def write_path(self, path: str, content: bytes) -> str:
         """Write ``content`` to ``path`` for Prefect's result store; returns ``path``."""
-        return self._write_path(path, content)
-
-    def _write_path(self, path: str, content: bytes) -> str:
         self.put(path, content)
         return path
 
