@@ -40,8 +40,7 @@ def wait_for_messages(self, timeout):
         _receiving.acquire()
 
 
-SQSBackend.receive_message = receive_message
-Queue.wait_for_messages = wait_for_messages
-
 if __name__ == "__main__":
+    SQSBackend.receive_message = receive_message
+    Queue.wait_for_messages = wait_for_messages
     main()
