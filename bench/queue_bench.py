@@ -23,7 +23,7 @@ NOOP = "bench.tasks:noop"
 
 def tqflow_insert(n: int) -> float:
     from blocks import LocalTaskQueue
-    from flows.messages import task_messages
+    from tqflow.engine.messages import task_messages
 
     with tempfile.TemporaryDirectory() as folder:
         queue = LocalTaskQueue(path=f"{folder}/q.sqlite", queue_name="bench")
@@ -67,8 +67,8 @@ def raw_sqlite_insert(n: int) -> float:
 def tqflow_drain(n: int, workers: int = 2, fn: str = NOOP, kwargs: dict | None = None) -> float:
     """Seconds until ``workers`` worker processes have run ``n`` tasks (their loop time)."""
     from blocks import CloudFilesStorage, LocalTaskQueue
-    from flows import worker_process
-    from flows.messages import task_messages
+    from tqflow.engine import process as worker_process
+    from tqflow.engine.messages import task_messages
 
     with tempfile.TemporaryDirectory() as folder:
         queue = LocalTaskQueue(path=f"{folder}/q.sqlite", queue_name="bench")

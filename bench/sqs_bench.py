@@ -53,7 +53,7 @@ def tqflow_sqs(endpoint: str, n: int) -> dict:
     from blocks import CloudFilesStorage
     from blocks.queues.sqs import SQSTaskQueue
     from flows.enqueue import enqueue_items
-    from flows.worker import Worker
+    from tqflow.engine.worker import Worker
 
     queue = SQSTaskQueue(queue_name=f"bench-{uuid.uuid4().hex[:8]}", aws_credentials=_credentials(endpoint), wait_seconds=1)
     queue.ensure()

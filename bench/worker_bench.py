@@ -14,7 +14,7 @@ from bench.queue_bench import NOOP, tqflow_drain
 
 def _filled_queue(folder: str, n: int, fn: str = NOOP, kwargs: dict | None = None):
     from blocks import LocalTaskQueue
-    from flows.messages import task_messages
+    from tqflow.engine.messages import task_messages
 
     queue = LocalTaskQueue(path=f"{folder}/q.sqlite", queue_name="bench", wait_seconds=0)
     queue.ensure()
@@ -24,7 +24,7 @@ def _filled_queue(folder: str, n: int, fn: str = NOOP, kwargs: dict | None = Non
 
 def worker_seconds(n: int) -> float:
     from blocks import CloudFilesStorage
-    from flows.worker import Worker
+    from tqflow.engine.worker import Worker
 
     with tempfile.TemporaryDirectory() as folder:
         queue = _filled_queue(folder, n)
@@ -58,7 +58,7 @@ def raw_loop_seconds(n: int) -> float:
 def worker_memory(n: int) -> dict[str, float]:
     """RSS of a worker over ``n`` no-op tasks: after the first 1,000 (warm), at the end, peak."""
     from blocks import CloudFilesStorage
-    from flows.worker import Worker
+    from tqflow.engine.worker import Worker
 
     with tempfile.TemporaryDirectory() as folder:
         queue = _filled_queue(folder, n)

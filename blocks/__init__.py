@@ -5,7 +5,7 @@ entry point makes a Prefect server in the same environment import it.
 """
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from blocks.errors import PermanentTaskError, TqflowError
+from tqflow.errors import PermanentTaskError, TqflowError
 from blocks.queues import LocalTaskQueue, SQSTaskQueue, TaskQueue
 from blocks.storage import CloudFilesStorage
 

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from blocks.errors import CAVEQueryError, CredentialsError
+from tqflow.errors import CAVEQueryError, CredentialsError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -157,7 +157,7 @@ class CAVECredentials(Block):
 
     def query_column(self, query: CAVETableQuery, client: Optional["CAVEclient"] = None) -> "pd.Series":
         """The ``query.column`` of the rows the query selects, in table order: a batch's work
-        items, as caveclient returns them (`flows.items.exact_column` reads them exactly)."""
+        items, as caveclient returns them (`tqflow.items.exact_column` reads them exactly)."""
         frame = self.query_table(
             query.table,
             filter_equal=query.filter_equal,

@@ -25,7 +25,7 @@ from prefect.blocks.core import Block
 from pydantic import ValidationError
 
 from blocks.cave import DEFAULT_SERVER, CAVECredentials
-from blocks.errors import CredentialsError
+from tqflow.errors import CredentialsError
 
 DEFAULT_FOLDER = Path("~/.cloudvolume/secrets")
 

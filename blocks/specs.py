@@ -1,31 +1,15 @@
-"""Pass blocks around without their secrets showing.
+"""Name saved blocks instead of passing their secrets.
 
-- A *spec* is ``{"type": "module:Class", "data": {...}}``, secrets included, so it travels only
-  on a pipe (a child's stdin), never in argv, the environment, a log or a flow-run parameter.
 - A *slug* (``"sqs-task-queue/prod"``) names a saved block: deployments in ``prefect.yaml``
   pass blocks this way, so their parameters hold names, not credentials.
+- A *spec* (`tqflow.engine.specs`) carries a block, secrets included, to a worker process.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, TypeVar, Union
+from typing import TypeVar, Union
 
 from prefect.blocks.core import Block
-
-
-def block_spec(block: Block) -> dict[str, Any]:
-    cls = type(block)
-    return {
-        "type": f"{cls.__module__}:{cls.__qualname__}",
-        "data": block.model_dump(mode="json", context={"include_secrets": True}),
-    }
-
-
-def block_from_spec(spec: dict[str, Any]) -> Block:
-    module, _, name = spec["type"].partition(":")
-    cls = getattr(importlib.import_module(module), name)
-    return cls.model_validate(spec["data"])
 
 
 B = TypeVar("B", bound=Block)

@@ -29,7 +29,7 @@ from prefect_aws import AwsCredentials
 from prefect_gcp import GcpCredentials
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from blocks.errors import CredentialsError, StorageError
+from tqflow.errors import CredentialsError, StorageError
 
 
 _clients = threading.local()

@@ -19,8 +19,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
-from flows.messages import check_batch
-from flows.outputs import outputs_prefix
+from tqflow.engine.messages import check_batch
+from tqflow.engine.outputs import outputs_prefix
 
 #: Plots up to this size are embedded in the markdown artifact; larger ones are linked.
 _EMBED_LIMIT_BYTES = 200_000

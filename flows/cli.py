@@ -22,8 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from blocks.errors import QueueUnreachableError, TqflowError
-from flows.messages import check_batch
+from tqflow.errors import CLIInputError, EnqueueInterruptedError, QueueUnreachableError, TqflowError
+from tqflow.engine.messages import check_batch
 
 def console(stderr: bool = False) -> Console:
     """A console sized when it prints: rich reads ``COLUMNS`` when a Console is made, so one
@@ -127,9 +127,6 @@ def _json_object(option: str, text: str) -> dict[str, Any]:
     return value
 
 
-class CLIInputError(TqflowError):
-    """A command-line option has a value the command cannot use."""
-
 DataOption = typer.Option(
     Path("tqflow-data"), "--data", envvar="TQFLOW_DATA", help="Folder of the embedded setup."
 )
@@ -204,7 +201,7 @@ def demo(
     """Run the embedded pipeline: queue -> local workers -> local storage -> analysis."""
     from blocks.queues.local import LocalTaskQueue
     from blocks.storage import CloudFilesStorage
-    from flows.examples import demo_root_ids
+    from tqflow.examples import demo_root_ids
     from flows.pipeline import pipeline
 
     data = data.resolve()
@@ -213,7 +210,7 @@ def demo(
         f"tqflow demo: {items:,} synthetic neurons, {workers} local workers, results in {data}"
     )
     summary = pipeline(
-        fn="flows.examples:skeleton_stats",
+        fn="tqflow.examples:skeleton_stats",
         queue=LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name=batch),
         storage=CloudFilesStorage(cloudpath=f"file://{data}"),
         batch=batch,
@@ -275,8 +272,8 @@ def enqueue_command(
     """Queue one task per item. Items already done, or already queued by an earlier run, are
     skipped: run it again after Ctrl-C and it queues the rest."""
     from blocks.cave import CAVECredentials
-    from flows.enqueue import EnqueueInterrupted, enqueue_items, read_items
-    from flows.items import parse_item
+    from flows.enqueue import enqueue_items, read_items
+    from tqflow.items import parse_item
 
     fixed = _json_object("--kwargs", kwargs)
     cave_query = None
@@ -305,7 +302,7 @@ def enqueue_command(
                 target, storage, fn, found, batch, fixed, overwrite=overwrite, requeue=requeue,
                 stop=stop, step=step, task_timeout_seconds=task_timeout,
             )
-        except EnqueueInterrupted as exc:
+        except EnqueueInterruptedError as exc:
             console(stderr=True).print(f"[yellow]{exc}[/yellow]", soft_wrap=True)
             raise typer.Exit(130) from None
     console().print(result.line())
@@ -362,8 +359,8 @@ def work(
 ) -> None:
     """Run a worker in this process until the queue is drained (SIGTERM stops it cleanly)."""
     from blocks.cave import CAVECredentials
-    from flows.worker import Worker
-    from flows.worker_process import log_to_stderr, stop_on_signals
+    from tqflow.engine.worker import Worker
+    from tqflow.engine.process import log_to_stderr, stop_on_signals
 
     target = _queue(data, batch, queue, queue_block, must_exist=True)
     cave = _load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None
@@ -397,7 +394,7 @@ def status(
     storage_block: Optional[str] = StorageBlockOption,
 ) -> None:
     """Show the queue (with its dead-letter queue) and the batch's outputs and errors."""
-    from flows.outputs import outputs_prefix
+    from tqflow.engine.outputs import outputs_prefix
 
     q = _queue(data, batch, queue, queue_block, must_exist=True)
     storage = _storage(data, storage_block)
@@ -435,7 +432,7 @@ def analyze(
 ) -> None:
     """Collect the batch's outputs into <batch>/analysis/results.parquet."""
     from flows.analysis import analysis
-    from flows.outputs import outputs_prefix
+    from tqflow.engine.outputs import outputs_prefix
 
     check_batch(batch)
     storage = _storage(data, storage_block)
@@ -605,7 +602,7 @@ def plan_resources(
     as_json: bool = typer.Option(False, "--json", help="Print the job variables as JSON."),
 ) -> None:
     """Requests and memory limit for worker pods that fit a GKE node (no CPU limit)."""
-    from flows.resources import Machine, plan
+    from tqflow.gke.resources import Machine, plan
 
     if machine_type is not None:
         machine = Machine.from_type(machine_type)
@@ -632,7 +629,7 @@ def plan_resources(
 @app.command("gke-job-template")
 def gke_job_template() -> None:
     """Print the base job template for a GKE (kubernetes) work pool."""
-    from flows.job_template import base_job_template
+    from tqflow.gke.job_template import base_job_template
 
     print(json.dumps(base_job_template(), indent=2, sort_keys=True))
 

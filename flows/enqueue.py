@@ -19,14 +19,14 @@ from typing import Any, Iterable, Optional, Union
 from prefect import flow, get_run_logger
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from blocks.errors import BadArgumentsError, ItemSourceError, TqflowError
+from tqflow.errors import BadArgumentsError, EnqueueInterruptedError, ItemSourceError, TqflowError
 from blocks.queues.base import TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
-from flows.allowed_modules import record_batch_function
-from flows.items import Items, exact_column, plain, read_file
-from flows.messages import resolve, task_messages
-from flows.outputs import output_path
+from tqflow.engine.allowed_modules import record_batch_function
+from tqflow.items import Items, exact_column, plain, read_file
+from tqflow.engine.messages import resolve, task_messages
+from tqflow.engine.outputs import output_path
 
 
 #: Messages sent per step. On a queue that cannot deduplicate (SQS) the record of what was
@@ -60,20 +60,6 @@ class EnqueueResult:
         if self.empty_cells:
             parts.append(f"{self.empty_cells:,} empty cells skipped")
         return "; ".join(parts)
-
-
-class EnqueueInterrupted(TqflowError):
-    """The enqueue was stopped (Ctrl-C, SIGTERM) between two steps; what was sent is recorded,
-    so running the same enqueue again sends the rest."""
-
-    def __init__(self, result: EnqueueResult, remaining: int, batch: str):
-        self.result = result
-        self.remaining = remaining
-        super().__init__(
-            f"stopped after queueing {result.queued:,} tasks of batch {batch!r}; "
-            f"{remaining:,} not queued yet. Run the same enqueue again to queue the rest "
-            "(nothing already queued is sent twice)"
-        )
 
 
 class SentRecord:
@@ -161,7 +147,7 @@ def enqueue_items(
     for SQS a `SentRecord` in storage says what was sent. ``requeue`` sends again the items
     queued earlier and not done (e.g. after the queue was purged; the local queue does so by
     itself, as it knows what it holds). ``stop``, when set, ends the
-    enqueue between two steps with `EnqueueInterrupted`. ``step``: messages sent between two
+    enqueue between two steps with `EnqueueInterruptedError`. ``step``: messages sent between two
     records of what was sent; on SQS a kill re-sends at most one step.
     ``task_timeout_seconds``: the batch's time limit per task, carried by each message.
 
@@ -207,7 +193,7 @@ def enqueue_items(
 
     for start in range(0, len(bodies), step):
         if stop is not None and stop.is_set():
-            raise EnqueueInterrupted(result(), len(bodies) - start, batch)
+            raise EnqueueInterruptedError(result(), len(bodies) - start, batch)
         chunk = bodies[start : start + step]
         sent = queue.send([body for _, body in chunk], dedup_ids=[f"{batch}/{key}" for key, _ in chunk])
         queued += sent

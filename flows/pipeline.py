@@ -15,19 +15,15 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from blocks.errors import BadArgumentsError, TqflowError
+from tqflow.errors import BadArgumentsError, DeadLettersError, TqflowError
 from blocks.queues.base import TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.analysis import analysis, artifact_key
 from flows.enqueue import enqueue
-from flows.fanout import DeploymentFleet, Fleet, LocalFleet
-from flows.messages import check_batch
-from flows.monitor import Progress, watch
-
-
-class DeadLettersError(TqflowError):
-    """Items of the batch ended in the dead-letter queue."""
+from tqflow.fleet.fanout import DeploymentFleet, Fleet, LocalFleet
+from tqflow.engine.messages import check_batch
+from tqflow.fleet.monitor import Progress, watch
 
 
 def cli_flags(queue: TaskQueue, batch: str) -> str:
@@ -94,7 +90,7 @@ def pipeline(
             ``workers``.
         idle_seconds: Workers exit after the queue has been empty this long.
         retry_base_seconds: First backoff before a failed task is retried (see
-            ``flows.retries``).
+            ``tqflow.engine.retries``).
         task_timeout_seconds: Time limit per task: a task past it is stopped and retried,
             and dead-lettered after the queue's max receive count.
         overwrite: Re-run items whose output exists.

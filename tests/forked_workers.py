@@ -1,9 +1,9 @@
-"""Worker processes forked warm, the way local fan-out starts them (`flows.warm_workers`).
+"""Worker processes forked warm, the way local fan-out starts them (`tqflow.fleet.warm_workers`).
 
 A test that starts many workers (or kills them 20 times) cannot pay the worker's ~5 s of imports
 each time; local fan-out does not either. Each is a real process running the worker's own entry
-(`flows.worker_process.main_from_spec`, signal handling included), stopped or killed by real
-signals. ``python -m flows.worker_process``, the entry a Kubernetes-less user can start by hand,
+(`tqflow.engine.process.main_from_spec`, signal handling included), stopped or killed by real
+signals. ``python -m tqflow.engine.process``, the entry a Kubernetes-less user can start by hand,
 is exercised by the tests that spawn it.
 """
 
@@ -16,8 +16,8 @@ from typing import Any, Optional
 from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
 from blocks.storage import CloudFilesStorage
-from flows.warm_workers import WarmWorker, warm_worker_server
-from flows.worker_process import stats_from_output, worker_spec
+from tqflow.fleet.warm_workers import WarmWorker, warm_worker_server
+from tqflow.engine.process import stats_from_output, worker_spec
 
 
 class ForkedWorkers:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from blocks.queues.base import TaskQueue
-from flows.messages import task_messages
+from tqflow.engine.messages import task_messages
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -129,7 +129,7 @@ def refuses_to_stop(x: int, log_dir: str) -> int:
 
 
 def huge_permanent_error(x: int, size: int) -> None:
-    from blocks.errors import PermanentTaskError
+    from tqflow.errors import PermanentTaskError
 
     raise PermanentTaskError("z" * size)
 

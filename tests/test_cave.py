@@ -13,10 +13,10 @@ import pytest
 import responses
 
 from blocks import CAVECredentials, CAVETableQuery, CloudFilesStorage, LocalTaskQueue
-from blocks.errors import CAVEQueryError, CredentialsError
+from tqflow.errors import CAVEQueryError, CredentialsError
 from flows.enqueue import read_items
-from flows.outputs import output_path
-from flows.worker import Worker
+from tqflow.engine.outputs import output_path
+from tqflow.engine.worker import Worker
 from tests.cave_service import (
     DATASTACK,
     QUERY_URL,
@@ -139,7 +139,7 @@ def test_synapse_profile_runs_in_the_worker_with_one_client_per_worker(
     queue = LocalTaskQueue(path=str(tmp_path / "q.sqlite"), queue_name="cave", wait_seconds=0)
     queue.ensure()
     storage = CloudFilesStorage(cloudpath=f"file://{tmp_path / 'out'}")
-    enqueue(queue, "flows.examples:synapse_profile", [20, 30], batch="syn", synapse_table="synapse_table")
+    enqueue(queue, "tqflow.examples:synapse_profile", [20, 30], batch="syn", synapse_table="synapse_table")
 
     stats = Worker(queue, storage, cave=cave_block, idle_seconds=0.1).run()
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from blocks import CloudFilesStorage
-from blocks.errors import StorageError
+from tqflow.errors import StorageError
 from flows.analysis import analysis
 from tests.conftest import GCS_BUCKET, service_account_info, sqs_credentials
 from tests.helpers import enqueue, run_worker

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import pytest
 
-from flows.examples import demo_root_ids
+from tqflow.examples import demo_root_ids
 from tests.conftest import REPO
 from tests.services import free_port, start, stop_process
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from blocks.errors import BadArgumentsError, MessageTooLargeError
+from tqflow.errors import BadArgumentsError, MessageTooLargeError
 from flows.enqueue import ItemSourceError, enqueue_items, read_items
-from flows.outputs import output_path
+from tqflow.engine.outputs import output_path
 
 
 def test_text_file_gives_one_item_per_line_with_numbers_as_int(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from blocks import CloudFilesStorage, LocalTaskQueue
-from flows.messages import decode
+from tqflow.engine.messages import decode
 from tests.conftest import sqs_credentials
 from tests.helpers import child_env, wait_until
 

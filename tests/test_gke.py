@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from flows.job_template import base_job_template
-from flows.resources import Machine, ResourcePlanError, plan
+from tqflow.gke.job_template import base_job_template
+from tqflow.errors import ResourcePlanError
+from tqflow.gke.resources import Machine, plan
 from tests.conftest import REPO
 
 GIB_MIB = 1024
@@ -191,7 +192,7 @@ import re  # noqa: E402
 
 import yaml  # noqa: E402
 
-from flows.job_template import JOB_SERVICE_ACCOUNT, NAMESPACE  # noqa: E402
+from tqflow.gke.job_template import JOB_SERVICE_ACCOUNT, NAMESPACE  # noqa: E402
 
 
 def helm_values() -> dict:

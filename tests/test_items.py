@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from blocks import LocalTaskQueue
-from blocks.errors import BadArgumentsError, ItemSourceError
+from tqflow.errors import BadArgumentsError, ItemSourceError
 from flows.cli import app
 from flows.enqueue import enqueue_items, read_items
-from flows.items import parse_item
-from flows.messages import decode
+from tqflow.items import parse_item
+from tqflow.engine.messages import decode
 
 #: Real-size root IDs (> 2**53): as float64 the first two are the same number, and the third
 #: becomes ...768.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blocks.errors import LeaseLostError
+from tqflow.errors import LeaseLostError
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.parametrize("backend", ["local"], indirect=True)

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blocks.errors import (
+from tqflow.errors import (
     BadArgumentsError,
     MessageTooLargeError,
     UndecodableMessageError,
     UnknownFunctionError,
 )
-from flows.messages import TaskMessage, bind, decode, item_key, resolve, task_messages
+from tqflow.engine.messages import TaskMessage, bind, decode, item_key, resolve, task_messages
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),
@@ -171,7 +171,7 @@ def test_unregistered_task_queue_class_names_the_fix():
 
 
 def test_a_parameter_named_storage_is_injected_only_when_annotated_so():
-    from flows.messages import resolve
+    from tqflow.engine.messages import resolve
 
     injected = {"storage": lambda: "THE-WORKERS-STORAGE"}
     own = TaskMessage(fn="tests.tasks:takes_its_own_storage", key="k", batch="b", args=("a.txt",))

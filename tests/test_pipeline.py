@@ -10,9 +10,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.dead_letters import dead_letters
-from flows.outputs import output_path
-from flows.pipeline import DeadLettersError, pipeline
-from flows.worker_flow import worker
+from tqflow.engine.outputs import output_path
+from flows.pipeline import pipeline
+from tqflow.errors import DeadLettersError
+from flows.worker import worker
 from tests.helpers import both_backends, enqueue, runs, sqs_only
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -55,7 +56,7 @@ def test_analysis_table_has_one_row_per_item(queue_factory, storage):
     summary = run_pipeline(
         queue_factory(),
         storage,
-        fn="flows.examples:skeleton_stats",
+        fn="tqflow.examples:skeleton_stats",
         batch="skeletons",
         items=list(range(100, 130)),
         kwargs={"n_nodes": 200},
@@ -70,7 +71,7 @@ def test_progress_and_summary_artifacts_carry_the_batch_numbers(queue_factory, s
     run_pipeline(
         queue_factory(),
         storage,
-        fn="flows.examples:skeleton_stats",
+        fn="tqflow.examples:skeleton_stats",
         batch="artifacts-batch",
         items=list(range(25)),
         kwargs={"n_nodes": 100},
@@ -210,8 +211,8 @@ def test_flows_take_saved_blocks_by_slug_so_parameters_hold_no_credentials(queue
 
 
 def test_an_unsafe_batch_name_is_refused_as_a_batch_name_by_flows_and_worker(queue_factory, storage):
-    from blocks.errors import BadArgumentsError
-    from flows.worker import Worker
+    from tqflow.errors import BadArgumentsError
+    from tqflow.engine.worker import Worker
 
     queue = queue_factory()
     with pytest.raises(BadArgumentsError, match="batch name 'a/b' cannot name a folder"):
@@ -222,7 +223,7 @@ def test_an_unsafe_batch_name_is_refused_as_a_batch_name_by_flows_and_worker(que
 
 
 def test_zero_workers_is_refused_before_anything_is_queued(queue_factory, storage):
-    from blocks.errors import BadArgumentsError
+    from tqflow.errors import BadArgumentsError
 
     queue = queue_factory()
     with pytest.raises(BadArgumentsError, match="workers=0"):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from blocks.errors import LeaseLostError, MessageTooLargeError, QueueConfigError
+from tqflow.errors import LeaseLostError, MessageTooLargeError, QueueConfigError
 from tests.helpers import wait_until
 
 

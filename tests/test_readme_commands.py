@@ -86,7 +86,7 @@ def test_every_readme_command_runs_as_written(user_folder):
     env = {**env, "PYTHONPATH": f"{folder}{os.pathsep}{REPO}"}  # mypackage, and tests.tasks
     commands = readme_commands()
     # A small demo batch, run once, with one item that fails for good (as after `make demo`).
-    run(folder, env, ".venv/bin/tqflow enqueue flows.examples:skeleton_stats --item 864691135000000001 "
+    run(folder, env, ".venv/bin/tqflow enqueue tqflow.examples:skeleton_stats --item 864691135000000001 "
                      "--item 864691135000000002 --kwargs '{\"n_nodes\": 200}' --batch demo")
     run(folder, env, ".venv/bin/tqflow enqueue tests.tasks:returns_a_set --item 7 --batch demo")
     run(folder, env, ".venv/bin/tqflow work --batch demo --idle-seconds 1")

@@ -8,11 +8,11 @@ from functools import partial
 
 import pytest
 
-from blocks.errors import QueueConfigError
+from tqflow.errors import QueueConfigError
 from blocks.queues.sqs import SQSTaskQueue
-from blocks.specs import block_from_spec, block_spec
+from tqflow.engine.specs import block_from_spec, block_spec
 from flows.enqueue import enqueue_items
-from flows.worker import Worker
+from tqflow.engine.worker import Worker
 from tests.conftest import sqs_credentials
 from tests.helpers import enqueue, run_worker, sqs_only
 from tests.sqs_faults import SQSFaults

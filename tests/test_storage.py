@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from blocks import CloudFilesStorage
-from blocks.errors import StorageError
+from tqflow.errors import StorageError
 
 
 def test_json_round_trips(storage):

@@ -1,4 +1,4 @@
-"""Local workers are forked from a warm server process (`flows.warm_workers`): each must still be
+"""Local workers are forked from a warm server process (`tqflow.fleet.warm_workers`): each must still be
 the worker its fleet would have started with ``subprocess``."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from flows.outputs import output_path
+from tqflow.engine.outputs import output_path
 from tests.helpers import child_env, enqueue
 
 
@@ -63,7 +63,7 @@ def test_a_script_without_a_main_guard_runs_its_local_pipeline_once(prefect_api,
 def test_a_worker_whose_server_died_is_seen_to_end_and_the_next_start_brings_a_new_server(
     queue_factory, storage, forked_workers
 ):
-    from flows.warm_workers import EXIT_STATUS_LOST, warm_worker_server
+    from tqflow.fleet.warm_workers import EXIT_STATUS_LOST, warm_worker_server
 
     queue = queue_factory()
     orphan = forked_workers.start(queue, storage, idle_seconds=600)

@@ -6,7 +6,7 @@ import json
 import time
 from functools import partial
 
-from flows.outputs import output_path
+from tqflow.engine.outputs import output_path
 from tests.helpers import enqueue, run_worker, runs, wait_until
 
 

@@ -17,11 +17,11 @@ import threading
 import pytest
 
 from blocks import CloudFilesStorage, LocalTaskQueue
-from flows import worker_process
+from tqflow.engine import process as worker_process
 from flows.enqueue import enqueue_items
-from flows.lease_keeper import LeaseKeeper
-from flows.outputs import error_path
-from flows.worker import Worker
+from tqflow.engine.lease_keeper import LeaseKeeper
+from tqflow.engine.outputs import error_path
+from tqflow.engine.worker import Worker
 from tests.helpers import child_env, enqueue, run_worker
 
 
@@ -108,7 +108,7 @@ def test_outputs_that_cannot_be_written_fail_at_once_naming_the_path(queue_facto
 
 
 def test_a_storage_error_that_no_retry_fixes_is_raised_on_the_first_attempt(tmp_path):
-    from blocks.errors import StorageError
+    from tqflow.errors import StorageError
 
     (tmp_path / "a-file").write_text("not a folder")
     broken = CloudFilesStorage(cloudpath=f"file://{tmp_path / 'a-file' / 'outputs'}")

@@ -1,6 +1,7 @@
 """Queue blocks: the Queue contract (`TaskQueue`) and its backends."""
 
-from blocks.queues.base import DeadLetter, Lease, QueueCounts, TaskQueue
+from blocks.queues.base import TaskQueue
+from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 from blocks.queues.local import LocalTaskQueue
 from blocks.queues.sqs import SQSTaskQueue
 

@@ -1,4 +1,4 @@
-"""The Queue contract every tqflow queue backend keeps.
+"""The Queue contract every tqflow queue backend keeps (the engine's `Queue`, as a block).
 
 The semantics are Amazon SQS's, with a dead-letter queue attached by a redrive policy:
 
@@ -17,57 +17,14 @@ backend.
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable, Sequence
 
 from prefect.blocks.core import Block
 from pydantic import Field
 
-
-@dataclass(frozen=True)
-class Lease:
-    """A received message, hidden from other receivers until the lease ends."""
-
-    message_id: str
-    #: Proves the lease is ours; a new receive of the same message gets a new one.
-    receipt: str
-    body: str
-    #: How many times the message has been received, this receive included.
-    receive_count: int
-    #: When it was received (`time.monotonic`): a lease cannot be extended past
-    #: `TaskQueue.max_lease_seconds` from then.
-    received_at: float = field(default_factory=time.monotonic, compare=False)
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A message in the dead-letter queue, with why it is there."""
-
-    message_id: str
-    body: str
-    reason: str
-    receive_count: int
-
-
-@dataclass(frozen=True)
-class QueueCounts:
-    """Messages by state. SQS reports these approximately; the local queue exactly."""
-
-    #: Ready to be received.
-    visible: int
-    #: Received, lease not yet ended.
-    in_flight: int
-    #: Sent with a delay that has not passed.
-    delayed: int
-    #: In the dead-letter queue.
-    dead: int
-
-    @property
-    def pending(self) -> int:
-        """Messages not yet acknowledged nor dead-lettered."""
-        return self.visible + self.in_flight + self.delayed
+from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
+from tqflow.errors import LeaseLostError, MessageTooLargeError
 
 
 class TaskQueue(Block, ABC):
@@ -165,8 +122,6 @@ class TaskQueue(Block, ABC):
     def extend_many(self, leases: Sequence[Lease], seconds: float) -> list[Lease]:
         """Extend several leases; return those no longer ours. Backends that bill per
         request batch this."""
-        from blocks.errors import LeaseLostError
-
         lost = []
         for lease in leases:
             try:
@@ -235,8 +190,6 @@ class TaskQueue(Block, ABC):
 
     def check_sizes(self, bodies: Sequence[str]) -> None:
         """Raise `MessageTooLargeError` naming the first body over `max_message_bytes`."""
-        from blocks.errors import MessageTooLargeError
-
         for index, body in enumerate(bodies):
             size = len(body.encode("utf-8"))
             if size > self.max_message_bytes:

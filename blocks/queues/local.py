@@ -18,8 +18,9 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from pydantic import Field
 
-from blocks.errors import LeaseLostError, QueueConfigError, QueueError
-from blocks.queues.base import DeadLetter, Lease, QueueCounts, TaskQueue
+from tqflow.errors import LeaseLostError, QueueConfigError, QueueError
+from blocks.queues.base import TaskQueue
+from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -77,7 +78,7 @@ class LocalTaskQueue(TaskQueue):
 
         queue = LocalTaskQueue(path="tqflow-data/queue.sqlite", queue_name="demo")
         queue.ensure()
-        queue.send(['{"fn": "flows.examples:skeleton_stats", "kwargs": {"root_id": 1}, '
+        queue.send(['{"fn": "tqflow.examples:skeleton_stats", "kwargs": {"root_id": 1}, '
                     '"key": "1", "batch": "demo"}'])
         [lease] = queue.receive(max_messages=1)
         queue.ack([lease])

@@ -30,8 +30,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prefect_aws import AwsCredentials
 from pydantic import Field
 
-from blocks.errors import LeaseLostError, NoDeadLetterQueueError, QueueConfigError, QueueError
-from blocks.queues.base import DeadLetter, Lease, QueueCounts, TaskQueue
+from tqflow.errors import LeaseLostError, NoDeadLetterQueueError, QueueConfigError, QueueError
+from blocks.queues.base import TaskQueue
+from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 
 #: SQS's limits: entries per batch request, bytes per batch, longest long poll, longest lease.
 _BATCH = 10

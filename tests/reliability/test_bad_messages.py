@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 from blocks import CAVECredentials
-from blocks.errors import MessageError
-from flows.messages import decode
-from flows.outputs import error_path, output_path
+from tqflow.errors import MessageError
+from tqflow.engine.messages import decode
+from tqflow.engine.outputs import error_path, output_path
 from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
 

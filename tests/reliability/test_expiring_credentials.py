@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from blocks import CloudFilesStorage
-from flows.outputs import outputs_prefix
+from tqflow.engine.outputs import outputs_prefix
 from tests.conftest import sqs_credentials
 from tests.helpers import enqueue
 from tests.reliability.conftest import scaled

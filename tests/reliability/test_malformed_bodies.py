@@ -9,7 +9,7 @@ import uuid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.worker import Worker
+from tqflow.engine.worker import Worker
 from tests.reliability.conftest import scaled
 
 #: (examples, bodies per example) by backend. Hypothesis's first example is its simplest (every

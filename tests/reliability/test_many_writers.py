@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.outputs import outputs_prefix
+from tqflow.engine.outputs import outputs_prefix
 from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
 from tests.tasks import executions

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.outputs import error_path, output_path
+from tqflow.engine.outputs import error_path, output_path
 from tests.helpers import enqueue
 
 

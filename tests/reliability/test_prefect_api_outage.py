@@ -17,8 +17,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFi
 from prefect.server.api.server import SubprocessASGIServer
 
 from blocks import LocalTaskQueue
-from flows.outputs import outputs_prefix
-from flows.worker_flow import worker
+from tqflow.engine.outputs import outputs_prefix
+from flows.worker import worker
 from tests.helpers import enqueue, wait_until
 from tests.reliability.conftest import scaled
 

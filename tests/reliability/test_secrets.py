@@ -18,7 +18,8 @@ from prefect_gcp import GcpCredentials
 
 from blocks import CAVECredentials, CloudFilesStorage
 from blocks.queues.sqs import SQSTaskQueue
-from flows.pipeline import DeadLettersError, pipeline
+from flows.pipeline import pipeline
+from tqflow.errors import DeadLettersError
 from tests.cave_service import DATASTACK, SERVER, cave_registrations
 from tests.conftest import GCS_BUCKET, service_account_info
 

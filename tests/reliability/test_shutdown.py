@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-from flows import worker_process
+from tqflow.engine import process as worker_process
 from tests.helpers import child_env, enqueue, runs, wait_until
 
 
 @pytest.fixture
 def idle_worker(queue_factory, storage):
-    """A ``python -m flows.worker_process`` waiting in a 20 s long poll on an empty queue."""
+    """A ``python -m tqflow.engine.process`` waiting in a 20 s long poll on an empty queue."""
     queue = queue_factory(wait_seconds=20)
     process = worker_process.spawn(
         queue, storage, {"idle_seconds": 600}, stderr=subprocess.PIPE, env=child_env()

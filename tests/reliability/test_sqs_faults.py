@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 
-from blocks.errors import QueueError
+from tqflow.errors import QueueError
 from blocks.queues.sqs import SQSTaskQueue
-from flows.outputs import outputs_prefix
-from flows.worker import Worker
+from tqflow.engine.outputs import outputs_prefix
+from tqflow.engine.worker import Worker
 from tests.helpers import enqueue, sqs_only
 from tests.reliability.conftest import scaled
 from tests.sqs_faults import SQSFaults

@@ -12,7 +12,7 @@ import pytest
 from prefect_gcp import GcpCredentials
 
 from blocks import CloudFilesStorage
-from flows.outputs import outputs_prefix
+from tqflow.engine.outputs import outputs_prefix
 from tests.conftest import service_account_info
 from tests.helpers import enqueue, wait_until
 from tests.reliability.conftest import scaled

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from flows.enqueue import enqueue_items
-from flows.outputs import error_path, output_path
+from tqflow.engine.outputs import error_path, output_path
 from tests.reliability.conftest import scaled
 
 ITEMS = scaled(6, 60)

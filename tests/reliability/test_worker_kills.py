@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from flows.outputs import output_path, outputs_prefix
+from tqflow.engine.outputs import output_path, outputs_prefix
 from tests.helpers import enqueue, runs, wait_until
 from tests.reliability.conftest import scaled
 from tests.tasks import executions

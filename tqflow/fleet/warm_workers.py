@@ -2,12 +2,12 @@
 
 A worker imports Prefect, prefect-aws, prefect-gcp and cloud-files before its first task: about
 5 s of CPU. A local fleet of N workers, and every replacement of a lost one, would pay that N times
-on a laptop's few cores. Instead the fleet starts one server (``python -m flows.warm_workers``)
+on a laptop's few cores. Instead the fleet starts one server (``python -m tqflow.fleet.warm_workers``)
 that imports the worker once and forks each worker from there: the first worker waits for the
 import, the others start in a fraction of a second.
 
 Each worker is still its own OS process, with the environment, working directory and stdout the
-fleet gives it, running the worker's process entry (`flows.worker_process.main_from_spec`: its
+fleet gives it, running the worker's process entry (`tqflow.engine.process.main_from_spec`: its
 signal handlers, stats line and exit codes). The server is single-threaded, since a fork copies
 only the calling thread, and it never imports the fleet's ``__main__``, so a script without an
 ``if __name__ == "__main__"`` guard is safe (multiprocessing's forkserver would re-run it).
@@ -97,7 +97,7 @@ class WarmWorkerServer:
         env: Optional[dict[str, str]] = None,
         stderr_path: Optional[str] = None,
     ) -> WarmWorker:
-        """Fork a worker running ``spec`` (see `flows.worker_process`), its stdout appended to
+        """Fork a worker running ``spec`` (see `tqflow.engine.process`), its stdout appended to
         ``stdout_path``, its stderr (its log) to ``stderr_path`` or else the server's (the
         terminal's), its environment ``env`` (default: this process's) and its working directory
         this process's."""
@@ -151,7 +151,7 @@ class WarmWorkerServer:
         if self._process is not None and self._process.poll() is None:
             return self._process
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "flows.warm_workers"],
+            [sys.executable, "-m", "tqflow.fleet.warm_workers"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
         threading.Thread(target=self._read_answers, args=(self._process,), daemon=True,
@@ -194,8 +194,8 @@ def _warm_up() -> None:
     first use), so that every forked worker starts warm."""
     from blocks import CloudFilesStorage, LocalTaskQueue
     from blocks.queues.sqs import SQSTaskQueue
-    from blocks.specs import block_from_spec, block_spec
-    from flows import worker_process  # noqa: F401
+    from tqflow.engine.specs import block_from_spec, block_spec
+    from tqflow.engine import process as worker_process  # noqa: F401
 
     for block in (LocalTaskQueue(path="/nonexistent/warm.sqlite"), SQSTaskQueue(), CloudFilesStorage()):
         block_from_spec(block_spec(block))
@@ -226,7 +226,7 @@ def _run_worker(request: dict[str, Any]) -> int:
             out = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             os.dup2(out, fd)
             os.close(out)
-    from flows.worker_process import main_from_spec
+    from tqflow.engine.process import main_from_spec
 
     return main_from_spec(request["spec"])
 

@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-from blocks.errors import TqflowError
+from tqflow.errors import ResourcePlanError, TqflowError
 
 #: GiB of memory per vCPU of the predefined GCE machine families (``<family>-<kind>-<vCPUs>``).
 MEMORY_PER_VCPU_GIB = {
@@ -59,10 +59,6 @@ SYSTEM_MEMORY_MIB = 512
 #: 16 GiB node: 13,498,416 Ki allocatable).
 KERNEL_MEMORY_FRACTION = 0.0268
 EVICTION_THRESHOLD_MIB = 100
-
-
-class ResourcePlanError(TqflowError):
-    """The machine is unknown, or the pods asked for do not fit on it."""
 
 
 @dataclass(frozen=True)

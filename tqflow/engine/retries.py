@@ -14,14 +14,14 @@ Not retried — dead-lettered at once, with the reason:
   dramatiq's ``Retries`` middleware takes it: e.g. ``lambda n, exc: not isinstance(exc,
   TypeError)``, or ``"mylab.tasks:should_retry"`` where a function must be named by its path.
 
-A task that times out is retried like any failure (`flows.time_limit`).
+A task that times out is retried like any failure (`tqflow.engine.time_limit`).
 """
 
 from __future__ import annotations
 
 from typing import Callable, Union
 
-from blocks.errors import MessageError, PermanentTaskError
+from tqflow.errors import MessageError, PermanentTaskError
 
 RetryWhen = Callable[[int, Exception], bool]
 
@@ -32,7 +32,7 @@ class RetryRule:
 
     def __init__(self, retry_when: Union[str, RetryWhen, None] = None) -> None:
         if isinstance(retry_when, str):
-            from flows.messages import resolve
+            from tqflow.engine.messages import resolve
 
             retry_when = resolve(retry_when)
         self.retry_when = retry_when

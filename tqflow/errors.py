@@ -6,6 +6,10 @@ so ``except Exception`` in user code and in Prefect sees them. ``KeyboardInterru
 ``SystemExit`` always pass through.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class TqflowError(Exception):
     """Root of every error tqflow raises on purpose."""
@@ -95,3 +99,33 @@ class CredentialsError(TqflowError):
 
 class CAVEQueryError(TqflowError):
     """A CAVE query names a table, column or filter the datastack does not have."""
+
+
+class EnqueueInterruptedError(TqflowError):
+    """The enqueue was stopped (Ctrl-C, SIGTERM) between two steps; what was sent is recorded,
+    so running the same enqueue again sends the rest. ``result`` is what was queued so far."""
+
+    def __init__(self, result: Any, remaining: int, batch: str):
+        self.result = result
+        self.remaining = remaining
+        super().__init__(
+            f"stopped after queueing {result.queued:,} tasks of batch {batch!r}; "
+            f"{remaining:,} not queued yet. Run the same enqueue again to queue the rest "
+            "(nothing already queued is sent twice)"
+        )
+
+
+class WorkersLostError(TqflowError):
+    """Workers keep ending without finishing the queue."""
+
+
+class DeadLettersError(TqflowError):
+    """Items of the batch ended in the dead-letter queue."""
+
+
+class ResourcePlanError(TqflowError):
+    """The machine is unknown, or the pods asked for do not fit on it."""
+
+
+class CLIInputError(TqflowError):
+    """A command-line option has a value the command cannot use."""

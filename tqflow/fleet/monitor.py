@@ -11,13 +11,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from blocks.errors import TqflowError
+from tqflow.errors import TqflowError, WorkersLostError
 from blocks.queues.base import TaskQueue
-from flows.fanout import Fleet
-
-
-class WorkersLostError(TqflowError):
-    """Workers keep ending without finishing the queue."""
+from tqflow.fleet.fanout import Fleet
 
 
 @dataclass

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from blocks.queues.base import Lease, TaskQueue
+from tqflow.engine.contracts import Lease, Queue
 
 #: How often the keeper wakes: bounds how long a release on stop takes.
 _TICK_SECONDS = 0.05
@@ -34,7 +34,7 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        queue: TaskQueue,
+        queue: Queue,
         lease_seconds: float,
         stop: threading.Event,
         logger: logging.Logger | logging.LoggerAdapter,

@@ -2,8 +2,8 @@
 
 Two fleets behind one interface:
 
-- `LocalFleet` starts N OS processes running the worker loop (``flows.worker_process``), forked
-  from one warm server process (`flows.warm_workers`). They never call the Prefect API; the
+- `LocalFleet` starts N OS processes running the worker loop (``tqflow.engine.process``), forked
+  from one warm server process (`tqflow.fleet.warm_workers`). They never call the Prefect API; the
   pipeline reports for them.
 - `DeploymentFleet` creates N runs of a ``worker`` deployment (a GKE work pool in production)
   with ``run_deployment(timeout=0, idempotency_key=...)``, so a retried pipeline run does not
@@ -24,8 +24,8 @@ from typing import Any, Optional
 from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
 from blocks.storage import CloudFilesStorage
-from flows import worker_process
-from flows.warm_workers import WarmWorker, warm_worker_server
+from tqflow.engine import process as worker_process
+from tqflow.fleet.warm_workers import WarmWorker, warm_worker_server
 
 
 class Fleet(ABC):

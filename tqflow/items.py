@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from blocks.errors import ItemSourceError
+from tqflow.errors import ItemSourceError
 
 #: Integers up to this size survive a trip through a float64; root IDs do not.
 EXACT_FLOAT_LIMIT = 2**53

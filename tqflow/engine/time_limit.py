@@ -4,7 +4,7 @@ The worker's lease-keeper thread watches the running task's deadline (`Worker.ch
 and, once it has passed, interrupts the thread that runs the task, one of two ways:
 
 - **a signal** (``SIGALRM``) sent to the main thread, when the worker's process entry has
-  installed the handler for it (`flows.worker_process.stop_on_signals`, the one place tqflow
+  installed the handler for it (`tqflow.engine.process.stop_on_signals`, the one place tqflow
   installs handlers). It interrupts sleeps, lock waits and socket reads too;
 - **an asynchronous exception** (``PyThreadState_SetAsyncExc``) otherwise: it works in any
   thread, but only between Python bytecodes.
@@ -21,7 +21,7 @@ import ctypes
 import signal
 import threading
 
-from blocks.errors import TaskTimeoutError
+from tqflow.errors import TaskTimeoutError
 
 
 def raise_in_thread(thread_id: int) -> None:

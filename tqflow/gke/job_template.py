@@ -7,7 +7,7 @@ It is prefect-kubernetes' default template with what batch workers on GKE need a
   `ORCHESTRATION_JOB_VARIABLES`);
 - the ``tqflow`` namespace, the one the Prefect worker's Role covers, and the ``tqflow-jobs``
   service account that Workload Identity binds to a Google service account;
-- resource defaults from the planner (`flows.resources`) for an ``e2-standard-4`` node with four
+- resource defaults from the planner (`tqflow.gke.resources`) for an ``e2-standard-4`` node with four
   workers, and **no CPU limit** at all (the variable and the manifest field are removed);
 - quiet, single-threaded defaults in the environment: ``TQDM_DISABLE=1`` (progress bars fill
   node disks through the log pipeline), ``PYTHONUNBUFFERED=1``, one BLAS / OpenMP thread;
@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from flows.resources import Machine, plan
+from tqflow.gke.resources import Machine, plan
 
 #: Environment every worker pod gets unless the deployment overrides ``env``.
 WORKER_ENV = {

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from blocks.errors import (
+from tqflow.errors import (
     BadArgumentsError,
     MessageTooLargeError,
     UndecodableMessageError,
@@ -244,7 +244,7 @@ def resolve(fn: str) -> Callable[..., Any]:
     if not colon or not module_name or not attr_path:
         raise UnknownFunctionError(
             f"task function {fn!r} must be written package.module:function, e.g. "
-            "flows.examples:skeleton_stats"
+            "tqflow.examples:skeleton_stats"
         )
     try:
         module = importlib.import_module(module_name)

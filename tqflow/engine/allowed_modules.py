@@ -18,19 +18,19 @@ from __future__ import annotations
 import threading
 from typing import Iterable
 
-from blocks.errors import TaskNotAllowedError
-from blocks.storage import CloudFilesStorage
-from flows.messages import TaskMessage
+from tqflow.engine.contracts import Storage
+from tqflow.engine.messages import TaskMessage
+from tqflow.errors import TaskNotAllowedError
 
 #: Always allowed: tqflow's example tasks.
-BUILT_IN = ("flows.examples",)
+BUILT_IN = ("tqflow.examples",)
 
 
 def batch_record_path(batch: str) -> str:
     return f"{batch}/batch.json"
 
 
-def record_batch_function(storage: CloudFilesStorage, batch: str, fn: str) -> None:
+def record_batch_function(storage: Storage, batch: str, fn: str) -> None:
     """Note in storage that ``batch`` runs ``fn``, so that workers run it."""
     path = batch_record_path(batch)
     record = storage.get_json(path) or {"functions": []}
@@ -49,7 +49,7 @@ def module_allowed(fn: str, prefixes: Iterable[str]) -> bool:
 class AllowedModules:
     """The rule above, for one worker; batch records are read once per batch."""
 
-    def __init__(self, prefixes: Iterable[str], storage: CloudFilesStorage) -> None:
+    def __init__(self, prefixes: Iterable[str], storage: Storage) -> None:
         self.prefixes = tuple(p.strip() for p in (*BUILT_IN, *prefixes) if p.strip())
         self.storage = storage
         self._batches: dict[str, frozenset[str]] = {}

@@ -1,6 +1,6 @@
 """The worker's process entry: the one place tqflow handles SIGTERM and SIGINT.
 
-``python -m flows.worker_process`` reads a JSON spec on stdin::
+``python -m tqflow.engine.process`` reads a JSON spec on stdin::
 
     {"queue": <block spec>, "storage": <block spec>, "cave": <block spec> | null,
      "options": {<Worker keyword arguments>}}
@@ -24,12 +24,10 @@ import sys
 import threading
 from typing import IO, Any, Iterator
 
-from blocks.cave import CAVECredentials
-from blocks.errors import TaskTimeoutError
-from blocks.queues.base import TaskQueue
-from blocks.specs import block_from_spec, block_spec
-from blocks.storage import CloudFilesStorage
-from flows.worker import Worker
+from tqflow.engine.contracts import CAVESource, Queue, Storage
+from tqflow.engine.specs import block_from_spec, block_spec
+from tqflow.engine.worker import Worker
+from tqflow.errors import TaskTimeoutError
 
 
 #: Exit codes of a worker process that did not end normally.
@@ -43,7 +41,7 @@ def stop_on_signals(worker: Worker) -> Iterator[None]:
     released at once, and a running task or long-poll receive is interrupted the way Ctrl-C
     interrupts code. A second signal exits at once (whatever is held returns to the queue
     when its lease ends). SIGALRM is how the worker stops a task past its time limit
-    (`flows.time_limit`).
+    (`tqflow.engine.time_limit`).
 
     Installs handlers only in the main thread (Python allows no other) and restores the
     previous ones on exit.
@@ -96,11 +94,11 @@ def run_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_spec(
-    queue: TaskQueue,
-    storage: CloudFilesStorage,
+    queue: Queue,
+    storage: Storage,
     options: dict[str, Any] | None = None,
     *,
-    cave: CAVECredentials | None = None,
+    cave: CAVESource | None = None,
 ) -> dict[str, Any]:
     """What a worker process is started with (secrets included: pass it by pipe, never argv)."""
     return {
@@ -112,11 +110,11 @@ def worker_spec(
 
 
 def spawn(
-    queue: TaskQueue,
-    storage: CloudFilesStorage,
+    queue: Queue,
+    storage: Storage,
     options: dict[str, Any] | None = None,
     *,
-    cave: CAVECredentials | None = None,
+    cave: CAVESource | None = None,
     stdout: int | IO[Any] | None = subprocess.PIPE,
     stderr: int | IO[Any] | None = None,
     env: dict[str, str] | None = None,
@@ -127,7 +125,7 @@ def spawn(
     # A worker process never starts a Prefect server of its own (see DESIGN.md).
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows.worker_process"],
+        [sys.executable, "-m", "tqflow.engine.process"],
         stdin=subprocess.PIPE,
         stdout=stdout,
         stderr=stderr,

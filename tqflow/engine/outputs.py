@@ -12,9 +12,9 @@ import json
 import math
 from typing import Any
 
-from blocks.errors import ResultNotJSONError
+from tqflow.errors import ResultNotJSONError
 
-from flows.messages import TaskMessage
+from tqflow.engine.messages import TaskMessage
 
 
 def output_path(batch: str, key: str) -> str:

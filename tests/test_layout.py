@@ -1,0 +1,95 @@
+"""Where things live: the engine imports nothing from Prefect, ``flows/`` holds only flows and
+the CLI, and every error tqflow raises on purpose is defined in ``tqflow/errors.py``."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = ROOT / "tqflow" / "engine"
+#: What the engine may import from this project: itself and the errors module.
+ENGINE_MAY_IMPORT = ("tqflow.engine", "tqflow.errors")
+PROJECT_PACKAGES = ("tqflow", "flows", "blocks")
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Every module ``path`` imports, at module level or inside a function."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def under(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def all_modules(package: str) -> list[str]:
+    root = importlib.import_module(package)
+    return [package] + [m.name for m in pkgutil.walk_packages(root.__path__, package + ".")]
+
+
+@pytest.mark.parametrize("path", sorted(ENGINE.glob("*.py")), ids=lambda p: p.name)
+def test_engine_module_imports_neither_prefect_nor_the_layers_above(path):
+    wrong = [
+        name
+        for name in imported_modules(path)
+        if under(name, ("prefect",))
+        or under(name, PROJECT_PACKAGES) and not under(name, ENGINE_MAY_IMPORT)
+    ]
+    assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}: the engine stays below Prefect"
+
+
+def test_importing_the_whole_engine_loads_no_prefect():
+    modules = all_modules("tqflow.engine")
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+
+
+def test_flows_package_holds_only_flows_and_the_cli():
+    from prefect import Flow
+
+    for name in all_modules("flows"):
+        if name in ("flows", "flows.cli"):
+            continue
+        module = importlib.import_module(name)
+        own_flows = [
+            value
+            for value in vars(module).values()
+            if isinstance(value, Flow) and value.fn.__module__ == name
+        ]
+        assert own_flows, f"{name} defines no @flow: it belongs in tqflow/, not flows/"
+
+
+def test_every_tqflow_error_is_defined_in_the_errors_module():
+    from tqflow.errors import TqflowError
+
+    for package in PROJECT_PACKAGES:
+        for name in all_modules(package):
+            importlib.import_module(name)
+    elsewhere, todo = [], [TqflowError]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if cls.__module__ != "tqflow.errors" and not cls.__module__.startswith("tests"):
+            elsewhere.append(f"{cls.__module__}.{cls.__qualname__}")
+    assert not elsewhere, f"define these in tqflow/errors.py: {elsewhere}"

@@ -1,0 +1,100 @@
+"""What the engine needs from a queue, a storage and a CAVE source, and nothing more.
+
+The engine runs inside a worker pod and never imports Prefect: it works on any object with
+these methods. tqflow's blocks (`blocks.queues.TaskQueue`, `blocks.CloudFilesStorage`,
+`blocks.CAVECredentials`) are the implementations; ``tests/test_queue_contract.py`` holds every
+queue backend to the semantics the docstrings here state (Amazon SQS's, with a dead-letter
+queue attached by a redrive policy).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A received message, hidden from other receivers until the lease ends."""
+
+    message_id: str
+    #: Proves the lease is ours; a new receive of the same message gets a new one.
+    receipt: str
+    body: str
+    #: How many times the message has been received, this receive included.
+    receive_count: int
+    #: When it was received (`time.monotonic`): a lease cannot be extended past
+    #: `Queue.max_lease_seconds` from then.
+    received_at: float = field(default_factory=time.monotonic, compare=False)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message in the dead-letter queue, with why it is there."""
+
+    message_id: str
+    body: str
+    reason: str
+    receive_count: int
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """Messages by state. SQS reports these approximately; the local queue exactly."""
+
+    #: Ready to be received.
+    visible: int
+    #: Received, lease not yet ended.
+    in_flight: int
+    #: Sent with a delay that has not passed.
+    delayed: int
+    #: In the dead-letter queue.
+    dead: int
+
+    @property
+    def pending(self) -> int:
+        """Messages not yet acknowledged nor dead-lettered."""
+        return self.visible + self.in_flight + self.delayed
+
+
+class Queue(Protocol):
+    """A queue as a worker uses it (`blocks.queues.TaskQueue` documents each method)."""
+
+    queue_name: str
+    lease_seconds: float
+    max_receive_count: int
+    max_lease_seconds: float
+    allowed_modules: list[str]
+
+    def receive(self, max_messages: int = 1) -> list[Lease]: ...
+
+    def extend(self, lease: Lease, seconds: float) -> None: ...
+
+    def extend_many(self, leases: Sequence[Lease], seconds: float) -> list[Lease]: ...
+
+    def release(self, lease: Lease) -> None: ...
+
+    def ack(self, leases: Sequence[Lease]) -> int: ...
+
+    def dead_letter(self, lease: Lease, reason: str) -> bool: ...
+
+    def counts(self) -> QueueCounts: ...
+
+
+class Storage(Protocol):
+    """A batch's folder as a worker uses it (`blocks.CloudFilesStorage`)."""
+
+    cloudpath: str
+
+    def exists(self, path: str) -> bool: ...
+
+    def get_json(self, path: str) -> Any: ...
+
+    def put_json(self, path: str, value: Any) -> None: ...
+
+
+class CAVESource(Protocol):
+    """Where a worker gets its one CAVE client (`blocks.CAVECredentials`)."""
+
+    def get_client(self) -> Any: ...
