@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 from urllib.parse import urlparse
 
 from prefect.blocks.core import Block
+from prefect.blocks.system import Secret
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from tqflow.errors import CAVEQueryError, CredentialsError
@@ -57,10 +58,20 @@ class CAVECredentials(Block):
         client = CAVECredentials.load("minnie").get_client()
         client.materialize.query_table("nucleus_detection_v0", limit=10)
         ```
+
+        Load a saved block:
+        ```python
+        from blocks import CAVECredentials
+
+        cave = CAVECredentials.load("BLOCK_NAME")
+        ```
     """
 
     _block_type_name = "CAVE Credentials"
     _description = "A CAVE token, server and datastack; builds CAVEclients for tqflow tasks."
+    # Prefect's Secret logo: CAVE publishes none for reuse.
+    _logo_url = Secret._logo_url
+    _documentation_url = "https://caveconnectome.github.io/CAVEclient/"
 
     token: SecretStr = Field(
         default=...,

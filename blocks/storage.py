@@ -74,9 +74,19 @@ class CloudFilesStorage(WritableFileSystem):
         )
         storage.save("my-lab-outputs")
         ```
+
+        Load a saved block:
+        ```python
+        from blocks import CloudFilesStorage
+
+        storage = CloudFilesStorage.load("BLOCK_NAME")
+        ```
     """
 
     _block_type_name = "Cloud Files Storage"
+    _description = "A folder on GCS, S3 or disk, read and written with cloud-files: a batch's outputs."
+    _logo_url = GcpCredentials._logo_url  # prefect-gcp's: gs:// is the usual home
+    _documentation_url = "https://github.com/seung-lab/cloud-files#readme"
 
     cloudpath: str = Field(
         default="file://tqflow-data",

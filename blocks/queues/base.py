@@ -27,6 +27,12 @@ from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 from tqflow.errors import LeaseLostError, MessageTooLargeError
 
 
+#: Where the semantics every queue backend keeps are documented (the local queue's too).
+SQS_DOCUMENTATION_URL = (
+    "https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/welcome.html"
+)
+
+
 class TaskQueue(Block, ABC):
     """Base of tqflow's queue blocks; see the module docstring for the contract."""
 

@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
+from prefect.filesystems import LocalFileSystem
 from pydantic import Field
 
 from tqflow.errors import LeaseLostError, QueueConfigError, QueueError
-from blocks.queues.base import TaskQueue
+from blocks.queues.base import SQS_DOCUMENTATION_URL, TaskQueue
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 
 _SCHEMA = """
@@ -83,9 +84,20 @@ class LocalTaskQueue(TaskQueue):
         [lease] = queue.receive(max_messages=1)
         queue.ack([lease])
         ```
+
+        Load a saved block:
+        ```python
+        from blocks import LocalTaskQueue
+
+        queue = LocalTaskQueue.load("BLOCK_NAME")
+        ```
     """
 
     _block_type_name = "Local Task Queue"
+    _description = "A task queue with SQS semantics in a local SQLite file: the embedded default."
+    _logo_url = LocalFileSystem._logo_url  # Prefect's: it is a file on this machine
+    # Its semantics are SQS's: leases are visibility timeouts, redrive moves to the DLQ.
+    _documentation_url = SQS_DOCUMENTATION_URL
 
     path: str = Field(
         default="tqflow-data/queue.sqlite",
@@ -306,7 +318,7 @@ class LocalTaskQueue(TaskQueue):
         self, limit: int | None = None, select: Optional[Callable[[str], bool]] = None
     ) -> int:
         with self._write() as db:
-            ids = []
+            ids: list[str] = []
             for message_id, body, _, _ in self._dead_rows(db):
                 if limit is not None and len(ids) >= limit:
                     break

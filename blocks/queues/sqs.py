@@ -24,14 +24,14 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect_aws import AwsCredentials
 from pydantic import Field
 
 from tqflow.errors import LeaseLostError, NoDeadLetterQueueError, QueueConfigError, QueueError
-from blocks.queues.base import TaskQueue
+from blocks.queues.base import SQS_DOCUMENTATION_URL, TaskQueue
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 
 #: SQS's limits: entries per batch request, bytes per batch, longest long poll, longest lease.
@@ -65,10 +65,19 @@ class SQSTaskQueue(TaskQueue):
         queue.ensure()  # creates mesh-tasks and mesh-tasks-dlq, with the redrive policy
         queue.save("mesh-tasks")
         ```
+
+        Load a saved block:
+        ```python
+        from blocks import SQSTaskQueue
+
+        queue = SQSTaskQueue.load("BLOCK_NAME")
+        ```
     """
 
     _block_type_name = "SQS Task Queue"
-    _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/d74b16fe84ce626345adf235a47008fea2869a60-225x225.png"  # noqa: E501  (prefect-aws's AWS logo)
+    _description = "A task queue on Amazon SQS with a dead-letter queue attached by a redrive policy."
+    _logo_url = AwsCredentials._logo_url  # prefect-aws's
+    _documentation_url = SQS_DOCUMENTATION_URL
 
     aws_credentials: AwsCredentials = Field(
         default_factory=AwsCredentials,
@@ -205,7 +214,7 @@ class SQSTaskQueue(TaskQueue):
         )["Attributes"]["QueueArn"]
         return {"deadLetterTargetArn": arn, "maxReceiveCount": self.max_receive_count}
 
-    def _existing_redrive_policy(self) -> dict | None | bool:
+    def _existing_redrive_policy(self) -> dict | None | Literal[False]:
         """The queue's redrive policy; ``None`` if it has none; ``False`` if no queue."""
         try:
             url = self._url(self.queue_name)
