@@ -58,7 +58,7 @@ def pipeline_seconds(n: int) -> float:
                 queue=LocalTaskQueue(path=f"{folder}/q.sqlite", queue_name="bench", wait_seconds=0),
                 storage=CloudFilesStorage(cloudpath=f"file://{folder}"),
                 batch="bench", items=list(range(n)), workers=2,
-                idle_seconds=0.5, poll_seconds=0.5, analyze=False,
+                worker_options={"idle_seconds": 0.5}, poll_seconds=0.5, analyze=False,
             ))
 
         seconds = timed(run)

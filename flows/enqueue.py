@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from blocks.cave import CAVECredentials, CAVETableQuery
 from tqflow.errors import BadArgumentsError, EnqueueInterruptedError, ItemSourceError, TqflowError
@@ -84,44 +85,72 @@ class SentRecord:
         self.storage.put(self.prefix + name, "\n".join(keys).encode("utf-8"), "text/plain")
 
 
-def read_items(
-    items: Optional[Iterable[Any]] = None,
-    items_file: Optional[str] = None,
-    column: Optional[str] = None,
-    items_from: Optional[str] = None,
-    cave_query: Optional[CAVETableQuery] = None,
-    cave: Optional[CAVECredentials] = None,
-) -> Items:
-    """Read work items from one source: ``items``, ``items_file``+``column`` or ``cave_query``;
-    ``items_from`` is the default source, used when none of those is given (so a deployment
-    can name a default generator that a run replaces by passing items or a file)."""
-    given = [s for s in (items, items_file, cave_query) if s is not None]
-    if len(given) > 1:
-        raise ItemSourceError(
-            "give one source of items, not several: items=[...], items_file=PATH or "
-            "cave_query={table, column, ...}"
-        )
-    if not given and items_from is None:
-        raise ItemSourceError(
-            "no items: give items=[...], items_file=PATH, items_from="
-            "'package.module:generator' or cave_query={table, column, ...}"
-        )
-    if items is not None:
-        return Items(map(plain, items), "items")
-    if cave_query is not None:
-        if cave is None:
+class ItemSource(BaseModel):
+    """Where a batch's items come from: exactly one of ``items``, ``items_file`` (with
+    ``column`` for .csv / .parquet) or ``cave_query``; ``items_from`` is the default source,
+    used when none of those is given (so a deployment can name a default generator that a run
+    replaces by passing items or a file). Checked when made, before anything is queued.
+
+    Example:
+        ```python
+        from flows.enqueue import ItemSource
+
+        items = ItemSource(items_file="roots.csv", column="root_id").read()
+        ```
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: Optional[list[Any]] = Field(default=None, description="The items themselves.")
+    items_file: Optional[str] = Field(
+        default=None, description="Or a file of items: .txt (one per line), .csv or .parquet."
+    )
+    column: Optional[str] = Field(
+        default=None, description="Column of the .csv / .parquet file (or CAVE table) holding the items."
+    )
+    items_from: Optional[str] = Field(
+        default=None,
+        description="Or an importable function returning the items, package.module:function.",
+    )
+    cave_query: Optional[CAVETableQuery] = Field(
+        default=None, description="Or a CAVE materialization table query (needs a CAVE block)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ItemSource":
+        given = [s for s in (self.items, self.items_file, self.cave_query) if s is not None]
+        if len(given) > 1:
             raise ItemSourceError(
-                f"items from CAVE table {cave_query.table!r} need a CAVE block: pass cave=..."
+                "give one source of items, not several: items=[...], items_file=PATH or "
+                "cave_query={table, column, ...}"
             )
-        column = cave.query_column(cave_query)
-        items = exact_column(
-            column.tolist(), str(column.dtype),
-            f"CAVE table {cave_query.table!r} column {cave_query.column!r}",
-        )
-        return Items(dict.fromkeys(items), items.source, items.empty_lines)  # distinct, in order
-    if items_file is None:
-        return Items(map(plain, resolve(items_from)()), items_from)
-    return read_file(Path(items_file).expanduser(), column)
+        if not given and self.items_from is None:
+            raise ItemSourceError(
+                "no items: give items=[...], items_file=PATH, items_from="
+                "'package.module:generator' or cave_query={table, column, ...}"
+            )
+        return self
+
+    def read(self, cave: Optional[CAVECredentials] = None) -> Items:
+        """The items, read exactly (`tqflow.items`); ``cave`` is needed for a ``cave_query``."""
+        if self.items is not None:
+            return Items(map(plain, self.items), "items")
+        if self.cave_query is not None:
+            if cave is None:
+                raise ItemSourceError(
+                    f"items from CAVE table {self.cave_query.table!r} need a CAVE block: pass "
+                    "cave=..."
+                )
+            column = cave.query_column(self.cave_query)
+            items = exact_column(
+                column.tolist(), str(column.dtype),
+                f"CAVE table {self.cave_query.table!r} column {self.cave_query.column!r}",
+            )
+            return Items(dict.fromkeys(items), items.source, items.empty_lines)  # distinct, in order
+        if self.items_file is None:
+            assert self.items_from is not None  # checked when made
+            return Items(map(plain, resolve(self.items_from)()), self.items_from)
+        return read_file(Path(self.items_file).expanduser(), self.column)
 
 
 def enqueue_items(
@@ -209,12 +238,8 @@ def enqueue(
     fn: str,
     queue: Union[TaskQueue, str],
     storage: Union[CloudFilesStorage, str],
+    source: ItemSource,
     batch: str = "default",
-    items: Optional[list[Any]] = None,
-    items_file: Optional[str] = None,
-    column: Optional[str] = None,
-    items_from: Optional[str] = None,
-    cave_query: Optional[CAVETableQuery] = None,
     cave: Union[CAVECredentials, str, None] = None,
     kwargs: Optional[dict[str, Any]] = None,
     item_param: Optional[str] = None,
@@ -229,13 +254,9 @@ def enqueue(
             the workers.
         queue: Queue block to send to (or a saved block's slug).
         storage: Storage block holding the batch's outputs (to skip finished items).
+        source: Where the items come from (`ItemSource`).
         batch: Name of the batch: the folder of its outputs.
-        items: The items themselves.
-        items_file: Or a file of items: .txt (one per line), .csv or .parquet.
-        column: Column of the .csv / .parquet file holding the items.
-        items_from: Or an importable function returning the items.
-        cave_query: Or a CAVE materialization table query (needs ``cave``).
-        cave: CAVE block for ``cave_query``.
+        cave: CAVE block for a ``cave_query`` source.
         kwargs: Fixed keyword arguments for every task.
         item_param: Parameter that takes the item (default: the function's first).
         overwrite: Queue items whose output exists too.
@@ -248,7 +269,7 @@ def enqueue(
     storage = load_block(storage, CloudFilesStorage)
     cave = load_block(cave, CAVECredentials) if cave is not None else None
     logger = get_run_logger()
-    found = read_items(items, items_file, column, items_from, cave_query, cave)
+    found = source.read(cave)
     if found.report():
         logger.warning(found.report())
     result = enqueue_items(

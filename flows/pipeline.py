@@ -20,9 +20,10 @@ from blocks.queues.base import TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.analysis import analysis, artifact_key
-from flows.enqueue import enqueue
+from flows.enqueue import ItemSource, enqueue
 from tqflow.fleet.fanout import DeploymentFleet, Fleet, LocalFleet
 from tqflow.engine.messages import check_batch
+from tqflow.engine.options import WorkerOptions
 from tqflow.fleet.monitor import Progress, watch
 
 
@@ -60,8 +61,7 @@ def pipeline(
     mode: Literal["local", "deployment"] = "local",
     worker_deployment: str = "worker/worker-gke",
     tasks_per_worker: int = 1_000,
-    idle_seconds: float = 5.0,
-    retry_base_seconds: float = 5.0,
+    worker_options: Optional[WorkerOptions] = None,
     task_timeout_seconds: Optional[float] = None,
     overwrite: bool = False,
     analyze: bool = True,
@@ -88,9 +88,10 @@ def pipeline(
         worker_deployment: ``flow-name/deployment-name`` of the worker deployment.
         tasks_per_worker: In deployment mode, one worker per this many queued tasks, up to
             ``workers``.
-        idle_seconds: Workers exit after the queue has been empty this long.
-        retry_base_seconds: First backoff before a failed task is retried (see
-            ``tqflow.engine.retries``).
+        worker_options: How each worker runs (`WorkerOptions`: idle time, prefetch, retry
+            backoff, allowed modules). Left-out fields keep their defaults, but idle_seconds
+            is 5: the enqueue has finished before workers start, so they need not wait for
+            more. The batch and ``overwrite`` are the pipeline's own.
         task_timeout_seconds: Time limit per task: a task past it is stopped and retried,
             and dead-lettered after the queue's max receive count.
         overwrite: Re-run items whose output exists.
@@ -99,6 +100,10 @@ def pipeline(
     """
     logger = get_run_logger()
     check_batch(batch)
+    source = ItemSource(
+        items=items, items_file=items_file, column=column, items_from=items_from,
+        cave_query=cave_query,
+    )
     if workers < 1 or tasks_per_worker < 1:
         raise BadArgumentsError(
             f"workers={workers}, tasks_per_worker={tasks_per_worker}: both must be at least 1"
@@ -114,12 +119,8 @@ def pipeline(
         fn=fn,
         queue=queue,
         storage=storage,
+        source=source,
         batch=batch,
-        items=items,
-        items_file=items_file,
-        column=column,
-        items_from=items_from,
-        cave_query=cave_query,
         cave=cave,
         kwargs=kwargs,
         overwrite=overwrite,
@@ -129,12 +130,12 @@ def pipeline(
     # had queued — not the queue's count, which on SQS lags up to a minute and includes other
     # batches: a stale zero would start no worker.
     total = queued["queued"] + queued["already_queued"]
-    options = {
-        "default_batch": batch,
-        "idle_seconds": idle_seconds,
-        "retry_base_seconds": retry_base_seconds,
-        "overwrite": overwrite,
-    }
+    options = WorkerOptions.of(
+        {"idle_seconds": 5.0},
+        **(worker_options.model_dump(exclude_unset=True) if worker_options else {}),
+        default_batch=batch,
+        overwrite=overwrite,
+    )
     fleet: Fleet
     if mode == "local":
         fleet = LocalFleet(queue, storage, options, cave)

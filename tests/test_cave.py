@@ -14,7 +14,7 @@ import responses
 
 from blocks import CAVECredentials, CAVETableQuery, CloudFilesStorage, LocalTaskQueue
 from tqflow.errors import CAVEQueryError, CredentialsError
-from flows.enqueue import read_items
+from flows.enqueue import ItemSource
 from tqflow.engine.outputs import output_path
 from tqflow.engine.worker import Worker
 from tests.cave_service import (
@@ -117,19 +117,19 @@ def test_secrets_folder_holds_private_token_files_and_is_removed(cave_block):
 def test_cave_query_gives_distinct_items_in_table_order(cave_service, cave_block):
     serve_table(cave_service, "synapses", SYNAPSES)
     query = CAVETableQuery(table="synapses", column="pre_pt_root_id", filter_equal={"post_pt_root_id": 20})
-    assert read_items(cave_query=query, cave=cave_block) == [10, 11, 12, 20]
+    assert ItemSource(cave_query=query).read(cave_block) == [10, 11, 12, 20]
     assert authorizations(cave_service) == {f"Bearer {cave_block.token.get_secret_value()}"}
 
 
 def test_cave_query_of_a_missing_column_names_the_columns_there_are(cave_service, cave_block):
     serve_table(cave_service, "synapses", SYNAPSES.drop(columns=["size"]))
     with pytest.raises(CAVEQueryError, match=r"no column 'size'.*pre_pt_root_id"):
-        read_items(cave_query=CAVETableQuery(table="synapses", column="size"), cave=cave_block)
+        ItemSource(cave_query=CAVETableQuery(table="synapses", column="size")).read(cave_block)
 
 
 def test_cave_query_without_a_cave_block_says_what_to_pass():
     with pytest.raises(Exception, match="need a CAVE block"):
-        read_items(cave_query=CAVETableQuery(table="synapses"))
+        ItemSource(cave_query=CAVETableQuery(table="synapses")).read()
 
 
 def test_synapse_profile_runs_in_the_worker_with_one_client_per_worker(
@@ -185,6 +185,6 @@ def test_cave_query_keeps_18_digit_root_ids_exact_and_skips_empty_cells(cave_ser
     })
     serve_table(cave_service, "synapses", frame)
     query = CAVETableQuery(table="synapses", column="pre_pt_root_id", filter_equal={"post_pt_root_id": 20})
-    items = read_items(cave_query=query, cave=cave_block)
+    items = ItemSource(cave_query=query).read(cave_block)
     assert items == roots and all(type(i) is int for i in items)
     assert items.empty_lines == [2]

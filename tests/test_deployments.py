@@ -239,7 +239,7 @@ def _run_and_signal_a_worker(env, tmp_path, batch: str, worker_deployment: str, 
         env, "pipeline/pipeline-local", queue=_lease_queue(env, batch), batch=batch,
         items=list(range(40)), fn="tests.tasks:tracked",
         kwargs={"log_dir": str(tmp_path), "seconds": 0.25}, mode="deployment",
-        worker_deployment=worker_deployment, workers=2, tasks_per_worker=20, idle_seconds=1,
+        worker_deployment=worker_deployment, workers=2, tasks_per_worker=20, worker_options={"idle_seconds": 1},
         poll_seconds=0.5, analyze=False,
     )
     victim = None
@@ -271,7 +271,8 @@ def _run_on_a_schedule(env):
         [schedule] = c.create_deployment_schedules(pipeline.id, [DeploymentScheduleCreate(
             schedule=IntervalSchedule(interval=dt.timedelta(days=1), anchor_date=due), active=True,
             parameters={"batch": "e2e-scheduled", "items": list(range(5)), "fn": "tests.tasks:square",
-                        "idle_seconds": 1, "poll_seconds": 0.5, "analyze": False},
+                        "worker_options": {"idle_seconds": 1}, "poll_seconds": 0.5,
+                        "analyze": False},
         )])
     try:
         deadline = time.monotonic() + 300

@@ -6,52 +6,53 @@ import pandas as pd
 import pytest
 
 from tqflow.errors import BadArgumentsError, MessageTooLargeError
-from flows.enqueue import ItemSourceError, enqueue_items, read_items
+from flows.enqueue import ItemSource, enqueue_items
+from tqflow.errors import ItemSourceError
 from tqflow.engine.outputs import output_path
 
 
 def test_text_file_gives_one_item_per_line_with_numbers_as_int(tmp_path):
     path = tmp_path / "roots.txt"
     path.write_text("# root ids\n864691135000000001\n\nabc\n")
-    assert read_items(items_file=str(path)) == [864691135000000001, "abc"]
+    assert ItemSource(items_file=str(path)).read() == [864691135000000001, "abc"]
 
 
 def test_csv_and_parquet_give_the_named_column(tmp_path):
     frame = pd.DataFrame({"root_id": [3, 1, 2], "note": ["a", "b", "c"]})
     frame.to_csv(tmp_path / "r.csv", index=False)
     frame.to_parquet(tmp_path / "r.parquet")
-    assert read_items(items_file=str(tmp_path / "r.csv"), column="root_id") == [3, 1, 2]
-    assert read_items(items_file=str(tmp_path / "r.parquet"), column="root_id") == [3, 1, 2]
+    assert ItemSource(items_file=str(tmp_path / "r.csv"), column="root_id").read() == [3, 1, 2]
+    assert ItemSource(items_file=str(tmp_path / "r.parquet"), column="root_id").read() == [3, 1, 2]
 
 
 def test_table_with_several_columns_needs_the_column_named(tmp_path):
     pd.DataFrame({"a": [1], "b": [2]}).to_csv(tmp_path / "r.csv", index=False)
     with pytest.raises(ItemSourceError, match=r"columns \['a', 'b'\].*column="):
-        read_items(items_file=str(tmp_path / "r.csv"))
+        ItemSource(items_file=str(tmp_path / "r.csv")).read()
 
 
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ItemSourceError, match="nothere.txt does not exist"):
-        read_items(items_file=str(tmp_path / "nothere.txt"))
+        ItemSource(items_file=str(tmp_path / "nothere.txt")).read()
 
 
 def test_items_from_an_importable_generator():
-    assert read_items(items_from="tests.enqueue_sources:five_roots") == [10, 11, 12, 13, 14]
+    assert ItemSource(items_from="tests.enqueue_sources:five_roots").read() == [10, 11, 12, 13, 14]
 
 
 def test_two_explicit_sources_are_refused():
     with pytest.raises(ItemSourceError, match="one source of items, not several"):
-        read_items(items=[1], items_file="roots.txt")
+        ItemSource(items=[1], items_file="roots.txt").read()
 
 
 def test_no_source_at_all_is_refused():
     with pytest.raises(ItemSourceError, match="no items"):
-        read_items()
+        ItemSource().read()
 
 
 def test_explicit_items_replace_the_default_generator():
     # a deployment's default items_from does not stand in the way of a run's own items
-    assert read_items(items=[7], items_from="tests.enqueue_sources:five_roots") == [7]
+    assert ItemSource(items=[7], items_from="tests.enqueue_sources:five_roots").read() == [7]
 
 
 def test_items_with_outputs_are_skipped_and_duplicates_dropped(queue_factory, storage):

@@ -127,7 +127,7 @@ def rendered(request):
     manifest = render_job(
         {"image": "us-docker.pkg.dev/my-lab/tqflow/worker:0.1.0", **resources},
         # blocks travel by reference: the worker pod loads them from the API
-        {"queue": {"$ref": {"block_document_id": str(uuid.uuid4())}}, "idle_seconds": 30},
+        {"queue": {"$ref": {"block_document_id": str(uuid.uuid4())}}, "options": {"idle_seconds": 30}},
     )
     return manifest, resources
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from blocks import LocalTaskQueue
 from tqflow.errors import BadArgumentsError, ItemSourceError
 from flows.cli import app
-from flows.enqueue import enqueue_items, read_items
+from flows.enqueue import ItemSource, enqueue_items
 from tqflow.items import parse_item
 from tqflow.engine.messages import decode
 
@@ -27,7 +27,7 @@ assert float(ROOTS[0]) == float(ROOTS[1]) and int(float(ROOTS[2])) != ROOTS[2]
 def test_text_file_keeps_root_ids_exact_and_reports_blank_lines(tmp_path):
     path = tmp_path / "roots.txt"
     path.write_text(f"# root ids\n{ROOTS[0]}\n\n{ROOTS[1]}\n{ROOTS[2]}\n\n")
-    items = read_items(items_file=str(path))
+    items = ItemSource(items_file=str(path)).read()
     assert items == ROOTS and all(type(i) is int for i in items)
     assert items.empty_lines == [3]
     assert "1 empty cells skipped (lines 3)" in items.report()
@@ -36,7 +36,7 @@ def test_text_file_keeps_root_ids_exact_and_reports_blank_lines(tmp_path):
 def test_csv_with_a_gap_keeps_every_root_id_exact(tmp_path):
     path = tmp_path / "roots.csv"
     path.write_text(f"root_id,note\n{ROOTS[0]},a\n,gap\n{ROOTS[1]},b\n{ROOTS[2]},c\n")
-    items = read_items(items_file=str(path), column="root_id")
+    items = ItemSource(items_file=str(path), column="root_id").read()
     assert items == ROOTS and all(type(i) is int for i in items)
     assert items.empty_lines == [3]
 
@@ -44,7 +44,7 @@ def test_csv_with_a_gap_keeps_every_root_id_exact(tmp_path):
 def test_csv_written_by_pandas_from_a_nullable_column_keeps_root_ids(tmp_path):
     frame = pd.DataFrame({"root_id": pd.array([ROOTS[0], None, ROOTS[1], ROOTS[2]], dtype="Int64")})
     frame.to_csv(tmp_path / "roots.csv", index=False)
-    assert read_items(items_file=str(tmp_path / "roots.csv")) == ROOTS
+    assert ItemSource(items_file=str(tmp_path / "roots.csv")).read() == ROOTS
 
 
 @pytest.mark.parametrize("writer", ["arrow", "pandas"])
@@ -55,7 +55,7 @@ def test_parquet_int64_column_with_nulls_keeps_root_ids(tmp_path, writer):
         pq.write_table(pa.table({"root_id": pa.array(values, pa.int64())}), path)
     else:
         pd.DataFrame({"root_id": pd.array(values, dtype="Int64")}).to_parquet(path)
-    items = read_items(items_file=str(path), column="root_id")
+    items = ItemSource(items_file=str(path), column="root_id").read()
     assert items == ROOTS and all(type(i) is int for i in items)
     assert items.empty_lines == [2]
 
@@ -64,25 +64,25 @@ def test_parquet_float_column_of_large_ids_is_refused_with_how_to_keep_them(tmp_
     path = tmp_path / "roots.parquet"
     pd.DataFrame({"root_id": [float(ROOTS[0]), float("nan")]}).to_parquet(path)
     with pytest.raises(ItemSourceError, match=r"root_id.*above 2\*\*53.*Int64"):
-        read_items(items_file=str(path), column="root_id")
+        ItemSource(items_file=str(path), column="root_id").read()
 
 
 def test_parquet_float_column_of_small_integral_ids_gives_ints(tmp_path):
     path = tmp_path / "ids.parquet"
     pd.DataFrame({"id": [3.0, float("nan"), 1.0]}).to_parquet(path)
-    assert read_items(items_file=str(path)) == [3, 1]
+    assert ItemSource(items_file=str(path)).read() == [3, 1]
 
 
 def test_parquet_string_column_is_parsed_as_text(tmp_path):
     path = tmp_path / "roots.parquet"
     pq.write_table(pa.table({"root_id": [str(ROOTS[0]), None, "007"]}), path)
-    assert read_items(items_file=str(path)) == [ROOTS[0], "007"]
+    assert ItemSource(items_file=str(path)).read() == [ROOTS[0], "007"]
 
 
 def test_generator_items_keep_numpy_int64_exact():
     import numpy as np
 
-    assert read_items(items=list(np.array(ROOTS, dtype=np.int64))) == ROOTS
+    assert ItemSource(items=list(np.array(ROOTS, dtype=np.int64))).read() == ROOTS
 
 
 @pytest.mark.parametrize(

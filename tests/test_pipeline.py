@@ -37,7 +37,7 @@ def latest_artifact(key: str):
 
 
 def run_pipeline(queue, storage, **parameters):
-    parameters.setdefault("idle_seconds", 0.5)
+    parameters.setdefault("worker_options", {"idle_seconds": 0.5})
     parameters.setdefault("poll_seconds", 0.2)
     return pipeline(queue=queue, storage=storage, **parameters)
 
@@ -114,7 +114,7 @@ def _pipeline_with_two_good_items(queue, storage, flag):
         batch="buggy",
         items=[1, 2, 3],
         kwargs={"fixed_flag": str(flag)},
-        retry_base_seconds=0.05,
+        worker_options={"idle_seconds": 0.5, "retry_base_seconds": 0.05},
         analyze=False,
     )
 
@@ -126,7 +126,7 @@ def test_redriven_items_run_again_after_the_bug_is_fixed(queue_factory, storage,
         _pipeline_with_two_good_items(queue, storage, flag)
     flag.touch()  # the fix
     assert dead_letters(queue=queue, action="redrive", limit=None) == {"redriven": 3}
-    stats = worker(queue=queue, storage=storage, idle_seconds=0.2)
+    stats = worker(queue=queue, storage=storage, options={"idle_seconds": 0.2})
     assert stats["succeeded"] == 3
     assert queue.counts().dead == 0
     assert storage.get_json(output_path("buggy", "2"))["result"] == 4
@@ -150,7 +150,7 @@ def test_running_a_batch_again_skips_every_finished_item(queue_factory, storage,
 def test_worker_flow_publishes_its_counters(queue_factory, storage):
     queue = queue_factory()
     enqueue(queue, "tests.tasks:square", range(6))
-    stats = worker(queue=queue, storage=storage, idle_seconds=0.2)
+    stats = worker(queue=queue, storage=storage, options={"idle_seconds": 0.2})
     assert stats["succeeded"] == 6
     counters = {row["counter"]: row["value"] for row in _table_rows(latest_artifact("worker-stats").data)}
     assert counters["succeeded"] == 6

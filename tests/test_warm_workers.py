@@ -47,7 +47,7 @@ def test_a_script_without_a_main_guard_runs_its_local_pipeline_once(prefect_api,
                                  allowed_modules=["tests"]),
             storage=CloudFilesStorage(cloudpath={"file://" + str(tmp_path / "data")!r}),
             fn="tests.tasks:square", batch="guardless", items=list(range(6)), workers=2,
-            idle_seconds=0.5, poll_seconds=0.2, analyze=False,
+            worker_options={{"idle_seconds": 0.5}}, poll_seconds=0.2, analyze=False,
         )
         print("done", summary["done"])
     """))

@@ -57,7 +57,9 @@ def test_queue_work_goes_on_through_an_api_outage_and_the_report_arrives_after_i
     freezer = threading.Thread(target=freeze_the_api_mid_run)
     freezer.start()
     try:
-        state = worker(queue, storage, idle_seconds=0.5, progress_seconds=0.5, return_state=True)
+        state = worker(
+            queue, storage, {"idle_seconds": 0.5, "progress_seconds": 0.5}, return_state=True
+        )
     finally:
         freezer.join()
     stats = state.result()

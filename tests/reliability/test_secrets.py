@@ -61,8 +61,7 @@ def test_a_batch_leaks_no_secret_into_logs_artifacts_parameters_or_errors(
                 batch=batch,
                 items=[1, 2, 3, 4],
                 kwargs={"bad": [3]},
-                retry_base_seconds=0.05,
-                idle_seconds=0.5,
+                worker_options={"retry_base_seconds": 0.05, "idle_seconds": 0.5},
                 poll_seconds=0.2,
             )
 

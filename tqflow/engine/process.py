@@ -3,7 +3,7 @@
 ``python -m tqflow.engine.process`` reads a JSON spec on stdin::
 
     {"queue": <block spec>, "storage": <block spec>, "cave": <block spec> | null,
-     "options": {<Worker keyword arguments>}}
+     "options": {<WorkerOptions fields>}}
 
 drains the queue, prints the worker's stats as one JSON line on stdout and exits 0, also when
 stopped by SIGTERM (spot preemption, pod eviction); exits 3 when the queue stayed unreachable
@@ -25,6 +25,7 @@ import threading
 from typing import IO, Any, Iterator
 
 from tqflow.engine.contracts import CAVESource, Queue, Storage
+from tqflow.engine.options import WorkerOptions
 from tqflow.engine.specs import block_from_spec, block_spec
 from tqflow.engine.worker import Worker
 from tqflow.errors import TaskTimeoutError
@@ -85,8 +86,8 @@ def run_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
     worker = Worker(
         block_from_spec(spec["queue"]),
         block_from_spec(spec["storage"]),
+        WorkerOptions.of(spec.get("options")),
         cave=block_from_spec(cave) if cave else None,
-        **spec.get("options", {}),
     )
     with stop_on_signals(worker):
         stats = worker.run()
@@ -96,7 +97,7 @@ def run_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
 def worker_spec(
     queue: Queue,
     storage: Storage,
-    options: dict[str, Any] | None = None,
+    options: WorkerOptions | dict[str, Any] | None = None,
     *,
     cave: CAVESource | None = None,
 ) -> dict[str, Any]:
@@ -105,14 +106,14 @@ def worker_spec(
         "queue": block_spec(queue),
         "storage": block_spec(storage),
         "cave": block_spec(cave) if cave is not None else None,
-        "options": options or {},
+        "options": WorkerOptions.of(options).model_dump(mode="json", exclude_unset=True),
     }
 
 
 def spawn(
     queue: Queue,
     storage: Storage,
-    options: dict[str, Any] | None = None,
+    options: WorkerOptions | dict[str, Any] | None = None,
     *,
     cave: CAVESource | None = None,
     stdout: int | IO[Any] | None = subprocess.PIPE,

@@ -10,10 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from pydantic import BaseModel
-
-
-def block_spec(block: BaseModel) -> dict[str, Any]:
+def block_spec(block: Any) -> dict[str, Any]:
+    """``block`` (a pydantic model: a Prefect block) as a spec."""
     cls = type(block)
     return {
         "type": f"{cls.__module__}:{cls.__qualname__}",

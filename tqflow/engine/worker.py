@@ -50,6 +50,7 @@ from tqflow.engine.contracts import CAVESource, Lease, Queue, Storage
 from tqflow.engine.allowed_modules import AllowedModules
 from tqflow.engine.lease_keeper import LeaseKeeper
 from tqflow.engine.messages import TaskMessage, bind, check_batch, decode, item_key, resolve
+from tqflow.engine.options import WorkerOptions
 from tqflow.engine.outputs import (
     error_path,
     failed_attempt,
@@ -150,42 +151,21 @@ class Worker:
         self,
         queue: Queue,
         storage: Storage,
+        options: WorkerOptions | None = None,
         *,
-        default_batch: str = "default",
-        idle_seconds: float = 30.0,
-        max_tasks: int | None = None,
-        max_seconds: float | None = None,
-        overwrite: bool = False,
-        prefetch: int | None = None,
-        prefetch_seconds: float = 2.0,
-        ack_seconds: float = 1.0,
-        retry_base_seconds: float = 5.0,
-        retry_when: str | Callable[[int, Exception], bool] | None = None,
-        task_timeout_seconds: float | None = None,
-        queue_unreachable_seconds: float = 300.0,
-        allow: Iterable[str] = (),
-        import_modules: Iterable[str] = (),
         cave: CAVESource | None = None,
         injectables: Mapping[str, Callable[[], Any]] | None = None,
-        progress_seconds: float = 30.0,
         stop: threading.Event | None = None,
         log: logging.Logger | logging.LoggerAdapter | None = None,
+        **settings: Any,
     ) -> None:
+        """``settings`` are `WorkerOptions` fields, over ``options``
+        (``Worker(queue, storage, idle_seconds=5)``)."""
         self.queue = queue
         self.storage = storage
-        self.default_batch = check_batch(default_batch)
-        self.idle_seconds = idle_seconds
-        self.max_tasks = max_tasks
-        self.max_seconds = max_seconds
-        self.overwrite = overwrite
-        self.prefetch = prefetch
-        self.prefetch_seconds = prefetch_seconds
-        self.ack_seconds = ack_seconds
-        self.retry_base_seconds = retry_base_seconds
-        self.retry_rule = RetryRule(retry_when)
-        self.task_timeout_seconds = task_timeout_seconds
-        self.queue_unreachable_seconds = queue_unreachable_seconds
-        self.progress_seconds = progress_seconds
+        self.options = WorkerOptions.of(options, **settings)
+        check_batch(self.options.default_batch)
+        self.retry_rule = RetryRule(self.options.retry_when)
         self.stop = stop or threading.Event()
         self.log = log or logger
         self.name = f"{socket.gethostname()}-{os.getpid()}"
@@ -197,11 +177,11 @@ class Worker:
             "cave": self._get_cave_client,
             **(injectables or {}),
         }
-        import_modules = list(import_modules)
+        import_modules = self.options.import_modules
         # python-task-queue RegisteredTask classes register on import; the modules named to
         # be imported are allowed, as are the queue block's and the worker's own.
         self.allowed = AllowedModules(
-            [*queue.allowed_modules, *allow, *import_modules], storage
+            [*queue.allowed_modules, *self.options.allow, *import_modules], storage
         )
         self._buffer: deque[Lease] = deque()
         self._task: _RunningTask | None = None
@@ -247,7 +227,7 @@ class Worker:
 
     def run(self) -> WorkerStats:
         started = time.monotonic()
-        next_progress = started + self.progress_seconds
+        next_progress = started + self.options.progress_seconds
         idle_since: float | None = None
         self.log.info(
             "worker %s draining %s into %s", self.name, self.queue.queue_name, self.storage.cloudpath
@@ -257,7 +237,7 @@ class Worker:
             self.queue.lease_seconds,
             self.stop,
             self.log,
-            ack_seconds=self.ack_seconds,
+            ack_seconds=self.options.ack_seconds,
             on_tick=self.check_deadline,
         )
         empty_polls = 0
@@ -275,7 +255,7 @@ class Worker:
                         empty_polls += 1
                         if (
                             empty_polls >= 2
-                            and time.monotonic() - idle_since >= self.idle_seconds
+                            and time.monotonic() - idle_since >= self.options.idle_seconds
                             and self._drained()
                         ):
                             self.stats.stop_reason = "idle"
@@ -288,7 +268,7 @@ class Worker:
                     self._process(lease)
                     if time.monotonic() >= next_progress:
                         self._log_progress(started)
-                        next_progress = time.monotonic() + self.progress_seconds
+                        next_progress = time.monotonic() + self.options.progress_seconds
             except KeyboardInterrupt:
                 if not self.stop.is_set():
                     raise
@@ -304,17 +284,17 @@ class Worker:
         return self.stats
 
     def _limit_reached(self, started: float) -> str:
-        if self.max_tasks is not None and self.stats.processed >= self.max_tasks:
+        if self.options.max_tasks is not None and self.stats.processed >= self.options.max_tasks:
             return "max_tasks"
-        if self.max_seconds is not None and time.monotonic() - started >= self.max_seconds:
+        if self.options.max_seconds is not None and time.monotonic() - started >= self.options.max_seconds:
             return "max_seconds"
         return ""
 
     def _next_lease(self) -> Lease | None:
         if not self._buffer:
             wanted = self._prefetch()
-            if self.max_tasks is not None:
-                wanted = max(1, min(wanted, self.max_tasks - self.stats.processed))
+            if self.options.max_tasks is not None:
+                wanted = max(1, min(wanted, self.options.max_tasks - self.stats.processed))
             self._in_receive = True
             try:
                 leases = self._reach(self.queue.receive, max_messages=wanted)
@@ -340,10 +320,10 @@ class Worker:
                 self._unreachable_since = now
             self._unreachable_errors += 1
             down = now - self._unreachable_since
-            if down >= self.queue_unreachable_seconds:
+            if down >= self.options.queue_unreachable_seconds:
                 raise QueueUnreachableError(
                     f"queue {self.queue.queue_name!r} unreachable for {down:.0f} s "
-                    f"(queue_unreachable_seconds={self.queue_unreachable_seconds:g}); last "
+                    f"(queue_unreachable_seconds={self.options.queue_unreachable_seconds:g}); last "
                     f"error: {type(exc).__name__}: {exc}"
                 ) from exc
             self.log.warning(
@@ -360,13 +340,13 @@ class Worker:
         recent task duration, 1 to 10. Short tasks batch their receives (SQS bills per
         request); long tasks take one at a time, so no lease waits behind a long task while
         another worker is idle."""
-        if self.prefetch is not None:
-            return max(1, self.prefetch)
+        if self.options.prefetch is not None:
+            return max(1, self.options.prefetch)
         recent = list(itertools.islice(reversed(self.stats.recent_task_seconds), 20))
         if not recent:
             return 1
         mean = sum(recent) / len(recent)
-        return max(1, min(10, int(self.prefetch_seconds / max(mean, 1e-3))))
+        return max(1, min(10, int(self.options.prefetch_seconds / max(mean, 1e-3))))
 
     def _drained(self) -> bool:
         """Empty means nothing visible, in flight (another worker's task may still fail and
@@ -383,7 +363,7 @@ class Worker:
         for anything that concerns this message alone."""
         message: TaskMessage | None = None
         try:
-            message = decode(lease.body, self.default_batch)
+            message = decode(lease.body, self.options.default_batch)
             self.allowed.check(message)
             func = resolve(message.fn)
             bound = bind(func, message, self._injectables)
@@ -397,7 +377,7 @@ class Worker:
         out = output_path(message.batch, message.key)
         task: _RunningTask | None = None
         try:
-            if not self.overwrite and self.storage.exists(out):
+            if not self.options.overwrite and self.storage.exists(out):
                 self._ack(lease)
                 self.stats.skipped += 1
                 return
@@ -438,7 +418,7 @@ class Worker:
     # -- time limits ----------------------------------------------------------------------------
 
     def _start_task(self, lease: Lease, message: TaskMessage) -> _RunningTask:
-        timeout = message.task_timeout_seconds or self.task_timeout_seconds
+        timeout = message.task_timeout_seconds or self.options.task_timeout_seconds
         now = time.monotonic()
         deadline, reason = float("inf"), ""
         if timeout:
@@ -499,7 +479,7 @@ class Worker:
 
     def _unreadable(self, lease: Lease) -> TaskMessage:
         """A stand-in for a message that could not be read, named after its body."""
-        return TaskMessage(fn="", key=item_key({"body": lease.body}), batch=self.default_batch)
+        return TaskMessage(fn="", key=item_key({"body": lease.body}), batch=self.options.default_batch)
 
     def _failed(self, lease: Lease, message: TaskMessage, exc: Exception) -> None:
         """Record the failure and leave the message to come back after a backoff; the queue's
@@ -516,7 +496,7 @@ class Worker:
         self._record_error(message, lease, exc)
         delay = retry_delay(
             lease.receive_count,
-            base_seconds=self.retry_base_seconds,
+            base_seconds=self.options.retry_base_seconds,
             max_seconds=self.queue.lease_seconds,
         )
         if lease.receive_count >= self.queue.max_receive_count:

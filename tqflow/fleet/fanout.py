@@ -25,6 +25,7 @@ from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
 from blocks.storage import CloudFilesStorage
 from tqflow.engine import process as worker_process
+from tqflow.engine.options import WorkerOptions
 from tqflow.fleet.warm_workers import WarmWorker, warm_worker_server
 
 
@@ -35,7 +36,7 @@ class Fleet(ABC):
         self,
         queue: TaskQueue,
         storage: CloudFilesStorage,
-        options: dict[str, Any],
+        options: WorkerOptions,
         cave: Optional[CAVECredentials] = None,
     ):
         self.queue = queue
@@ -80,14 +81,8 @@ class Fleet(ABC):
 class LocalFleet(Fleet):
     """Workers as local OS processes."""
 
-    def __init__(
-        self,
-        queue: TaskQueue,
-        storage: CloudFilesStorage,
-        options: dict[str, Any],
-        cave: Optional[CAVECredentials] = None,
-    ):
-        super().__init__(queue, storage, options, cave)
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self._processes: list[tuple[WarmWorker, Any]] = []
 
     def launch(self, n: int) -> None:
@@ -144,7 +139,7 @@ class DeploymentFleet(Fleet):
         self,
         queue: TaskQueue,
         storage: CloudFilesStorage,
-        options: dict[str, Any],
+        options: WorkerOptions,
         deployment: str,
         run_key: str,
         cave: Optional[CAVECredentials] = None,
@@ -160,8 +155,8 @@ class DeploymentFleet(Fleet):
         parameters = {
             "queue": _block_reference(self.queue),
             "storage": _block_reference(self.storage),
+            "options": self.options.model_dump(mode="json", exclude_unset=True),
             **({"cave": _block_reference(self.cave)} if self.cave is not None else {}),
-            **self.options,
         }
         for _ in range(n):
             run = run_deployment(

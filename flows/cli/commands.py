@@ -22,8 +22,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tqflow.errors import CLIInputError, EnqueueInterruptedError, QueueUnreachableError, TqflowError
+from flows.cli.options import (
+    DATA_OPTION,
+    Target,
+    data_folder,
+    load_block,
+    target_options,
+    worker_options,
+)
 from tqflow.engine.messages import check_batch
+from tqflow.engine.options import WorkerOptions
+from tqflow.errors import CLIInputError, EnqueueInterruptedError, QueueUnreachableError, TqflowError
 
 def console(stderr: bool = False) -> Console:
     """A console sized when it prints: rich reads ``COLUMNS`` when a Console is made, so one
@@ -127,75 +136,13 @@ def _json_object(option: str, text: str) -> dict[str, Any]:
     return value
 
 
-DataOption = typer.Option(
-    Path("tqflow-data"), "--data", envvar="TQFLOW_DATA", help="Folder of the embedded setup."
-)
-BatchOption = typer.Option("demo", "--batch", "-b", help="Name of the batch.")
-QueueOption = typer.Option(None, "--queue", help="Queue name (default: the batch name).")
-QueueBlockOption = typer.Option(
-    None, "--queue-block", help="Saved queue block, e.g. sqs-task-queue/prod."
-)
-StorageBlockOption = typer.Option(
-    None, "--storage-block", help="Saved storage block, e.g. cloud-files-storage/results."
-)
-
-
-def _queue(
-    data: Path, batch: str, queue: Optional[str], block: Optional[str], must_exist: bool = False
-) -> Any:
-    from blocks.queues.base import TaskQueue
-
-    check_batch(batch)
-    if block:
-        found = _load_block(block, TaskQueue, "--queue-block")
-    else:
-        from blocks.queues.local import LocalTaskQueue
-
-        found = LocalTaskQueue(path=str(_data_folder(data) / "queue.sqlite"), queue_name=queue or batch)
-    if must_exist and not found.exists():
-        where = f"block {block}" if block else f"{data / 'queue.sqlite'}"
-        raise CLIInputError(
-            f"there is no queue {found.queue_name!r} ({where}): queue tasks first with "
-            f"`tqflow enqueue ... --batch {batch}`, or name the queue with --queue / --queue-block"
-        )
-    return found
-
-
-def _storage(data: Path, block: Optional[str]) -> Any:
-    from blocks.storage import CloudFilesStorage
-
-    if block:
-        return _load_block(block, CloudFilesStorage, "--storage-block")
-    return CloudFilesStorage(cloudpath=f"file://{_data_folder(data)}")
-
-
-def _data_folder(data: Path) -> Path:
-    if data.exists() and not data.is_dir():
-        raise CLIInputError(
-            f"--data {data} is a file: give the folder of the embedded setup (it holds "
-            "queue.sqlite and the batches' outputs), e.g. --data tqflow-data"
-        )
-    return data
-
-
-def _load_block(slug_and_name: str, kind: Any, option: str) -> Any:
-    """The saved block ``slug_and_name`` of type ``kind``; errors name ``option``."""
-    import blocks  # noqa: F401  (registers tqflow's block types)
-    from blocks.specs import load_block
-
-    try:
-        return load_block(slug_and_name, kind)
-    except ValueError as exc:
-        raise CLIInputError(f"{option}: {exc}") from None
-
-
 @app.command()
+@target_options(queue=False, storage=False)
 def demo(
+    target: Target,
     items: int = typer.Option(2_000, min=1, help="How many synthetic neurons to measure."),
     workers: int = typer.Option(2, min=1, help="Local worker processes."),
     nodes: int = typer.Option(2_000, min=2, help="Skeleton nodes per neuron (CPU cost per task)."),
-    data: Path = DataOption,
-    batch: str = BatchOption,
     overwrite: bool = typer.Option(False, help="Re-run items that already have an output."),
 ) -> None:
     """Run the embedded pipeline: queue -> local workers -> local storage -> analysis."""
@@ -204,7 +151,7 @@ def demo(
     from tqflow.examples import demo_root_ids
     from flows.pipeline import pipeline
 
-    data = data.resolve()
+    data, batch = target.folder().resolve(), target.batch
     root_ids = demo_root_ids(items)
     console().print(
         f"tqflow demo: {items:,} synthetic neurons, {workers} local workers, results in {data}"
@@ -218,7 +165,7 @@ def demo(
         kwargs={"n_nodes": nodes},
         workers=workers,
         overwrite=overwrite,
-        idle_seconds=2.0,
+        worker_options=WorkerOptions(idle_seconds=2.0),
     )
     analysis_summary = summary.get("analysis") or {}
     console().print(
@@ -237,7 +184,9 @@ def demo(
 
 
 @app.command("enqueue")
+@target_options()
 def enqueue_command(
+    target: Target,
     fn: str = typer.Argument(..., help="Task function, package.module:function."),
     items: Optional[List[str]] = typer.Option(None, "--item", help="An item (repeatable)."),
     items_file: Optional[Path] = typer.Option(None, help="File of items: .txt, .csv, .parquet."),
@@ -251,11 +200,6 @@ def enqueue_command(
         None, help="CAVE block for --cave-table, e.g. cave-credentials/lab."
     ),
     kwargs: str = typer.Option("{}", help="Fixed keyword arguments, as JSON."),
-    batch: str = BatchOption,
-    data: Path = DataOption,
-    queue: Optional[str] = QueueOption,
-    queue_block: Optional[str] = QueueBlockOption,
-    storage_block: Optional[str] = StorageBlockOption,
     overwrite: bool = typer.Option(False, help="Queue items whose output exists too."),
     requeue: bool = typer.Option(
         False, help="Queue again items an earlier run queued that are not done (after a purge)."
@@ -272,7 +216,7 @@ def enqueue_command(
     """Queue one task per item. Items already done, or already queued by an earlier run, are
     skipped: run it again after Ctrl-C and it queues the rest."""
     from blocks.cave import CAVECredentials
-    from flows.enqueue import enqueue_items, read_items
+    from flows.enqueue import ItemSource, enqueue_items
     from tqflow.items import parse_item
 
     fixed = _json_object("--kwargs", kwargs)
@@ -284,22 +228,20 @@ def enqueue_command(
             table=cave_table, column=column or "pt_root_id",
             filter_equal=_json_object("--cave-filter", cave_filter),
         )
-    target = _queue(data, batch, queue, queue_block)
-    storage = _storage(data, storage_block)
-    found = read_items(
-        [parse_item(i) for i in items] if items else None,
-        str(items_file) if items_file else None,
-        column,
-        items_from,
-        cave_query,
-        _load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None,
-    )
+    queue, storage = target.queue(), target.storage()
+    found = ItemSource(
+        items=[parse_item(i) for i in items] if items else None,
+        items_file=str(items_file) if items_file else None,
+        column=column,
+        items_from=items_from,
+        cave_query=cave_query,
+    ).read(load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None)
     if found.report():
         console(stderr=True).print(f"[yellow]{found.report()}[/yellow]", soft_wrap=True)
     with _stop_on_signals() as stop:
         try:
             result = enqueue_items(
-                target, storage, fn, found, batch, fixed, overwrite=overwrite, requeue=requeue,
+                queue, storage, fn, found, target.batch, fixed, overwrite=overwrite, requeue=requeue,
                 stop=stop, step=step, task_timeout_seconds=task_timeout,
             )
         except EnqueueInterruptedError as exc:
@@ -331,52 +273,26 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 
 @app.command()
+@target_options()
+@worker_options(idle_seconds=5.0)
 def work(
-    batch: str = BatchOption,
-    data: Path = DataOption,
-    queue: Optional[str] = QueueOption,
-    queue_block: Optional[str] = QueueBlockOption,
-    storage_block: Optional[str] = StorageBlockOption,
-    idle_seconds: float = typer.Option(
-        5.0, min=0, help="Stop after the queue has been empty this long (workers on a cluster "
-        "wait longer: 30 s, for an enqueue still sending).",
-    ),
-    max_tasks: Optional[int] = typer.Option(None, min=1, help="Stop after this many tasks."),
-    max_seconds: Optional[float] = typer.Option(None, min=0, help="Stop after this long."),
-    overwrite: bool = typer.Option(False, help="Re-run items whose output exists."),
-    import_module: Optional[List[str]] = typer.Option(
-        None, "--import-module", help="Module to import first (task-queue RegisteredTasks)."
-    ),
+    target: Target,
+    options: WorkerOptions,
     cave_block: Optional[str] = typer.Option(
         None, help="CAVE block for tasks that take a `cave` client, e.g. cave-credentials/lab."
     ),
-    task_timeout: Optional[float] = typer.Option(
-        None, min=0.001, help="Stop a task after this many seconds (a batch's own limit wins)."
-    ),
-    allow: Optional[List[str]] = typer.Option(
-        None, "--allow", help="Module whose functions may run besides the batches' own (repeat)."
-    ),
 ) -> None:
-    """Run a worker in this process until the queue is drained (SIGTERM stops it cleanly)."""
+    """Run a worker in this process until the queue is drained (SIGTERM stops it cleanly).
+    Workers on a cluster wait longer for an enqueue still sending: --idle-seconds 30."""
     from blocks.cave import CAVECredentials
-    from tqflow.engine.worker import Worker
     from tqflow.engine.process import log_to_stderr, stop_on_signals
+    from tqflow.engine.worker import Worker
 
-    target = _queue(data, batch, queue, queue_block, must_exist=True)
-    cave = _load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None
+    queue = target.queue(must_exist=True)
+    cave = load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None
     log_to_stderr()
     worker = Worker(
-        target,
-        _storage(data, storage_block),
-        cave=cave,
-        default_batch=batch,
-        idle_seconds=idle_seconds,
-        max_tasks=max_tasks,
-        max_seconds=max_seconds,
-        overwrite=overwrite,
-        import_modules=import_module or (),
-        task_timeout_seconds=task_timeout,
-        allow=allow or (),
+        queue, target.storage(), options, cave=cave, default_batch=target.batch
     )
     with stop_on_signals(worker):
         stats = worker.run()
@@ -386,18 +302,12 @@ def work(
 
 
 @app.command()
-def status(
-    batch: str = BatchOption,
-    data: Path = DataOption,
-    queue: Optional[str] = QueueOption,
-    queue_block: Optional[str] = QueueBlockOption,
-    storage_block: Optional[str] = StorageBlockOption,
-) -> None:
+@target_options()
+def status(target: Target) -> None:
     """Show the queue (with its dead-letter queue) and the batch's outputs and errors."""
     from tqflow.engine.outputs import outputs_prefix
 
-    q = _queue(data, batch, queue, queue_block, must_exist=True)
-    storage = _storage(data, storage_block)
+    q, storage, batch = target.queue(must_exist=True), target.storage(), target.batch
     counts = q.counts()
     outputs = sum(1 for p in storage.list(outputs_prefix(batch)) if p.endswith(".json"))
     errors = sum(1 for p in storage.list(f"{batch}/errors/") if p.endswith(".json"))
@@ -418,24 +328,21 @@ def status(
     if counts.dead:
         console().print(
             f"[yellow]{counts.dead:,} dead-lettered[/yellow]: "
-            f"`tqflow dead-letters list {_queue_flags(batch, data, queue, queue_block)}` "
+            f"`tqflow dead-letters list {target.flags()}` "
             "shows why",
             soft_wrap=True,
         )
 
 
 @app.command()
-def analyze(
-    batch: str = BatchOption,
-    data: Path = DataOption,
-    storage_block: Optional[str] = StorageBlockOption,
-) -> None:
+@target_options(queue=False)
+def analyze(target: Target) -> None:
     """Collect the batch's outputs into <batch>/analysis/results.parquet."""
     from flows.analysis import analysis
     from tqflow.engine.outputs import outputs_prefix
 
-    check_batch(batch)
-    storage = _storage(data, storage_block)
+    batch = check_batch(target.batch)
+    storage = target.storage()
     result = analysis(storage=storage, batch=batch)
     if not result["items"]:
         raise CLIInputError(
@@ -447,21 +354,17 @@ def analyze(
 
 
 @dead_app.command("list")
+@target_options()
 def dead_letters_list(
-    batch: str = BatchOption,
-    data: Path = DataOption,
-    queue: Optional[str] = QueueOption,
-    queue_block: Optional[str] = QueueBlockOption,
-    storage_block: Optional[str] = StorageBlockOption,
+    target: Target,
     limit: int = typer.Option(20, min=1, help="Show at most this many."),
 ) -> None:
     """List the batch's dead-lettered messages: item, receives, why, and the task's last
     error. On a queue named with --queue / --queue-block, only --batch's messages."""
     from flows.dead_letters import describe, in_batch
 
-    q = _queue(data, batch, queue, queue_block, must_exist=True)
-    storage = _storage(data, storage_block)
-    select = in_batch(batch) if (queue or queue_block) else None
+    q, storage, batch = target.queue(must_exist=True), target.storage(), target.batch
+    select = in_batch(batch) if target.names_queue else None
     dead = q.dead_letters(limit, select=select)
     total = q.counts().dead
     if not dead:
@@ -476,7 +379,7 @@ def dead_letters_list(
             row["last_error"] or "-",
         )
     console().print(table)
-    flags = _queue_flags(batch, data, queue, queue_block)
+    flags = target.flags()
     console().print(
         f"tracebacks: {storage.url(f'{batch}/errors/')}<key>.json; after fixing the cause: "
         f"`tqflow dead-letters redrive {flags}`",
@@ -485,38 +388,23 @@ def dead_letters_list(
 
 
 @dead_app.command("redrive")
+@target_options(storage=False)
 def dead_letters_redrive(
-    batch: str = BatchOption,
-    data: Path = DataOption,
-    queue: Optional[str] = QueueOption,
-    queue_block: Optional[str] = QueueBlockOption,
+    target: Target,
     limit: Optional[int] = typer.Option(None, min=1, help="Redrive at most this many (default all)."),
 ) -> None:
     """Move the batch's dead-lettered messages back into the queue, receive counts reset. On a
     queue named with --queue / --queue-block, only --batch's messages."""
     from flows.dead_letters import in_batch
 
-    q = _queue(data, batch, queue, queue_block, must_exist=True)
-    select = in_batch(batch) if (queue or queue_block) else None
+    q = target.queue(must_exist=True)
+    select = in_batch(target.batch) if target.names_queue else None
     moved = q.redrive(limit, select=select)
     console().print(
         f"redrove {moved:,} messages into {q.queue_name}; run them with "
-        f"`tqflow work {_queue_flags(batch, data, queue, queue_block)}`",
+        f"`tqflow work {target.flags()}`",
         soft_wrap=True,
     )
-
-
-def _queue_flags(batch: str, data: Path, queue: Optional[str], queue_block: Optional[str]) -> str:
-    """The options that reach the same queue again, for the hints a command prints."""
-    flags = [f"--batch {batch}"]
-    if queue_block:
-        flags.append(f"--queue-block {queue_block}")
-    else:
-        if queue:
-            flags.append(f"--queue {queue}")
-        if data != Path("tqflow-data"):
-            flags.append(f"--data {data}")
-    return " ".join(flags)
 
 
 @blocks_app.command("import")
@@ -551,7 +439,7 @@ def blocks_import(
 
 @blocks_app.command("save-local")
 def blocks_save_local(
-    data: Path = DataOption,
+    data: Path = DATA_OPTION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace blocks that exist."),
 ) -> None:
     """Save the embedded blocks the local deployments use: local-task-queue/tqflow and
@@ -559,7 +447,7 @@ def blocks_save_local(
     from blocks.queues.local import LocalTaskQueue
     from blocks.storage import CloudFilesStorage
 
-    data = _data_folder(data).resolve()
+    data = data_folder(data).resolve()
     saved = {
         "local-task-queue/tqflow": LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="tqflow"),
         "cloud-files-storage/tqflow-local": CloudFilesStorage(cloudpath=f"file://{data}"),

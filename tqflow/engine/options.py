@@ -1,0 +1,106 @@
+"""How one worker drains its queue: the one model of a worker's options.
+
+The loop (`tqflow.engine.worker.Worker`), the ``worker`` flow, the pipeline's fleets (local
+processes and deployment runs) and ``tqflow work`` all take a `WorkerOptions`, so an option is
+added here, once, and reaches every way a worker is started.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WorkerOptions(BaseModel):
+    """Options of one worker loop.
+
+    Example:
+        ```python
+        from tqflow.engine.options import WorkerOptions
+
+        options = WorkerOptions(idle_seconds=60, task_timeout_seconds=3600)
+        ```
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_batch: str = Field(
+        default="default",
+        description="Batch for python-task-queue bodies, which name none.",
+    )
+    idle_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "Stop after the queue has been empty this long (30 s gives an enqueue that is "
+            "still sending time to send more)."
+        ),
+    )
+    max_tasks: Optional[int] = Field(default=None, ge=1, description="Stop after this many tasks.")
+    max_seconds: Optional[float] = Field(default=None, ge=0, description="Stop after this long.")
+    overwrite: bool = Field(
+        default=False, description="Re-run items whose output exists instead of skipping them."
+    )
+    prefetch: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Messages leased per receive (default: sized from recent task durations).",
+    )
+    prefetch_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Without `prefetch`: lease enough messages for this much work per receive.",
+    )
+    ack_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Longest a finished task's acknowledgement waits to be sent in a batch.",
+    )
+    retry_base_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="First backoff before a failed task is retried; it doubles per attempt.",
+    )
+    retry_when: Optional[str] = Field(
+        default=None,
+        description=(
+            "``module:function`` taking (attempt, exception) and returning whether to retry; "
+            "default: retry every failure but a PermanentTaskError."
+        ),
+    )
+    task_timeout_seconds: Optional[float] = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Stop a task after this long (a batch's own limit wins); it is retried, and "
+            "dead-lettered after the queue's max receive count."
+        ),
+    )
+    queue_unreachable_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Stop the worker when the queue cannot be reached for this long.",
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Modules whose functions may run besides those of batches enqueued through tqflow "
+            "and the queue block's allowed_modules."
+        ),
+    )
+    import_modules: list[str] = Field(
+        default_factory=list,
+        description="Modules to import first (python-task-queue RegisteredTask classes).",
+    )
+    progress_seconds: float = Field(
+        default=30.0, gt=0, description="How often the worker logs its counters and rate."
+    )
+
+    @classmethod
+    def of(cls, options: WorkerOptions | dict | None = None, **settings: object) -> WorkerOptions:
+        """``options`` with ``settings`` (field names) over it; validated, so a misspelt or
+        out-of-range option fails here, naming it."""
+        if isinstance(options, WorkerOptions):
+            options = options.model_dump(exclude_unset=True)
+        return cls.model_validate({**(options or {}), **settings})
