@@ -1,4 +1,4 @@
-# tqflow: `make demo` runs the embedded pipeline, `make test` runs the tests.
+# tqflow: `make demo` runs the embedded pipeline, `make test` runs `make lint` and the tests.
 # Both create .venv and install what they need on first use. `make bench` prints the
 # side-by-side benchmarks (bench/README.md), `make reliability` the fault-injection figures
 # (bench/RELIABILITY.md).
@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test bench reliability install clean
+.PHONY: demo test lint bench reliability install clean
 
 install: $(INSTALLED)
 
@@ -24,8 +24,14 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/tqflow demo
 
-test: $(INSTALLED)
+test: lint
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q -n 2 --dist loadgroup
+
+# ruff (lint and format) on everything; mypy on the engine, the errors and the blocks.
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(INSTALLED)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m bench.run

@@ -41,7 +41,9 @@ def task_map_seconds(n: int, recorded: list[int]) -> float:
     with get_client(sync_client=True) as client:
         # The REST API counts task runs; the Python client has no method of its own for it.
         flow_run = {"id": {"any_": [str(state.state_details.flow_run_id)]}}
-        recorded.append(client.request("POST", "/task_runs/count", json={"flow_runs": flow_run}).json())
+        recorded.append(
+            client.request("POST", "/task_runs/count", json={"flow_runs": flow_run}).json()
+        )
     return seconds
 
 
@@ -53,21 +55,34 @@ def pipeline_seconds(n: int) -> float:
         summary = {}
 
         def run() -> None:
-            summary.update(pipeline(
-                fn="bench.tasks:noop",
-                queue=LocalTaskQueue(path=f"{folder}/q.sqlite", queue_name="bench", wait_seconds=0),
-                storage=CloudFilesStorage(cloudpath=f"file://{folder}"),
-                batch="bench", items=list(range(n)), workers=2,
-                worker_options={"idle_seconds": 0.5}, poll_seconds=0.5, analyze=False,
-            ))
+            summary.update(
+                pipeline(
+                    fn="bench.tasks:noop",
+                    queue=LocalTaskQueue(
+                        path=f"{folder}/q.sqlite", queue_name="bench", wait_seconds=0
+                    ),
+                    storage=CloudFilesStorage(cloudpath=f"file://{folder}"),
+                    batch="bench",
+                    items=list(range(n)),
+                    workers=2,
+                    worker_options={"idle_seconds": 0.5},
+                    poll_seconds=0.5,
+                    analyze=False,
+                )
+            )
 
         seconds = timed(run)
         assert summary["done"] == n, summary
         return seconds
 
 
-def run(runs: int = 3, small: int = 2_000, large: int = 20_000, map_small: int = 1_000,
-        map_large: int = 2_000) -> list[dict]:
+def run(
+    runs: int = 3,
+    small: int = 2_000,
+    large: int = 20_000,
+    map_small: int = 1_000,
+    map_large: int = 2_000,
+) -> list[dict]:
     with tempfile.TemporaryDirectory() as home, prefect_server(Path(home)):
         tq_small = median_of(runs, lambda: pipeline_seconds(small))
         tq_large = median_of(runs, lambda: pipeline_seconds(large))
@@ -78,19 +93,56 @@ def run(runs: int = 3, small: int = 2_000, large: int = 20_000, map_small: int =
     tq_slope = (tq_large - tq_small) / (large - small)
     map_slope = (map_large_s - map_small_s) / (map_large - map_small)
     return [
-        {"measure": f"tqflow pipeline, {small:,} / {large:,} no-op items", "value": f"{tq_small:.1f} / {tq_large:.1f}", "unit": "s"},
-        {"measure": f"Prefect task.map flow, {map_small:,} / {map_large:,} items", "value": f"{map_small_s:.1f} / {map_large_s:.1f}", "unit": "s"},
-        {"measure": "task runs the server recorded (task.map)", "value": f"{min(recorded_small)}-{max(recorded_small)} of {map_small:,}; {min(recorded_large)}-{max(recorded_large)} of {map_large:,}", "unit": ""},
+        {
+            "measure": f"tqflow pipeline, {small:,} / {large:,} no-op items",
+            "value": f"{tq_small:.1f} / {tq_large:.1f}",
+            "unit": "s",
+        },
+        {
+            "measure": f"Prefect task.map flow, {map_small:,} / {map_large:,} items",
+            "value": f"{map_small_s:.1f} / {map_large_s:.1f}",
+            "unit": "s",
+        },
+        {
+            "measure": "task runs the server recorded (task.map)",
+            "value": f"{min(recorded_small)}-{max(recorded_small)} of {map_small:,}; {min(recorded_large)}-{max(recorded_large)} of {map_large:,}",
+            "unit": "",
+        },
         {"measure": "per-item cost: tqflow", "value": round(tq_slope * 1e3, 3), "unit": "ms/item"},
-        {"measure": "per-item cost: task.map", "value": round(map_slope * 1e3, 2), "unit": "ms/item"},
-        {"measure": "per-item cost, task.map vs tqflow", "value": round(map_slope / tq_slope), "unit": "x",
-         "target": ">= 20x", "met": map_slope / tq_slope >= 20},
-        {"measure": f"wall time at {small:,} items, task.map vs tqflow", "value": round(_at(small, map_small, map_large, map_small_s, map_large_s) / tq_small, 1),
-         "unit": "x"},
+        {
+            "measure": "per-item cost: task.map",
+            "value": round(map_slope * 1e3, 2),
+            "unit": "ms/item",
+        },
+        {
+            "measure": "per-item cost, task.map vs tqflow",
+            "value": round(map_slope / tq_slope),
+            "unit": "x",
+            "target": ">= 20x",
+            "met": map_slope / tq_slope >= 20,
+        },
+        {
+            "measure": f"wall time at {small:,} items, task.map vs tqflow",
+            "value": round(
+                _at(small, map_small, map_large, map_small_s, map_large_s) / tq_small, 1
+            ),
+            "unit": "x",
+        },
         # task.map at 10,000 items would take many minutes (it grows faster than linearly), so
         # its time there is extrapolated along its measured slope: a lower bound.
-        {"measure": "wall time at 10,000 items, task.map (lower bound) vs tqflow", "value": round(_at(10_000, map_small, map_large, map_small_s, map_large_s) / _at(10_000, small, large, tq_small, tq_large), 1),
-         "unit": "x", "target": ">= 10x", "met": _at(10_000, map_small, map_large, map_small_s, map_large_s) / _at(10_000, small, large, tq_small, tq_large) >= 10},
+        {
+            "measure": "wall time at 10,000 items, task.map (lower bound) vs tqflow",
+            "value": round(
+                _at(10_000, map_small, map_large, map_small_s, map_large_s)
+                / _at(10_000, small, large, tq_small, tq_large),
+                1,
+            ),
+            "unit": "x",
+            "target": ">= 10x",
+            "met": _at(10_000, map_small, map_large, map_small_s, map_large_s)
+            / _at(10_000, small, large, tq_small, tq_large)
+            >= 10,
+        },
     ]
 
 

@@ -22,7 +22,9 @@ def main() -> None:
         profiler.start()
         seconds = measure(n)
         profiler.stop()
-        print(f"==== {name}: {seconds:.2f} s for {n:,} tasks ({n / seconds:,.0f} tasks/s, profiler on)")
+        print(
+            f"==== {name}: {seconds:.2f} s for {n:,} tasks ({n / seconds:,.0f} tasks/s, profiler on)"
+        )
         print(profiler.output_text(unicode=False, color=False))
 
 

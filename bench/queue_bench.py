@@ -95,7 +95,9 @@ def filequeue_drain(n: int, workers: int = 2) -> float:
         processes = [
             subprocess.Popen(
                 [sys.executable, "-m", "bench.queue_bench", "drain-fq", path],
-                stdout=subprocess.PIPE, text=True, env=child_env(),
+                stdout=subprocess.PIPE,
+                text=True,
+                env=child_env(),
             )
             for _ in range(workers)
         ]
@@ -122,29 +124,54 @@ def _drain_filequeue(path: str) -> None:
     print(json.dumps({"executed": executed, "seconds": time.perf_counter() - started}))
 
 
-def run(runs: int = 3, n: int = 100_000, n_filequeue: int = 20_000, n_drain: int = 20_000) -> list[dict]:
+def run(
+    runs: int = 3, n: int = 100_000, n_filequeue: int = 20_000, n_drain: int = 20_000
+) -> list[dict]:
     """Rates in tasks/s (medians of ``runs``). FileQueue gets fewer tasks: it writes one file
     per task, and 100,000 take it minutes; its rate does not depend on the count."""
     rates = {
         "tqflow local queue: insert": n / median_of(runs, lambda: tqflow_insert(n)),
         "raw SQLite: insert": n / median_of(runs, lambda: raw_sqlite_insert(n)),
-        "task-queue FileQueue: insert": n_filequeue / median_of(runs, lambda: filequeue_insert(n_filequeue)),
-        "tqflow local queue: drain, 2 workers": n_drain / median_of(runs, lambda: tqflow_drain(n_drain)),
-        "task-queue FileQueue: drain, 2 workers": n_drain / median_of(runs, lambda: filequeue_drain(n_drain)),
+        "task-queue FileQueue: insert": n_filequeue
+        / median_of(runs, lambda: filequeue_insert(n_filequeue)),
+        "tqflow local queue: drain, 2 workers": n_drain
+        / median_of(runs, lambda: tqflow_drain(n_drain)),
+        "task-queue FileQueue: drain, 2 workers": n_drain
+        / median_of(runs, lambda: filequeue_drain(n_drain)),
     }
     return [
         {"measure": name, "value": round(rate), "unit": "tasks/s"} for name, rate in rates.items()
     ] + [
-        _ratio("local insert vs FileQueue", rates["tqflow local queue: insert"], rates["task-queue FileQueue: insert"], 30),
-        _ratio("local drain vs FileQueue", rates["tqflow local queue: drain, 2 workers"], rates["task-queue FileQueue: drain, 2 workers"], 10),
-        _ratio("local insert vs raw SQLite", rates["tqflow local queue: insert"], rates["raw SQLite: insert"], 0.5),
+        _ratio(
+            "local insert vs FileQueue",
+            rates["tqflow local queue: insert"],
+            rates["task-queue FileQueue: insert"],
+            30,
+        ),
+        _ratio(
+            "local drain vs FileQueue",
+            rates["tqflow local queue: drain, 2 workers"],
+            rates["task-queue FileQueue: drain, 2 workers"],
+            10,
+        ),
+        _ratio(
+            "local insert vs raw SQLite",
+            rates["tqflow local queue: insert"],
+            rates["raw SQLite: insert"],
+            0.5,
+        ),
     ]
 
 
 def _ratio(name: str, ours: float, theirs: float, target: float) -> dict:
     ratio = ours / theirs
-    return {"measure": name, "value": round(ratio, 2), "unit": "x", "target": f">= {target}x",
-            "met": ratio >= target}
+    return {
+        "measure": name,
+        "value": round(ratio, 2),
+        "unit": "x",
+        "target": f">= {target}x",
+        "met": ratio >= target,
+    }
 
 
 if __name__ == "__main__":

@@ -21,41 +21,74 @@ from bench.run import machine
 REPO = Path(__file__).resolve().parents[1]
 REPORT = Path(__file__).with_name("RELIABILITY.md")
 BEGIN, END = "<!-- figures: written by bench/reliability.py -->", "<!-- /figures -->"
-COLUMNS = ["scenario", "backend", "trials", "items", "lost", "duplicated", "dead_lettered",
-           "recovery_seconds", "notes"]
+COLUMNS = [
+    "scenario",
+    "backend",
+    "trials",
+    "items",
+    "lost",
+    "duplicated",
+    "dead_lettered",
+    "recovery_seconds",
+    "notes",
+]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--stress", action="store_true", help="run the longer versions")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         figures = Path(folder) / "figures.jsonl"
-        env = {**os.environ, "TQFLOW_RELIABILITY_FIGURES": str(figures),
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env = {
+            **os.environ,
+            "TQFLOW_RELIABILITY_FIGURES": str(figures),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
         if args.stress:
             env["TQFLOW_STRESS"] = "1"
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2",
-                   "--dist", "loadgroup", "tests/reliability"]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "2",
+            "--dist",
+            "loadgroup",
+            "tests/reliability",
+        ]
         started = time.monotonic()
         result = subprocess.run(command, cwd=REPO, env=env)
         seconds = time.monotonic() - started
-        rows = [json.loads(line) for line in figures.read_text().splitlines()] if figures.exists() else []
+        rows = (
+            [json.loads(line) for line in figures.read_text().splitlines()]
+            if figures.exists()
+            else []
+        )
     if result.returncode != 0:
-        print(f"the reliability tests failed (exit {result.returncode}); {REPORT.name} left as it was")
+        print(
+            f"the reliability tests failed (exit {result.returncode}); {REPORT.name} left as it was"
+        )
         return result.returncode
     rows.sort(key=_order)
     shown = "python -m bench.reliability" + (" --stress" if args.stress else "")
-    block = "\n".join([
-        BEGIN,
-        f"Measured with `{shown}` ({seconds:.0f} s) on {machine()}, "
-        f"{time.strftime('%Y-%m-%d')}.",
-        "",
-        "| " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-        *("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows),
-        END,
-    ])
+    block = "\n".join(
+        [
+            BEGIN,
+            f"Measured with `{shown}` ({seconds:.0f} s) on {machine()}, "
+            f"{time.strftime('%Y-%m-%d')}.",
+            "",
+            "| " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |",
+            "|" + "---|" * len(COLUMNS),
+            *("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows),
+            END,
+        ]
+    )
     text = REPORT.read_text()
     before, _, rest = text.partition(BEGIN)
     _, _, after = rest.partition(END)

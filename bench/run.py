@@ -31,13 +31,19 @@ def machine() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import prefect
 
-    return (f"{platform.machine()}, {cpus} cores, {memory:.0f} GiB, Python {platform.python_version()}, "
-            f"Prefect {prefect.__version__}")
+    return (
+        f"{platform.machine()}, {cpus} cores, {memory:.0f} GiB, Python {platform.python_version()}, "
+        f"Prefect {prefect.__version__}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenarios", nargs="*", help=f"some of: {', '.join(SCENARIOS)} (default: all)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "scenarios", nargs="*", help=f"some of: {', '.join(SCENARIOS)} (default: all)"
+    )
     parser.add_argument("--quick", action="store_true", help="one run of each, smaller sizes")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
@@ -67,11 +73,20 @@ def main() -> None:
             continue
         seconds = time.perf_counter() - started
         print(f"[{name}: {seconds:.0f} s]", flush=True)
-        by_scenario[name] = {"rows": found, "seconds": round(seconds), "machine": machine(),
-                             "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+        by_scenario[name] = {
+            "rows": found,
+            "seconds": round(seconds),
+            "machine": machine(),
+            "date": time.strftime("%Y-%m-%d"),
+            "quick": args.quick,
+        }
         out.write_text(json.dumps({"scenarios": by_scenario}, indent=2, default=str) + "\n")
-    rows = [{"scenario": name, **row} for name in SCENARIOS if name in by_scenario
-            for row in by_scenario[name]["rows"]]
+    rows = [
+        {"scenario": name, **row}
+        for name in SCENARIOS
+        if name in by_scenario
+        for row in by_scenario[name]["rows"]
+    ]
     print(table(rows))
     print(f"\n{machine()}\nwritten to {out}")
     if failed:
@@ -83,7 +98,9 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         met = {True: "yes", False: "**no**", None: ""}[row.get("met")]
         value = f"{row['value']} {row['unit']}".strip()
-        lines.append(f"| {row['scenario']} | {row['measure']} | {value} | {row.get('target', '')} | {met} |")
+        lines.append(
+            f"| {row['scenario']} | {row['measure']} | {value} | {row.get('target', '')} | {met} |"
+        )
     return "\n".join(lines)
 
 

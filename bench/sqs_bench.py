@@ -44,7 +44,9 @@ def _credentials(endpoint: str):
     from prefect_aws.client_parameters import AwsClientParameters
 
     return AwsCredentials(
-        aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        region_name="us-east-1",
         aws_client_parameters=AwsClientParameters(endpoint_url=endpoint),
     )
 
@@ -55,7 +57,11 @@ def tqflow_sqs(endpoint: str, n: int) -> dict:
     from flows.enqueue import enqueue_items
     from tqflow.engine.worker import Worker
 
-    queue = SQSTaskQueue(queue_name=f"bench-{uuid.uuid4().hex[:8]}", aws_credentials=_credentials(endpoint), wait_seconds=1)
+    queue = SQSTaskQueue(
+        queue_name=f"bench-{uuid.uuid4().hex[:8]}",
+        aws_credentials=_credentials(endpoint),
+        wait_seconds=1,
+    )
     queue.ensure()
     with tempfile.TemporaryDirectory() as folder, counting_sqs_requests() as counted:
         storage = CloudFilesStorage(cloudpath=f"file://{folder}")
@@ -65,8 +71,12 @@ def tqflow_sqs(endpoint: str, n: int) -> dict:
         stats = Worker(queue, storage, idle_seconds=0).run()
         drained = time.perf_counter()
     assert stats.succeeded == n, stats.as_dict()
-    return {"requests": sum(counted.values()), "by_operation": dict(counted),
-            "enqueue_seconds": enqueued - started, "drain_seconds": drained - enqueued}
+    return {
+        "requests": sum(counted.values()),
+        "by_operation": dict(counted),
+        "enqueue_seconds": enqueued - started,
+        "drain_seconds": drained - enqueued,
+    }
 
 
 def taskqueue_sqs(endpoint: str, n: int) -> dict:
@@ -80,16 +90,26 @@ def taskqueue_sqs(endpoint: str, n: int) -> dict:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     name = f"bench-tq-{uuid.uuid4().hex[:8]}"
     _credentials(endpoint).get_client("sqs").create_queue(QueueName=name)
-    queue = TaskQueue(f"sqs://{name}", region_name="us-east-1", endpoint_url=endpoint, progress=False)
+    queue = TaskQueue(
+        f"sqs://{name}", region_name="us-east-1", endpoint_url=endpoint, progress=False
+    )
     with counting_sqs_requests() as counted:
         started = time.perf_counter()
         queue.insert([partial(noop_tq, i) for i in range(n)], parallel=1)
         enqueued = time.perf_counter()
-        queue.poll(lease_seconds=60, stop_fn=lambda executed: executed >= n, min_backoff_window=0.1,
-                   max_backoff_window=0.5)
+        queue.poll(
+            lease_seconds=60,
+            stop_fn=lambda executed: executed >= n,
+            min_backoff_window=0.1,
+            max_backoff_window=0.5,
+        )
         drained = time.perf_counter()
-    return {"requests": sum(counted.values()), "by_operation": dict(counted),
-            "enqueue_seconds": enqueued - started, "drain_seconds": drained - enqueued}
+    return {
+        "requests": sum(counted.values()),
+        "by_operation": dict(counted),
+        "enqueue_seconds": enqueued - started,
+        "drain_seconds": drained - enqueued,
+    }
 
 
 def run(runs: int = 3, n: int = 500) -> list[dict]:
@@ -109,14 +129,36 @@ def run(runs: int = 3, n: int = 500) -> list[dict]:
     rate = n / (median(ours, "enqueue_seconds") + median(ours, "drain_seconds"))
     rate_tq = n / (median(theirs, "enqueue_seconds") + median(theirs, "drain_seconds"))
     return [
-        {"measure": f"tqflow SQS: requests per task ({n:,} tasks)", "value": round(per_task, 3), "unit": "req/task",
-         "detail": ours[-1]["by_operation"]},
-        {"measure": f"task-queue SQS: requests per task ({n:,} tasks)", "value": round(per_task_tq, 3), "unit": "req/task",
-         "detail": theirs[-1]["by_operation"]},
-        {"measure": "SQS requests per task vs task-queue", "value": round(per_task / per_task_tq, 3), "unit": "x",
-         "target": "<= 0.25x", "met": per_task / per_task_tq <= 0.25},
+        {
+            "measure": f"tqflow SQS: requests per task ({n:,} tasks)",
+            "value": round(per_task, 3),
+            "unit": "req/task",
+            "detail": ours[-1]["by_operation"],
+        },
+        {
+            "measure": f"task-queue SQS: requests per task ({n:,} tasks)",
+            "value": round(per_task_tq, 3),
+            "unit": "req/task",
+            "detail": theirs[-1]["by_operation"],
+        },
+        {
+            "measure": "SQS requests per task vs task-queue",
+            "value": round(per_task / per_task_tq, 3),
+            "unit": "x",
+            "target": "<= 0.25x",
+            "met": per_task / per_task_tq <= 0.25,
+        },
         {"measure": "tqflow SQS: enqueue + drain on moto", "value": round(rate), "unit": "tasks/s"},
-        {"measure": "task-queue SQS: enqueue + drain on moto", "value": round(rate_tq), "unit": "tasks/s"},
-        {"measure": "SQS throughput vs task-queue", "value": round(rate / rate_tq, 2), "unit": "x",
-         "target": ">= 1x", "met": rate >= rate_tq},
+        {
+            "measure": "task-queue SQS: enqueue + drain on moto",
+            "value": round(rate_tq),
+            "unit": "tasks/s",
+        },
+        {
+            "measure": "SQS throughput vs task-queue",
+            "value": round(rate / rate_tq, 2),
+            "unit": "x",
+            "target": ">= 1x",
+            "met": rate >= rate_tq,
+        },
     ]

@@ -38,8 +38,8 @@ def worker_seconds(n: int) -> float:
 
 def raw_loop_seconds(n: int) -> float:
     """The least a worker must do: lease 10, call the function, store each result, ack."""
-    from blocks import CloudFilesStorage
     from bench.tasks import noop
+    from blocks import CloudFilesStorage
 
     with tempfile.TemporaryDirectory() as folder:
         queue = _filled_queue(folder, n)
@@ -48,7 +48,9 @@ def raw_loop_seconds(n: int) -> float:
         while leases := queue.receive(max_messages=10):
             for lease in leases:
                 message = json.loads(lease.body)
-                storage.put_json(f"b/outputs/{message['key']}.json", {"result": noop(**message["kwargs"])})
+                storage.put_json(
+                    f"b/outputs/{message['key']}.json", {"result": noop(**message["kwargs"])}
+                )
             queue.ack(leases)
             done += len(leases)
         assert done == n
@@ -111,18 +113,46 @@ def run(runs: int = 3, n: int = 20_000, n_memory: int = 20_000, n_cpu: int = 120
     plain_one = median_of(runs, lambda: plain_processes_seconds(n_cpu, 1, cpu["iterations"]))
     plain_two = median_of(runs, lambda: plain_processes_seconds(n_cpu, 2, cpu["iterations"]))
     return [
-        {"measure": "tqflow worker (1 process): no-op tasks", "value": round(n / worker), "unit": "tasks/s"},
+        {
+            "measure": "tqflow worker (1 process): no-op tasks",
+            "value": round(n / worker),
+            "unit": "tasks/s",
+        },
         {"measure": "raw lease/ack loop: no-op tasks", "value": round(n / raw), "unit": "tasks/s"},
-        {"measure": "worker time vs raw loop", "value": round(worker / raw, 2), "unit": "x",
-         "target": "<= 1.3x", "met": worker / raw <= 1.3},
-        {"measure": f"worker RSS over {n_memory:,} tasks (warm / end / peak)",
-         "value": f"{memory['start']:.0f} / {memory['end']:.0f} / {memory['peak']:.0f}", "unit": "MiB"},
-        {"measure": "worker RSS growth", "value": round(100 * growth, 1), "unit": "%",
-         "target": "< 10%", "met": growth < 0.10},
-        {"measure": "2 workers vs 1 on a CPU-bound task", "value": round(one / two, 2), "unit": "x",
-         "target": ">= 1.7x", "met": one / two >= 1.7},
-        {"measure": "2 plain processes vs 1, same task, no queue (the machine's limit)",
-         "value": round(plain_one / plain_two, 2), "unit": "x"},
-        {"measure": "tqflow's scaling as a share of the machine's", "value": round((one / two) / (plain_one / plain_two), 2),
-         "unit": "x"},
+        {
+            "measure": "worker time vs raw loop",
+            "value": round(worker / raw, 2),
+            "unit": "x",
+            "target": "<= 1.3x",
+            "met": worker / raw <= 1.3,
+        },
+        {
+            "measure": f"worker RSS over {n_memory:,} tasks (warm / end / peak)",
+            "value": f"{memory['start']:.0f} / {memory['end']:.0f} / {memory['peak']:.0f}",
+            "unit": "MiB",
+        },
+        {
+            "measure": "worker RSS growth",
+            "value": round(100 * growth, 1),
+            "unit": "%",
+            "target": "< 10%",
+            "met": growth < 0.10,
+        },
+        {
+            "measure": "2 workers vs 1 on a CPU-bound task",
+            "value": round(one / two, 2),
+            "unit": "x",
+            "target": ">= 1.7x",
+            "met": one / two >= 1.7,
+        },
+        {
+            "measure": "2 plain processes vs 1, same task, no queue (the machine's limit)",
+            "value": round(plain_one / plain_two, 2),
+            "unit": "x",
+        },
+        {
+            "measure": "tqflow's scaling as a share of the machine's",
+            "value": round((one / two) / (plain_one / plain_two), 2),
+            "unit": "x",
+        },
     ]

@@ -5,9 +5,9 @@ entry point makes a Prefect server in the same environment import it.
 """
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from tqflow.errors import PermanentTaskError, TqflowError
 from blocks.queues import LocalTaskQueue, SQSTaskQueue, TaskQueue
 from blocks.storage import CloudFilesStorage
+from tqflow.errors import PermanentTaskError, TqflowError
 
 __all__ = [
     "CAVECredentials",

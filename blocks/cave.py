@@ -32,7 +32,9 @@ class CAVETableQuery(BaseModel):
     """Work items from a CAVE materialization table: the distinct values of one column of the
     rows that pass the filters (e.g. every root ID of one cell type)."""
 
-    table: str = Field(description="Materialization table or view, e.g. aibs_metamodel_celltypes_v661.")
+    table: str = Field(
+        description="Materialization table or view, e.g. aibs_metamodel_celltypes_v661."
+    )
     column: str = Field(default="pt_root_id", description="Column holding the items.")
     filter_equal: dict[str, Any] = Field(
         default_factory=dict, description="Column -> value the rows must equal."
@@ -166,7 +168,9 @@ class CAVECredentials(Block):
                     f.write(content)
             yield Path(root)
 
-    def query_column(self, query: CAVETableQuery, client: Optional["CAVEclient"] = None) -> "pd.Series":
+    def query_column(
+        self, query: CAVETableQuery, client: Optional["CAVEclient"] = None
+    ) -> "pd.Series":
         """The ``query.column`` of the rows the query selects, in table order: a batch's work
         items, as caveclient returns them (`tqflow.items.exact_column` reads them exactly)."""
         frame = self.query_table(

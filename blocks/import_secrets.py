@@ -114,7 +114,9 @@ def _reader_for(filename: str) -> Optional[Callable[..., ImportedSecret]]:
     return None
 
 
-def _aws(path: Path, content: dict[str, Any], name: str, datastack: Optional[str]) -> ImportedSecret:
+def _aws(
+    path: Path, content: dict[str, Any], name: str, datastack: Optional[str]
+) -> ImportedSecret:
     from prefect_aws import AwsCredentials
 
     block = AwsCredentials(
@@ -126,7 +128,9 @@ def _aws(path: Path, content: dict[str, Any], name: str, datastack: Optional[str
     return ImportedSecret(path, block, name, f"region {block.region_name or '(default)'}")
 
 
-def _gcp(path: Path, content: dict[str, Any], name: str, datastack: Optional[str]) -> ImportedSecret:
+def _gcp(
+    path: Path, content: dict[str, Any], name: str, datastack: Optional[str]
+) -> ImportedSecret:
     from prefect_gcp import GcpCredentials
 
     for key in ("client_email", "private_key", "token_uri"):
@@ -143,7 +147,9 @@ def _gcp(path: Path, content: dict[str, Any], name: str, datastack: Optional[str
     )
 
 
-def _cave(path: Path, content: dict[str, Any], name: str, datastack: Optional[str]) -> ImportedSecret:
+def _cave(
+    path: Path, content: dict[str, Any], name: str, datastack: Optional[str]
+) -> ImportedSecret:
     server = path.name[: -len("cave-secret.json")].rstrip("-")
     token = content["token"]
     if not isinstance(token, str) or not token:
@@ -200,7 +206,14 @@ def register_block_types() -> list[str]:
 
     from blocks import CAVECredentials, CloudFilesStorage, LocalTaskQueue, SQSTaskQueue
 
-    types = [CAVECredentials, CloudFilesStorage, LocalTaskQueue, SQSTaskQueue, AwsCredentials, GcpCredentials]
+    types = [
+        CAVECredentials,
+        CloudFilesStorage,
+        LocalTaskQueue,
+        SQSTaskQueue,
+        AwsCredentials,
+        GcpCredentials,
+    ]
     for block_type in types:
         block_type.register_type_and_schema()
     return [block_type.get_block_type_slug() for block_type in types]

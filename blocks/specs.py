@@ -11,7 +11,6 @@ from typing import TypeVar, Union
 
 from prefect.blocks.core import Block
 
-
 B = TypeVar("B", bound=Block)
 
 
@@ -23,7 +22,9 @@ def load_block(value: Union[B, str], kind: type[B]) -> B:
     if not isinstance(value, str):
         return value
     if "/" not in value:
-        raise ValueError(f"{value!r} is not a block slug: write block-type-slug/name, e.g. local-task-queue/demo")
+        raise ValueError(
+            f"{value!r} is not a block slug: write block-type-slug/name, e.g. local-task-queue/demo"
+        )
     try:
         block = Block.load(value)
     except ValueError as exc:

@@ -31,7 +31,6 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from tqflow.errors import CredentialsError, StorageError
 
-
 _clients = threading.local()
 #: Local folders known to exist, so a write does not try to make its folder every time.
 _made_folders: set[str] = set()
@@ -40,8 +39,10 @@ _made_folders: set[str] = set()
 def _fingerprint(value: Any) -> Any:
     """Everything a model holds, nested models and secret values included, as plain data."""
     if isinstance(value, BaseModel):
-        return (type(value).__qualname__,
-                tuple((name, _fingerprint(getattr(value, name))) for name in type(value).model_fields))
+        return (
+            type(value).__qualname__,
+            tuple((name, _fingerprint(getattr(value, name))) for name in type(value).model_fields),
+        )
     if hasattr(value, "get_secret_value"):
         return _fingerprint(value.get_secret_value())
     if isinstance(value, dict):
@@ -84,7 +85,9 @@ class CloudFilesStorage(WritableFileSystem):
     """
 
     _block_type_name = "Cloud Files Storage"
-    _description = "A folder on GCS, S3 or disk, read and written with cloud-files: a batch's outputs."
+    _description = (
+        "A folder on GCS, S3 or disk, read and written with cloud-files: a batch's outputs."
+    )
     _logo_url = GcpCredentials._logo_url  # prefect-gcp's: gs:// is the usual home
     _documentation_url = "https://github.com/seung-lab/cloud-files#readme"
 
@@ -181,7 +184,7 @@ class CloudFilesStorage(WritableFileSystem):
         if self.aws_credentials is not None:
             endpoint = self.aws_credentials.aws_client_parameters.endpoint_url
             if endpoint:
-                return f"s3://{endpoint.rstrip('/')}/{self.cloudpath[len('s3://'):]}"
+                return f"s3://{endpoint.rstrip('/')}/{self.cloudpath[len('s3://') :]}"
         return self.cloudpath
 
     def _cloudfiles(self) -> Any:
@@ -194,7 +197,9 @@ class CloudFilesStorage(WritableFileSystem):
         key = self._cache_key()
         entry = cache.get(key)
         if entry is None:
-            aws = _AwsSession(self.aws_credentials, self.cloudpath) if self.aws_credentials else None
+            aws = (
+                _AwsSession(self.aws_credentials, self.cloudpath) if self.aws_credentials else None
+            )
             entry = cache[key] = _Client(aws=aws)
         if entry.aws is not None:
             # Role, SSO and credential-process keys expire (~1 h); boto3 refreshes them as they
@@ -248,8 +253,7 @@ class CloudFilesStorage(WritableFileSystem):
         except Exception as exc:
             hint = _permanent_failure(exc, self.cloudpath)
             raise StorageError(
-                f"cannot use {self.cloudpath}: "
-                + (hint or f"{type(exc).__name__}: {exc}")
+                f"cannot use {self.cloudpath}: " + (hint or f"{type(exc).__name__}: {exc}")
             ) from exc
 
     def url(self, path: str) -> str:
@@ -258,7 +262,9 @@ class CloudFilesStorage(WritableFileSystem):
 
     # -- writing ----------------------------------------------------------------------------
 
-    def put(self, path: str, content: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(
+        self, path: str, content: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         """Write ``content`` to ``path``, replacing it. A reader sees the old or the new
         content, never a part; transient failures are retried for about half a minute."""
         pauses = [0.5 * 2**i for i in range(self.write_retries)]
@@ -267,9 +273,7 @@ class CloudFilesStorage(WritableFileSystem):
                 if self.is_local:
                     self._put_local(path, content)
                 else:
-                    self._cloudfiles().put(
-                        path, content, content_type=content_type, compress=None
-                    )
+                    self._cloudfiles().put(path, content, content_type=content_type, compress=None)
                 return
             except CredentialsError:
                 raise
@@ -325,11 +329,15 @@ class CloudFilesStorage(WritableFileSystem):
             except FileNotFoundError:
                 return None
             except OSError as exc:
-                raise StorageError(f"cannot read {self.url(path)}: {type(exc).__name__}: {exc}") from exc
+                raise StorageError(
+                    f"cannot read {self.url(path)}: {type(exc).__name__}: {exc}"
+                ) from exc
         try:
             return self._cloudfiles().get(path)
         except Exception as exc:
-            raise StorageError(f"cannot read {self.url(path)}: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(
+                f"cannot read {self.url(path)}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def get_json(self, path: str) -> Any:
         """The JSON at ``path``, or ``None`` if it does not exist."""
@@ -341,7 +349,9 @@ class CloudFilesStorage(WritableFileSystem):
         try:
             found = self._cloudfiles().get(list(paths), return_dict=True)
         except Exception as exc:
-            raise StorageError(f"cannot read from {self.cloudpath}: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(
+                f"cannot read from {self.cloudpath}: {type(exc).__name__}: {exc}"
+            ) from exc
         return {
             path: _loads(self.url(path), content)
             for path, content in found.items()
@@ -355,7 +365,9 @@ class CloudFilesStorage(WritableFileSystem):
         try:
             return bool(self._cloudfiles().exists(path))
         except Exception as exc:
-            raise StorageError(f"cannot check {self.url(path)}: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(
+                f"cannot check {self.url(path)}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def exists_many(self, paths: Iterable[str]) -> dict[str, bool]:
         """Check many paths in parallel: ``{path: exists}``."""
@@ -365,14 +377,18 @@ class CloudFilesStorage(WritableFileSystem):
         try:
             return dict(self._cloudfiles().exists(paths))
         except Exception as exc:
-            raise StorageError(f"cannot check files in {self.cloudpath}: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(
+                f"cannot check files in {self.cloudpath}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Paths under ``prefix``, relative to the folder."""
         try:
             yield from self._cloudfiles().list(prefix)
         except Exception as exc:
-            raise StorageError(f"cannot list {self.url(prefix)}: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(
+                f"cannot list {self.url(prefix)}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     # -- Prefect's file-system interface: result storage ------------------------------------
 
@@ -403,6 +419,7 @@ class CloudFilesStorage(WritableFileSystem):
         """Write ``content`` to ``path`` for Prefect's result store; returns ``path``."""
         self.put(path, content)
         return path
+
 
 #: Errors a retry cannot fix, by the code S3 or GCS gives them, with what to do instead.
 _PERMANENT = {
@@ -484,7 +501,9 @@ def _loads(url: str, content: bytes) -> Any:
     try:
         return json.loads(content)
     except ValueError as exc:
-        raise StorageError(f"{url} is not valid JSON ({exc}); delete it to re-run its task") from None
+        raise StorageError(
+            f"{url} is not valid JSON ({exc}); delete it to re-run its task"
+        ) from None
 
 
 def _json_default(obj: Any) -> Any:

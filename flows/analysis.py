@@ -78,7 +78,7 @@ def plot(frame: pd.DataFrame, batch: str) -> bytes:
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.4 * n_cols, 2.6 * n_rows), squeeze=False)
     for ax in axes.flat[len(columns) :]:
         ax.set_visible(False)
-    for ax, column in zip(axes.flat, columns):
+    for ax, column in zip(axes.flat, columns, strict=False):  # more axes than columns
         values = pd.to_numeric(frame[column], errors="coerce")
         values = values[values.abs() != float("inf")].dropna()  # outputs written before nulls
         ax.hist(values, bins=30, color="#2f6db5")
@@ -105,7 +105,9 @@ def analysis(storage: Union[CloudFilesStorage, str], batch: str) -> dict[str, An
     storage = load_block(storage, CloudFilesStorage)
     frame = load_results(storage, batch)
     if frame.empty:
-        logger.warning("batch %s has no outputs under %s", batch, storage.url(outputs_prefix(batch)))
+        logger.warning(
+            "batch %s has no outputs under %s", batch, storage.url(outputs_prefix(batch))
+        )
         return {"items": 0, "results": None}
     table_path = f"{batch}/analysis/results.parquet"
     buffer = io.BytesIO()

@@ -11,14 +11,14 @@ from typing import Any, Callable, Literal, Optional, Union
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from tqflow.errors import MessageError
 from blocks.queues.base import TaskQueue
-from tqflow.engine.contracts import DeadLetter
 from blocks.specs import load_block
-from flows.analysis import artifact_key
 from blocks.storage import CloudFilesStorage
+from flows.analysis import artifact_key
+from tqflow.engine.contracts import DeadLetter
 from tqflow.engine.messages import check_batch, decode
 from tqflow.engine.outputs import error_path
+from tqflow.errors import MessageError
 
 
 def describe(dead: DeadLetter, storage: Optional[CloudFilesStorage] = None) -> dict[str, Any]:

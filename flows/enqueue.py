@@ -20,15 +20,14 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from tqflow.errors import BadArgumentsError, EnqueueInterruptedError, ItemSourceError, TqflowError
 from blocks.queues.base import TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.allowed_modules import record_batch_function
-from tqflow.items import Items, exact_column, plain, read_file
 from tqflow.engine.messages import resolve, task_messages
 from tqflow.engine.outputs import output_path
-
+from tqflow.errors import BadArgumentsError, EnqueueInterruptedError, ItemSourceError
+from tqflow.items import Items, exact_column, plain, read_file
 
 #: Messages sent per step. On a queue that cannot deduplicate (SQS) the record of what was
 #: sent is written after each step: an enqueue killed outright re-sends at most one step.
@@ -106,7 +105,8 @@ class ItemSource(BaseModel):
         default=None, description="Or a file of items: .txt (one per line), .csv or .parquet."
     )
     column: Optional[str] = Field(
-        default=None, description="Column of the .csv / .parquet file (or CAVE table) holding the items."
+        default=None,
+        description="Column of the .csv / .parquet file (or CAVE table) holding the items.",
     )
     items_from: Optional[str] = Field(
         default=None,
@@ -143,10 +143,13 @@ class ItemSource(BaseModel):
                 )
             column = cave.query_column(self.cave_query)
             items = exact_column(
-                column.tolist(), str(column.dtype),
+                column.tolist(),
+                str(column.dtype),
                 f"CAVE table {self.cave_query.table!r} column {self.cave_query.column!r}",
             )
-            return Items(dict.fromkeys(items), items.source, items.empty_lines)  # distinct, in order
+            return Items(
+                dict.fromkeys(items), items.source, items.empty_lines
+            )  # distinct, in order
         if self.items_file is None:
             assert self.items_from is not None  # checked when made
             return Items(map(plain, resolve(self.items_from)()), self.items_from)
@@ -224,7 +227,9 @@ def enqueue_items(
         if stop is not None and stop.is_set():
             raise EnqueueInterruptedError(result(), len(bodies) - start, batch)
         chunk = bodies[start : start + step]
-        sent = queue.send([body for _, body in chunk], dedup_ids=[f"{batch}/{key}" for key, _ in chunk])
+        sent = queue.send(
+            [body for _, body in chunk], dedup_ids=[f"{batch}/{key}" for key, _ in chunk]
+        )
         queued += sent
         already += len(chunk) - sent
         if record is not None:
@@ -273,7 +278,16 @@ def enqueue(
     if found.report():
         logger.warning(found.report())
     result = enqueue_items(
-        queue, storage, fn, found, batch, kwargs, item_param, overwrite, requeue, log=logger,
+        queue,
+        storage,
+        fn,
+        found,
+        batch,
+        kwargs,
+        item_param,
+        overwrite,
+        requeue,
+        log=logger,
         task_timeout_seconds=task_timeout_seconds,
     )
     return result.as_dict()

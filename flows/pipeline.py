@@ -15,15 +15,15 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from tqflow.errors import BadArgumentsError, DeadLettersError, TqflowError
 from blocks.queues.base import TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.analysis import analysis, artifact_key
 from flows.enqueue import ItemSource, enqueue
-from tqflow.fleet.fanout import DeploymentFleet, Fleet, LocalFleet
 from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
+from tqflow.errors import BadArgumentsError, DeadLettersError
+from tqflow.fleet.fanout import DeploymentFleet, Fleet, LocalFleet
 from tqflow.fleet.monitor import Progress, watch
 
 
@@ -101,7 +101,10 @@ def pipeline(
     logger = get_run_logger()
     check_batch(batch)
     source = ItemSource(
-        items=items, items_file=items_file, column=column, items_from=items_from,
+        items=items,
+        items_file=items_file,
+        column=column,
+        items_from=items_from,
         cave_query=cave_query,
     )
     if workers < 1 or tasks_per_worker < 1:
@@ -141,20 +144,24 @@ def pipeline(
         fleet = LocalFleet(queue, storage, options, cave)
         n_workers = min(workers, total)
     else:
-        fleet = DeploymentFleet(
-            queue, storage, options, worker_deployment, str(flow_run.id), cave
-        )
+        fleet = DeploymentFleet(queue, storage, options, worker_deployment, str(flow_run.id), cave)
         n_workers = min(workers, math.ceil(total / max(1, tasks_per_worker)))
     logger.info(
         "batch %s: %d tasks to run (%d skipped as done); starting %d %s workers",
-        batch, total, queued["skipped_done"], n_workers, mode,
+        batch,
+        total,
+        queued["skipped_done"],
+        n_workers,
+        mode,
     )
     progress_id = create_progress_artifact(
         progress=0.0, key=artifact_key(batch, "progress"), description=f"Batch {batch}"
     )
 
     def report(progress: Progress) -> None:
-        update_progress_artifact(progress_id, 100.0 * progress.fraction, description=progress.line())
+        update_progress_artifact(
+            progress_id, 100.0 * progress.fraction, description=progress.line()
+        )
 
     fleet.launch(n_workers)
     try:

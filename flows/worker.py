@@ -17,12 +17,12 @@ from prefect.artifacts import create_table_artifact
 
 from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
-from tqflow.errors import QueueUnreachableError
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.process import stop_on_signals
 from tqflow.engine.worker import Worker
+from tqflow.errors import QueueUnreachableError
 
 
 @flow(name="worker", log_prints=False)
@@ -57,5 +57,7 @@ def worker(
             description=f"Worker {loop.name} on queue {queue.queue_name}",
         )
     except Exception as exc:  # the work is done and in storage; only the report is lost
-        logger.warning("could not publish the worker-stats artifact (%s: %s)", type(exc).__name__, exc)
+        logger.warning(
+            "could not publish the worker-stats artifact (%s: %s)", type(exc).__name__, exc
+        )
     return stats

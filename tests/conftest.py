@@ -140,7 +140,9 @@ def s3_storage(moto_endpoint) -> CloudFilesStorage:
 @pytest.fixture(params=["file", "gs", "s3"])
 def any_storage(request) -> CloudFilesStorage:
     """Storage of each protocol, each on its real stand-in."""
-    return request.getfixturevalue({"file": "storage", "gs": "gcs_storage", "s3": "s3_storage"}[request.param])
+    return request.getfixturevalue(
+        {"file": "storage", "gs": "gcs_storage", "s3": "s3_storage"}[request.param]
+    )
 
 
 @pytest.fixture

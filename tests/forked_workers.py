@@ -9,15 +9,14 @@ is exercised by the tests that spawn it.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Any, Optional
 
 from blocks.cave import CAVECredentials
 from blocks.queues.base import TaskQueue
 from blocks.storage import CloudFilesStorage
-from tqflow.fleet.warm_workers import WarmWorker, warm_worker_server
 from tqflow.engine.process import stats_from_output, worker_spec
+from tqflow.fleet.warm_workers import WarmWorker, warm_worker_server
 
 
 class ForkedWorkers:
@@ -28,7 +27,10 @@ class ForkedWorkers:
         self.started: list[WarmWorker] = []
 
     def start(
-        self, queue: TaskQueue, storage: CloudFilesStorage, cave: Optional[CAVECredentials] = None,
+        self,
+        queue: TaskQueue,
+        storage: CloudFilesStorage,
+        cave: Optional[CAVECredentials] = None,
         **options: Any,
     ) -> WarmWorker:
         options.setdefault("idle_seconds", 0.5)
@@ -42,8 +44,12 @@ class ForkedWorkers:
         return worker
 
     def run(
-        self, queue: TaskQueue, storage: CloudFilesStorage, timeout: float = 120,
-        cave: Optional[CAVECredentials] = None, **options: Any,
+        self,
+        queue: TaskQueue,
+        storage: CloudFilesStorage,
+        timeout: float = 120,
+        cave: Optional[CAVECredentials] = None,
+        **options: Any,
     ) -> dict[str, Any]:
         """Run one worker to its end; return its stats."""
         return self.wait(self.start(queue, storage, cave, **options), timeout)

@@ -152,8 +152,14 @@ class StorageEmulator:
         """Start it on its port. A restart can find the port still held by the last run's
         connections (TIME_WAIT): the emulator then exits at once, and it is started again
         until it listens, for up to `START_SECONDS`."""
-        args = [str(BIN / "gcp-storage-emulator"), "start", "--host=127.0.0.1",
-                f"--port={self.port}", f"--default-bucket={self.bucket}", "--quiet"]
+        args = [
+            str(BIN / "gcp-storage-emulator"),
+            "start",
+            "--host=127.0.0.1",
+            f"--port={self.port}",
+            f"--default-bucket={self.bucket}",
+            "--quiet",
+        ]
         env = dict(os.environ)
         if self.folder is None:
             args.append("--in-memory")
@@ -166,7 +172,9 @@ class StorageEmulator:
             if log:
                 log.close()
             try:
-                wait_for_port(self.port, self.process, timeout=max(1.0, deadline - time.monotonic()))
+                wait_for_port(
+                    self.port, self.process, timeout=max(1.0, deadline - time.monotonic())
+                )
                 return
             except RuntimeError:
                 stop_process(self.process)
@@ -216,7 +224,9 @@ class TcpProxy:
             connections, self._connections = self._connections, set()
         for conn in connections:
             with contextlib.suppress(OSError):
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                conn.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
                 conn.close()  # linger 0: the peer sees a reset, as when a service dies
 
     def _accept(self, listener: socket.socket) -> None:
@@ -262,7 +272,8 @@ def prefect_server(home: Path, env: Optional[dict[str, str]] = None) -> Iterator
     log = open(home / "server.log", "w")
     process = start(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=server_env, log=log,
+        env=server_env,
+        log=log,
     )
     try:
         try:

@@ -112,10 +112,14 @@ class SQSFaults:
         for entry in params["Entries"]:
             identity = entry.get("MessageBody") or entry.get("ReceiptHandle")
             if identity in self.permanent_bodies:
-                self._dropped.append({"Id": entry["Id"], "SenderFault": True, "Code": "InvalidMessageContents"})
+                self._dropped.append(
+                    {"Id": entry["Id"], "SenderFault": True, "Code": "InvalidMessageContents"}
+                )
             elif identity not in self._failed_once and next(self._entries) % self.fail_every == 0:
                 self._failed_once.add(identity)
-                self._dropped.append({"Id": entry["Id"], "SenderFault": False, "Code": "InternalError"})
+                self._dropped.append(
+                    {"Id": entry["Id"], "SenderFault": False, "Code": "InternalError"}
+                )
             else:
                 kept.append(entry)
                 continue

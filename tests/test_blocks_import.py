@@ -63,7 +63,16 @@ def test_import_round_trips_every_secrets_file_into_blocks(secrets_folder, prefe
 
     folder, values = secrets_folder
     name = f"lab-{uuid.uuid4().hex[:6]}"
-    result = invoke("blocks", "import", "--folder", str(folder), "--name", name, "--datastack", "minnie65_public")
+    result = invoke(
+        "blocks",
+        "import",
+        "--folder",
+        str(folder),
+        "--name",
+        name,
+        "--datastack",
+        "minnie65_public",
+    )
     assert result.exit_code == 0, result.output
 
     aws = AwsCredentials.load(name)
@@ -71,7 +80,10 @@ def test_import_round_trips_every_secrets_file_into_blocks(secrets_folder, prefe
     assert aws.aws_secret_access_key.get_secret_value() == values["aws"]["AWS_SECRET_ACCESS_KEY"]
     assert aws.region_name == "us-west-1"
     gcp = GcpCredentials.load(name)
-    assert gcp.service_account_info.get_secret_value()["private_key"] == values["google"]["private_key"]
+    assert (
+        gcp.service_account_info.get_secret_value()["private_key"]
+        == values["google"]["private_key"]
+    )
     assert gcp.project == "tqflow-test"
     cave = CAVECredentials.load(name)
     assert cave.token.get_secret_value() == values["cave"]["token"]
@@ -87,7 +99,9 @@ def test_import_round_trips_every_secrets_file_into_blocks(secrets_folder, prefe
         assert secret not in result.output
 
 
-def test_import_refuses_to_overwrite_and_saves_nothing_without_overwrite(secrets_folder, prefect_api):
+def test_import_refuses_to_overwrite_and_saves_nothing_without_overwrite(
+    secrets_folder, prefect_api
+):
     folder, values = secrets_folder
     name = f"lab-{uuid.uuid4().hex[:6]}"
     CAVECredentials(token="older-token").save(name)
@@ -106,7 +120,9 @@ def test_import_refuses_to_overwrite_and_saves_nothing_without_overwrite(secrets
     assert CAVECredentials.load(name).token.get_secret_value() == values["cave"]["token"]
 
 
-def test_malformed_files_are_named_with_what_is_wrong_and_nothing_is_saved(secrets_folder, prefect_api):
+def test_malformed_files_are_named_with_what_is_wrong_and_nothing_is_saved(
+    secrets_folder, prefect_api
+):
     folder, values = secrets_folder
     (folder / "aws-secret.json").write_text(json.dumps({"AWS_ACCESS_KEY_ID": "x"}))
     broken = dict(values["google"], private_key="-----BEGIN PRIVATE KEY-----\nnot a key\n")
@@ -147,6 +163,11 @@ def test_register_makes_the_block_types_known_to_the_server(prefect_api):
     result = invoke("blocks", "register")
     assert result.exit_code == 0, result.output
     with get_client(sync_client=True) as client:
-        for slug in ("cave-credentials", "cloud-files-storage", "sqs-task-queue", "local-task-queue"):
+        for slug in (
+            "cave-credentials",
+            "cloud-files-storage",
+            "sqs-task-queue",
+            "local-task-queue",
+        ):
             assert client.read_block_type_by_slug(slug).slug == slug
             assert f"registered {slug}" in result.output

@@ -13,10 +13,7 @@ import pytest
 import responses
 
 from blocks import CAVECredentials, CAVETableQuery, CloudFilesStorage, LocalTaskQueue
-from tqflow.errors import CAVEQueryError, CredentialsError
 from flows.enqueue import ItemSource
-from tqflow.engine.outputs import output_path
-from tqflow.engine.worker import Worker
 from tests.cave_service import (
     DATASTACK,
     QUERY_URL,
@@ -26,6 +23,9 @@ from tests.cave_service import (
     cave_registrations,
 )
 from tests.helpers import enqueue
+from tqflow.engine.outputs import output_path
+from tqflow.engine.worker import Worker
+from tqflow.errors import CAVEQueryError, CredentialsError
 
 SYNAPSES = pd.DataFrame(
     {
@@ -97,7 +97,9 @@ def test_a_refused_token_names_the_block_and_how_to_get_a_new_one(cave_block):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         rsps.get(re.compile(re.escape(SERVER) + "/.*"), status=401, json={"error": "bad token"})
         cave_block._block_document_name = "minnie"
-        with pytest.raises(CredentialsError, match=r"refused the token of CAVE block 'minnie'.*get_new_token") as info:
+        with pytest.raises(
+            CredentialsError, match=r"refused the token of CAVE block 'minnie'.*get_new_token"
+        ) as info:
             cave_block.get_client()
     assert cave_block.token.get_secret_value() not in str(info.value)
 
@@ -116,7 +118,9 @@ def test_secrets_folder_holds_private_token_files_and_is_removed(cave_block):
 
 def test_cave_query_gives_distinct_items_in_table_order(cave_service, cave_block):
     serve_table(cave_service, "synapses", SYNAPSES)
-    query = CAVETableQuery(table="synapses", column="pre_pt_root_id", filter_equal={"post_pt_root_id": 20})
+    query = CAVETableQuery(
+        table="synapses", column="pre_pt_root_id", filter_equal={"post_pt_root_id": 20}
+    )
     assert ItemSource(cave_query=query).read(cave_block) == [10, 11, 12, 20]
     assert authorizations(cave_service) == {f"Bearer {cave_block.token.get_secret_value()}"}
 
@@ -139,7 +143,13 @@ def test_synapse_profile_runs_in_the_worker_with_one_client_per_worker(
     queue = LocalTaskQueue(path=str(tmp_path / "q.sqlite"), queue_name="cave", wait_seconds=0)
     queue.ensure()
     storage = CloudFilesStorage(cloudpath=f"file://{tmp_path / 'out'}")
-    enqueue(queue, "tqflow.examples:synapse_profile", [20, 30], batch="syn", synapse_table="synapse_table")
+    enqueue(
+        queue,
+        "tqflow.examples:synapse_profile",
+        [20, 30],
+        batch="syn",
+        synapse_table="synapse_table",
+    )
 
     stats = Worker(queue, storage, cave=cave_block, idle_seconds=0.1).run()
 
@@ -154,12 +164,16 @@ def test_synapse_profile_runs_in_the_worker_with_one_client_per_worker(
         "mean_output_size": 50.0,
     }
     assert storage.get_json(output_path("syn", "30"))["result"]["n_outputs"] == 0
-    info_requests = [c for c in cave_service.calls if c.request.url.endswith(f"/datastack/full/{DATASTACK}")]
+    info_requests = [
+        c for c in cave_service.calls if c.request.url.endswith(f"/datastack/full/{DATASTACK}")
+    ]
     assert len(info_requests) == 1
     assert authorizations(cave_service) == {f"Bearer {cave_block.token.get_secret_value()}"}
 
 
-def test_enqueue_command_takes_items_from_a_cave_table(cave_service, cave_block, tmp_path, prefect_api):
+def test_enqueue_command_takes_items_from_a_cave_table(
+    cave_service, cave_block, tmp_path, prefect_api
+):
     from typer.testing import CliRunner
 
     from flows.cli import app
@@ -167,24 +181,51 @@ def test_enqueue_command_takes_items_from_a_cave_table(cave_service, cave_block,
     serve_table(cave_service, "synapses", SYNAPSES)
     name = f"cli-{secrets.token_hex(3)}"
     cave_block.save(name)
-    result = CliRunner().invoke(app, [
-        "enqueue", "tests.tasks:square", "--cave-table", "synapses", "--column", "pre_pt_root_id",
-        "--cave-filter", '{"post_pt_root_id": 20}', "--cave-block", f"cave-credentials/{name}",
-        "--batch", "from-cave", "--data", str(tmp_path),
-    ], env={"COLUMNS": "200"}, catch_exceptions=False)
+    result = CliRunner().invoke(
+        app,
+        [
+            "enqueue",
+            "tests.tasks:square",
+            "--cave-table",
+            "synapses",
+            "--column",
+            "pre_pt_root_id",
+            "--cave-filter",
+            '{"post_pt_root_id": 20}',
+            "--cave-block",
+            f"cave-credentials/{name}",
+            "--batch",
+            "from-cave",
+            "--data",
+            str(tmp_path),
+        ],
+        env={"COLUMNS": "200"},
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     queue = LocalTaskQueue(path=str(tmp_path / "queue.sqlite"), queue_name="from-cave")
-    assert sorted(json.loads(lease.body)["key"] for lease in queue.receive(max_messages=10)) == ["10", "11", "12", "20"]
+    assert sorted(json.loads(lease.body)["key"] for lease in queue.receive(max_messages=10)) == [
+        "10",
+        "11",
+        "12",
+        "20",
+    ]
 
 
 def test_cave_query_keeps_18_digit_root_ids_exact_and_skips_empty_cells(cave_service, cave_block):
     roots = [864691135000000001, 864691135000000003, 864691135123456789]
-    frame = pd.DataFrame({
-        "pre_pt_root_id": pd.array([roots[0], None, roots[1], roots[2], roots[0]], dtype="Int64"),
-        "post_pt_root_id": [20] * 5,
-    })
+    frame = pd.DataFrame(
+        {
+            "pre_pt_root_id": pd.array(
+                [roots[0], None, roots[1], roots[2], roots[0]], dtype="Int64"
+            ),
+            "post_pt_root_id": [20] * 5,
+        }
+    )
     serve_table(cave_service, "synapses", frame)
-    query = CAVETableQuery(table="synapses", column="pre_pt_root_id", filter_equal={"post_pt_root_id": 20})
+    query = CAVETableQuery(
+        table="synapses", column="pre_pt_root_id", filter_equal={"post_pt_root_id": 20}
+    )
     items = ItemSource(cave_query=query).read(cave_block)
     assert items == roots and all(type(i) is int for i in items)
     assert items.empty_lines == [2]

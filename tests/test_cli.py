@@ -15,8 +15,12 @@ from tests.helpers import enqueue, run_worker
 @pytest.fixture
 def data_with_dead_letters(tmp_path):
     data = tmp_path / "data"
-    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="nightly", max_receive_count=2,
-                           allowed_modules=["tests", "gone"])
+    queue = LocalTaskQueue(
+        path=str(data / "queue.sqlite"),
+        queue_name="nightly",
+        max_receive_count=2,
+        allowed_modules=["tests", "gone"],
+    )
     queue.ensure()
     storage = CloudFilesStorage(cloudpath=f"file://{data}")
     enqueue(queue, "tests.tasks:square", [1, 2, 3], batch="nightly")
@@ -48,9 +52,15 @@ def test_status_shows_queue_counts_outputs_and_errors(data_with_dead_letters):
 
 
 def test_dead_letters_list_names_each_item_and_why(data_with_dead_letters):
-    out = invoke("dead-letters", "list", "--batch", "nightly", "--data", str(data_with_dead_letters))
+    out = invoke(
+        "dead-letters", "list", "--batch", "nightly", "--data", str(data_with_dead_letters)
+    )
     assert "2 dead-lettered in nightly" in out
-    rows = {row[2].strip(): row for row in (line.split("│") for line in out.splitlines()) if len(row) == 7}
+    rows = {
+        row[2].strip(): row
+        for row in (line.split("│") for line in out.splitlines())
+        if len(row) == 7
+    }
     assert rows["7"][1].strip() == "nightly" and rows["7"][3].strip() == "2"
     assert "max_receive_count=2" in rows["7"][4]
     assert "RuntimeError: item 7 always fails" in rows["7"][5]  # the task's last error
@@ -60,7 +70,9 @@ def test_dead_letters_list_names_each_item_and_why(data_with_dead_letters):
 
 
 def test_dead_letters_redrive_puts_them_back(data_with_dead_letters):
-    out = invoke("dead-letters", "redrive", "--batch", "nightly", "--data", str(data_with_dead_letters))
+    out = invoke(
+        "dead-letters", "redrive", "--batch", "nightly", "--data", str(data_with_dead_letters)
+    )
     assert "redrove 2 messages" in out
     status = invoke("status", "--batch", "nightly", "--data", str(data_with_dead_letters))
     assert status_rows(status)["dead-lettered"] == "0"
@@ -70,7 +82,16 @@ def test_dead_letters_redrive_puts_them_back(data_with_dead_letters):
 def test_enqueue_with_a_function_that_cannot_take_the_items_fails_clearly(tmp_path):
     result = CliRunner().invoke(
         app,
-        ["enqueue", "tests.tasks:square", "--item", "1", "--kwargs", '{"nope": 1}', "--data", str(tmp_path)],
+        [
+            "enqueue",
+            "tests.tasks:square",
+            "--item",
+            "1",
+            "--kwargs",
+            '{"nope": 1}',
+            "--data",
+            str(tmp_path),
+        ],
     )
     assert result.exit_code == 1
     assert "do not fit tests.tasks:square" in result.output
@@ -78,15 +99,21 @@ def test_enqueue_with_a_function_that_cannot_take_the_items_fails_clearly(tmp_pa
 
 def test_dead_letters_of_a_shared_queue_are_listed_and_redriven_per_batch(tmp_path):
     data = tmp_path / "data"
-    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="shared", max_receive_count=1,
-                           allowed_modules=["tests"])
+    queue = LocalTaskQueue(
+        path=str(data / "queue.sqlite"),
+        queue_name="shared",
+        max_receive_count=1,
+        allowed_modules=["tests"],
+    )
     queue.ensure()
     enqueue(queue, "tests.tasks:returns_a_set", [1, 2], batch="monday")
     enqueue(queue, "tests.tasks:returns_a_set", [3], batch="tuesday")
     run_worker(queue, CloudFilesStorage(cloudpath=f"file://{data}"))
     common = ["--queue", "shared", "--data", str(data)]
     listing = invoke("dead-letters", "list", "--batch", "tuesday", *common)
-    assert "showing 1 of batch tuesday" in listing and "returns_a_set(3)" in " ".join(listing.split())
+    assert "showing 1 of batch tuesday" in listing and "returns_a_set(3)" in " ".join(
+        listing.split()
+    )
     assert "returns_a_set(1)" not in " ".join(listing.split())
     assert f"redrive --batch tuesday --queue shared --data {data}" in listing  # the hint reaches it
     assert "redrove 1 messages" in invoke("dead-letters", "redrive", "--batch", "tuesday", *common)
@@ -98,9 +125,22 @@ def test_work_takes_allow_and_task_timeout(tmp_path):
     queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="limits")
     queue.ensure()
     enqueue(queue, "tests.tasks:sleeps_on", [1, 2], batch="limits", slow=[2])  # not via tqflow
-    out = invoke("work", "--batch", "limits", "--data", str(data), "--queue", "limits",
-                 "--allow", "tests", "--task-timeout", "1", "--max-tasks", "2")
-    stats = json.loads(out[out.index("{"):])
+    out = invoke(
+        "work",
+        "--batch",
+        "limits",
+        "--data",
+        str(data),
+        "--queue",
+        "limits",
+        "--allow",
+        "tests",
+        "--task-timeout",
+        "1",
+        "--max-tasks",
+        "2",
+    )
+    stats = json.loads(out[out.index("{") :])
     assert (stats["succeeded"], stats["timed_out"], stats["dead_lettered"]) == (1, 1, 0)
     error = json.loads((data / "limits/errors/2.json").read_text())["attempts"][0]["error"]
     assert "timed out after 1 s" in error

@@ -29,24 +29,49 @@ def fails(*args: str, code: int = 1, env: dict | None = None) -> str:
 
 
 def test_kwargs_that_are_not_json_name_the_option(tmp_path):
-    out = fails("enqueue", "tests.tasks:square", "--item", "1", "--kwargs", "{lod: 2}", "--data", str(tmp_path))
+    out = fails(
+        "enqueue",
+        "tests.tasks:square",
+        "--item",
+        "1",
+        "--kwargs",
+        "{lod: 2}",
+        "--data",
+        str(tmp_path),
+    )
     assert "--kwargs is not JSON" in out
 
 
 def test_kwargs_that_are_not_an_object_name_the_option(tmp_path):
-    out = fails("enqueue", "tests.tasks:square", "--item", "1", "--kwargs", "[2]", "--data", str(tmp_path))
+    out = fails(
+        "enqueue", "tests.tasks:square", "--item", "1", "--kwargs", "[2]", "--data", str(tmp_path)
+    )
     assert "--kwargs must be a JSON object" in out
 
 
 def test_an_empty_csv_says_it_needs_a_header(tmp_path):
     (tmp_path / "roots.csv").write_text("")
-    out = fails("enqueue", "tests.tasks:square", "--items-file", str(tmp_path / "roots.csv"), "--data", str(tmp_path))
+    out = fails(
+        "enqueue",
+        "tests.tasks:square",
+        "--items-file",
+        str(tmp_path / "roots.csv"),
+        "--data",
+        str(tmp_path),
+    )
     assert "roots.csv is empty" in out and "header line" in out
 
 
 def test_a_headerless_csv_of_one_id_says_to_add_a_header(tmp_path):
     (tmp_path / "roots.csv").write_text("864691135000000001\n")
-    out = fails("enqueue", "tests.tasks:square", "--items-file", str(tmp_path / "roots.csv"), "--data", str(tmp_path))
+    out = fails(
+        "enqueue",
+        "tests.tasks:square",
+        "--items-file",
+        str(tmp_path / "roots.csv"),
+        "--data",
+        str(tmp_path),
+    )
     assert "has no header line" in out
 
 
@@ -58,12 +83,27 @@ def test_a_function_without_a_colon_shows_the_form(tmp_path):
 def test_a_task_module_in_the_current_folder_says_pythonpath_or_install(tmp_path):
     (tmp_path / "mytasks.py").write_text("def work(x):\n    return x\n")
     result = subprocess.run(
-        [str(BIN / "tqflow"), "enqueue", "mytasks:work", "--item", "1", "--data", str(tmp_path / "data")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            str(BIN / "tqflow"),
+            "enqueue",
+            "mytasks:work",
+            "--item",
+            "1",
+            "--data",
+            str(tmp_path / "data"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     out = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 1 and "Traceback" not in out, out
-    assert "'mytasks' is in the current folder" in out and "PYTHONPATH=." in out and "pip install -e ." in out
+    assert (
+        "'mytasks' is in the current folder" in out
+        and "PYTHONPATH=." in out
+        and "pip install -e ." in out
+    )
 
 
 def test_a_block_of_the_wrong_type_names_the_option_and_both_types(prefect_api, tmp_path):
@@ -95,20 +135,33 @@ def test_work_on_a_queue_that_does_not_exist_says_so_and_creates_nothing(tmp_pat
 
 
 def test_an_invalid_block_name_is_refused_with_a_valid_spelling(tmp_path):
-    (tmp_path / "aws-secret.json").write_text('{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}')
+    (tmp_path / "aws-secret.json").write_text(
+        '{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}'
+    )
     out = fails("blocks", "import", "--folder", str(tmp_path), "--name", "My Lab")
     assert "--name 'My Lab' cannot name a Prefect block" in out and "'my-lab'" in out
 
 
 def test_saving_local_blocks_again_mentions_overwrite(prefect_api, tmp_path):
     runner = CliRunner()
-    assert runner.invoke(app, ["blocks", "save-local", "--data", str(tmp_path), "--overwrite"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["blocks", "save-local", "--data", str(tmp_path), "--overwrite"]
+        ).exit_code
+        == 0
+    )
     out = fails("blocks", "save-local", "--data", str(tmp_path))
     assert "exists already: pass --overwrite" in out
 
 
-@pytest.mark.parametrize("args", [["--cpus", "0", "--memory-gib", "16"], ["--cpus", "4", "--memory-gib", "-1"],
-                                  ["--machine-type", "e2-standard-4", "--pods-per-node", "0"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--cpus", "0", "--memory-gib", "16"],
+        ["--cpus", "4", "--memory-gib", "-1"],
+        ["--machine-type", "e2-standard-4", "--pods-per-node", "0"],
+    ],
+)
 def test_plan_resources_refuses_zero_or_negative_sizes(args):
     out = fails("plan-resources", *args, code=2)
     assert "Invalid value for" in out
@@ -134,7 +187,9 @@ def test_analyze_of_a_batch_without_outputs_exits_non_zero_with_a_hint(prefect_a
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = CliRunner().invoke(app, ["--debug", "enqueue", "tests.tasks.square", "--item", "1", "--data", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["--debug", "enqueue", "tests.tasks.square", "--item", "1", "--data", str(tmp_path)]
+    )
     assert result.exit_code != 0 and result.exception is not None
     assert type(result.exception).__name__ == "UnknownFunctionError"
 
@@ -144,9 +199,12 @@ def test_an_unreachable_prefect_api_is_named_with_what_to_do(tmp_path):
 
     url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
     result = subprocess.run(
-        [str(BIN / "tqflow"), "status", "--queue-block", "local-task-queue/x"], cwd=tmp_path,
+        [str(BIN / "tqflow"), "status", "--queue-block", "local-task-queue/x"],
+        cwd=tmp_path,
         env={**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path)},
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     out = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 1 and "Traceback" not in out, out
@@ -168,8 +226,9 @@ def test_a_result_that_is_not_json_is_dead_lettered_at_once_naming_the_call(queu
 
 def test_nan_and_infinity_are_stored_as_null_and_analyze_runs(prefect_api, queue_factory, tmp_path):
     data = tmp_path / "data"
-    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="nan", wait_seconds=0,
-                           allowed_modules=["tests"])
+    queue = LocalTaskQueue(
+        path=str(data / "queue.sqlite"), queue_name="nan", wait_seconds=0, allowed_modules=["tests"]
+    )
     queue.ensure()
     storage = CloudFilesStorage(cloudpath=f"file://{data}")
     enqueue(queue, "tests.tasks:not_finite", [1, 2, 3], batch="nan")

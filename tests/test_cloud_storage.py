@@ -4,14 +4,15 @@ credentials of prefect-gcp and prefect-aws blocks."""
 from __future__ import annotations
 
 import io
+
 import pandas as pd
 import pytest
 
 from blocks import CloudFilesStorage
-from tqflow.errors import StorageError
 from flows.analysis import analysis
 from tests.conftest import GCS_BUCKET, service_account_info, sqs_credentials
 from tests.helpers import enqueue, run_worker
+from tqflow.errors import StorageError
 
 
 def test_json_round_trips_on_every_protocol(any_storage):
@@ -42,8 +43,12 @@ def test_worker_and_analysis_run_over_cloud_storage(protocol, request, tmp_path,
     storage = request.getfixturevalue({"gs": "gcs_storage", "s3": "s3_storage"}[protocol])
     from blocks import LocalTaskQueue
 
-    queue = LocalTaskQueue(path=str(tmp_path / "q.sqlite"), queue_name="cloud", wait_seconds=0,
-                           allowed_modules=["tests"])
+    queue = LocalTaskQueue(
+        path=str(tmp_path / "q.sqlite"),
+        queue_name="cloud",
+        wait_seconds=0,
+        allowed_modules=["tests"],
+    )
     queue.ensure()
     enqueue(queue, "tests.tasks:square", range(20), batch="cloud")
 
@@ -61,7 +66,9 @@ def test_check_names_a_missing_s3_bucket_and_the_fix(moto_endpoint):
     storage = CloudFilesStorage(
         cloudpath="s3://no-such-bucket-here/outputs", aws_credentials=sqs_credentials(moto_endpoint)
     )
-    with pytest.raises(StorageError, match=r"NoSuchBucket for bucket 'no-such-bucket-here'.*create it"):
+    with pytest.raises(
+        StorageError, match=r"NoSuchBucket for bucket 'no-such-bucket-here'.*create it"
+    ):
         storage.check()
 
 
@@ -126,8 +133,10 @@ def test_blocks_with_different_secrets_on_one_folder_never_share_a_client():
 
     def gcs(**changes) -> CloudFilesStorage:
         info = {**account, **changes}
-        return CloudFilesStorage(cloudpath=f"gs://{GCS_BUCKET}/x",
-                                 gcp_credentials=GcpCredentials(service_account_info=info))
+        return CloudFilesStorage(
+            cloudpath=f"gs://{GCS_BUCKET}/x",
+            gcp_credentials=GcpCredentials(service_account_info=info),
+        )
 
     first = gcs()._cloudfiles()
     assert gcs()._cloudfiles() is first  # equal blocks: one client per process
@@ -149,8 +158,11 @@ def test_the_storage_serves_as_prefect_result_storage(protocol, request, prefect
     storage = request.getfixturevalue({"file": "storage", "gs": "gcs_storage"}[protocol])
     storage.save(f"results-{protocol}", overwrite=True)  # Prefect takes saved blocks only
 
-    @task(persist_result=True, result_storage=f"cloud-files-storage/results-{protocol}",
-          result_storage_key="results/square-{parameters[x]}")
+    @task(
+        persist_result=True,
+        result_storage=f"cloud-files-storage/results-{protocol}",
+        result_storage_key="results/square-{parameters[x]}",
+    )
     def square(x: int) -> int:
         return x * x
 

@@ -26,9 +26,9 @@ from typing import Iterator
 
 import pytest
 
-from tqflow.examples import demo_root_ids
 from tests.conftest import REPO
 from tests.services import free_port, start, stop_process
+from tqflow.examples import demo_root_ids
 
 # One server, one deploy: keep these tests on one xdist worker (make test uses --dist loadgroup).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployments")]
@@ -42,7 +42,7 @@ IMAGE = "us-west1-docker.pkg.dev/my-lab/tqflow/worker@sha256:" + "0" * 64
 def readme_block(heading: str) -> str:
     """The first ```bash block after ``heading`` in README.md, as written there."""
     text = (REPO / "README.md").read_text()
-    after = text[text.index(heading):]
+    after = text[text.index(heading) :]
     match = re.search(r"```bash\n(.*?)```", after, re.S)
     assert match, f"no bash block under {heading!r} in README.md"
     return match.group(1)
@@ -57,21 +57,27 @@ def recipe(tmp_path_factory) -> Iterator[dict[str, str]]:
     data = tmp_path_factory.mktemp("tqflow-data")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update({
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        # the scheduler looks for due schedules every 2 s instead of every 60 s
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-        "TQFLOW_DATA": str(data),
-        "PYTHONPATH": str(REPO),  # flow runs import tests.tasks
-        "PWD": str(REPO),  # prefect.yaml's local pull step: this checkout
-    })
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            # the scheduler looks for due schedules every 2 s instead of every 60 s
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+            "TQFLOW_DATA": str(data),
+            "PYTHONPATH": str(REPO),  # flow runs import tests.tasks
+            "PWD": str(REPO),  # prefect.yaml's local pull step: this checkout
+        }
+    )
     log_path = home / "recipe.log"
     with open(log_path, "w") as log:
-        script = start(["bash", "-euo", "pipefail", "-c", readme_block(RECIPE_HEADING)],
-                       env=env, cwd=REPO, log=log)
+        script = start(
+            ["bash", "-euo", "pipefail", "-c", readme_block(RECIPE_HEADING)],
+            env=env,
+            cwd=REPO,
+            log=log,
+        )
         try:
             code = script.wait(timeout=900)
             yield {
@@ -89,10 +95,16 @@ def recipe(tmp_path_factory) -> Iterator[dict[str, str]]:
 
 def cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
     result = subprocess.run(
-        [str(BIN / args[0]), *args[1:]], env=env, cwd=REPO, capture_output=True, text=True,
+        [str(BIN / args[0]), *args[1:]],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
-    assert result.returncode == 0, f"{args} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{args} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result.stdout
 
 
@@ -101,8 +113,17 @@ def deployed(recipe) -> dict[str, str]:
     """The GKE work pool created from the shipped template, and ``prefect deploy --all`` of the
     shipped prefect.yaml with an image built elsewhere, on the recipe's server."""
     assert recipe["RECIPE_EXIT"] == "0", Path(recipe["RECIPE_LOG"]).read_text()[-4000:]
-    cli(recipe, "prefect", "work-pool", "create", "tqflow-gke", "--type", "kubernetes",
-        "--base-job-template", str(REPO / "deployments/gke/base-job-template.json"))
+    cli(
+        recipe,
+        "prefect",
+        "work-pool",
+        "create",
+        "tqflow-gke",
+        "--type",
+        "kubernetes",
+        "--base-job-template",
+        str(REPO / "deployments/gke/base-job-template.json"),
+    )
     cli({**recipe, "TQFLOW_IMAGE": IMAGE}, "prefect", "--no-prompt", "deploy", "--all")
     return recipe
 
@@ -121,9 +142,22 @@ def client(env):
 def deployment_run(env, name: str, **parameters) -> subprocess.Popen:
     """``prefect deployment run NAME --params ... --watch`` in the background."""
     return subprocess.Popen(
-        [str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(parameters),
-         "--watch", "--watch-timeout", "300"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            str(BIN / "prefect"),
+            "deployment",
+            "run",
+            name,
+            "--params",
+            json.dumps(parameters),
+            "--watch",
+            "--watch-timeout",
+            "300",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -143,7 +177,8 @@ def runs_of(env, deployment: str, started_after: float) -> list:
         runs = c.read_flow_runs()
         deployments = {d.id: d.name for d in c.read_deployments()}
     return [
-        r for r in runs
+        r
+        for r in runs
         if deployments.get(r.deployment_id) == deployment and r.created.timestamp() > started_after
     ]
 
@@ -164,11 +199,18 @@ def test_readme_process_pool_recipe_completes_the_demo_batch_with_two_worker_run
 # -- prefect deploy --all of the shipped file -------------------------------------------------------
 
 
-def test_deploy_all_of_the_shipped_file_registers_every_deployment_and_an_inactive_schedule(deployed):
+def test_deploy_all_of_the_shipped_file_registers_every_deployment_and_an_inactive_schedule(
+    deployed,
+):
     with client(deployed) as c:
         found = {d.name: d for d in c.read_deployments()}
     assert set(found) == {
-        "pipeline-local", "worker-local", "pipeline-gke", "worker-gke", "analysis", "dead-letters",
+        "pipeline-local",
+        "worker-local",
+        "pipeline-gke",
+        "worker-gke",
+        "analysis",
+        "dead-letters",
     }
     [schedule] = found["pipeline-gke"].schedules
     assert (schedule.schedule.cron, schedule.active) == ("0 6 * * 1", False)
@@ -212,9 +254,13 @@ def _deploy_rescheduling_worker(c) -> None:
     reschedule the run."""
     worker = c.read_deployment_by_name("worker/worker-local")
     c.create_deployment(
-        flow_id=worker.flow_id, name="worker-local-reschedule", entrypoint=worker.entrypoint,
-        work_pool_name=worker.work_pool_name, work_queue_name=worker.work_queue_name,
-        parameters=worker.parameters, pull_steps=worker.pull_steps,
+        flow_id=worker.flow_id,
+        name="worker-local-reschedule",
+        entrypoint=worker.entrypoint,
+        work_pool_name=worker.work_pool_name,
+        work_queue_name=worker.work_queue_name,
+        parameters=worker.parameters,
+        pull_steps=worker.pull_steps,
         parameter_openapi_schema=worker.parameter_openapi_schema,
         job_variables={"env": {"PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule"}},
     )
@@ -226,7 +272,9 @@ def _lease_queue(env, name: str) -> str:
 
     with client(env):
         LocalTaskQueue(
-            path=str(Path(env["TQFLOW_DATA"]) / "queue.sqlite"), queue_name=name, lease_seconds=5,
+            path=str(Path(env["TQFLOW_DATA"]) / "queue.sqlite"),
+            queue_name=name,
+            lease_seconds=5,
         ).save(name, overwrite=True)
     return f"local-task-queue/{name}"
 
@@ -236,16 +284,29 @@ def _run_and_signal_a_worker(env, tmp_path, batch: str, worker_deployment: str, 
     the process of one running worker run. Returns the worker runs of the batch."""
     started = time.time()
     pipeline_run = deployment_run(
-        env, "pipeline/pipeline-local", queue=_lease_queue(env, batch), batch=batch,
-        items=list(range(40)), fn="tests.tasks:tracked",
-        kwargs={"log_dir": str(tmp_path), "seconds": 0.25}, mode="deployment",
-        worker_deployment=worker_deployment, workers=2, tasks_per_worker=20, worker_options={"idle_seconds": 1},
-        poll_seconds=0.5, analyze=False,
+        env,
+        "pipeline/pipeline-local",
+        queue=_lease_queue(env, batch),
+        batch=batch,
+        items=list(range(40)),
+        fn="tests.tasks:tracked",
+        kwargs={"log_dir": str(tmp_path), "seconds": 0.25},
+        mode="deployment",
+        worker_deployment=worker_deployment,
+        workers=2,
+        tasks_per_worker=20,
+        worker_options={"idle_seconds": 1},
+        poll_seconds=0.5,
+        analyze=False,
     )
     victim = None
     deadline = time.monotonic() + 180
     while victim is None and time.monotonic() < deadline:  # a worker that has started tasks
-        running = [r for r in runs_of(env, worker_deployment.split("/")[1], started) if r.state.is_running()]
+        running = [
+            r
+            for r in runs_of(env, worker_deployment.split("/")[1], started)
+            if r.state.is_running()
+        ]
         if running and len(list(tmp_path.glob("*.finished"))) >= 4:
             victim = _process_of_flow_run(running[0].id)
         time.sleep(0.2)
@@ -268,17 +329,31 @@ def _run_on_a_schedule(env):
     due = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=20)
     with client(env) as c:
         pipeline = c.read_deployment_by_name("pipeline/pipeline-local")
-        [schedule] = c.create_deployment_schedules(pipeline.id, [DeploymentScheduleCreate(
-            schedule=IntervalSchedule(interval=dt.timedelta(days=1), anchor_date=due), active=True,
-            parameters={"batch": "e2e-scheduled", "items": list(range(5)), "fn": "tests.tasks:square",
-                        "worker_options": {"idle_seconds": 1}, "poll_seconds": 0.5,
-                        "analyze": False},
-        )])
+        [schedule] = c.create_deployment_schedules(
+            pipeline.id,
+            [
+                DeploymentScheduleCreate(
+                    schedule=IntervalSchedule(interval=dt.timedelta(days=1), anchor_date=due),
+                    active=True,
+                    parameters={
+                        "batch": "e2e-scheduled",
+                        "items": list(range(5)),
+                        "fn": "tests.tasks:square",
+                        "worker_options": {"idle_seconds": 1},
+                        "poll_seconds": 0.5,
+                        "analyze": False,
+                    },
+                )
+            ],
+        )
     try:
         deadline = time.monotonic() + 300
         while True:
-            done = [r for r in runs_of(env, "pipeline-local", 0)
-                    if r.parameters.get("batch") == "e2e-scheduled" and r.state.is_completed()]
+            done = [
+                r
+                for r in runs_of(env, "pipeline-local", 0)
+                if r.parameters.get("batch") == "e2e-scheduled" and r.state.is_completed()
+            ]
             if done:
                 return done[0]
             assert time.monotonic() < deadline, "no scheduled run completed in 300 s"
@@ -289,7 +364,9 @@ def _run_on_a_schedule(env):
 
 
 def test_a_killed_worker_run_is_replaced_and_the_batch_completes(deployed, tmp_path):
-    runs = _run_and_signal_a_worker(deployed, tmp_path, "e2e-kill", "worker/worker-local", signal.SIGKILL)
+    runs = _run_and_signal_a_worker(
+        deployed, tmp_path, "e2e-kill", "worker/worker-local", signal.SIGKILL
+    )
     assert sum(r.state.is_crashed() or r.state.is_failed() for r in runs) == 1
     assert len(runs) == 3  # the two launched, and the one that replaced the killed run
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tqflow.errors import BadArgumentsError, MessageTooLargeError
 from flows.enqueue import ItemSource, enqueue_items
-from tqflow.errors import ItemSourceError
 from tqflow.engine.outputs import output_path
+from tqflow.errors import BadArgumentsError, ItemSourceError, MessageTooLargeError
 
 
 def test_text_file_gives_one_item_per_line_with_numbers_as_int(tmp_path):

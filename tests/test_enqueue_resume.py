@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from blocks import CloudFilesStorage, LocalTaskQueue
-from tqflow.engine.messages import decode
 from tests.conftest import sqs_credentials
 from tests.helpers import child_env, wait_until
+from tqflow.engine.messages import decode
 
 #: Enough steps that an interrupt lands mid-send on a busy machine too: the local queue sends a
 #: step of 1,000 in milliseconds; moto's SQS costs grow with the queue (receiving 600 messages
@@ -41,19 +41,38 @@ def target(request, backend, tmp_path):
 
     name = f"resume-{uuid.uuid4().hex[:8]}"
     queue = SQSTaskQueue(
-        queue_name=name, aws_credentials=sqs_credentials(request.getfixturevalue("moto_endpoint")),
+        queue_name=name,
+        aws_credentials=sqs_credentials(request.getfixturevalue("moto_endpoint")),
         wait_seconds=0,
     )
     queue.save(name)
     CloudFilesStorage(cloudpath=f"file://{data}").save(name)
     env = {**child_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
-    return queue, ["--queue-block", f"sqs-task-queue/{name}",
-                   "--storage-block", f"cloud-files-storage/{name}"], env
+    return (
+        queue,
+        [
+            "--queue-block",
+            f"sqs-task-queue/{name}",
+            "--storage-block",
+            f"cloud-files-storage/{name}",
+        ],
+        env,
+    )
 
 
 def enqueue_command(items_file: Path, options: list[str], step: int = 1_000) -> list[str]:
-    return [str(BIN / "tqflow"), "enqueue", "tests.tasks:square", "--items-file", str(items_file),
-            "--batch", "resume", "--step", str(step), *options]
+    return [
+        str(BIN / "tqflow"),
+        "enqueue",
+        "tests.tasks:square",
+        "--items-file",
+        str(items_file),
+        "--batch",
+        "resume",
+        "--step",
+        str(step),
+        *options,
+    ]
 
 
 def live_keys(queue) -> Counter:
@@ -72,7 +91,9 @@ def live_keys(queue) -> Counter:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_an_interrupted_enqueue_run_again_leaves_one_live_message_per_item(target, tmp_path, signum, backend):
+def test_an_interrupted_enqueue_run_again_leaves_one_live_message_per_item(
+    target, tmp_path, signum, backend
+):
     queue, options, env = target
     n, step = ITEMS[backend], STEP[backend]
     roots = [864691135000000000 + 7 * i for i in range(n)]
@@ -80,10 +101,18 @@ def test_an_interrupted_enqueue_run_again_leaves_one_live_message_per_item(targe
     items_file.write_text("\n".join(map(str, roots)) + "\n")
     stop_at = random.randint(1, n // 2)  # the first half: the signal lands before the last step
 
-    first = subprocess.Popen(enqueue_command(items_file, options, step), env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_until(lambda: first.poll() is not None or (queue.exists() and queue.counts().visible >= stop_at),
-               timeout=300, every=0.01 if backend == "local" else 0.2)
+    first = subprocess.Popen(
+        enqueue_command(items_file, options, step),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_until(
+        lambda: first.poll() is not None or (queue.exists() and queue.counts().visible >= stop_at),
+        timeout=300,
+        every=0.01 if backend == "local" else 0.2,
+    )
     assert first.poll() is None, "the enqueue ended before it could be interrupted"
     first.send_signal(signum)
     out, _ = first.communicate(timeout=120)
@@ -91,8 +120,13 @@ def test_an_interrupted_enqueue_run_again_leaves_one_live_message_per_item(targe
         assert first.returncode == 130, out
         assert "Run the same enqueue again to queue the rest" in out, out
 
-    again = subprocess.run(enqueue_command(items_file, options, step), env=env,
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        enqueue_command(items_file, options, step),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
 
     keys = live_keys(queue)
@@ -110,8 +144,16 @@ def test_running_a_finished_enqueue_again_queues_nothing(target, tmp_path):
     queue, options, env = target
     items_file = tmp_path / "roots.txt"
     items_file.write_text("\n".join(str(864691135000000000 + i) for i in range(100)) + "\n")
-    for expected in ("queued 100 tasks", "queued 0 tasks; 0 skipped as already done; 100 already queued"):
-        run = subprocess.run(enqueue_command(items_file, options), env=env, capture_output=True,
-                             text=True, timeout=300)
+    for expected in (
+        "queued 100 tasks",
+        "queued 0 tasks; 0 skipped as already done; 100 already queued",
+    ):
+        run = subprocess.run(
+            enqueue_command(items_file, options),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == 0 and expected in run.stdout, run.stdout + run.stderr
     assert sum(live_keys(queue).values()) == 100

@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tqflow.gke.job_template import base_job_template
-from tqflow.errors import ResourcePlanError
-from tqflow.gke.resources import Machine, plan
 from tests.conftest import REPO
+from tqflow.errors import ResourcePlanError
+from tqflow.gke.job_template import base_job_template
+from tqflow.gke.resources import Machine, plan
 
 GIB_MIB = 1024
 
@@ -58,7 +58,12 @@ def test_machine_families_give_their_memory_per_vcpu():
 
 
 def test_planned_pods_and_system_pods_fit_within_allocatable():
-    for machine_type, pods in [("e2-highmem-4", 4), ("e2-highmem-4", 11), ("n2-standard-16", 15), ("e2-standard-2", 1)]:
+    for machine_type, pods in [
+        ("e2-highmem-4", 4),
+        ("e2-highmem-4", 11),
+        ("n2-standard-16", 15),
+        ("e2-standard-2", 1),
+    ]:
         node = Machine.from_type(machine_type)
         resources = plan(node, pods)
         cpu = int(resources.cpu_request.rstrip("m"))
@@ -81,7 +86,9 @@ def test_too_many_pods_per_node_is_refused_with_how_many_fit():
 
 
 def test_an_unknown_machine_type_says_to_give_cpus_and_memory():
-    with pytest.raises(ResourcePlanError, match=r"unknown machine type 'm9-mega-4'.*--cpus and --memory-gib"):
+    with pytest.raises(
+        ResourcePlanError, match=r"unknown machine type 'm9-mega-4'.*--cpus and --memory-gib"
+    ):
         Machine.from_type("m9-mega-4")
 
 
@@ -90,7 +97,9 @@ def test_plan_resources_command_prints_job_variables_without_a_cpu_limit():
         app, ["plan-resources", "--machine-type", "e2-highmem-4", "--pods-per-node", "4", "--json"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == plan(Machine.from_type("e2-highmem-4"), 4).as_job_variables()
+    assert (
+        json.loads(result.output) == plan(Machine.from_type("e2-highmem-4"), 4).as_job_variables()
+    )
     assert "cpu_limit" not in result.output
 
     raw = CliRunner().invoke(app, ["plan-resources", "--cpus", "4", "--memory-gib", "32", "--json"])
@@ -113,7 +122,9 @@ def render_job(job_variables: dict, parameters: dict) -> dict:
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     configuration = asyncio.run(
-        KubernetesWorkerJobConfiguration.from_template_and_values(base_job_template(), job_variables)
+        KubernetesWorkerJobConfiguration.from_template_and_values(
+            base_job_template(), job_variables
+        )
     )
     run = FlowRun(flow_id=uuid.uuid4(), name="brave-otter", parameters=parameters)
     configuration.prepare_for_flow_run(run)
@@ -127,7 +138,10 @@ def rendered(request):
     manifest = render_job(
         {"image": "us-docker.pkg.dev/my-lab/tqflow/worker:0.1.0", **resources},
         # blocks travel by reference: the worker pod loads them from the API
-        {"queue": {"$ref": {"block_document_id": str(uuid.uuid4())}}, "options": {"idle_seconds": 30}},
+        {
+            "queue": {"$ref": {"block_document_id": str(uuid.uuid4())}},
+            "options": {"idle_seconds": 30},
+        },
     )
     return manifest, resources
 
@@ -159,14 +173,22 @@ def test_rendered_job_runs_on_the_worker_pool_and_tolerates_spot_nodes(rendered)
     manifest, _ = rendered
     pod = manifest["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"cloud.google.com/gke-nodepool": "tqflow-workers"}
-    assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {
+        "key": "cloud.google.com/gke-spot",
+        "operator": "Equal",
+        "value": "true",
+        "effect": "NoSchedule",
+    } in pod["tolerations"]
     assert pod["terminationGracePeriodSeconds"] == 25
     assert manifest["spec"]["ttlSecondsAfterFinished"] == 3600
 
 
 def test_rendered_job_env_is_quiet_single_threaded_and_holds_no_secret(rendered):
     manifest, _ = rendered
-    env = {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["TQDM_DISABLE"] == "1"
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1"
@@ -181,7 +203,9 @@ def test_worker_image_is_built_on_the_prefect_version_tqflow_runs_with():
     import prefect
 
     dockerfile = (REPO / "worker_image/Dockerfile").read_text()
-    assert re.search(r"^ARG PREFECT_VERSION=(\S+)$", dockerfile, re.M).group(1) == prefect.__version__
+    assert (
+        re.search(r"^ARG PREFECT_VERSION=(\S+)$", dockerfile, re.M).group(1) == prefect.__version__
+    )
     assert re.search(r"^FROM prefecthq/prefect:\$\{PREFECT_VERSION\}-python", dockerfile, re.M)
     assert "TQDM_DISABLE=1" in dockerfile and re.search(r"^USER (?!root)", dockerfile, re.M)
 
@@ -221,7 +245,7 @@ def test_jobs_run_as_the_service_account_the_cluster_script_binds_to_google(rend
     assert re.search(rf"^NAMESPACE=\$\{{NAMESPACE:-{NAMESPACE}\}}", script, re.M)
     # Workload Identity, all three parts: the binding, the annotation, the pool's metadata server
     assert "roles/iam.workloadIdentityUser" in script
-    assert 'iam.gke.io/gcp-service-account=$JOBS_GSA' in script
+    assert "iam.gke.io/gcp-service-account=$JOBS_GSA" in script
     assert "--workload-metadata GKE_METADATA" in script
 
 

@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from blocks import LocalTaskQueue
-from tqflow.errors import BadArgumentsError, ItemSourceError
 from flows.cli import app
 from flows.enqueue import ItemSource, enqueue_items
-from tqflow.items import parse_item
 from tqflow.engine.messages import decode
+from tqflow.errors import BadArgumentsError, ItemSourceError
+from tqflow.items import parse_item
 
 #: Real-size root IDs (> 2**53): as float64 the first two are the same number, and the third
 #: becomes ...768.
@@ -86,8 +86,17 @@ def test_generator_items_keep_numpy_int64_exact():
 
 
 @pytest.mark.parametrize(
-    "text, value", [("42", 42), (" 42 ", 42), ("-7", -7), ("007", "007"), ("1e3", "1e3"),
-                    ("+5", "+5"), ("abc", "abc"), (str(ROOTS[2]), ROOTS[2])],
+    "text, value",
+    [
+        ("42", 42),
+        (" 42 ", 42),
+        ("-7", -7),
+        ("007", "007"),
+        ("1e3", "1e3"),
+        ("+5", "+5"),
+        ("abc", "abc"),
+        (str(ROOTS[2]), ROOTS[2]),
+    ],
 )
 def test_text_is_an_int_only_when_written_canonically(text, value):
     assert parse_item(text) == value and type(parse_item(text)) is type(value)
@@ -97,10 +106,22 @@ def test_enqueue_command_queues_exactly_the_root_ids_of_a_csv_with_gaps(tmp_path
     path = tmp_path / "roots.csv"
     path.write_text(f"root_id\n{ROOTS[0]}\n\n{ROOTS[1]}\n \n{ROOTS[2]}\n")
     data = tmp_path / "data"
-    result = CliRunner().invoke(app, [
-        "enqueue", "tests.tasks:identity", "--items-file", str(path), "--column", "root_id",
-        "--batch", "roots", "--data", str(data),
-    ], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app,
+        [
+            "enqueue",
+            "tests.tasks:identity",
+            "--items-file",
+            str(path),
+            "--column",
+            "root_id",
+            "--batch",
+            "roots",
+            "--data",
+            str(data),
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     assert "queued 3 tasks" in result.output
     assert "2 empty cells skipped (lines 3, 5)" in result.output
@@ -112,7 +133,10 @@ def test_enqueue_command_queues_exactly_the_root_ids_of_a_csv_with_gaps(tmp_path
 
 def test_kwargs_that_name_the_item_parameter_are_refused_naming_it(queue_factory, storage):
     queue = queue_factory()
-    with pytest.raises(BadArgumentsError, match=r"kwargs set 'x', the parameter of tests.tasks:square that takes each item"):
+    with pytest.raises(
+        BadArgumentsError,
+        match=r"kwargs set 'x', the parameter of tests.tasks:square that takes each item",
+    ):
         enqueue_items(queue, storage, "tests.tasks:square", [1, 2], "b", {"x": 5})
     assert queue.counts().pending == 0
 

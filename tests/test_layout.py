@@ -46,7 +46,8 @@ def test_engine_module_imports_neither_prefect_nor_the_layers_above(path):
         name
         for name in imported_modules(path)
         if under(name, ("prefect",))
-        or under(name, PROJECT_PACKAGES) and not under(name, ENGINE_MAY_IMPORT)
+        or under(name, PROJECT_PACKAGES)
+        and not under(name, ENGINE_MAY_IMPORT)
     ]
     assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}: the engine stays below Prefect"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tqflow.errors import LeaseLostError
 from tests.helpers import wait_until
+from tqflow.errors import LeaseLostError
 
 pytestmark = pytest.mark.parametrize("backend", ["local"], indirect=True)
 
@@ -27,5 +27,3 @@ def test_ack_with_a_stale_receipt_leaves_the_new_receivers_message(queue_factory
     assert queue.ack([stale]) == 0
     assert queue.counts().in_flight == 1
     assert queue.ack([current]) == 1
-
-

@@ -9,18 +9,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tqflow.engine.messages import TaskMessage, bind, decode, item_key, resolve, task_messages
 from tqflow.errors import (
     BadArgumentsError,
     MessageTooLargeError,
     UndecodableMessageError,
     UnknownFunctionError,
 )
-from tqflow.engine.messages import TaskMessage, bind, decode, item_key, resolve, task_messages
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -181,4 +182,7 @@ def test_a_parameter_named_storage_is_injected_only_when_annotated_so():
     bound = bind(resolve(own.fn), positional, injected)
     assert bound.arguments["storage"] == "s3://mine"
     annotated = TaskMessage(fn="tests.tasks:writes_extra", key="k", batch="b", kwargs={"x": 2})
-    assert bind(resolve(annotated.fn), annotated, injected).arguments["storage"] == "THE-WORKERS-STORAGE"
+    assert (
+        bind(resolve(annotated.fn), annotated, injected).arguments["storage"]
+        == "THE-WORKERS-STORAGE"
+    )

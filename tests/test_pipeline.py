@@ -10,11 +10,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.dead_letters import dead_letters
-from tqflow.engine.outputs import output_path
 from flows.pipeline import pipeline
-from tqflow.errors import DeadLettersError
 from flows.worker import worker
 from tests.helpers import both_backends, enqueue, runs, sqs_only
+from tqflow.engine.outputs import output_path
+from tqflow.errors import DeadLettersError
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -92,7 +92,9 @@ def _table_rows(data):
 
 
 @both_backends
-def test_failing_items_end_in_the_dead_letter_queue_and_fail_the_flow(queue_factory, storage, tmp_path):
+def test_failing_items_end_in_the_dead_letter_queue_and_fail_the_flow(
+    queue_factory, storage, tmp_path
+):
     queue = queue_factory(max_receive_count=2)
     flag = tmp_path / "fixed"
     # "of 3": the pipeline counts the items its enqueue queued, not what else the queue holds
@@ -152,7 +154,9 @@ def test_worker_flow_publishes_its_counters(queue_factory, storage):
     enqueue(queue, "tests.tasks:square", range(6))
     stats = worker(queue=queue, storage=storage, options={"idle_seconds": 0.2})
     assert stats["succeeded"] == 6
-    counters = {row["counter"]: row["value"] for row in _table_rows(latest_artifact("worker-stats").data)}
+    counters = {
+        row["counter"]: row["value"] for row in _table_rows(latest_artifact("worker-stats").data)
+    }
     assert counters["succeeded"] == 6
 
 
@@ -168,8 +172,15 @@ def test_saved_blocks_are_found_by_slug_and_name_from_the_cli(tmp_path):
     CloudFilesStorage(cloudpath=f"file://{tmp_path}").save("nightly", overwrite=True)
     result = CliRunner().invoke(
         app,
-        ["status", "--batch", "b", "--queue-block", "local-task-queue/nightly",
-         "--storage-block", "cloud-files-storage/nightly"],
+        [
+            "status",
+            "--batch",
+            "b",
+            "--queue-block",
+            "local-task-queue/nightly",
+            "--storage-block",
+            "cloud-files-storage/nightly",
+        ],
         env={"COLUMNS": "200"},
     )
     assert result.exit_code == 0, result.output
@@ -203,16 +214,22 @@ def test_flows_take_saved_blocks_by_slug_so_parameters_hold_no_credentials(queue
     queue.save(name)
     storage.save(name)
     summary = run_pipeline(
-        f"{queue.get_block_type_slug()}/{name}", f"cloud-files-storage/{name}",
-        fn="tests.tasks:square", batch="by-slug", items=[2, 3], analyze=False,
+        f"{queue.get_block_type_slug()}/{name}",
+        f"cloud-files-storage/{name}",
+        fn="tests.tasks:square",
+        batch="by-slug",
+        items=[2, 3],
+        analyze=False,
     )
     assert summary["queued"] == 2
     assert storage.get_json(output_path("by-slug", "3"))["result"] == 9
 
 
-def test_an_unsafe_batch_name_is_refused_as_a_batch_name_by_flows_and_worker(queue_factory, storage):
-    from tqflow.errors import BadArgumentsError
+def test_an_unsafe_batch_name_is_refused_as_a_batch_name_by_flows_and_worker(
+    queue_factory, storage
+):
     from tqflow.engine.worker import Worker
+    from tqflow.errors import BadArgumentsError
 
     queue = queue_factory()
     with pytest.raises(BadArgumentsError, match="batch name 'a/b' cannot name a folder"):

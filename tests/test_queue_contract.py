@@ -11,9 +11,8 @@ import time
 
 import pytest
 
-from tqflow.errors import LeaseLostError, MessageTooLargeError, QueueConfigError
 from tests.helpers import wait_until
-
+from tqflow.errors import LeaseLostError, MessageTooLargeError, QueueConfigError
 
 
 def test_send_returns_how_many_were_sent(queue_factory):

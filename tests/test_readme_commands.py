@@ -22,7 +22,7 @@ def readme_commands() -> list[str]:
     """Every ``.venv/bin/tqflow ...`` line of the README's bash blocks (continuations joined,
     comments dropped), outside the process-pool recipe."""
     text = (REPO / "README.md").read_text()
-    text = text[: text.index(RECIPE_HEADING)] + text[text.index("## Writing a task"):]
+    text = text[: text.index(RECIPE_HEADING)] + text[text.index("## Writing a task") :]
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -54,8 +54,15 @@ def user_folder(tmp_path, prefect_api):
     home = tmp_path / "home"
     secrets = home / ".cloudvolume" / "secrets"
     secrets.mkdir(parents=True)
-    (secrets / "aws-secret.json").write_text(json.dumps(
-        {"AWS_ACCESS_KEY_ID": "made-up-id", "AWS_SECRET_ACCESS_KEY": "made-up-key", "AWS_DEFAULT_REGION": "us-west-1"}))
+    (secrets / "aws-secret.json").write_text(
+        json.dumps(
+            {
+                "AWS_ACCESS_KEY_ID": "made-up-id",
+                "AWS_SECRET_ACCESS_KEY": "made-up-key",
+                "AWS_DEFAULT_REGION": "us-west-1",
+            }
+        )
+    )
     (secrets / "cave-secret.json").write_text(json.dumps({"token": "made-up-token"}))
     folder = tmp_path / "work"
     (folder / "mypackage").mkdir(parents=True)
@@ -69,14 +76,20 @@ def user_folder(tmp_path, prefect_api):
     )
     (folder / "roots.csv").write_text("root_id\n864691135000000001\n\n864691135000000003\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TQFLOW_")}
-    env.update(HOME=str(home), PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=str(folder),
-               COLUMNS="200", PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env.update(
+        HOME=str(home),
+        PREFECT_API_URL=PREFECT_API_URL.value(),
+        PYTHONPATH=str(folder),
+        COLUMNS="200",
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+    )
     return folder, env
 
 
 def run(folder: Path, env: dict, command: str) -> str:
-    result = subprocess.run(["bash", "-c", command], cwd=folder, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     return result.stdout
 
@@ -86,14 +99,20 @@ def test_every_readme_command_runs_as_written(user_folder):
     env = {**env, "PYTHONPATH": f"{folder}{os.pathsep}{REPO}"}  # mypackage, and tests.tasks
     commands = readme_commands()
     # A small demo batch, run once, with one item that fails for good (as after `make demo`).
-    run(folder, env, ".venv/bin/tqflow enqueue tqflow.examples:skeleton_stats --item 864691135000000001 "
-                     "--item 864691135000000002 --kwargs '{\"n_nodes\": 200}' --batch demo")
+    run(
+        folder,
+        env,
+        ".venv/bin/tqflow enqueue tqflow.examples:skeleton_stats --item 864691135000000001 "
+        "--item 864691135000000002 --kwargs '{\"n_nodes\": 200}' --batch demo",
+    )
     run(folder, env, ".venv/bin/tqflow enqueue tests.tasks:returns_a_set --item 7 --batch demo")
     run(folder, env, ".venv/bin/tqflow work --batch demo --idle-seconds 1")
 
     out = {command: run(folder, env, command) for command in commands}
     status, listing, redrive = out[commands[0]], out[commands[1]], out[commands[2]]
-    assert re.search(r"outputs written\s*│\s*2", status) and re.search(r"dead-lettered\s*│\s*1", status)
+    assert re.search(r"outputs written\s*│\s*2", status) and re.search(
+        r"dead-lettered\s*│\s*1", status
+    )
     assert "the return value of tests.tasks:returns_a_set(7)" in " ".join(listing.split())
     assert "redrove 1 messages" in redrive
     assert json.loads(out[commands[3]])["dead_lettered"] == 1  # the redriven item, again
@@ -101,6 +120,8 @@ def test_every_readme_command_runs_as_written(user_folder):
     assert "aws-credentials/lab" in out[commands[5]] and "cave-credentials/lab" in out[commands[5]]
     assert "queued 2 tasks" in out[commands[6]]
     assert json.loads(out[commands[7]])["succeeded"] == 2
-    mesh = json.loads((folder / "tqflow-data/meshes-v1/outputs/864691135000000003.json").read_text())
+    mesh = json.loads(
+        (folder / "tqflow-data/meshes-v1/outputs/864691135000000003.json").read_text()
+    )
     assert mesh["result"] == {"n_vertices": 20, "mesh": "meshes/864691135000000003.npz"}
     assert (folder / "tqflow-data/meshes/864691135000000003.npz").read_bytes() == b"mesh"

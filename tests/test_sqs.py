@@ -8,21 +8,26 @@ from functools import partial
 
 import pytest
 
-from tqflow.errors import QueueConfigError
 from blocks.queues.sqs import SQSTaskQueue
-from tqflow.engine.specs import block_from_spec, block_spec
 from flows.enqueue import enqueue_items
-from tqflow.engine.worker import Worker
 from tests.conftest import sqs_credentials
 from tests.helpers import enqueue, run_worker, sqs_only
 from tests.sqs_faults import SQSFaults
+from tqflow.engine.specs import block_from_spec, block_spec
+from tqflow.engine.worker import Worker
+from tqflow.errors import QueueConfigError
+
 
 @sqs_only
 def test_a_300_kib_task_is_refused_at_enqueue_naming_the_item(queue_factory, storage):
     queue = queue_factory()
     with pytest.raises(Exception, match=r"item 'big-one'.*over the queue's limit"):
         enqueue_items(
-            queue, storage, "tests.tasks:tracked", ["big-one"], "b",
+            queue,
+            storage,
+            "tests.tasks:tracked",
+            ["big-one"],
+            "b",
             {"log_dir": "x" * 300 * 1024},
         )
     assert queue.counts().pending == 0
@@ -31,11 +36,15 @@ def test_a_300_kib_task_is_refused_at_enqueue_naming_the_item(queue_factory, sto
 def test_existing_queue_without_a_dead_letter_queue_is_reported_then_attached(moto_endpoint):
     name = f"made-by-hand-{uuid.uuid4().hex[:8]}"
     bare = SQSTaskQueue(
-        queue_name=name, aws_credentials=sqs_credentials(moto_endpoint), wait_seconds=0,
+        queue_name=name,
+        aws_credentials=sqs_credentials(moto_endpoint),
+        wait_seconds=0,
         allowed_modules=["tests"],
     )
     bare._client().create_queue(QueueName=name)
-    with pytest.raises(QueueConfigError, match="without a dead-letter queue.*attach_dead_letter_queue"):
+    with pytest.raises(
+        QueueConfigError, match="without a dead-letter queue.*attach_dead_letter_queue"
+    ):
         bare.ensure()
     bare.attach_dead_letter_queue()
     bare.ensure()
@@ -83,7 +92,9 @@ def test_an_idle_worker_without_long_polls_backs_off_its_receives(queue_factory,
 
 
 @sqs_only
-def test_python_task_queue_sqs_queue_drains_with_the_worker(queue_factory, storage, moto_endpoint, monkeypatch):
+def test_python_task_queue_sqs_queue_drains_with_the_worker(
+    queue_factory, storage, moto_endpoint, monkeypatch
+):
     from taskqueue import TaskQueue
 
     import tests.tq_tasks as tq_tasks
@@ -92,7 +103,10 @@ def test_python_task_queue_sqs_queue_drains_with_the_worker(queue_factory, stora
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key")
     tq = TaskQueue(
-        f"sqs://{queue.queue_name}", region_name="us-east-1", endpoint_url=moto_endpoint, progress=False
+        f"sqs://{queue.queue_name}",
+        region_name="us-east-1",
+        endpoint_url=moto_endpoint,
+        progress=False,
     )
     tq.insert([partial(tq_tasks.power, n, exponent=3) for n in range(8)])
     stats = run_worker(queue, storage, default_batch="legacy", import_modules=["tests.tq_tasks"])
@@ -110,7 +124,9 @@ def test_a_python_task_queue_queue_without_dead_letter_queue_drains_and_keeps_wh
 
     name = f"tq-made-{uuid.uuid4().hex[:8]}"
     queue = SQSTaskQueue(
-        queue_name=name, aws_credentials=sqs_credentials(moto_endpoint), wait_seconds=0,
+        queue_name=name,
+        aws_credentials=sqs_credentials(moto_endpoint),
+        wait_seconds=0,
         allowed_modules=["tests", "gone"],
     )
     queue._client().create_queue(QueueName=name)

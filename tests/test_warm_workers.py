@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from tqflow.engine.outputs import output_path
 from tests.helpers import child_env, enqueue
+from tqflow.engine.outputs import output_path
 
 
 @pytest.fixture
@@ -36,7 +36,8 @@ def test_a_script_without_a_main_guard_runs_its_local_pipeline_once(prefect_api,
 
     ran = tmp_path / "script-ran"
     script = tmp_path / "run_batch.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         from blocks import CloudFilesStorage, LocalTaskQueue
         from flows.pipeline import pipeline
 
@@ -50,9 +51,14 @@ def test_a_script_without_a_main_guard_runs_its_local_pipeline_once(prefect_api,
             worker_options={{"idle_seconds": 0.5}}, poll_seconds=0.2, analyze=False,
         )
         print("done", summary["done"])
-    """))
+    """)
+    )
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**child_env(), "PREFECT_API_URL": PREFECT_API_URL.value()},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -6,8 +6,8 @@ import json
 import time
 from functools import partial
 
-from tqflow.engine.outputs import output_path
 from tests.helpers import enqueue, run_worker, runs, wait_until
+from tqflow.engine.outputs import output_path
 
 
 def test_worker_writes_every_output_and_empties_the_queue(queue_factory, storage):
@@ -44,7 +44,6 @@ def test_overwrite_re_runs_finished_items(queue_factory, storage, log_dir):
     assert all(runs(log_dir, i) == 2 for i in range(3))
 
 
-
 def test_unrunnable_messages_go_to_the_dead_letter_queue_at_once_and_the_worker_goes_on(
     queue_factory, storage
 ):
@@ -54,7 +53,9 @@ def test_unrunnable_messages_go_to_the_dead_letter_queue_at_once_and_the_worker_
             "this is not json",
             json.dumps({"fn": "no_such_package.tasks:f", "kwargs": {}, "key": "u", "batch": "b"}),
             json.dumps({"fn": "tests.tasks:square", "kwargs": {"y": 1}, "key": "w", "batch": "b"}),
-            json.dumps({"fn": "tests.tasks:needs_cave", "kwargs": {"x": 1}, "key": "c", "batch": "b"}),
+            json.dumps(
+                {"fn": "tests.tasks:needs_cave", "kwargs": {"x": 1}, "key": "c", "batch": "b"}
+            ),
         ]
     )
     enqueue(queue, "tests.tasks:square", [5])
@@ -77,11 +78,13 @@ def test_task_can_write_large_results_through_the_injected_storage(queue_factory
     assert storage.get_json("extra/4.json") == {"values": [0, 1, 2, 3]}
 
 
-def test_task_longer_than_its_lease_is_not_run_twice(queue_factory, storage, log_dir, forked_workers):
+def test_task_longer_than_its_lease_is_not_run_twice(
+    queue_factory, storage, log_dir, forked_workers
+):
     queue = queue_factory(lease_seconds=0.6)
     workers = [forked_workers.start(queue, storage, idle_seconds=60) for _ in range(2)]
     for worker in workers:  # both polling before the task is queued, whatever their start-up
-        wait_until(lambda: "draining" in forked_workers.log(worker), timeout=120)
+        wait_until(lambda w=worker: "draining" in forked_workers.log(w), timeout=120)
     enqueue(queue, "tests.tasks:tracked", [1], log_dir=str(log_dir), seconds=3)
     wait_until(lambda: runs(log_dir, 1, "finished") == 1)
     time.sleep(1.5)  # the other worker would have had the message by now, were it visible
@@ -102,9 +105,7 @@ def test_python_task_queue_bodies_drain_with_the_worker(queue_factory, storage, 
     queue.send(p.read_text() for p in (tmp_path / "fq" / "queue").iterdir())
     stats = run_worker(queue, storage, default_batch="legacy", import_modules=["tests.tq_tasks"])
     assert stats["succeeded"] == 5
-    results = sorted(
-        storage.get_json(path)["result"] for path in storage.list("legacy/outputs/")
-    )
+    results = sorted(storage.get_json(path)["result"] for path in storage.list("legacy/outputs/"))
     assert results == [0, 1, 4, 9, 16]
 
 

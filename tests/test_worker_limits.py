@@ -17,12 +17,12 @@ import threading
 import pytest
 
 from blocks import CloudFilesStorage, LocalTaskQueue
-from tqflow.engine import process as worker_process
 from flows.enqueue import enqueue_items
+from tests.helpers import child_env, enqueue, run_worker
+from tqflow.engine import process as worker_process
 from tqflow.engine.lease_keeper import LeaseKeeper
 from tqflow.engine.outputs import error_path
 from tqflow.engine.worker import Worker
-from tests.helpers import child_env, enqueue, run_worker
 
 
 @pytest.fixture
@@ -52,7 +52,9 @@ def test_the_worker_time_limit_applies_when_the_batch_sets_none(queue_factory, s
 
 def test_a_task_looping_in_python_is_stopped_in_a_worker_without_signal_handlers(tmp_path, storage):
     queue = LocalTaskQueue(
-        path=str(tmp_path / "q.sqlite"), wait_seconds=0, max_receive_count=1,
+        path=str(tmp_path / "q.sqlite"),
+        wait_seconds=0,
+        max_receive_count=1,
         allowed_modules=["tests"],
     )
     queue.ensure()
@@ -67,7 +69,10 @@ def test_a_task_is_stopped_before_the_queue_longest_lease_runs_out(tmp_path, sto
     # same rule. Here the cap is 4 s, so the task is stopped at about 3.6 s.
     monkeypatch.setattr(LocalTaskQueue, "max_lease_seconds", 4.0)
     queue = LocalTaskQueue(
-        path=str(tmp_path / "q.sqlite"), wait_seconds=0, max_receive_count=1, lease_seconds=2,
+        path=str(tmp_path / "q.sqlite"),
+        wait_seconds=0,
+        max_receive_count=1,
+        lease_seconds=2,
         allowed_modules=["tests"],
     )
     queue.ensure()
@@ -129,8 +134,10 @@ def test_a_queue_unreachable_past_the_bound_stops_the_worker_with_exit_code_3(st
 
     # Nothing listens on the endpoint; one attempt per request, so the bound is what is tested.
     queue = SQSTaskQueue(
-        queue_name="nowhere", aws_credentials=sqs_credentials(f"http://127.0.0.1:{free_port()}"),
-        wait_seconds=0, max_attempts=1,
+        queue_name="nowhere",
+        aws_credentials=sqs_credentials(f"http://127.0.0.1:{free_port()}"),
+        wait_seconds=0,
+        max_attempts=1,
     )
     process = worker_process.spawn(
         queue, storage, {"queue_unreachable_seconds": 2}, stderr=subprocess.PIPE, env=child_env()
@@ -254,4 +261,4 @@ def test_an_extension_in_flight_does_not_undo_a_retry_delay(gated_queue):
     extending.join(60)
     retrying.join(60)
     # The retry delay (0 s) was set last: the message is visible again at once.
-    assert [l.body for l in gated_queue.receive()] == ["body"]
+    assert [lease.body for lease in gated_queue.receive()] == ["body"]

@@ -11,7 +11,7 @@ does (fetching a skeleton or mesh from CAVE and measuring it), with a real, tuna
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -42,8 +42,10 @@ def synapse_profile(
     """
     table = synapse_table or cave.info.get_datastack_info()["synapse_table"]
     profile: dict[str, float | int | None] = {}
-    for direction, own, partner in (("input", "post_pt_root_id", "pre_pt_root_id"),
-                                     ("output", "pre_pt_root_id", "post_pt_root_id")):
+    for direction, own, partner in (
+        ("input", "post_pt_root_id", "pre_pt_root_id"),
+        ("output", "pre_pt_root_id", "post_pt_root_id"),
+    ):
         rows = cave.materialize.query_table(
             table, filter_equal_dict={own: int(root_id)}, metadata=False, log_warning=False
         )
@@ -51,9 +53,7 @@ def synapse_profile(
         partners = "n_presynaptic_partners" if direction == "input" else "n_postsynaptic_partners"
         profile[f"n_{direction}s"] = int(len(rows))
         profile[partners] = int(rows[partner].nunique())
-        profile[f"mean_{direction}_size"] = (
-            float(rows[size_column].mean()) if len(rows) else None
-        )
+        profile[f"mean_{direction}_size"] = float(rows[size_column].mean()) if len(rows) else None
     return profile
 
 

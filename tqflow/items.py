@@ -31,7 +31,9 @@ logger = logging.getLogger("tqflow.items")
 class Items(list):
     """The items read from one source, in order, with the empty cells that were skipped."""
 
-    def __init__(self, values: Iterable[Any] = (), source: str = "", empty_lines: Iterable[int] = ()):
+    def __init__(
+        self, values: Iterable[Any] = (), source: str = "", empty_lines: Iterable[int] = ()
+    ):
         super().__init__(values)
         #: Where they came from, for messages ("roots.csv column root_id").
         self.source = source
@@ -44,10 +46,7 @@ class Items(list):
             return ""
         shown = ", ".join(map(str, self.empty_lines[:10]))
         more = f" and {len(self.empty_lines) - 10:,} more" if len(self.empty_lines) > 10 else ""
-        return (
-            f"{self.source}: {len(self.empty_lines):,} empty cells skipped "
-            f"(lines {shown}{more})"
-        )
+        return f"{self.source}: {len(self.empty_lines):,} empty cells skipped (lines {shown}{more})"
 
 
 def parse_item(text: str) -> Any:

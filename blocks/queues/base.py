@@ -26,7 +26,6 @@ from pydantic import Field
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 from tqflow.errors import LeaseLostError, MessageTooLargeError
 
-
 #: Where the semantics every queue backend keeps are documented (the local queue's too).
 SQS_DOCUMENTATION_URL = (
     "https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/welcome.html"
@@ -164,9 +163,7 @@ class TaskQueue(Block, ABC):
         ``select``, only those whose body it accepts (e.g. one batch's on a shared queue)."""
 
     @abstractmethod
-    def redrive(
-        self, limit: int | None = None, select: Callable[[str], bool] | None = None
-    ) -> int:
+    def redrive(self, limit: int | None = None, select: Callable[[str], bool] | None = None) -> int:
         """Move up to ``limit`` (default all) dead-lettered messages back to the queue, with
         their receive count reset; with ``select``, only those whose body it accepts. Returns
         how many moved."""

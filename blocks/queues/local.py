@@ -19,9 +19,9 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 from prefect.filesystems import LocalFileSystem
 from pydantic import Field
 
-from tqflow.errors import LeaseLostError, QueueConfigError, QueueError
 from blocks.queues.base import SQS_DOCUMENTATION_URL, TaskQueue
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
+from tqflow.errors import LeaseLostError, QueueConfigError, QueueError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -131,9 +131,11 @@ class LocalTaskQueue(TaskQueue):
     def exists(self) -> bool:
         if not Path(self.path).expanduser().is_file():
             return False
-        row = self._connection().execute(
-            "SELECT 1 FROM queues WHERE name = ?", (self.queue_name,)
-        ).fetchone()
+        row = (
+            self._connection()
+            .execute("SELECT 1 FROM queues WHERE name = ?", (self.queue_name,))
+            .fetchone()
+        )
         return row is not None
 
     def ensure(self) -> None:
@@ -166,7 +168,7 @@ class LocalTaskQueue(TaskQueue):
         ids: list[str | None] = list(dedup_ids) if dedup_ids is not None else [None] * len(bodies)
         if len(ids) != len(bodies):
             raise ValueError(f"{len(ids)} dedup_ids for {len(bodies)} bodies")
-        rows = list(zip(bodies, ids))
+        rows = list(zip(bodies, ids, strict=True))
         sent = 0
         for chunk in _chunks(rows, _SEND_CHUNK):
             now = time.time()
@@ -179,8 +181,13 @@ class LocalTaskQueue(TaskQueue):
                     " WHERE :dedup_id IS NULL OR NOT EXISTS (SELECT 1 FROM dead_letters"
                     "  WHERE queue = :queue AND dedup_id = :dedup_id)",
                     [
-                        {"queue": self.queue_name, "body": body, "visible_at": visible_at,
-                         "now": now, "dedup_id": dedup_id}
+                        {
+                            "queue": self.queue_name,
+                            "body": body,
+                            "visible_at": visible_at,
+                            "now": now,
+                            "dedup_id": dedup_id,
+                        }
                         for body, dedup_id in chunk
                     ],
                 )

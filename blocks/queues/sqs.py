@@ -30,9 +30,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prefect_aws import AwsCredentials
 from pydantic import Field
 
-from tqflow.errors import LeaseLostError, NoDeadLetterQueueError, QueueConfigError, QueueError
 from blocks.queues.base import SQS_DOCUMENTATION_URL, TaskQueue
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
+from tqflow.errors import LeaseLostError, NoDeadLetterQueueError, QueueConfigError, QueueError
 
 #: SQS's limits: entries per batch request, bytes per batch, longest long poll, longest lease.
 _BATCH = 10
@@ -75,7 +75,9 @@ class SQSTaskQueue(TaskQueue):
     """
 
     _block_type_name = "SQS Task Queue"
-    _description = "A task queue on Amazon SQS with a dead-letter queue attached by a redrive policy."
+    _description = (
+        "A task queue on Amazon SQS with a dead-letter queue attached by a redrive policy."
+    )
     _logo_url = AwsCredentials._logo_url  # prefect-aws's
     _documentation_url = SQS_DOCUMENTATION_URL
 
@@ -170,7 +172,8 @@ class SQSTaskQueue(TaskQueue):
         policy = self._ensure_dead_letter_queue()
         existing = self._existing_redrive_policy()
         if existing is False:
-            self._client().create_queue(QueueName=self.queue_name,
+            self._client().create_queue(
+                QueueName=self.queue_name,
                 Attributes={
                     "VisibilityTimeout": str(_seconds(self.lease_seconds)),
                     "MessageRetentionPeriod": str(self.message_retention_seconds),
@@ -199,17 +202,20 @@ class SQSTaskQueue(TaskQueue):
         """Create the dead-letter queue if needed and set this block's redrive policy on an
         existing queue (e.g. one made by python-task-queue or by hand)."""
         policy = self._ensure_dead_letter_queue()
-        self._client().set_queue_attributes(QueueUrl=self._url(self.queue_name),
+        self._client().set_queue_attributes(
+            QueueUrl=self._url(self.queue_name),
             Attributes={"RedrivePolicy": json.dumps(policy)},
         )
 
     def _ensure_dead_letter_queue(self) -> dict[str, Any]:
         """Create the dead-letter queue if missing; return the redrive policy pointing at it."""
         client = self._client()
-        client.create_queue(QueueName=self.dlq_name,
+        client.create_queue(
+            QueueName=self.dlq_name,
             Attributes={"MessageRetentionPeriod": str(self.message_retention_seconds)},
         )
-        arn = client.get_queue_attributes(QueueUrl=self._url(self.dlq_name),
+        arn = client.get_queue_attributes(
+            QueueUrl=self._url(self.dlq_name),
             AttributeNames=["QueueArn"],
         )["Attributes"]["QueueArn"]
         return {"deadLetterTargetArn": arn, "maxReceiveCount": self.max_receive_count}
@@ -220,8 +226,11 @@ class SQSTaskQueue(TaskQueue):
             url = self._url(self.queue_name)
         except QueueError:
             return False
-        attributes = self._client().get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"]
-        ).get("Attributes", {})
+        attributes = (
+            self._client()
+            .get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+            .get("Attributes", {})
+        )
         policy = attributes.get("RedrivePolicy")
         return json.loads(policy) if policy else None
 
@@ -237,7 +246,9 @@ class SQSTaskQueue(TaskQueue):
         self.check_sizes(bodies)
         return self._send_to(self._url(self.queue_name), bodies, delay_seconds)
 
-    def _send_to(self, url: str, bodies: list[str], delay_seconds: float = 0, attributes=None) -> int:
+    def _send_to(
+        self, url: str, bodies: list[str], delay_seconds: float = 0, attributes=None
+    ) -> int:
         batches = list(_batches(bodies))
         failures: list[str] = []
         errors: list[str] = []
@@ -298,7 +309,8 @@ class SQSTaskQueue(TaskQueue):
     ) -> list[Lease]:
         lease_seconds = self.lease_seconds if lease_seconds is None else lease_seconds
         wait_seconds = self.wait_seconds if wait_seconds is None else wait_seconds
-        response = self._client().receive_message(QueueUrl=self._url(self.queue_name),
+        response = self._client().receive_message(
+            QueueUrl=self._url(self.queue_name),
             MaxNumberOfMessages=max(1, min(_BATCH, max_messages)),
             VisibilityTimeout=_seconds(lease_seconds),
             WaitTimeSeconds=min(_MAX_WAIT, _seconds(wait_seconds)),
@@ -403,7 +415,8 @@ class SQSTaskQueue(TaskQueue):
         )
 
     def _attributes(self, name: str, names: list[str]) -> dict[str, int]:
-        attributes = self._client().get_queue_attributes(QueueUrl=self._url(name), AttributeNames=names
+        attributes = self._client().get_queue_attributes(
+            QueueUrl=self._url(name), AttributeNames=names
         )["Attributes"]
         return {n: int(attributes.get(n, 0)) for n in names}
 
@@ -434,7 +447,8 @@ class SQSTaskQueue(TaskQueue):
         passed: dict[str, Lease] = {}
         empty = 0
         while len(found) < limit and empty < 2:
-            response = client.receive_message(QueueUrl=url,
+            response = client.receive_message(
+                QueueUrl=url,
                 MaxNumberOfMessages=min(_BATCH, limit - len(found)),
                 VisibilityTimeout=lease_seconds,
                 WaitTimeSeconds=0,
@@ -479,7 +493,9 @@ class SQSTaskQueue(TaskQueue):
             moved += len(leases)
         if passed:  # not this batch's: visible again in the dead-letter queue
             self._batch_entries(
-                "change_message_visibility_batch", self._url(self.dlq_name), passed,
+                "change_message_visibility_batch",
+                self._url(self.dlq_name),
+                passed,
                 lambda lease: {"VisibilityTimeout": 0},
             )
         return moved

@@ -34,6 +34,7 @@ from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
 from tqflow.errors import CLIInputError, EnqueueInterruptedError, QueueUnreachableError, TqflowError
 
+
 def console(stderr: bool = False) -> Console:
     """A console sized when it prints: rich reads ``COLUMNS`` when a Console is made, so one
     made at import keeps whatever width the importing process had."""
@@ -127,7 +128,9 @@ def _json_object(option: str, text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CLIInputError(f"{option} is not JSON ({exc.msg}): give an object such as '{{\"lod\": 2}}'") from None
+        raise CLIInputError(
+            f"{option} is not JSON ({exc.msg}): give an object such as '{{\"lod\": 2}}'"
+        ) from None
     if not isinstance(value, dict):
         raise CLIInputError(
             f"{option} must be a JSON object of names to values, not a {type(value).__name__}: "
@@ -148,8 +151,8 @@ def demo(
     """Run the embedded pipeline: queue -> local workers -> local storage -> analysis."""
     from blocks.queues.local import LocalTaskQueue
     from blocks.storage import CloudFilesStorage
-    from tqflow.examples import demo_root_ids
     from flows.pipeline import pipeline
+    from tqflow.examples import demo_root_ids
 
     data, batch = target.folder().resolve(), target.batch
     root_ids = demo_root_ids(items)
@@ -205,11 +208,15 @@ def enqueue_command(
         False, help="Queue again items an earlier run queued that are not done (after a purge)."
     ),
     step: int = typer.Option(
-        1_000, min=10, help="Messages sent between two records of what was sent: on SQS, a "
+        1_000,
+        min=10,
+        help="Messages sent between two records of what was sent: on SQS, a "
         "killed enqueue re-sends at most this many when run again.",
     ),
     task_timeout: Optional[float] = typer.Option(
-        None, min=0.001, help="The batch's time limit per task, in seconds: a task past it is "
+        None,
+        min=0.001,
+        help="The batch's time limit per task, in seconds: a task past it is "
         "stopped, retried, and dead-lettered after the queue's max receive count.",
     ),
 ) -> None:
@@ -225,7 +232,8 @@ def enqueue_command(
         from blocks.cave import CAVETableQuery
 
         cave_query = CAVETableQuery(
-            table=cave_table, column=column or "pt_root_id",
+            table=cave_table,
+            column=column or "pt_root_id",
             filter_equal=_json_object("--cave-filter", cave_filter),
         )
     queue, storage = target.queue(), target.storage()
@@ -241,8 +249,17 @@ def enqueue_command(
     with _stop_on_signals() as stop:
         try:
             result = enqueue_items(
-                queue, storage, fn, found, target.batch, fixed, overwrite=overwrite, requeue=requeue,
-                stop=stop, step=step, task_timeout_seconds=task_timeout,
+                queue,
+                storage,
+                fn,
+                found,
+                target.batch,
+                fixed,
+                overwrite=overwrite,
+                requeue=requeue,
+                stop=stop,
+                step=step,
+                task_timeout_seconds=task_timeout,
             )
         except EnqueueInterruptedError as exc:
             console(stderr=True).print(f"[yellow]{exc}[/yellow]", soft_wrap=True)
@@ -291,9 +308,7 @@ def work(
     queue = target.queue(must_exist=True)
     cave = load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None
     log_to_stderr()
-    worker = Worker(
-        queue, target.storage(), options, cave=cave, default_batch=target.batch
-    )
+    worker = Worker(queue, target.storage(), options, cave=cave, default_batch=target.batch)
     with stop_on_signals(worker):
         stats = worker.run()
     console().print_json(json.dumps(stats.as_dict()))
@@ -370,12 +385,17 @@ def dead_letters_list(
     if not dead:
         console().print(f"no dead-lettered messages of batch {batch} in {q.queue_name}")
         return
-    table = Table(title=f"{total:,} dead-lettered in {q.queue_name} (showing {len(dead)} of batch {batch})")
+    table = Table(
+        title=f"{total:,} dead-lettered in {q.queue_name} (showing {len(dead)} of batch {batch})"
+    )
     for column in ("batch", "key", "receives", "reason", "last error"):
         table.add_column(column, overflow="fold")
     for row in (describe(d, storage) for d in dead):
         table.add_row(
-            str(row["batch"]), str(row["key"]), str(row["receives"]), row["reason"],
+            str(row["batch"]),
+            str(row["key"]),
+            str(row["receives"]),
+            row["reason"],
             row["last_error"] or "-",
         )
     console().print(table)
@@ -391,7 +411,9 @@ def dead_letters_list(
 @target_options(storage=False)
 def dead_letters_redrive(
     target: Target,
-    limit: Optional[int] = typer.Option(None, min=1, help="Redrive at most this many (default all)."),
+    limit: Optional[int] = typer.Option(
+        None, min=1, help="Redrive at most this many (default all)."
+    ),
 ) -> None:
     """Move the batch's dead-lettered messages back into the queue, receive counts reset. On a
     queue named with --queue / --queue-block, only --batch's messages."""
@@ -449,7 +471,9 @@ def blocks_save_local(
 
     data = data_folder(data).resolve()
     saved = {
-        "local-task-queue/tqflow": LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="tqflow"),
+        "local-task-queue/tqflow": LocalTaskQueue(
+            path=str(data / "queue.sqlite"), queue_name="tqflow"
+        ),
         "cloud-files-storage/tqflow-local": CloudFilesStorage(cloudpath=f"file://{data}"),
     }
     for slug, block in saved.items():

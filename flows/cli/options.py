@@ -54,7 +54,9 @@ class Target:
                 path=str(self.folder() / "queue.sqlite"), queue_name=self.queue_name or self.batch
             )
         if must_exist and not found.exists():
-            where = f"block {self.queue_block}" if self.queue_block else f"{self.data / 'queue.sqlite'}"
+            where = (
+                f"block {self.queue_block}" if self.queue_block else f"{self.data / 'queue.sqlite'}"
+            )
             raise CLIInputError(
                 f"there is no queue {found.queue_name!r} ({where}): queue tasks first with "
                 f"`tqflow enqueue ... --batch {self.batch}`, or name the queue with --queue / "
@@ -112,7 +114,9 @@ def load_block(slug_and_name: str, kind: Any, option: str) -> Any:
         raise CLIInputError(f"{option}: {exc}") from None
 
 
-def _option(name: str, annotation: Any, default: Any, *decls: str, **info: Any) -> inspect.Parameter:
+def _option(
+    name: str, annotation: Any, default: Any, *decls: str, **info: Any
+) -> inspect.Parameter:
     return inspect.Parameter(
         name,
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -124,18 +128,28 @@ def _option(name: str, annotation: Any, default: Any, *decls: str, **info: Any) 
 _TARGET = {
     "batch": _option("batch", str, "demo", "--batch", "-b", help="Name of the batch."),
     "data": _option(
-        "data", Path, DEFAULT_DATA, "--data", envvar="TQFLOW_DATA",
+        "data",
+        Path,
+        DEFAULT_DATA,
+        "--data",
+        envvar="TQFLOW_DATA",
         help="Folder of the embedded setup.",
     ),
     "queue_name": _option(
         "queue_name", Optional[str], None, "--queue", help="Queue name (default: the batch name)."
     ),
     "queue_block": _option(
-        "queue_block", Optional[str], None, "--queue-block",
+        "queue_block",
+        Optional[str],
+        None,
+        "--queue-block",
         help="Saved queue block, e.g. sqs-task-queue/prod.",
     ),
     "storage_block": _option(
-        "storage_block", Optional[str], None, "--storage-block",
+        "storage_block",
+        Optional[str],
+        None,
+        "--storage-block",
         help="Saved storage block, e.g. cloud-files-storage/results.",
     ),
 }
@@ -191,7 +205,9 @@ def worker_options(**defaults: Any) -> Callable[[F], F]:
         annotation = field.annotation
         if get_origin(annotation) is list:  # repeat the flag: --allow a --allow b
             annotation = Optional[List[str]]
-        default = defaults.get(name, None if field.is_required() else field.get_default(call_default_factory=True))
+        default = defaults.get(
+            name, None if field.is_required() else field.get_default(call_default_factory=True)
+        )
         if isinstance(default, list):
             default = default or None
         added.append(_option(name, annotation, default, *decls, help=field.description))
@@ -200,9 +216,7 @@ def worker_options(**defaults: Any) -> Callable[[F], F]:
         try:
             return WorkerOptions.of(**{k: v for k, v in values.items() if v is not None})
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{_flag(error['loc'])}: {error['msg']}" for error in exc.errors()
-            )
+            problems = "; ".join(f"{_flag(error['loc'])}: {error['msg']}" for error in exc.errors())
             raise CLIInputError(problems) from None
 
     return lambda command: _with_parameters(command, "options", added, build)

@@ -36,7 +36,11 @@ def figure(request) -> Callable[..., None]:
     def record(scenario: str, **values: Any) -> None:
         if not FIGURES:
             return
-        backend = request.node.callspec.params.get("backend", "") if hasattr(request.node, "callspec") else ""
+        backend = (
+            request.node.callspec.params.get("backend", "")
+            if hasattr(request.node, "callspec")
+            else ""
+        )
         row = {"scenario": scenario, "backend": backend, "stress": STRESS, **values}
         with open(FIGURES, "a") as f:
             f.write(json.dumps(row) + "\n")

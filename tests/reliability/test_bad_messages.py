@@ -7,23 +7,23 @@ from __future__ import annotations
 import json
 
 from blocks import CAVECredentials
-from tqflow.errors import MessageError
-from tqflow.engine.messages import decode
-from tqflow.engine.outputs import error_path, output_path
 from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
+from tqflow.engine.messages import decode
+from tqflow.engine.outputs import error_path, output_path
+from tqflow.errors import MessageError
 
 GOOD = scaled(20, 500)
 TOKEN = "t0ken-never-shown"
 
 #: key -> what its error record's last attempt says
 BAD = {
-    "9001": "cannot reach CAVE at http://127.0.0.1:9",         # its CAVE client cannot be built
-    "9002": "the return value of tests.tasks:returns_a_set",   # not JSON: permanent
-    "9003": "PermanentTaskError: zzz",                         # 300 KiB of failure text
-    "9004": "timed out after 2 s",                             # hangs
-    "9005": "has no 'no_such_function'",                       # names nothing
-    "9006": "nope",                                            # kwargs the function does not take
+    "9001": "cannot reach CAVE at http://127.0.0.1:9",  # its CAVE client cannot be built
+    "9002": "the return value of tests.tasks:returns_a_set",  # not JSON: permanent
+    "9003": "PermanentTaskError: zzz",  # 300 KiB of failure text
+    "9004": "timed out after 2 s",  # hangs
+    "9005": "has no 'no_such_function'",  # names nothing
+    "9006": "nope",  # kwargs the function does not take
 }
 
 
@@ -36,17 +36,28 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason_and_the_work
     enqueue(queue, "tests.tasks:returns_a_set", [9002])
     enqueue(queue, "tests.tasks:huge_permanent_error", [9003], size=300 * 1024)
     enqueue(queue, "tests.tasks:sleeps_on", [9004], slow=[9004])
-    queue.send([  # written by hand: tqflow's own enqueue refuses both
-        _body("tests.tasks:no_such_function", "9005", {"x": 9005}),
-        _body("tests.tasks:square", "9006", {"x": 9006, "nope": 1}),
-    ])
+    queue.send(
+        [  # written by hand: tqflow's own enqueue refuses both
+            _body("tests.tasks:no_such_function", "9005", {"x": 9005}),
+            _body("tests.tasks:square", "9006", {"x": 9006, "nope": 1}),
+        ]
+    )
     queue.send(["{not json", json.dumps(["a", "list"])])  # undecodable: no key, no error record
     enqueue(queue, "tests.tasks:square", range(GOOD // 2, GOOD))
     # Nothing listens at the CAVE address: building the client fails on every attempt.
-    cave = CAVECredentials(datastack_name="minnie65_public", server_address="http://127.0.0.1:9", token=TOKEN)
+    cave = CAVECredentials(
+        datastack_name="minnie65_public", server_address="http://127.0.0.1:9", token=TOKEN
+    )
 
-    stats = forked_workers.run(queue, storage, cave=cave, task_timeout_seconds=2,
-                               retry_base_seconds=0.05, idle_seconds=1, timeout=300)
+    stats = forked_workers.run(
+        queue,
+        storage,
+        cave=cave,
+        task_timeout_seconds=2,
+        retry_base_seconds=0.05,
+        idle_seconds=1,
+        timeout=300,
+    )
 
     assert stats["stop_reason"] == "idle"  # and the process exited 0 (checked by run)
     assert all(storage.exists(output_path("b", str(i))) for i in range(GOOD))
@@ -58,12 +69,19 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason_and_the_work
         assert why in record["attempts"][-1]["error"], (key, record["attempts"][-1]["error"][:300])
         assert TOKEN not in json.dumps(record)
     # cut to fit beside its body in one SQS message (256 KiB), whole in the error record
-    assert dead["9003"].reason.startswith("PermanentTaskError: zzz") and len(dead["9003"].reason) < 200 * 1024
+    assert (
+        dead["9003"].reason.startswith("PermanentTaskError: zzz")
+        and len(dead["9003"].reason) < 200 * 1024
+    )
     assert len(storage.get_json(error_path("b", "9003"))["attempts"][0]["error"]) > 300 * 1024
     assert all(TOKEN not in d.reason for d in dead.values())
     figure(
         "11. Bad messages among good ones",
-        trials=1, items=GOOD + len(BAD) + 2, lost=0, duplicated=0, dead_lettered=len(dead),
+        trials=1,
+        items=GOOD + len(BAD) + 2,
+        lost=0,
+        duplicated=0,
+        dead_lettered=len(dead),
         recovery_seconds=None,
         notes="CAVE client that cannot be built, result not JSON, 300 KiB error, hung task, "
         "unknown function, wrong kwargs, 2 undecodable bodies: each dead-lettered with its reason; "

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from blocks import CloudFilesStorage
-from tqflow.engine.outputs import outputs_prefix
 from tests.conftest import sqs_credentials
 from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
+from tqflow.engine.outputs import outputs_prefix
 
 ITEMS = scaled(12, 200)
 
@@ -40,14 +40,17 @@ def expiring_storage(moto_endpoint, tmp_path, monkeypatch) -> tuple[CloudFilesSt
     script = tmp_path / "issue_keys.py"
     script.write_text(ISSUE_KEYS.format(issued=str(issued)))
     config = tmp_path / "aws-config"
-    config.write_text(f"[profile expiring]\ncredential_process = {sys.executable} {script}\nregion = us-east-1\n")
+    config.write_text(
+        f"[profile expiring]\ncredential_process = {sys.executable} {script}\nregion = us-east-1\n"
+    )
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))  # workers started from now on see it
     bucket = f"tqflow-{uuid.uuid4().hex[:10]}"
     sqs_credentials(moto_endpoint).get_s3_client().create_bucket(Bucket=bucket)
     storage = CloudFilesStorage(
         cloudpath=f"s3://{bucket}/outputs",
         aws_credentials=AwsCredentials(
-            profile_name="expiring", aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint)
+            profile_name="expiring",
+            aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint),
         ),
     )
     return storage, issued
@@ -70,8 +73,13 @@ def test_a_batch_written_with_keys_that_expire_meanwhile_has_every_output(
     assert len(keys_in_use) == ITEMS and all(k.startswith("AKIAISSUED") for k in keys_in_use)
     keys_issued = int(issued.read_text())
     figure(
-        "14. AWS keys that expire during the batch", trials=1, items=ITEMS, lost=0, duplicated=0,
-        dead_lettered=queue.counts().dead, recovery_seconds=None,
+        "14. AWS keys that expire during the batch",
+        trials=1,
+        items=ITEMS,
+        lost=0,
+        duplicated=0,
+        dead_lettered=queue.counts().dead,
+        recovery_seconds=None,
         notes=f"keys always within boto3's refresh margin: {keys_issued} keys issued to one "
         "worker, each task's storage client held fresh ones; every output written and readable",
     )

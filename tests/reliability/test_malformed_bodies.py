@@ -9,8 +9,8 @@ import uuid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tqflow.engine.worker import Worker
 from tests.reliability.conftest import scaled
+from tqflow.engine.worker import Worker
 
 #: (examples, bodies per example) by backend. Hypothesis's first example is its simplest (every
 #: body alike), so the bodies come in several examples, each on a queue of its own. Decoding,
@@ -32,20 +32,35 @@ bodies = st.one_of(
     st.lists(_json_value, max_size=3).map(json.dumps),
     # an object, but fn is missing or not a string
     st.dictionaries(_text.filter(lambda k: k != "fn"), _json_value, max_size=5).map(json.dumps),
-    st.builds(lambda fn: json.dumps({"fn": fn, "kwargs": {}, "key": "k"}),
-              st.integers() | st.none() | st.lists(st.integers(), max_size=2)),
+    st.builds(
+        lambda fn: json.dumps({"fn": fn, "kwargs": {}, "key": "k"}),
+        st.integers() | st.none() | st.lists(st.integers(), max_size=2),
+    ),
     # fn names a module that does not exist, or a function the module lacks
-    st.builds(lambda mod, key: json.dumps({"fn": f"no_such_pkg_{mod}.tasks:f", "kwargs": {}, "key": key}),
-              st.text("abcdefgh", min_size=1, max_size=8), st.text("0123456789", min_size=1, max_size=6)),
-    st.builds(lambda name: json.dumps({"fn": f"tests.tasks:missing_{name}", "kwargs": {}, "key": "k"}),
-              st.text("abcdefgh", min_size=1, max_size=8)),
+    st.builds(
+        lambda mod, key: json.dumps({"fn": f"no_such_pkg_{mod}.tasks:f", "kwargs": {}, "key": key}),
+        st.text("abcdefgh", min_size=1, max_size=8),
+        st.text("0123456789", min_size=1, max_size=6),
+    ),
+    st.builds(
+        lambda name: json.dumps({"fn": f"tests.tasks:missing_{name}", "kwargs": {}, "key": "k"}),
+        st.text("abcdefgh", min_size=1, max_size=8),
+    ),
     # kwargs of the wrong type, or that do not fit the function (unicode names, huge sets)
-    st.builds(lambda kwargs: json.dumps({"fn": "tests.tasks:square", "kwargs": kwargs, "key": "k"}),
-              st.lists(_json_value, max_size=3) | _text | st.integers()),
-    st.builds(lambda extra: json.dumps({"fn": "tests.tasks:square", "kwargs": {"x": 1, **extra}, "key": "k"}),
-              st.dictionaries(_text.filter(lambda k: k != "x"), _json_value, min_size=1, max_size=300)),
-    st.builds(lambda name: json.dumps({"fn": "tests.tasks:square", "kwargs": {name: 2}, "key": "k"}),
-              _text.filter(lambda k: k != "x")),
+    st.builds(
+        lambda kwargs: json.dumps({"fn": "tests.tasks:square", "kwargs": kwargs, "key": "k"}),
+        st.lists(_json_value, max_size=3) | _text | st.integers(),
+    ),
+    st.builds(
+        lambda extra: json.dumps(
+            {"fn": "tests.tasks:square", "kwargs": {"x": 1, **extra}, "key": "k"}
+        ),
+        st.dictionaries(_text.filter(lambda k: k != "x"), _json_value, min_size=1, max_size=300),
+    ),
+    st.builds(
+        lambda name: json.dumps({"fn": "tests.tasks:square", "kwargs": {name: 2}, "key": "k"}),
+        _text.filter(lambda k: k != "x"),
+    ),
 )
 
 
@@ -55,9 +70,17 @@ def test_every_unrunnable_body_is_dead_lettered_with_a_reason_and_the_worker_sur
     examples, size = EXAMPLES[backend]
     seen: list[str] = []
 
-    @settings(max_examples=examples, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                     HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
+    )
     @given(batch=st.lists(bodies, min_size=size, max_size=size))
     def each_dead_lettered_with_a_reason(batch: list[str]) -> None:
         queue = queue_factory(queue_name=f"fuzz-{uuid.uuid4().hex[:10]}", max_receive_count=3)
@@ -81,7 +104,11 @@ def test_every_unrunnable_body_is_dead_lettered_with_a_reason_and_the_worker_sur
     assert [p for p in storage.list("") if "/outputs/" in p] == []
     figure(
         "4. Malformed bodies (hypothesis fuzz)",
-        trials=examples, items=len(seen), lost=0, duplicated=0, dead_lettered=len(seen),
+        trials=examples,
+        items=len(seen),
+        lost=0,
+        duplicated=0,
+        dead_lettered=len(seen),
         recovery_seconds=None,
         notes=f"{len(set(seen))} distinct bodies; each dead-lettered at its first receive with a "
         "reason; the worker ran on",

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from tqflow.engine.outputs import outputs_prefix
 from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
 from tests.tasks import executions
+from tqflow.engine.outputs import outputs_prefix
 
 WORKERS = 4
 #: moto's server slows as its queue grows (~150 sends/s at 500 messages), so fewer on SQS.
 ITEMS = {"local": 10_000, "sqs": scaled(400, 1_000)}
+
 
 @pytest.mark.timeout(600)
 def test_four_workers_run_every_task_and_none_twice_while_its_lease_holds(
@@ -43,7 +44,11 @@ def test_four_workers_run_every_task_and_none_twice_while_its_lease_holds(
     assert queue.counts().pending == 0
     figure(
         "8. Many writers: 4 worker processes, one batch",
-        trials=1, items=n, lost=n - outputs, duplicated=twice, dead_lettered=queue.counts().dead,
+        trials=1,
+        items=n,
+        lost=n - outputs,
+        duplicated=twice,
+        dead_lettered=queue.counts().dead,
         recovery_seconds=None,
         notes="tasks per worker: " + ", ".join(str(s["succeeded"]) for s in stats),
     )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tqflow.engine.outputs import error_path, output_path
 from tests.helpers import enqueue
+from tqflow.engine.outputs import error_path, output_path
 
 
 def test_poison_task_is_dead_lettered_after_exactly_max_receive_count_with_every_traceback(
@@ -24,7 +24,11 @@ def test_poison_task_is_dead_lettered_after_exactly_max_receive_count_with_every
     assert all(storage.exists(output_path("b", str(i))) for i in range(20) if i != 13)
     figure(
         "3. Poison task among good ones",
-        trials=1, items=20, lost=0, duplicated=0, dead_lettered=queue.counts().dead,
+        trials=1,
+        items=20,
+        lost=0,
+        duplicated=0,
+        dead_lettered=queue.counts().dead,
         recovery_seconds=None,
         notes="dead-lettered after exactly 3 receives (max_receive_count=3), 3 tracebacks kept; "
         "the 19 others done",

@@ -13,14 +13,19 @@ import threading
 import time
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.server.api.server import SubprocessASGIServer
 
 from blocks import LocalTaskQueue
-from tqflow.engine.outputs import outputs_prefix
 from flows.worker import worker
 from tests.helpers import enqueue, wait_until
 from tests.reliability.conftest import scaled
+from tqflow.engine.outputs import outputs_prefix
 
 ITEMS = scaled(400, 1_500)
 OUTAGE_SECONDS = scaled(5, 10)
@@ -33,8 +38,12 @@ def count_outputs(storage) -> int:
 def test_queue_work_goes_on_through_an_api_outage_and_the_report_arrives_after_it(
     prefect_api, storage, tmp_path, figure
 ):
-    queue = LocalTaskQueue(path=str(tmp_path / "queue.sqlite"), queue_name="outage", wait_seconds=0,
-                           allowed_modules=["tests"])
+    queue = LocalTaskQueue(
+        path=str(tmp_path / "queue.sqlite"),
+        queue_name="outage",
+        wait_seconds=0,
+        allowed_modules=["tests"],
+    )
     queue.ensure()
     log_dir = tmp_path / "executions"
     log_dir.mkdir()
@@ -69,19 +78,29 @@ def test_queue_work_goes_on_through_an_api_outage_and_the_report_arrives_after_i
     assert stats["succeeded"] == ITEMS and count_outputs(storage) == ITEMS
     run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        (run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
         artifacts = client.read_artifacts()
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
     assert run.state.is_completed()
     assert run.end_time.timestamp() > outage["end"], "the run ended before the API came back"
     assert any(a.key == "worker-stats" and a.flow_run_id == run_id for a in artifacts)
-    during = [log for log in logs if outage["start"] <= log.timestamp.timestamp() <= outage["end"]
-              and "tasks/s" in log.message]
+    during = [
+        log
+        for log in logs
+        if outage["start"] <= log.timestamp.timestamp() <= outage["end"]
+        and "tasks/s" in log.message
+    ]
     assert during, "the progress logged during the outage never reached the API"
     figure(
         "7. Prefect API outage during a worker run",
-        trials=1, items=ITEMS, lost=ITEMS - count_outputs(storage), duplicated=0,
-        dead_lettered=queue.counts().dead, recovery_seconds=None,
+        trials=1,
+        items=ITEMS,
+        lost=ITEMS - count_outputs(storage),
+        duplicated=0,
+        dead_lettered=queue.counts().dead,
+        recovery_seconds=None,
         notes=f"API frozen {OUTAGE_SECONDS} s: {outage['outputs_during']} tasks done meanwhile; "
         f"{len(during)} progress logs from the outage delivered after it; run Completed with its "
         "worker-stats artifact",

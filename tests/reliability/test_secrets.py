@@ -19,9 +19,9 @@ from prefect_gcp import GcpCredentials
 from blocks import CAVECredentials, CloudFilesStorage
 from blocks.queues.sqs import SQSTaskQueue
 from flows.pipeline import pipeline
-from tqflow.errors import DeadLettersError
 from tests.cave_service import DATASTACK, SERVER, cave_registrations
 from tests.conftest import GCS_BUCKET, service_account_info
+from tqflow.errors import DeadLettersError
 
 
 def test_a_batch_leaks_no_secret_into_logs_artifacts_parameters_or_errors(
@@ -98,7 +98,11 @@ def test_a_batch_leaks_no_secret_into_logs_artifacts_parameters_or_errors(
             assert secret not in text, f"the {what} appears in the {where}"
     figure(
         "9. Secrets of a batch (AWS key, GCP private key, CAVE token)",
-        trials=1, items=4, lost=0, duplicated=0, dead_lettered=len(queue.dead_letters()),
+        trials=1,
+        items=4,
+        lost=0,
+        duplicated=0,
+        dead_lettered=len(queue.dead_letters()),
         recovery_seconds=None,
         notes=f"searched {len(seen)} places ({', '.join(seen)}): no secret found",
     )

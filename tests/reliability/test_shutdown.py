@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tqflow.engine import process as worker_process
 from tests.helpers import child_env, enqueue, runs, wait_until
+from tqflow.engine import process as worker_process
 
 
 @pytest.fixture
@@ -40,8 +40,13 @@ def test_sigterm_during_a_long_poll_stops_the_worker_at_once(idle_worker, figure
     assert seconds < 12
     assert json.loads(idle_worker.stdout.read())["stop_reason"] == "stopped"
     figure(
-        "12. SIGTERM during a 20 s long poll", trials=1, items=0, lost=0, duplicated=0,
-        dead_lettered=0, recovery_seconds=None,
+        "12. SIGTERM during a 20 s long poll",
+        trials=1,
+        items=0,
+        lost=0,
+        duplicated=0,
+        dead_lettered=0,
+        recovery_seconds=None,
         notes=f"worker process exited 0 {seconds:.2f} s after SIGTERM (a waited-out poll: ~19 s)",
     )
 
@@ -61,8 +66,13 @@ def test_a_second_signal_stops_a_worker_whose_task_ignores_the_first(
     assert worker.wait(timeout=60) == 128 + signal.SIGTERM
     seconds = time.monotonic() - sent
     figure(
-        "12. Second signal: a task that swallows the first", trials=1, items=1, lost=0,
-        duplicated=0, dead_lettered=0, recovery_seconds=None,
+        "12. Second signal: a task that swallows the first",
+        trials=1,
+        items=1,
+        lost=0,
+        duplicated=0,
+        dead_lettered=0,
+        recovery_seconds=None,
         notes=f"exit {128 + signal.SIGTERM} {seconds:.2f} s after the second SIGTERM; the item "
         "returns to the queue when its lease ends",
     )

@@ -12,11 +12,11 @@ import pytest
 from prefect_gcp import GcpCredentials
 
 from blocks import CloudFilesStorage
-from tqflow.engine.outputs import outputs_prefix
 from tests.conftest import service_account_info
 from tests.helpers import enqueue, wait_until
 from tests.reliability.conftest import scaled
 from tests.services import StorageEmulator, TcpProxy
+from tqflow.engine.outputs import outputs_prefix
 
 BUCKET = "outage-bucket"
 ITEMS = scaled(80, 600)
@@ -29,7 +29,9 @@ class StorageService:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.emulator = StorageEmulator(BUCKET, folder=folder, log=folder.parent / "storage-service.log")
+        self.emulator = StorageEmulator(
+            BUCKET, folder=folder, log=folder.parent / "storage-service.log"
+        )
         self.emulator.start()
         self.proxy = TcpProxy(self.emulator.port)
         self.proxy.restore()
@@ -95,8 +97,12 @@ def test_no_message_is_acknowledged_without_its_output_through_a_storage_outage(
     assert sum(s["succeeded"] for s in stats) + sum(s["skipped"] for s in stats) >= ITEMS
     figure(
         "5. Storage outage mid-batch",
-        trials=1, items=ITEMS, lost=ITEMS - storage_service.objects_on_disk(prefix), duplicated=0,
-        dead_lettered=counts.dead, recovery_seconds=round(recovery_seconds, 1),
+        trials=1,
+        items=ITEMS,
+        lost=ITEMS - storage_service.objects_on_disk(prefix),
+        duplicated=0,
+        dead_lettered=counts.dead,
+        recovery_seconds=round(recovery_seconds, 1),
         notes=f"storage down {OUTAGE_SECONDS} s; {acked_during_outage} acknowledged by its end, "
         f"each with its output; {sum(s['failed'] for s in stats)} attempts failed",
     )

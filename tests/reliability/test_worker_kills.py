@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from tqflow.engine.outputs import output_path, outputs_prefix
 from tests.helpers import enqueue, runs, wait_until
 from tests.reliability.conftest import scaled
 from tests.tasks import executions
+from tqflow.engine.outputs import output_path, outputs_prefix
 
 KILLS = 20
 #: Enough work that every victim is killed mid-batch: each runs at most ~0.3 s of 20 ms tasks
@@ -38,7 +38,7 @@ def test_twenty_sigkills_at_random_points_leave_every_output_once_and_none_trunc
     for _ in range(KILLS):
         victim = forked_workers.start(queue, storage, idle_seconds=60)
         # A random point of its work: mid-task, mid-write, mid-acknowledgement or mid-receive.
-        wait_until(lambda: (log_dir / f"{victim.pid}.log").exists() or victim.poll() is not None)
+        wait_until(lambda v=victim: (log_dir / f"{v.pid}.log").exists() or v.poll() is not None)
         time.sleep(rng.uniform(0, 0.3))
         os.kill(victim.pid, signal.SIGKILL)
         assert victim.wait(30) == -signal.SIGKILL, f"worker ended before its kill (seed {seed})"
@@ -57,8 +57,12 @@ def test_twenty_sigkills_at_random_points_leave_every_output_once_and_none_trunc
     ran = executions(str(log_dir))
     figure(
         "1. SIGKILL mid-task at random points",
-        trials=KILLS, items=items, lost=items - len(names), duplicated=0,
-        dead_lettered=counts.dead, recovery_seconds=round(recovery_seconds, 1),
+        trials=KILLS,
+        items=items,
+        lost=items - len(names),
+        duplicated=0,
+        dead_lettered=counts.dead,
+        recovery_seconds=round(recovery_seconds, 1),
         notes=f"{sum(n - 1 for n in ran.values())} executions re-run after a kill "
         f"(at least once); last worker finished {stats['succeeded']}; seed {seed}",
     )
@@ -90,7 +94,11 @@ def test_sigterm_mid_task_releases_the_lease_within_a_second_and_another_worker_
     assert storage.get_json(output_path("b", "1"))["attempt"] == 2
     figure(
         "2. SIGTERM (spot preemption) mid-task",
-        trials=1, items=1, lost=0, duplicated=0, dead_lettered=queue.counts().dead,
+        trials=1,
+        items=1,
+        lost=0,
+        duplicated=0,
+        dead_lettered=queue.counts().dead,
         recovery_seconds=round(completed_after, 2),
         notes=f"lease released {released_after * 1000:.0f} ms after SIGTERM; "
         f"done by another worker {completed_after:.1f} s after, lease was {lease_seconds} s",

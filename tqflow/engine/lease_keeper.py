@@ -121,7 +121,9 @@ class LeaseKeeper:
                 self._release_all()
             else:
                 with self._lock:
-                    due = bool(self._acks) and time.monotonic() - self._oldest_ack >= self.ack_seconds
+                    due = (
+                        bool(self._acks) and time.monotonic() - self._oldest_ack >= self.ack_seconds
+                    )
                 if due:
                     self.flush_acks()
                 if time.monotonic() >= next_extension:

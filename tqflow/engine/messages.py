@@ -19,9 +19,9 @@ Their key is a hash of the call (function and arguments), their batch the worker
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
-import functools
 import inspect
 import json
 import os
@@ -173,7 +173,9 @@ def _decode_tqflow(data: dict[str, Any], default_batch: str) -> TaskMessage:
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
     ):
-        raise UndecodableMessageError(f"'timeout' must be a positive number of seconds, got {timeout!r}")
+        raise UndecodableMessageError(
+            f"'timeout' must be a positive number of seconds, got {timeout!r}"
+        )
     if key is None:
         key = _call_key(fn, args, kwargs)
     try:
@@ -322,7 +324,11 @@ def injected_parameters(func: Callable[..., Any]) -> tuple[tuple[str, str, int],
         annotation = parameter.annotation
         if annotation is inspect.Parameter.empty:
             continue
-        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        text = (
+            annotation
+            if isinstance(annotation, str)
+            else getattr(annotation, "__name__", str(annotation))
+        )
         for what, type_names in INJECTED_TYPES.items():
             if any(re.search(rf"\b{type_name}\b", text) for type_name in type_names):
                 found.append((name, what, position))

@@ -1,8 +1,8 @@
 """Where a batch's files live in storage, and what an output record holds.
 
-    <batch>/outputs/<key>.json   the task's return value and what produced it; also the
-                                 "done" marker that makes re-runs skip the item
-    <batch>/errors/<key>.json    every failed attempt of the task, with its traceback
+<batch>/outputs/<key>.json   the task's return value and what produced it; also the
+                             "done" marker that makes re-runs skip the item
+<batch>/errors/<key>.json    every failed attempt of the task, with its traceback
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import json
 import math
 from typing import Any
 
-from tqflow.errors import ResultNotJSONError
-
 from tqflow.engine.messages import TaskMessage
+from tqflow.errors import ResultNotJSONError
 
 
 def output_path(batch: str, key: str) -> str:
@@ -89,7 +88,9 @@ def output_record(
     }
 
 
-def failed_attempt(*, attempt: int, error: BaseException, traceback: str, worker: str) -> dict[str, Any]:
+def failed_attempt(
+    *, attempt: int, error: BaseException, traceback: str, worker: str
+) -> dict[str, Any]:
     """One entry of an error record's ``attempts``."""
     return {
         "attempt": attempt,

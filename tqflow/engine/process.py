@@ -30,7 +30,6 @@ from tqflow.engine.specs import block_from_spec, block_spec
 from tqflow.engine.worker import Worker
 from tqflow.errors import TaskTimeoutError
 
-
 #: Exit codes of a worker process that did not end normally.
 EXIT_QUEUE_UNREACHABLE = 3
 EXIT_STUCK_TASK = 4
@@ -54,8 +53,10 @@ def stop_on_signals(worker: Worker) -> Iterator[None]:
     def handle(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if worker.stop.is_set():
-            sys.stderr.write(f"tqflow worker: second {name}: exiting now; messages still held "
-                             "return to the queue when their leases end\n")
+            sys.stderr.write(
+                f"tqflow worker: second {name}: exiting now; messages still held "
+                "return to the queue when their leases end\n"
+            )
             sys.stderr.flush()
             os._exit(128 + signum)
         if worker.request_stop():

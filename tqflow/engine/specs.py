@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+
 def block_spec(block: Any) -> dict[str, Any]:
     """``block`` (a pydantic model: a Prefect block) as a spec."""
     cls = type(block)

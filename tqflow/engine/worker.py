@@ -35,19 +35,11 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
-from tqflow.errors import (
-    BadArgumentsError,
-    LeaseLostError,
-    MessageError,
-    NoDeadLetterQueueError,
-    QueueUnreachableError,
-    TaskTimeoutError,
-)
 from tqflow.engine import time_limit
-from tqflow.engine.contracts import CAVESource, Lease, Queue, Storage
 from tqflow.engine.allowed_modules import AllowedModules
+from tqflow.engine.contracts import CAVESource, Lease, Queue, Storage
 from tqflow.engine.lease_keeper import LeaseKeeper
 from tqflow.engine.messages import TaskMessage, bind, check_batch, decode, item_key, resolve
 from tqflow.engine.options import WorkerOptions
@@ -59,6 +51,14 @@ from tqflow.engine.outputs import (
     storable_result,
 )
 from tqflow.engine.retries import RetryRule, retry_delay
+from tqflow.errors import (
+    BadArgumentsError,
+    LeaseLostError,
+    MessageError,
+    NoDeadLetterQueueError,
+    QueueUnreachableError,
+    TaskTimeoutError,
+)
 
 logger = logging.getLogger("tqflow.worker")
 
@@ -230,7 +230,10 @@ class Worker:
         next_progress = started + self.options.progress_seconds
         idle_since: float | None = None
         self.log.info(
-            "worker %s draining %s into %s", self.name, self.queue.queue_name, self.storage.cloudpath
+            "worker %s draining %s into %s",
+            self.name,
+            self.queue.queue_name,
+            self.storage.cloudpath,
         )
         keeper = LeaseKeeper(
             self.queue,
@@ -260,9 +263,13 @@ class Worker:
                         ):
                             self.stats.stop_reason = "idle"
                             break
-                        self.stop.wait(retry_delay(
-                            empty_polls, base_seconds=_FIRST_EMPTY_PAUSE, max_seconds=_LAST_EMPTY_PAUSE
-                        ))
+                        self.stop.wait(
+                            retry_delay(
+                                empty_polls,
+                                base_seconds=_FIRST_EMPTY_PAUSE,
+                                max_seconds=_LAST_EMPTY_PAUSE,
+                            )
+                        )
                         continue
                     idle_since, empty_polls = None, 0
                     self._process(lease)
@@ -280,13 +287,18 @@ class Worker:
         if self.stop.is_set():
             self.stats.stop_reason = "stopped"
         self.stats.elapsed_seconds = time.monotonic() - started
-        self.log.info("worker %s finished (%s): %s", self.name, self.stats.stop_reason, self._summary())
+        self.log.info(
+            "worker %s finished (%s): %s", self.name, self.stats.stop_reason, self._summary()
+        )
         return self.stats
 
     def _limit_reached(self, started: float) -> str:
         if self.options.max_tasks is not None and self.stats.processed >= self.options.max_tasks:
             return "max_tasks"
-        if self.options.max_seconds is not None and time.monotonic() - started >= self.options.max_seconds:
+        if (
+            self.options.max_seconds is not None
+            and time.monotonic() - started >= self.options.max_seconds
+        ):
             return "max_seconds"
         return ""
 
@@ -328,7 +340,10 @@ class Worker:
                 ) from exc
             self.log.warning(
                 "queue %s unreachable for %.0f s (%s: %s); trying again",
-                self.queue.queue_name, down, type(exc).__name__, exc,
+                self.queue.queue_name,
+                down,
+                type(exc).__name__,
+                exc,
             )
             self.stop.wait(min(10.0, 0.5 * 2 ** min(self._unreachable_errors, 5)))
             return None
@@ -443,7 +458,11 @@ class Worker:
     def _end_task(self) -> None:
         with self._task_lock:
             task, self._task = self._task, None
-            if task is not None and task.interrupted_at is not None and not self.interrupt_by_signal:
+            if (
+                task is not None
+                and task.interrupted_at is not None
+                and not self.interrupt_by_signal
+            ):
                 time_limit.cancel_in_thread(task.thread_id)
 
     def check_deadline(self) -> None:
@@ -479,7 +498,9 @@ class Worker:
 
     def _unreadable(self, lease: Lease) -> TaskMessage:
         """A stand-in for a message that could not be read, named after its body."""
-        return TaskMessage(fn="", key=item_key({"body": lease.body}), batch=self.options.default_batch)
+        return TaskMessage(
+            fn="", key=item_key({"body": lease.body}), batch=self.options.default_batch
+        )
 
     def _failed(self, lease: Lease, message: TaskMessage, exc: Exception) -> None:
         """Record the failure and leave the message to come back after a backoff; the queue's
@@ -506,9 +527,7 @@ class Worker:
         except LeaseLostError:
             pass  # another worker holds it already
         except Exception as retry_exc:  # it comes back when its lease ends instead
-            self.log.warning(
-                "could not set the retry delay of item %s: %s", message.key, retry_exc
-            )
+            self.log.warning("could not set the retry delay of item %s: %s", message.key, retry_exc)
 
     def _dead_letter(self, lease: Lease, message: TaskMessage | None, exc: Exception) -> None:
         self._keeper.drop(lease)
@@ -527,7 +546,9 @@ class Worker:
             self.stats.dead_lettered += 1
             self.log.warning(
                 "message %s not runnable (%s); kept in its error record: %s",
-                lease.message_id, reason, missing,
+                lease.message_id,
+                reason,
+                missing,
             )
             return
         except Exception as dlq_exc:
@@ -536,7 +557,9 @@ class Worker:
             self.stats.failed += 1
             self.log.warning(
                 "could not dead-letter message %s (%s: %s); it is retried instead",
-                lease.message_id, type(dlq_exc).__name__, dlq_exc,
+                lease.message_id,
+                type(dlq_exc).__name__,
+                dlq_exc,
             )
             self._record_error(message, lease, exc, body=lease.body if message is None else None)
             return
@@ -592,6 +615,7 @@ class Worker:
     def _log_progress(self, started: float) -> None:
         rate = self.stats.processed / max(1e-9, time.monotonic() - started)
         self.log.info("worker %s: %s; %.1f tasks/s", self.name, self._summary(), rate)
+
 
 def _short(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"

@@ -197,7 +197,11 @@ class DeploymentFleet(Fleet):
 
 
 def _worker_stats(client: Any, flow_run_id: Any) -> dict[str, Any]:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
 
     artifacts = client.read_artifacts(
         artifact_filter=ArtifactFilter(

@@ -11,8 +11,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from tqflow.errors import TqflowError, WorkersLostError
 from blocks.queues.base import TaskQueue
+from tqflow.errors import WorkersLostError
 from tqflow.fleet.fanout import Fleet
 
 
@@ -109,7 +109,10 @@ def watch(
                 )
             log.warning(
                 "%d workers running, %d lost, %d messages left: launching %d",
-                running, fleet.lost, counts.pending, replace,
+                running,
+                fleet.lost,
+                counts.pending,
+                replace,
             )
             fleet.launch(replace)
             relaunched += replace

@@ -152,10 +152,17 @@ class WarmWorkerServer:
             return self._process
         self._process = subprocess.Popen(
             [sys.executable, "-m", "tqflow.fleet.warm_workers"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
-        threading.Thread(target=self._read_answers, args=(self._process,), daemon=True,
-                         name="tqflow-warm-workers").start()
+        threading.Thread(
+            target=self._read_answers,
+            args=(self._process,),
+            daemon=True,
+            name="tqflow-warm-workers",
+        ).start()
         return self._process
 
     def _read_answers(self, process: subprocess.Popen) -> None:
@@ -194,10 +201,14 @@ def _warm_up() -> None:
     first use), so that every forked worker starts warm."""
     from blocks import CloudFilesStorage, LocalTaskQueue
     from blocks.queues.sqs import SQSTaskQueue
-    from tqflow.engine.specs import block_from_spec, block_spec
     from tqflow.engine import process as worker_process  # noqa: F401
+    from tqflow.engine.specs import block_from_spec, block_spec
 
-    for block in (LocalTaskQueue(path="/nonexistent/warm.sqlite"), SQSTaskQueue(), CloudFilesStorage()):
+    for block in (
+        LocalTaskQueue(path="/nonexistent/warm.sqlite"),
+        SQSTaskQueue(),
+        CloudFilesStorage(),
+    ):
         block_from_spec(block_spec(block))
 
 
@@ -215,7 +226,9 @@ def _run_worker(request: dict[str, Any]) -> int:
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
     # as `python -m` would: the working directory and PYTHONPATH first on the import path
-    for entry in reversed([request["cwd"], *filter(None, request["env"].get("PYTHONPATH", "").split(os.pathsep))]):
+    for entry in reversed(
+        [request["cwd"], *filter(None, request["env"].get("PYTHONPATH", "").split(os.pathsep))]
+    ):
         if entry not in sys.path:
             sys.path.insert(0, entry)
     null = os.open(os.devnull, os.O_RDONLY)

@@ -38,8 +38,18 @@ WORKER_ENV = {
 #: and the ones GKE puts on spot and preemptible nodes.
 WORKER_TOLERATIONS = [
     {"key": "tqflow-worker", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
-    {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
-    {"key": "cloud.google.com/gke-preemptible", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+    {
+        "key": "cloud.google.com/gke-spot",
+        "operator": "Equal",
+        "value": "true",
+        "effect": "NoSchedule",
+    },
+    {
+        "key": "cloud.google.com/gke-preemptible",
+        "operator": "Equal",
+        "value": "true",
+        "effect": "NoSchedule",
+    },
 ]
 
 WORKER_NODE_POOL = "tqflow-workers"

@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-from tqflow.errors import ResourcePlanError, TqflowError
+from tqflow.errors import ResourcePlanError
 
 #: GiB of memory per vCPU of the predefined GCE machine families (``<family>-<kind>-<vCPUs>``).
 MEMORY_PER_VCPU_GIB = {
