@@ -109,7 +109,6 @@ class TaskQueue(Block, ABC):
         (one per body) are honoured where `deduplicates` is true and ignored elsewhere.
         """
 
-    @abstractmethod
     def receive(
         self,
         max_messages: int = 1,
@@ -118,6 +117,15 @@ class TaskQueue(Block, ABC):
     ) -> list[Lease]:
         """Lease up to ``max_messages`` visible messages for ``lease_seconds`` (default: the
         block's). Waits up to ``wait_seconds`` (default: the block's) for one to arrive."""
+        return self._receive(
+            max_messages,
+            self.lease_seconds if lease_seconds is None else lease_seconds,
+            self.wait_seconds if wait_seconds is None else wait_seconds,
+        )
+
+    @abstractmethod
+    def _receive(self, max_messages: int, lease_seconds: float, wait_seconds: float) -> list[Lease]:
+        """`receive`, with its defaults resolved."""
 
     @abstractmethod
     def extend(self, lease: Lease, seconds: float) -> None:

@@ -194,14 +194,7 @@ class LocalTaskQueue(TaskQueue):
                 sent += db.total_changes - before
         return sent
 
-    def receive(
-        self,
-        max_messages: int = 1,
-        lease_seconds: float | None = None,
-        wait_seconds: float | None = None,
-    ) -> list[Lease]:
-        lease_seconds = self.lease_seconds if lease_seconds is None else lease_seconds
-        wait_seconds = self.wait_seconds if wait_seconds is None else wait_seconds
+    def _receive(self, max_messages: int, lease_seconds: float, wait_seconds: float) -> list[Lease]:
         deadline = time.monotonic() + wait_seconds
         while True:
             leases = self._receive_once(max_messages, lease_seconds)

@@ -301,14 +301,7 @@ class SQSTaskQueue(TaskQueue):
             _backoff(attempt)
         return refused + list(pending.values()), ""
 
-    def receive(
-        self,
-        max_messages: int = 1,
-        lease_seconds: float | None = None,
-        wait_seconds: float | None = None,
-    ) -> list[Lease]:
-        lease_seconds = self.lease_seconds if lease_seconds is None else lease_seconds
-        wait_seconds = self.wait_seconds if wait_seconds is None else wait_seconds
+    def _receive(self, max_messages: int, lease_seconds: float, wait_seconds: float) -> list[Lease]:
         response = self._client().receive_message(
             QueueUrl=self._url(self.queue_name),
             MaxNumberOfMessages=max(1, min(_BATCH, max_messages)),
