@@ -25,9 +25,12 @@ from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.allowed_modules import record_batch_function
 from tqflow.engine.messages import resolve, task_messages
-from tqflow.engine.outputs import output_path
+from tqflow.engine.outputs import output_path, outputs_prefix
 from tqflow.errors import BadArgumentsError, EnqueueInterruptedError, ItemSourceError
 from tqflow.items import Items, exact_column, plain, read_file
+
+#: Items from which the resume check lists the batch's outputs instead of checking each.
+LIST_OUTPUTS_FROM = 1_000
 
 #: Messages sent per step. On a queue that cannot deduplicate (SQS) the record of what was
 #: sent is written after each step: an enqueue killed outright re-sends at most one step.
@@ -156,6 +159,19 @@ class ItemSource(BaseModel):
         return read_file(Path(self.items_file).expanduser(), self.column)
 
 
+def done_outputs(storage: CloudFilesStorage, batch: str, keys: list[str]) -> set[str]:
+    """The output paths of ``keys`` that exist: items done in an earlier run.
+
+    From `LIST_OUTPUTS_FROM` items on, the batch's outputs are listed (GCS and S3 answer a list
+    with up to 1,000 keys: 1,000 times fewer requests than asking about each item, and no
+    longer to wait for) instead of checked one by one."""
+    paths = [output_path(batch, key) for key in keys]
+    if len(paths) < LIST_OUTPUTS_FROM:
+        return {path for path, exists in storage.exists_many(paths).items() if exists}
+    listed = set(storage.list(outputs_prefix(batch)))
+    return {path for path in paths if path in listed}
+
+
 def enqueue_items(
     queue: TaskQueue,
     storage: CloudFilesStorage,
@@ -202,8 +218,8 @@ def enqueue_items(
     storage.check()
     skipped = 0
     if not overwrite and messages:
-        done = storage.exists_many(output_path(batch, m.key) for m in messages)
-        todo = [m for m in messages if not done[output_path(batch, m.key)]]
+        done = done_outputs(storage, batch, [m.key for m in messages])
+        todo = [m for m in messages if output_path(batch, m.key) not in done]
         skipped = len(messages) - len(todo)
         messages = todo
     record = None if queue.deduplicates else SentRecord(storage, batch, queue.queue_name)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from flows.enqueue import ItemSource, enqueue_items
+from blocks import LocalTaskQueue
+from flows.enqueue import LIST_OUTPUTS_FROM, ItemSource, enqueue_items
 from tqflow.engine.outputs import output_path
 from tqflow.errors import BadArgumentsError, ItemSourceError, MessageTooLargeError
 
@@ -75,3 +76,34 @@ def test_kwargs_that_do_not_fit_queue_nothing(queue_factory, storage):
     with pytest.raises(BadArgumentsError):
         enqueue_items(queue, storage, "tests.tasks:square", [1, 2], "b", {"nope": 1})
     assert queue.counts().pending == 0
+
+
+@pytest.fixture
+def http_requests(monkeypatch):
+    """Counts the HTTP requests this process sends (urllib3, under google-cloud-storage and
+    botocore); each still goes to its real server."""
+    import urllib3.connectionpool
+
+    sent: list[str] = []
+    urlopen = urllib3.connectionpool.HTTPConnectionPool.urlopen
+
+    def counted(self, method, url, *args, **kwargs):
+        sent.append(f"{method} {url}")
+        return urlopen(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "urlopen", counted)
+    return sent
+
+
+def test_resume_check_of_a_big_batch_lists_outputs_instead_of_asking_per_item(
+    tmp_path, gcs_storage, http_requests
+):
+    queue = LocalTaskQueue(path=str(tmp_path / "queue.sqlite"), allowed_modules=["tests"])
+    n = LIST_OUTPUTS_FROM
+    gcs_storage._cloudfiles().puts(
+        [{"path": output_path("big", str(i)), "content": b"{}"} for i in range(n - 1)]
+    )
+    http_requests.clear()
+    result = enqueue_items(queue, gcs_storage, "tests.tasks:square", range(n), "big")
+    assert (result.skipped_done, result.queued) == (n - 1, 1)
+    assert len(http_requests) <= 10, http_requests[:20]  # a list page, not one HEAD per item
