@@ -23,6 +23,7 @@ SCENARIOS = {
     "worker": "bench.worker_bench",
     "sqs": "bench.sqs_bench",
     "prefect": "bench.prefect_bench",
+    "scale": "bench.scale",
 }
 
 
@@ -53,6 +54,7 @@ def main() -> None:
     os.environ["TQDM_DISABLE"] = "1"
 
     import importlib
+    import inspect
     import logging
 
     logging.getLogger("tqflow").setLevel(logging.WARNING)
@@ -64,7 +66,9 @@ def main() -> None:
     for name in args.scenarios or SCENARIOS:
         module = importlib.import_module(SCENARIOS[name])
         started = time.perf_counter()
-        options = {"runs": 1} if args.quick else {}
+        options: dict = {"runs": 1} if args.quick else {}
+        if args.quick and "quick" in inspect.signature(module.run).parameters:
+            options["quick"] = True
         try:
             found = module.run(**options)
         except Exception:
