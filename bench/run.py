@@ -1,6 +1,6 @@
 """Run every benchmark side by side and print one table of figures and ratios.
 
-    python -m bench.run                 # all scenarios (~10 minutes on 2 cores)
+    python -m bench.run                 # all scenarios (~55 minutes on 2 cores; scale ~38)
     python -m bench.run queues sqs      # some of them
     python -m bench.run --quick         # one run each, for a smoke test
 
