@@ -159,14 +159,16 @@ class ItemSource(BaseModel):
         return read_file(Path(self.items_file).expanduser(), self.column)
 
 
-def done_outputs(storage: CloudFilesStorage, batch: str, keys: list[str]) -> set[str]:
+def done_outputs(
+    storage: CloudFilesStorage, batch: str, keys: list[str], list_from: int = LIST_OUTPUTS_FROM
+) -> set[str]:
     """The output paths of ``keys`` that exist: items done in an earlier run.
 
-    From `LIST_OUTPUTS_FROM` items on, the batch's outputs are listed (GCS and S3 answer a list
-    with up to 1,000 keys: 1,000 times fewer requests than asking about each item, and no
-    longer to wait for) instead of checked one by one."""
+    From ``list_from`` items on, the batch's outputs are listed (GCS and S3 answer a list with
+    up to 1,000 keys; S3 checks one key per request, GCS 100 per batch request) instead of
+    checked one by one."""
     paths = [output_path(batch, key) for key in keys]
-    if len(paths) < LIST_OUTPUTS_FROM:
+    if len(paths) < list_from:
         return {path for path, exists in storage.exists_many(paths).items() if exists}
     listed = set(storage.list(outputs_prefix(batch)))
     return {path for path in paths if path in listed}

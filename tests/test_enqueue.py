@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from blocks import LocalTaskQueue
-from flows.enqueue import LIST_OUTPUTS_FROM, ItemSource, enqueue_items
+from flows.enqueue import ItemSource, done_outputs, enqueue_items
 from tqflow.engine.outputs import output_path
 from tqflow.errors import BadArgumentsError, ItemSourceError, MessageTooLargeError
 
@@ -96,14 +95,16 @@ def http_requests(monkeypatch):
 
 
 def test_resume_check_of_a_big_batch_lists_outputs_instead_of_asking_per_item(
-    tmp_path, gcs_storage, http_requests
+    s3_storage, http_requests
 ):
-    queue = LocalTaskQueue(path=str(tmp_path / "queue.sqlite"), allowed_modules=["tests"])
-    n = LIST_OUTPUTS_FROM
-    gcs_storage._cloudfiles().puts(
-        [{"path": output_path("big", str(i)), "content": b"{}"} for i in range(n - 1)]
-    )
+    keys = [str(i) for i in range(50)]
+    for key in keys[::2]:
+        s3_storage.put_json(output_path("big", key), {})
+    done = {output_path("big", key) for key in keys[::2]}
     http_requests.clear()
-    result = enqueue_items(queue, gcs_storage, "tests.tasks:square", range(n), "big")
-    assert (result.skipped_done, result.queued) == (n - 1, 1)
-    assert len(http_requests) <= 10, http_requests[:20]  # a list page, not one HEAD per item
+    assert done_outputs(s3_storage, "big", keys, list_from=10) == done
+    listed = len(http_requests)
+    http_requests.clear()
+    assert done_outputs(s3_storage, "big", keys, list_from=len(keys) + 1) == done
+    asked = len(http_requests)
+    assert listed <= 2 and asked >= len(keys), (listed, asked)  # a list, not a check per item
