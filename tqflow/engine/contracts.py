@@ -2,9 +2,9 @@
 
 The engine runs inside a worker pod and never imports Prefect: it works on any object with
 these methods. tqflow's blocks (`blocks.queues.TaskQueue`, `blocks.CloudFilesStorage`,
-`blocks.CAVECredentials`) are the implementations; ``tests/test_queue_contract.py`` holds every
-queue backend to the semantics the docstrings here state (Amazon SQS's, with a dead-letter
-queue attached by a redrive policy).
+`blocks.CAVECredentials`) are the implementations; the queue's semantics (Amazon SQS's, with a
+dead-letter queue attached by a redrive policy) are written in `blocks.queues.base`, and
+``tests/test_queue_contract.py`` holds every backend to them.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tqflow.engine.messages import check_batch
 
 
 class WorkerOptions(BaseModel):
@@ -96,6 +98,11 @@ class WorkerOptions(BaseModel):
     progress_seconds: float = Field(
         default=30.0, gt=0, description="How often the worker logs its counters and rate."
     )
+
+    @field_validator("default_batch")
+    @classmethod
+    def _batch_names_a_folder(cls, value: str) -> str:
+        return check_batch(value)  # BadArgumentsError, raised through pydantic as it is
 
     @classmethod
     def of(cls, options: WorkerOptions | dict | None = None, **settings: object) -> WorkerOptions:

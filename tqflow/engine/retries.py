@@ -11,15 +11,15 @@ Not retried — dead-lettered at once, with the reason:
   arguments that do not bind): `MessageError`;
 - a task that raises `PermanentTaskError` (a result that is not JSON is one);
 - a failure the worker's ``retry_when(receive_count, exception)`` says not to retry, as
-  dramatiq's ``Retries`` middleware takes it: e.g. ``lambda n, exc: not isinstance(exc,
-  TypeError)``, or ``"mylab.tasks:should_retry"`` where a function must be named by its path.
+  dramatiq's ``Retries`` middleware takes it, named by its path (``"mylab.tasks:should_retry"``:
+  it travels with the worker's options to worker processes and pods).
 
 A task that times out is retried like any failure (`tqflow.engine.time_limit`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional
 
 from tqflow.errors import MessageError, PermanentTaskError
 
@@ -27,15 +27,13 @@ RetryWhen = Callable[[int, Exception], bool]
 
 
 class RetryRule:
-    """Whether a failed task is retried. ``retry_when`` is a callable or the
-    ``package.module:function`` path of one."""
+    """Whether a failed task is retried. ``retry_when`` is the ``package.module:function`` path
+    of a `RetryWhen`."""
 
-    def __init__(self, retry_when: Union[str, RetryWhen, None] = None) -> None:
-        if isinstance(retry_when, str):
-            from tqflow.engine.messages import resolve
+    def __init__(self, retry_when: Optional[str] = None) -> None:
+        from tqflow.engine.messages import resolve
 
-            retry_when = resolve(retry_when)
-        self.retry_when = retry_when
+        self.retry_when: Optional[RetryWhen] = resolve(retry_when) if retry_when else None
 
     def retries(self, receive_count: int, exc: Exception) -> bool:
         if isinstance(exc, (MessageError, PermanentTaskError)):

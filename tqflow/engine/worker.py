@@ -41,7 +41,7 @@ from tqflow.engine import time_limit
 from tqflow.engine.allowed_modules import AllowedModules
 from tqflow.engine.contracts import CAVESource, Lease, Queue, Storage
 from tqflow.engine.lease_keeper import LeaseKeeper
-from tqflow.engine.messages import TaskMessage, bind, check_batch, decode, item_key, resolve
+from tqflow.engine.messages import TaskMessage, bind, decode, item_key, resolve
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.outputs import (
     error_path,
@@ -164,7 +164,6 @@ class Worker:
         self.queue = queue
         self.storage = storage
         self.options = WorkerOptions.of(options, **settings)
-        check_batch(self.options.default_batch)
         self.retry_rule = RetryRule(self.options.retry_when)
         self.stop = stop or threading.Event()
         self.log = log or logger
