@@ -15,7 +15,7 @@ import functools
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, TypeVar, Union, get_origin
+from typing import Any, Callable, List, Optional, TypeVar, get_origin
 
 import typer
 from pydantic import ValidationError
@@ -188,8 +188,16 @@ def target_options(*, queue: bool = True, storage: bool = True) -> Callable[[F],
     return lambda command: _with_parameters(command, "target", [_TARGET[n] for n in wanted], Target)
 
 
-#: Flags kept under the names users already type.
+#: Flags also kept under the names users already type.
 _FLAG_ALIASES = {"task_timeout_seconds": "--task-timeout", "import_modules": "--import-module"}
+
+
+def _flags(field: str) -> list[str]:
+    """The flags of a `WorkerOptions` field: ``--idle-seconds``, and its alias if it has one."""
+    return [
+        "--" + field.replace("_", "-"),
+        *([_FLAG_ALIASES[field]] if field in _FLAG_ALIASES else []),
+    ]
 
 
 def worker_options(**defaults: Any) -> Callable[[F], F]:
@@ -200,28 +208,19 @@ def worker_options(**defaults: Any) -> Callable[[F], F]:
     for name, field in WorkerOptions.model_fields.items():
         if name == "default_batch":
             continue
-        flag = "--" + name.replace("_", "-")
-        decls = [flag, *([_FLAG_ALIASES[name]] if name in _FLAG_ALIASES else [])]
         annotation = field.annotation
-        if get_origin(annotation) is list:  # repeat the flag: --allow a --allow b
-            annotation = Optional[List[str]]
-        default = defaults.get(
-            name, None if field.is_required() else field.get_default(call_default_factory=True)
-        )
-        if isinstance(default, list):
-            default = default or None
-        added.append(_option(name, annotation, default, *decls, help=field.description))
+        default = defaults.get(name, field.get_default(call_default_factory=True))
+        if get_origin(annotation) is list:  # repeat the flag: --allow a --allow b; none: []
+            annotation, default = Optional[List[str]], None
+        added.append(_option(name, annotation, default, *_flags(name), help=field.description))
 
     def build(**values: Any) -> WorkerOptions:
         try:
             return WorkerOptions.of(**{k: v for k, v in values.items() if v is not None})
         except ValidationError as exc:
-            problems = "; ".join(f"{_flag(error['loc'])}: {error['msg']}" for error in exc.errors())
+            problems = "; ".join(
+                f"{_flags(str(error['loc'][0]))[0]}: {error['msg']}" for error in exc.errors()
+            )
             raise CLIInputError(problems) from None
 
     return lambda command: _with_parameters(command, "options", added, build)
-
-
-def _flag(location: tuple[Union[int, str], ...]) -> str:
-    name = str(location[0]) if location else "?"
-    return _FLAG_ALIASES.get(name, "--" + name.replace("_", "-"))
