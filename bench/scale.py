@@ -171,19 +171,12 @@ def _dead_letters(folder: Path, n: int) -> dict[str, Any]:
 
 def _analysis(folder: Path, n: int) -> dict[str, Any]:
     """The `analysis` flow's work, without the Prefect artifacts."""
-    import io
-
-    from flows.analysis import load_results, plot, summarise
+    from flows.analysis import analyse
 
     _, storage = _blocks(folder)
     started = time.perf_counter()
-    frame = load_results(storage, BATCH)
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    storage.put(f"{BATCH}/analysis/results.parquet", buffer.getvalue())
-    summarise(frame)
-    storage.put(f"{BATCH}/analysis/summary.png", plot(frame, BATCH))
-    return {"seconds": time.perf_counter() - started, "rows": len(frame)}
+    done = analyse(storage, BATCH)
+    return {"seconds": time.perf_counter() - started, "rows": done.items if done else 0}
 
 
 def _raw_sqlite(folder: Path, n: int) -> dict[str, Any]:

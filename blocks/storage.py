@@ -346,6 +346,8 @@ class CloudFilesStorage(WritableFileSystem):
 
     def get_json_many(self, paths: Iterable[str]) -> dict[str, Any]:
         """Read many JSON files in parallel: ``{path: value}``, missing ones left out."""
+        if self.is_local:
+            return self._get_json_many_local(list(paths))
         try:
             found = self._cloudfiles().get(list(paths), return_dict=True)
         except Exception as exc:
@@ -355,6 +357,18 @@ class CloudFilesStorage(WritableFileSystem):
         return {
             path: _loads(self.url(path), content)
             for path, content in found.items()
+            if content is not None
+        }
+
+    def _get_json_many_local(self, paths: list[str]) -> dict[str, Any]:
+        # Plain reads, one after another: cloud-files' local path costs ~7x as much per small
+        # file (most of an analysis of 10^6 outputs), and reading in threads was 2-4x slower
+        # still on the 2-core machine of bench/scale.py (the threads contend for the GIL and
+        # the folder's lookups more than they overlap reads from the page cache).
+        root = self.cloudpath[len("file://") :]
+        return {
+            path: _loads(self.url(path), content)
+            for path, content in zip(paths, _read_files(root, paths), strict=True)
             if content is not None
         }
 
@@ -383,12 +397,28 @@ class CloudFilesStorage(WritableFileSystem):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Paths under ``prefix``, relative to the folder."""
+        if self.is_local:
+            yield from self._list_local(prefix)
+            return
         try:
             yield from self._cloudfiles().list(prefix)
         except Exception as exc:
             raise StorageError(
                 f"cannot list {self.url(prefix)}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _list_local(self, prefix: str) -> Iterator[str]:
+        # os.walk, not cloud-files' local listing: 1.1 µs a file against 5.6 (10^6 outputs).
+        # Files being written (".<name>.<pid>.<thread>.tmp") are not listed.
+        root = self.cloudpath[len("file://") :]
+        folder = os.path.dirname(prefix)
+        for here, _, names in os.walk(os.path.join(root, folder)):
+            relative = os.path.relpath(here, root)
+            relative = "" if relative == "." else relative + "/"
+            for name in names:
+                path = relative + name
+                if path.startswith(prefix) and not (name.startswith(".") and name.endswith(".tmp")):
+                    yield path
 
     # -- Prefect's file-system interface: result storage ------------------------------------
 
@@ -495,6 +525,22 @@ class _Client:
     aws: Optional[_AwsSession] = None
     aws_keys: Any = None
     cloudfiles: Any = None
+
+
+def _read_files(root: str, paths: list[str]) -> list[bytes | None]:
+    """The contents of ``root/path`` for each path; ``None`` for a missing file."""
+    contents: list[bytes | None] = []
+    for path in paths:
+        try:
+            with open(os.path.join(root, path), "rb") as f:
+                contents.append(f.read())
+        except FileNotFoundError:
+            contents.append(None)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot read file://{root}/{path}: {type(exc).__name__}: {exc}"
+            ) from exc
+    return contents
 
 
 def _loads(url: str, content: bytes) -> Any:

@@ -1,9 +1,10 @@
 """The ``analysis`` flow: every output of a batch back into one table.
 
-Reads ``<batch>/outputs/*.json`` in parallel, builds a pandas DataFrame (one row per item: the
-result's fields, plus ``task_seconds``, ``task_attempt``, ``task_worker``), writes
-``<batch>/analysis/results.parquet`` and ``summary.png``, and publishes summary statistics as a
-table artifact and the plot as a markdown artifact.
+Streams ``<batch>/outputs/*.json`` into ``<batch>/analysis/results.parquet`` in chunks
+(`tqflow.results_table`: one row per item, the result's fields plus ``task_seconds``,
+``task_attempt``, ``task_worker``), then reads back only the numeric columns for the summary
+statistics (a table artifact) and ``summary.png`` (a markdown artifact). Memory stays bounded
+by a chunk and those columns, whatever the batch's size.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import base64
 import io
 import re
+import tempfile
+from dataclasses import dataclass
 from typing import Any, Union
 
 import pandas as pd
@@ -21,6 +24,7 @@ from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.messages import check_batch
 from tqflow.engine.outputs import outputs_prefix
+from tqflow.results_table import build_results_table, output_paths
 
 #: Plots up to this size are embedded in the markdown artifact; larger ones are linked.
 _EMBED_LIMIT_BYTES = 200_000
@@ -29,24 +33,6 @@ _EMBED_LIMIT_BYTES = 200_000
 def artifact_key(batch: str, what: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", f"{batch}-{what}".lower()).strip("-")
-
-
-def load_results(storage: CloudFilesStorage, batch: str) -> pd.DataFrame:
-    """One row per finished item of ``batch``, sorted by key."""
-    paths = [p for p in storage.list(outputs_prefix(batch)) if p.endswith(".json")]
-    rows = []
-    for record in storage.get_json_many(paths).values():
-        result = record.get("result")
-        row: dict[str, Any] = {"key": record["key"]}
-        row.update(result if isinstance(result, dict) else {"result": result})
-        row.update(
-            task_seconds=record.get("seconds"),
-            task_attempt=record.get("attempt"),
-            task_worker=record.get("worker"),
-        )
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    return frame.sort_values("key", ignore_index=True) if rows else frame
 
 
 def summarise(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -65,7 +51,7 @@ def _round(value: Any) -> Any:
     return round(float(value), 4) if pd.notna(value) else None
 
 
-def plot(frame: pd.DataFrame, batch: str) -> bytes:
+def plot(frame: pd.DataFrame, batch: str, items: int) -> bytes:
     """Histograms of up to six numeric result columns, as PNG."""
     import matplotlib
 
@@ -84,12 +70,41 @@ def plot(frame: pd.DataFrame, batch: str) -> bytes:
         ax.hist(values, bins=30, color="#2f6db5")
         ax.set_title(column, fontsize=9)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"batch {batch}: {len(frame):,} items", fontsize=10)
+    fig.suptitle(f"batch {batch}: {items:,} items", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     return buffer.getvalue()
+
+
+@dataclass
+class Analysis:
+    """What `analyse` wrote: the table, the plot, and the summary statistics."""
+
+    items: int
+    table_path: str
+    plot_path: str
+    png: bytes
+    summary: list[dict[str, Any]]
+
+
+def analyse(storage: CloudFilesStorage, batch: str) -> Analysis | None:
+    """Write ``<batch>/analysis/results.parquet`` and ``summary.png``; ``None`` when the batch
+    has no outputs."""
+    paths = output_paths(storage, batch)
+    if not paths:
+        return None
+    table_path = f"{batch}/analysis/results.parquet"
+    with tempfile.TemporaryDirectory(prefix="tqflow-analysis-") as folder:
+        table = build_results_table(storage, paths, folder)
+        with open(table.path, "rb") as f:
+            storage.put(table_path, f.read())
+        numeric = table.read_columns(table.numeric_columns).to_pandas()
+    png = plot(numeric, batch, table.rows)
+    plot_path = f"{batch}/analysis/summary.png"
+    storage.put(plot_path, png, content_type="image/png")
+    return Analysis(table.rows, table_path, plot_path, png, summarise(numeric))
 
 
 @flow(name="analysis")
@@ -103,42 +118,30 @@ def analysis(storage: Union[CloudFilesStorage, str], batch: str) -> dict[str, An
     logger = get_run_logger()
     check_batch(batch)
     storage = load_block(storage, CloudFilesStorage)
-    frame = load_results(storage, batch)
-    if frame.empty:
+    done = analyse(storage, batch)
+    if done is None:
         logger.warning(
             "batch %s has no outputs under %s", batch, storage.url(outputs_prefix(batch))
         )
         return {"items": 0, "results": None}
-    table_path = f"{batch}/analysis/results.parquet"
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    storage.put(table_path, buffer.getvalue())
-    summary = summarise(frame)
+    table_url, plot_url = storage.url(done.table_path), storage.url(done.plot_path)
     create_table_artifact(
         key=artifact_key(batch, "summary"),
-        table=summary,
-        description=f"Summary statistics of {len(frame):,} results of batch {batch}",
+        table=done.summary,
+        description=f"Summary statistics of {done.items:,} results of batch {batch}",
     )
-    png = plot(frame, batch)
-    plot_path = f"{batch}/analysis/summary.png"
-    storage.put(plot_path, png, content_type="image/png")
     image = (
-        f"![summary](data:image/png;base64,{base64.b64encode(png).decode()})"
-        if len(png) <= _EMBED_LIMIT_BYTES
-        else f"[summary plot]({storage.url(plot_path)})"
+        f"![summary](data:image/png;base64,{base64.b64encode(done.png).decode()})"
+        if len(done.png) <= _EMBED_LIMIT_BYTES
+        else f"[summary plot]({plot_url})"
     )
     create_markdown_artifact(
         key=artifact_key(batch, "analysis"),
         markdown=(
-            f"# Batch {batch}\n\n{len(frame):,} results in `{storage.url(table_path)}`\n\n"
-            f"{image}\n\nPlot: `{storage.url(plot_path)}`\n"
+            f"# Batch {batch}\n\n{done.items:,} results in `{table_url}`\n\n"
+            f"{image}\n\nPlot: `{plot_url}`\n"
         ),
         description=f"Analysis of batch {batch}",
     )
-    logger.info("batch %s: %d results written to %s", batch, len(frame), storage.url(table_path))
-    return {
-        "items": len(frame),
-        "results": storage.url(table_path),
-        "plot": storage.url(plot_path),
-        "summary": summary,
-    }
+    logger.info("batch %s: %d results written to %s", batch, done.items, table_url)
+    return {"items": done.items, "results": table_url, "plot": plot_url, "summary": done.summary}

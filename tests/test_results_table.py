@@ -1,0 +1,93 @@
+"""The results table: a batch's outputs streamed into one Parquet file, chunk by chunk."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from blocks import CloudFilesStorage
+from tqflow.engine.outputs import output_path
+from tqflow.results_table import build_results_table, output_paths
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return CloudFilesStorage(cloudpath=f"file://{tmp_path / 'data'}")
+
+
+def write_outputs(storage, results: dict[str, object]) -> None:
+    for key, result in results.items():
+        storage.put_json(
+            output_path("b", key),
+            {"key": key, "result": result, "seconds": 0.5, "attempt": 1, "worker": "w"},
+        )
+
+
+def build(storage, tmp_path, chunk_rows=2):
+    return build_results_table(storage, output_paths(storage, "b"), str(tmp_path), chunk_rows)
+
+
+def test_one_row_per_output_sorted_by_key(storage, tmp_path):
+    write_outputs(storage, {k: {"n": i} for i, k in enumerate(["c", "a-b", "a", "b"])})
+    table = pq.read_table(build(storage, tmp_path).path)
+    assert table.column("key").to_pylist() == ["a", "a-b", "b", "c"]
+    assert table.column("n").to_pylist() == [2, 1, 3, 0]
+    assert table.column("task_seconds").to_pylist() == [0.5] * 4
+
+
+def test_a_column_int_in_one_chunk_and_float_in_another_is_float(storage, tmp_path):
+    write_outputs(storage, {"a": {"x": 1}, "b": {"x": 2}, "c": {"x": 2.5}, "d": {"x": None}})
+    result = build(storage, tmp_path)
+    assert str(result.schema.field("x").type) == "double"
+    assert pq.read_table(result.path).column("x").to_pylist() == [1.0, 2.0, 2.5, None]
+    assert "x" in result.numeric_columns
+
+
+def test_a_column_first_seen_in_a_later_chunk_is_null_before_it(storage, tmp_path):
+    write_outputs(storage, {"a": {"x": 1}, "b": {"x": 2}, "c": {"x": 3, "late": "yes"}})
+    table = pq.read_table(build(storage, tmp_path).path)
+    assert table.column("late").to_pylist() == [None, None, "yes"]
+
+
+def test_a_column_of_mixed_kinds_is_kept_as_text(storage, tmp_path):
+    write_outputs(
+        storage, {"a": {"v": "soma"}, "b": {"v": 7}, "c": {"v": [1, 2]}, "d": {"v": "axon"}}
+    )
+    result = build(storage, tmp_path)
+    assert pq.read_table(result.path).column("v").to_pylist() == ["soma", "7", "[1, 2]", "axon"]
+    assert "v" not in result.numeric_columns
+
+
+def test_a_result_that_is_not_a_dict_is_one_result_column(storage, tmp_path):
+    write_outputs(storage, {"a": 1.5, "b": 2.5})
+    table = pq.read_table(build(storage, tmp_path).path)
+    assert table.column("result").to_pylist() == [1.5, 2.5]
+
+
+def test_outputs_are_read_a_chunk_at_a_time(storage, tmp_path):
+    write_outputs(storage, {f"k{i:02d}": {"i": i} for i in range(25)})
+    reads: list[int] = []
+    get_json_many = storage.get_json_many
+
+    class Counting:
+        def list(self, prefix=""):
+            return storage.list(prefix)
+
+        def get_json_many(self, paths):
+            reads.append(len(paths))
+            return get_json_many(paths)
+
+    result = build_results_table(
+        Counting(), output_paths(storage, "b"), str(tmp_path), chunk_rows=10
+    )
+    assert reads == [10, 10, 5]
+    assert result.rows == 25
+    assert pq.read_table(result.path).column("i").to_pylist() == list(range(25))
+
+
+def test_a_missing_output_is_left_out_not_an_error(storage, tmp_path):
+    write_outputs(storage, {"a": {"x": 1}, "b": {"x": 2}})
+    paths = output_paths(storage, "b")
+    (tmp_path / "data" / paths[0]).unlink()  # removed between the listing and the read
+    result = build_results_table(storage, paths, str(tmp_path))
+    assert pq.read_table(result.path).column("key").to_pylist() == ["b"]
