@@ -41,14 +41,33 @@ def status_rows(out: str) -> dict[str, str]:
     return {row[1].strip(): row[2].strip() for row in cells}
 
 
-def test_status_shows_queue_counts_outputs_and_errors(data_with_dead_letters):
+def test_status_shows_queue_counts_and_what_the_workers_reported(data_with_dead_letters):
     out = invoke("status", "--batch", "nightly", "--data", str(data_with_dead_letters))
     lines = status_rows(out)
     assert lines["dead-lettered"] == "2"
-    assert lines["outputs written"] == "3"
-    assert lines["items with errors"] == "2"
+    assert lines["tasks done"] == "3"
+    assert lines["failed attempts"] == "2"  # item 7, twice; then the queue dead-letters it
+    assert lines["workers reporting (ended: 1)"] == "1"
     assert lines["visible (waiting)"] == "0"
+    assert "outputs (listed)" not in lines  # the reports are summed, the outputs not listed
     assert "tqflow dead-letters list --batch nightly" in out
+
+
+def test_status_lists_the_outputs_when_asked(data_with_dead_letters):
+    out = invoke(
+        "status", "--batch", "nightly", "--data", str(data_with_dead_letters), "--list-outputs"
+    )
+    assert status_rows(out)["outputs (listed)"] == "3"
+
+
+def test_status_of_a_batch_without_worker_reports_lists_its_outputs(data_with_dead_letters):
+    for report in (data_with_dead_letters / "nightly/workers").iterdir():
+        report.unlink()  # as a batch run before workers wrote reports
+    lines = status_rows(
+        invoke("status", "--batch", "nightly", "--data", str(data_with_dead_letters))
+    )
+    assert lines["outputs (listed)"] == "3"
+    assert "tasks done" not in lines
 
 
 def test_dead_letters_list_names_each_item_and_why(data_with_dead_letters):

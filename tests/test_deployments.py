@@ -190,7 +190,7 @@ def test_readme_process_pool_recipe_completes_the_demo_batch_with_two_worker_run
     log = Path(recipe["RECIPE_LOG"]).read_text()
     assert recipe["RECIPE_EXIT"] == "0", log[-4000:]
     assert outputs(recipe, "demo") == {str(i) for i in demo_root_ids()}
-    assert re.search(r"outputs written\s*│\s*200", log), log[-3000:]  # `tqflow status` at the end
+    assert re.search(r"tasks done\s*│\s*200", log), log[-3000:]  # `tqflow status` at the end
     # deployment-mode fan-out: min(workers=2, ceil(200 / tasks_per_worker=100)) worker runs
     worker_runs = runs_of(recipe, "worker-local", 0)
     assert len(worker_runs) == 2 and all(r.state.is_completed() for r in worker_runs)

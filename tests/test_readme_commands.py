@@ -110,9 +110,7 @@ def test_every_readme_command_runs_as_written(user_folder):
 
     out = {command: run(folder, env, command) for command in commands}
     status, listing, redrive = out[commands[0]], out[commands[1]], out[commands[2]]
-    assert re.search(r"outputs written\s*│\s*2", status) and re.search(
-        r"dead-lettered\s*│\s*1", status
-    )
+    assert re.search(r"tasks done\s*│\s*2", status) and re.search(r"dead-lettered\s*│\s*1", status)
     assert "the return value of tests.tasks:returns_a_set(7)" in " ".join(listing.split())
     assert "redrove 1 messages" in redrive
     assert json.loads(out[commands[3]])["dead_lettered"] == 1  # the redriven item, again

@@ -318,25 +318,46 @@ def work(
 
 @app.command()
 @target_options()
-def status(target: Target) -> None:
-    """Show the queue (with its dead-letter queue) and the batch's outputs and errors."""
+def status(
+    target: Target,
+    list_outputs: bool = typer.Option(
+        False,
+        "--list-outputs",
+        help="Count the output files themselves (one listing request per 1,000 items) "
+        "instead of summing the workers' reports.",
+    ),
+) -> None:
+    """Show the queue (with its dead-letter queue) and what the batch's workers did."""
     from tqflow.engine.outputs import outputs_prefix
+    from tqflow.engine.reports import batch_tally, read_reports
 
     q, storage, batch = target.queue(must_exist=True), target.storage(), target.batch
     counts = q.counts()
-    outputs = sum(1 for p in storage.list(outputs_prefix(batch)) if p.endswith(".json"))
-    errors = sum(1 for p in storage.list(f"{batch}/errors/") if p.endswith(".json"))
-    table = Table(title=f"queue {q.queue_name} / batch {batch}")
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    for label, value in [
+    reports = read_reports(storage, batch)
+    tally = batch_tally(reports)
+    rows = [
         ("visible (waiting)", counts.visible),
         ("in flight (running)", counts.in_flight),
         ("delayed", counts.delayed),
         ("dead-lettered", counts.dead),
-        ("outputs written", outputs),
-        ("items with errors", errors),
-    ]:
+    ]
+    if list_outputs or not reports:  # batches run before workers reported: count the files
+        outputs = sum(1 for p in storage.list(outputs_prefix(batch)) if p.endswith(".json"))
+        rows.append(("outputs (listed)", outputs))
+    if reports:
+        rows += [
+            ("tasks done", tally.succeeded),
+            ("skipped, already done", tally.skipped),
+            ("failed attempts", tally.failed),
+            (
+                f"workers reporting (ended: {sum(1 for r in reports if r.get('ended'))})",
+                len(reports),
+            ),
+        ]
+    table = Table(title=f"queue {q.queue_name} / batch {batch}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for label, value in rows:
         table.add_row(label, f"{value:,}")
     console().print(table)
     console().print(f"outputs in {storage.url(outputs_prefix(batch))}")

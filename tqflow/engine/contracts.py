@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,14 @@ class Storage(Protocol):
     def get_json(self, path: str) -> Any: ...
 
     def put_json(self, path: str, value: Any) -> None: ...
+
+
+class StorageReader(Protocol):
+    """A batch's folder as the analysis reads it: listed, then read in parallel."""
+
+    def list(self, prefix: str = "") -> Iterator[str]: ...
+
+    def get_json_many(self, paths: Iterable[str]) -> dict[str, Any]: ...
 
 
 class CAVESource(Protocol):

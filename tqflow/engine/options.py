@@ -98,6 +98,14 @@ class WorkerOptions(BaseModel):
     progress_seconds: float = Field(
         default=30.0, gt=0, description="How often the worker logs its counters and rate."
     )
+    report_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "How often the worker rewrites its report of each batch (<batch>/workers/), which "
+            "`tqflow status` sums."
+        ),
+    )
 
     @field_validator("default_batch")
     @classmethod

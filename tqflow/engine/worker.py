@@ -50,6 +50,7 @@ from tqflow.engine.outputs import (
     output_record,
     storable_result,
 )
+from tqflow.engine.reports import WorkerReports
 from tqflow.engine.retries import RetryRule, retry_delay
 from tqflow.errors import (
     BadArgumentsError,
@@ -169,6 +170,7 @@ class Worker:
         self.log = log or logger
         self.name = f"{socket.gethostname()}-{os.getpid()}"
         self.stats = WorkerStats()
+        self.reports = WorkerReports(storage, self.name, self.options.report_seconds, self.log)
         self.cave = cave
         self._cave_client: Any = None
         self._injectables: dict[str, Callable[[], Any]] = {
@@ -243,6 +245,7 @@ class Worker:
             on_tick=self.check_deadline,
         )
         empty_polls = 0
+        self.reports.start()
         with keeper:
             self._keeper = keeper
             try:
@@ -286,6 +289,7 @@ class Worker:
         if self.stop.is_set():
             self.stats.stop_reason = "stopped"
         self.stats.elapsed_seconds = time.monotonic() - started
+        self.reports.close(ended=self.stats.stop_reason)
         self.log.info(
             "worker %s finished (%s): %s", self.name, self.stats.stop_reason, self._summary()
         )
@@ -393,7 +397,7 @@ class Worker:
         try:
             if not self.options.overwrite and self.storage.exists(out):
                 self._ack(lease)
-                self.stats.skipped += 1
+                self._count(message, "skipped")
                 return
             started = time.perf_counter()
             task = self._start_task(lease, message)
@@ -423,7 +427,7 @@ class Worker:
                 self._dead_letter(lease, message, exc)
             return
         self._ack(lease)
-        self.stats.record_success(seconds)
+        self._count(message, "succeeded", seconds)
         self.log.debug("item %s done in %.3fs", message.key, seconds)
 
     def _ack(self, lease: Lease) -> None:
@@ -504,7 +508,7 @@ class Worker:
     def _failed(self, lease: Lease, message: TaskMessage, exc: Exception) -> None:
         """Record the failure and leave the message to come back after a backoff; the queue's
         redrive moves it to the dead-letter queue after ``max_receive_count`` receives."""
-        self.stats.failed += 1
+        self._count(message, "failed")
         self.log.warning(
             "item %s failed (attempt %d of %d): %s: %s",
             message.key,
@@ -542,7 +546,7 @@ class Worker:
                 self.queue.ack([lease])
             except Exception as ack_exc:
                 self.log.warning("could not remove message %s: %s", lease.message_id, ack_exc)
-            self.stats.dead_lettered += 1
+            self._count(message, "dead_lettered")
             self.log.warning(
                 "message %s not runnable (%s); kept in its error record: %s",
                 lease.message_id,
@@ -553,7 +557,7 @@ class Worker:
         except Exception as dlq_exc:
             # It stays in the queue and comes back; the redrive policy moves it after
             # max_receive_count receives. The reason is kept in its error record.
-            self.stats.failed += 1
+            self._count(message, "failed")
             self.log.warning(
                 "could not dead-letter message %s (%s: %s); it is retried instead",
                 lease.message_id,
@@ -563,7 +567,7 @@ class Worker:
             self._record_error(message, lease, exc, body=lease.body if message is None else None)
             return
         if moved:
-            self.stats.dead_lettered += 1
+            self._count(message, "dead_lettered")
         self.log.warning(
             "message %s moved to the dead-letter queue: %s", lease.message_id, _short(reason)
         )
@@ -603,6 +607,15 @@ class Worker:
             self.log.warning("could not record the error of item %s: %s", message.key, write_exc)
 
     # -- reporting ------------------------------------------------------------------------------
+
+    def _count(self, message: TaskMessage | None, outcome: str, seconds: float = 0.0) -> None:
+        """Count how a message ended, in the worker's stats and its batch's report."""
+        if outcome == "succeeded":
+            self.stats.record_success(seconds)
+        else:
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+        batch = message.batch if message is not None else self.options.default_batch
+        self.reports.count(batch, outcome, seconds)
 
     def _summary(self) -> str:
         s = self.stats

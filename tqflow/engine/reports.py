@@ -1,0 +1,135 @@
+"""What each worker tells about each batch it works on: ``<batch>/workers/<report>.json``.
+
+A worker keeps one tally per batch (tasks succeeded, skipped as already done, failed and
+retried, dead-lettered; task seconds) and rewrites that batch's report every
+``report_seconds`` while its tally changes, and once more when it ends, with why it ended.
+``tqflow status`` sums the reports: one listing of a few files per worker, where counting the
+outputs would list one file per item (10^6 of them). A worker killed outright (SIGKILL, an
+OOM kill) loses at most its last ``report_seconds`` of counts, and its report never says it
+ended: that is how a lost worker shows.
+
+The report's name is the worker's name (host and pid) plus a random suffix, so a pid reused
+by a later worker never overwrites an earlier worker's report.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+from tqflow.engine.contracts import Storage, StorageReader
+from tqflow.engine.outputs import now_iso
+
+#: What a task's run can end in, as the tally counts it.
+OUTCOMES = ("succeeded", "skipped", "failed", "dead_lettered")
+
+
+def reports_prefix(batch: str) -> str:
+    return f"{batch}/workers/"
+
+
+@dataclass
+class BatchTally:
+    """One worker's counts for one batch."""
+
+    succeeded: int = 0
+    skipped: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    task_seconds: float = 0.0
+
+    def add(self, other: dict[str, Any]) -> None:
+        for name in (*OUTCOMES, "task_seconds"):
+            setattr(self, name, getattr(self, name) + (other.get(name) or 0))
+
+
+class WorkerReports:
+    """A worker's tallies, written by a background thread every ``report_seconds`` while
+    they change (so a worker deep in a long task still reports), and once more by `close`."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        worker: str,
+        report_seconds: float,
+        log: logging.Logger | logging.LoggerAdapter,
+    ) -> None:
+        self.storage = storage
+        self.worker = worker
+        self.report = f"{worker}-{uuid.uuid4().hex[:8]}"
+        self.report_seconds = report_seconds
+        self.log = log
+        self.started_at = now_iso()
+        self._tallies: dict[str, BatchTally] = {}
+        self._changed: set[str] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def count(self, batch: str, outcome: str, seconds: float = 0.0) -> None:
+        with self._lock:
+            tally = self._tallies.get(batch)
+            if tally is None:
+                tally = self._tallies[batch] = BatchTally()
+            setattr(tally, outcome, getattr(tally, outcome) + 1)
+            tally.task_seconds += seconds
+            self._changed.add(batch)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tqflow-reports", daemon=True)
+        self._thread.start()
+
+    def close(self, ended: str) -> None:
+        """Stop the thread and write every batch's report, marked as the worker's last
+        (``ended`` is the stop reason)."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._write(ended)
+
+    def _run(self) -> None:
+        while not self._closed.wait(self.report_seconds):
+            self._write(None)
+
+    def _write(self, ended: str | None) -> None:
+        with self._lock:
+            batches = list(self._tallies) if ended is not None else list(self._changed)
+            self._changed.clear()
+            records = [
+                {
+                    "worker": self.worker,
+                    "report": self.report,
+                    "batch": batch,
+                    "started_at": self.started_at,
+                    "updated_at": now_iso(),
+                    "ended": ended,
+                    **asdict(self._tallies[batch]),
+                }
+                for batch in batches
+            ]
+        for record in records:
+            try:
+                self.storage.put_json(
+                    f"{reports_prefix(record['batch'])}{self.report}.json", record
+                )
+            except Exception as exc:  # a report is a summary: it never stops the work
+                with self._lock:
+                    self._changed.add(record["batch"])  # written next time
+                self.log.warning("could not write worker %s's report: %s", self.worker, exc)
+
+
+def read_reports(storage: StorageReader, batch: str) -> list[dict[str, Any]]:
+    """Every worker report of ``batch``."""
+    paths = [p for p in storage.list(reports_prefix(batch)) if p.endswith(".json")]
+    return list(storage.get_json_many(paths).values())
+
+
+def batch_tally(reports: Iterable[dict[str, Any]]) -> BatchTally:
+    """The sum of the reports' counts."""
+    total = BatchTally()
+    for report in reports:
+        total.add(report)
+    return total
