@@ -175,24 +175,34 @@ class LocalTaskQueue(TaskQueue):
             visible_at = now + delay_seconds
             with self._write() as db:
                 before = db.total_changes
+                if self._has_dead_letters(db):
+                    chunk = [(b, i) for b, i in chunk if i is None or not self._is_dead(db, i)]
                 db.executemany(
                     "INSERT OR IGNORE INTO messages (queue, body, visible_at, sent_at, dedup_id)"
-                    " SELECT :queue, :body, :visible_at, :now, :dedup_id"
-                    " WHERE :dedup_id IS NULL OR NOT EXISTS (SELECT 1 FROM dead_letters"
-                    "  WHERE queue = :queue AND dedup_id = :dedup_id)",
-                    [
-                        {
-                            "queue": self.queue_name,
-                            "body": body,
-                            "visible_at": visible_at,
-                            "now": now,
-                            "dedup_id": dedup_id,
-                        }
-                        for body, dedup_id in chunk
-                    ],
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(self.queue_name, body, visible_at, now, i) for body, i in chunk],
                 )
                 sent += db.total_changes - before
         return sent
+
+    def _has_dead_letters(self, db: sqlite3.Connection) -> bool:
+        return (
+            db.execute(
+                "SELECT 1 FROM dead_letters WHERE queue = ? LIMIT 1", (self.queue_name,)
+            ).fetchone()
+            is not None
+        )
+
+    def _is_dead(self, db: sqlite3.Connection, dedup_id: str) -> bool:
+        """Whether the item ``dedup_id`` names waits in the dead-letter queue (sending it
+        again would make a second live message of it)."""
+        return (
+            db.execute(
+                "SELECT 1 FROM dead_letters WHERE queue = ? AND dedup_id = ?",
+                (self.queue_name, dedup_id),
+            ).fetchone()
+            is not None
+        )
 
     def _receive(self, max_messages: int, lease_seconds: float, wait_seconds: float) -> list[Lease]:
         deadline = time.monotonic() + wait_seconds

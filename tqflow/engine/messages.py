@@ -40,6 +40,10 @@ from tqflow.errors import (
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
 
 
+#: One encoder for every body: `json.dumps` with options builds a new one per call.
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 @dataclass(frozen=True)
 class TaskMessage:
     """One task: call ``fn`` with ``args`` / ``kwargs``; its output is named by ``batch`` and
@@ -70,7 +74,7 @@ class TaskMessage:
         try:
             # ASCII only: every body is valid in SQS's allowed character set, whatever the
             # kwargs hold (lone surrogates, control characters).
-            text = json.dumps(body, separators=(",", ":"))
+            text = _encode_json(body)
         except (TypeError, ValueError) as exc:
             raise BadArgumentsError(
                 f"item {self.key!r}: the arguments of {self.fn} are not JSON-serialisable "
