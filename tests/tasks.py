@@ -154,3 +154,16 @@ def aws_key_in_use(x: int, storage: "CloudFilesStorage") -> str:  # noqa: F821
     """The AWS access key id the worker's storage writes with at this moment (its cloud-files
     client's copy, refreshed as the keys near their expiry)."""
     return storage._cloudfiles().secrets["AWS_ACCESS_KEY_ID"]
+
+
+def allocates(x: int, mib: int, cpu_seconds: float = 0.0) -> int:
+    """Hold ``mib`` MiB of touched memory for a moment (and spin ``cpu_seconds`` of CPU);
+    the memory is freed when the task returns."""
+    block = bytearray(mib * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    deadline = time.process_time() + cpu_seconds
+    while time.process_time() < deadline:
+        pass
+    del block
+    return x

@@ -72,9 +72,16 @@ def _finite(value: Any) -> Any:
 
 
 def output_record(
-    message: TaskMessage, result: Any, *, attempt: int, seconds: float, worker: str
+    message: TaskMessage,
+    result: Any,
+    *,
+    attempt: int,
+    seconds: float,
+    worker: str,
+    resources: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The record written to ``output_path``: the result and what produced it."""
+    """The record written to ``output_path``: the result, what produced it, and what it used
+    (`tqflow.engine.task_resources.TaskResources`)."""
     return {
         "key": message.key,
         "batch": message.batch,
@@ -85,6 +92,7 @@ def output_record(
         "seconds": round(seconds, 6),
         "worker": worker,
         "finished_at": now_iso(),
+        "resources": resources,
     }
 
 

@@ -1,7 +1,8 @@
 """What each worker tells about each batch it works on: ``<batch>/workers/<report>.json``.
 
 A worker keeps one tally per batch (tasks succeeded, skipped as already done, failed and
-retried, dead-lettered; task seconds) and rewrites that batch's report every
+retried, dead-lettered; wall and CPU seconds; a histogram of the tasks' peak RSS, from which
+``plan-resources --from-batch`` sizes pods without reading 10^6 output records) and rewrites that batch's report every
 ``report_seconds`` while its tally changes, and once more when it ends, with why it ended.
 ``tqflow status`` sums the reports: one listing of a few files per worker, where counting the
 outputs would list one file per item (10^6 of them). A worker killed outright (SIGKILL, an
@@ -15,13 +16,15 @@ by a later worker never overwrites an earlier worker's report.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from tqflow.engine.contracts import Storage, StorageReader
 from tqflow.engine.outputs import now_iso
+from tqflow.engine.task_resources import TaskResources
 
 #: What a task's run can end in, as the tally counts it.
 OUTCOMES = ("succeeded", "skipped", "failed", "dead_lettered")
@@ -31,19 +34,63 @@ def reports_prefix(batch: str) -> str:
     return f"{batch}/workers/"
 
 
+#: Buckets per doubling of the peak-RSS histogram: a percentile read from it is at most
+#: 2**(1/16) - 1 = 4.4% above the true value, never below.
+BUCKETS_PER_DOUBLING = 16
+
+
 @dataclass
 class BatchTally:
-    """One worker's counts for one batch."""
+    """One worker's counts for one batch, and what its tasks used."""
 
     succeeded: int = 0
     skipped: int = 0
     failed: int = 0
     dead_lettered: int = 0
+    #: Wall and CPU seconds of the tasks that ran (succeeded or not).
     task_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    #: The highest peak RSS of the worker process during a task, and the RSS between tasks.
+    peak_rss_max: int = 0
+    idle_rss_max: int = 0
+    #: Tasks by peak RSS: bucket ``b`` holds peaks up to ``2 ** ((b + 1) / 16)`` bytes.
+    peak_rss_histogram: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: dict[str, Any]) -> None:
-        for name in (*OUTCOMES, "task_seconds"):
+        for name in (*OUTCOMES, "task_seconds", "cpu_seconds"):
             setattr(self, name, getattr(self, name) + (other.get(name) or 0))
+        self.peak_rss_max = max(self.peak_rss_max, other.get("peak_rss_max") or 0)
+        self.idle_rss_max = max(self.idle_rss_max, other.get("idle_rss_max") or 0)
+        for bucket, count in (other.get("peak_rss_histogram") or {}).items():
+            self.peak_rss_histogram[bucket] = self.peak_rss_histogram.get(bucket, 0) + count
+
+    def measure(self, used: TaskResources) -> None:
+        self.task_seconds += used.wall_seconds
+        self.cpu_seconds += used.cpu_seconds
+        if used.idle_rss_bytes:
+            self.idle_rss_max = max(self.idle_rss_max, used.idle_rss_bytes)
+        if used.peak_rss_bytes:
+            self.peak_rss_max = max(self.peak_rss_max, used.peak_rss_bytes)
+            bucket = str(int(math.log2(used.peak_rss_bytes) * BUCKETS_PER_DOUBLING))
+            self.peak_rss_histogram[bucket] = self.peak_rss_histogram.get(bucket, 0) + 1
+
+    @property
+    def measured_tasks(self) -> int:
+        return sum(self.peak_rss_histogram.values())
+
+    def peak_rss_percentile(self, q: float) -> int | None:
+        """The peak RSS that ``q`` (0-1) of the measured tasks stayed under, rounded up to
+        the histogram's bucket; ``None`` before any task was measured."""
+        total = self.measured_tasks
+        if not total:
+            return None
+        seen = 0
+        for bucket in sorted(self.peak_rss_histogram, key=int):
+            seen += self.peak_rss_histogram[bucket]
+            if seen >= q * total:
+                upper = 2 ** ((int(bucket) + 1) / BUCKETS_PER_DOUBLING)
+                return min(int(math.ceil(upper)), self.peak_rss_max)
+        return self.peak_rss_max
 
 
 class WorkerReports:
@@ -69,13 +116,14 @@ class WorkerReports:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def count(self, batch: str, outcome: str, seconds: float = 0.0) -> None:
+    def count(self, batch: str, outcome: str, used: TaskResources | None = None) -> None:
         with self._lock:
             tally = self._tallies.get(batch)
             if tally is None:
                 tally = self._tallies[batch] = BatchTally()
             setattr(tally, outcome, getattr(tally, outcome) + 1)
-            tally.task_seconds += seconds
+            if used is not None:
+                tally.measure(used)
             self._changed.add(batch)
 
     def start(self) -> None:

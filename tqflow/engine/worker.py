@@ -52,6 +52,7 @@ from tqflow.engine.outputs import (
 )
 from tqflow.engine.reports import WorkerReports
 from tqflow.engine.retries import RetryRule, retry_delay
+from tqflow.engine.task_resources import ResourceMeter, TaskResources
 from tqflow.errors import (
     BadArgumentsError,
     LeaseLostError,
@@ -170,6 +171,7 @@ class Worker:
         self.log = log or logger
         self.name = f"{socket.gethostname()}-{os.getpid()}"
         self.stats = WorkerStats()
+        self.meter = ResourceMeter()
         self.reports = WorkerReports(storage, self.name, self.options.report_seconds, self.log)
         self.cave = cave
         self._cave_client: Any = None
@@ -394,41 +396,43 @@ class Worker:
 
         out = output_path(message.batch, message.key)
         task: _RunningTask | None = None
+        used: TaskResources | None = None
         try:
             if not self.options.overwrite and self.storage.exists(out):
                 self._ack(lease)
                 self._count(message, "skipped")
                 return
-            started = time.perf_counter()
+            start = self.meter.start()
             task = self._start_task(lease, message)
             try:
                 result = func(*bound.args, **bound.kwargs)
             finally:
                 self._end_task()
-            seconds = time.perf_counter() - started
+                used = self.meter.stop(start)
             record = output_record(
                 message,
                 storable_result(message, result),
                 attempt=lease.receive_count,
-                seconds=seconds,
+                seconds=used.wall_seconds,
                 worker=self.name,
+                resources=used.as_dict(),
             )
             self.storage.put_json(out, record)
         except TaskTimeoutError:
             self._end_task()  # raised while the task was being ended: end it now
             self.stats.timed_out += 1
             reason = task.reason if task is not None else "timed out"
-            self._failed(lease, message, TaskTimeoutError(reason))
+            self._failed(lease, message, TaskTimeoutError(reason), used)
             return
         except Exception as exc:
             if self.retry_rule.retries(lease.receive_count, exc):
-                self._failed(lease, message, exc)
+                self._failed(lease, message, exc, used)
             else:
-                self._dead_letter(lease, message, exc)
+                self._dead_letter(lease, message, exc, used)
             return
         self._ack(lease)
-        self._count(message, "succeeded", seconds)
-        self.log.debug("item %s done in %.3fs", message.key, seconds)
+        self._count(message, "succeeded", used)
+        self.log.debug("item %s done in %.3fs", message.key, used.wall_seconds)
 
     def _ack(self, lease: Lease) -> None:
         self._keeper.ack(lease)
@@ -505,10 +509,16 @@ class Worker:
             fn="", key=item_key({"body": lease.body}), batch=self.options.default_batch
         )
 
-    def _failed(self, lease: Lease, message: TaskMessage, exc: Exception) -> None:
+    def _failed(
+        self,
+        lease: Lease,
+        message: TaskMessage,
+        exc: Exception,
+        used: TaskResources | None = None,
+    ) -> None:
         """Record the failure and leave the message to come back after a backoff; the queue's
         redrive moves it to the dead-letter queue after ``max_receive_count`` receives."""
-        self._count(message, "failed")
+        self._count(message, "failed", used)
         self.log.warning(
             "item %s failed (attempt %d of %d): %s: %s",
             message.key,
@@ -517,7 +527,7 @@ class Worker:
             type(exc).__name__,
             exc,
         )
-        self._record_error(message, lease, exc)
+        self._record_error(message, lease, exc, used=used)
         delay = retry_delay(
             lease.receive_count,
             base_seconds=self.options.retry_base_seconds,
@@ -532,7 +542,13 @@ class Worker:
         except Exception as retry_exc:  # it comes back when its lease ends instead
             self.log.warning("could not set the retry delay of item %s: %s", message.key, retry_exc)
 
-    def _dead_letter(self, lease: Lease, message: TaskMessage | None, exc: Exception) -> None:
+    def _dead_letter(
+        self,
+        lease: Lease,
+        message: TaskMessage | None,
+        exc: Exception,
+        used: TaskResources | None = None,
+    ) -> None:
         self._keeper.drop(lease)
         reason = f"{type(exc).__name__}: {exc}"
         try:
@@ -541,12 +557,12 @@ class Worker:
             # A python-task-queue queue as it is: the message is kept, whole, in its error
             # record, with the advice; then removed, so the queue drains instead of
             # re-delivering it until its retention ends.
-            self._record_error(message, lease, exc, body=lease.body, advice=str(missing))
+            self._record_error(message, lease, exc, used=used, body=lease.body, advice=str(missing))
             try:
                 self.queue.ack([lease])
             except Exception as ack_exc:
                 self.log.warning("could not remove message %s: %s", lease.message_id, ack_exc)
-            self._count(message, "dead_lettered")
+            self._count(message, "dead_lettered", used)
             self.log.warning(
                 "message %s not runnable (%s); kept in its error record: %s",
                 lease.message_id,
@@ -557,7 +573,7 @@ class Worker:
         except Exception as dlq_exc:
             # It stays in the queue and comes back; the redrive policy moves it after
             # max_receive_count receives. The reason is kept in its error record.
-            self._count(message, "failed")
+            self._count(message, "failed", used)
             self.log.warning(
                 "could not dead-letter message %s (%s: %s); it is retried instead",
                 lease.message_id,
@@ -567,18 +583,19 @@ class Worker:
             self._record_error(message, lease, exc, body=lease.body if message is None else None)
             return
         if moved:
-            self._count(message, "dead_lettered")
+            self._count(message, "dead_lettered", used)
         self.log.warning(
             "message %s moved to the dead-letter queue: %s", lease.message_id, _short(reason)
         )
         if message is not None:  # an unreadable body stays, with its reason, in the DLQ only
-            self._record_error(message, lease, exc)
+            self._record_error(message, lease, exc, used=used)
 
     def _record_error(
         self,
         message: TaskMessage | None,
         lease: Lease,
         exc: BaseException,
+        used: TaskResources | None = None,
         **extra: Any,
     ) -> None:
         """Append this attempt to the item's error record (an unreadable message's record is
@@ -592,6 +609,8 @@ class Worker:
             traceback="".join(traceback.format_exception(exc)),
             worker=self.name,
         )
+        if used is not None:
+            attempt["resources"] = used.as_dict()
         try:
             record = self.storage.get_json(path) or {
                 "key": message.key,
@@ -608,14 +627,17 @@ class Worker:
 
     # -- reporting ------------------------------------------------------------------------------
 
-    def _count(self, message: TaskMessage | None, outcome: str, seconds: float = 0.0) -> None:
+    def _count(
+        self, message: TaskMessage | None, outcome: str, used: TaskResources | None = None
+    ) -> None:
         """Count how a message ended, in the worker's stats and its batch's report."""
         if outcome == "succeeded":
-            self.stats.record_success(seconds)
+            assert used is not None
+            self.stats.record_success(used.wall_seconds)
         else:
             setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
         batch = message.batch if message is not None else self.options.default_batch
-        self.reports.count(batch, outcome, seconds)
+        self.reports.count(batch, outcome, used)
 
     def _summary(self) -> str:
         s = self.stats
