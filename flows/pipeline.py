@@ -22,7 +22,9 @@ from flows.analysis import analysis, artifact_key
 from flows.enqueue import ItemSource, enqueue
 from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
-from tqflow.errors import BadArgumentsError, DeadLettersError
+from tqflow.engine.reports import batch_tally, read_reports
+from tqflow.errors import BadArgumentsError, DeadLettersError, WorkersLostError
+from tqflow.fleet.endings import explain
 from tqflow.fleet.fanout import DeploymentFleet, Fleet, LocalFleet
 from tqflow.fleet.monitor import Progress, watch
 
@@ -163,6 +165,10 @@ def pipeline(
             progress_id, 100.0 * progress.fraction, description=progress.line()
         )
 
+    def why_workers_died() -> list[str]:
+        tally = batch_tally(read_reports(storage, batch)) if fleet.endings else None
+        return explain(fleet.endings, batch, tally, options.memory_limit_mib)
+
     fleet.launch(n_workers)
     try:
         progress = watch(
@@ -175,8 +181,13 @@ def pipeline(
             on_progress=report,
             poll_seconds=poll_seconds,
         )
+    except WorkersLostError as exc:
+        raise WorkersLostError(f"{exc}. {' '.join(why_workers_died())}") from None
     finally:
         fleet.stop()
+    why = why_workers_died()
+    for line in why:
+        logger.warning("workers lost: %s", line)
     summary: dict[str, Any] = {
         "batch": batch,
         "queued": queued["queued"],
@@ -185,6 +196,7 @@ def pipeline(
         "workers_launched": fleet.launched,
         "workers_lost": fleet.lost,
         "worker_endings": dict(fleet.endings),
+        "why_workers_died": why,
         "outputs": storage.url(f"{batch}/outputs/"),
     }
     if analyze:

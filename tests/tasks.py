@@ -167,3 +167,22 @@ def allocates(x: int, mib: int, cpu_seconds: float = 0.0) -> int:
         pass
     del block
     return x
+
+
+def dies_once(x: int, log_dir: str, how: dict) -> int:
+    """``x``; but the first run of an item named in ``how`` ends its worker: ``"kill"`` sends
+    it SIGKILL, ``"oom"`` holds 1.5 GiB until something kills it (a memory limit)."""
+    import signal
+
+    marker = Path(log_dir) / f"{x}.died"
+    way = how.get(str(x))
+    if way is None or marker.exists():
+        return x
+    marker.touch()
+    if way == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    block = bytearray(1536 * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(600)
+    return x

@@ -246,3 +246,26 @@ def test_zero_workers_is_refused_before_anything_is_queued(queue_factory, storag
     with pytest.raises(BadArgumentsError, match="workers=0"):
         run_pipeline(queue, storage, fn="tests.tasks:square", batch="b", items=[1], workers=0)
     assert queue.counts().pending == 0
+
+
+def test_the_summary_says_why_workers_died_and_what_to_do(queue_factory, storage, log_dir):
+    summary = run_pipeline(
+        queue_factory(lease_seconds=2),
+        storage,
+        fn="tests.tasks:dies_once",
+        batch="dying",
+        items=list(range(20)),
+        kwargs={"log_dir": str(log_dir), "how": {"3": "kill", "11": "oom"}},
+        workers=2,
+        worker_options={"idle_seconds": 0.5, "memory_limit_mib": 1024, "prefetch": 1},
+    )
+    assert summary["done"] == 20 and summary["dead_lettered"] == 0  # both came back
+    endings = summary["worker_endings"]
+    assert endings.get("killed by SIGKILL") == 1, endings
+    (oom,) = [e for e in endings if e.startswith("OOMKilled")]
+    assert "over memory_limit_mib=1024" in oom
+    why = " ".join(summary["why_workers_died"])
+    assert "1 OOMKilled: the batch's p99 task peak is" in why
+    assert "against a 1.00 GiB limit" in why
+    assert "tqflow plan-resources --from-batch dying" in why
+    assert "1 killed (SIGKILL):" in why

@@ -98,6 +98,15 @@ class WorkerOptions(BaseModel):
     progress_seconds: float = Field(
         default=30.0, gt=0, description="How often the worker logs its counters and rate."
     )
+    memory_limit_mib: Optional[int] = Field(
+        default=None,
+        ge=64,
+        description=(
+            "Local workers: a worker process whose resident memory passes this is killed and "
+            "reported OOMKilled, as Kubernetes does at a pod's memory limit (on GKE the pod's "
+            "memory_limit does it). Checked about once a second."
+        ),
+    )
     report_seconds: float = Field(
         default=10.0,
         gt=0,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import tempfile
@@ -84,6 +85,8 @@ class LocalFleet(Fleet):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._processes: list[tuple[WarmWorker, Any]] = []
+        #: Workers killed over ``memory_limit_mib``, by pid: their resident memory then.
+        self._over_limit: dict[int, int] = {}
 
     def launch(self, n: int) -> None:
         spec = worker_process.worker_spec(self.queue, self.storage, self.options, cave=self.cave)
@@ -99,6 +102,7 @@ class LocalFleet(Fleet):
         alive = []
         for process, stdout in self._processes:
             if process.poll() is None:
+                self._enforce_memory_limit(process)
                 alive.append((process, stdout))
                 continue
             stdout.seek(0)
@@ -106,14 +110,30 @@ class LocalFleet(Fleet):
             stdout.close()
             code = process.returncode
             assert code is not None
+            over = self._over_limit.pop(process.pid, None)
             if code == 0 and stats is not None:
                 self._ended(stats, "stopped by a signal (SIGTERM / SIGINT)")
+            elif over is not None:
+                self._ended(
+                    None,
+                    f"OOMKilled: {over / 2**20:,.0f} MiB resident, over memory_limit_mib="
+                    f"{self.options.memory_limit_mib}",
+                )
             elif code < 0:
                 self._ended(None, f"killed by {_signal_name(-code)}")
             else:
                 self._ended(None, f"exited with code {code}")
         self._processes = alive
         return len(alive)
+
+    def _enforce_memory_limit(self, process: WarmWorker) -> None:
+        limit = self.options.memory_limit_mib
+        if limit is None or process.pid in self._over_limit:
+            return
+        rss = _resident_bytes(process.pid)
+        if rss is not None and rss > limit * 2**20:
+            self._over_limit[process.pid] = rss
+            process.kill()
 
     def stop(self) -> None:
         for process, _ in self._processes:
@@ -226,6 +246,14 @@ def _block_reference(block: Any) -> str:
             "save it (block.save('name')) and pass the loaded block or its slug"
         )
     return f"{block.get_block_type_slug()}/{name}"
+
+
+def _resident_bytes(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None  # ended meanwhile, or no /proc here
 
 
 def _signal_name(signum: int) -> str:

@@ -1,0 +1,55 @@
+"""How a lost worker ended, as a cause with a next step (`tqflow.fleet.endings`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from tqflow.engine.reports import BatchTally
+from tqflow.engine.task_resources import TaskResources
+from tqflow.fleet.endings import cause, explain
+
+GiB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("ending", "expected"),
+    [
+        # What Prefect's kubernetes worker sets when a pod's container exits 137 (128 + SIGKILL)
+        (
+            "Crashed: Flow run infrastructure exited with non-zero status code 137. "
+            "Process was terminated due to a Kill signal.",
+            "OOMKilled",
+        ),
+        ("OOMKilled: 2,100 MiB resident, over memory_limit_mib=2048", "OOMKilled"),
+        ("Failed: The node was low on resource: memory. Evicted", "evicted"),
+        (
+            "Crashed: Flow run infrastructure exited with non-zero status code 143.",
+            "preempted or stopped (SIGTERM)",
+        ),
+        ("stopped by a signal (SIGTERM)", "preempted or stopped (SIGTERM)"),
+        ("Pending: PodUnschedulable: 0/3 nodes are available", "unschedulable"),
+        ("killed by SIGKILL", "killed (SIGKILL)"),
+        ("exited with code 3", "exited with code 3"),
+    ],
+)
+def test_each_ending_is_read_as_its_cause(ending, expected):
+    assert cause(ending) == expected
+
+
+def test_oom_kills_are_explained_with_the_batch_peaks_and_the_limit():
+    tally = BatchTally()
+    for peak in [1.0] * 99 + [2.3]:
+        tally.measure(TaskResources(1.0, 0.5, int(peak * GiB), GiB // 2))
+    lines = explain(Counter({"OOMKilled: over": 2, "killed by SIGKILL": 1}), "b", tally, 2048)
+    assert lines[0].startswith("2 OOMKilled: the batch's p99 task peak is 1.0")
+    assert "(max 2.30 GiB) against a 2.00 GiB limit" in lines[0]
+    assert "`tqflow plan-resources --from-batch b`" in lines[0]
+    assert lines[1].startswith("1 killed (SIGKILL): killed from outside")
+
+
+def test_an_unknown_ending_is_kept_as_it_was_written():
+    assert explain(Counter({"exited with code 3": 1}), "b") == [
+        "1 exited with code 3: see the worker's log"
+    ]
