@@ -39,6 +39,7 @@ def test_the_readme_shows_the_commands_this_test_runs():
         ".venv/bin/tqflow dead-letters redrive --batch demo",
         ".venv/bin/tqflow work --batch demo",
         ".venv/bin/tqflow analyze --batch demo",
+        ".venv/bin/tqflow plan-resources --from-batch demo",
         ".venv/bin/tqflow blocks import --folder ~/.cloudvolume/secrets --name lab --datastack minnie65_public",
         ".venv/bin/tqflow enqueue mypackage.tasks:mesh_stats --items-file roots.csv --column root_id --kwargs '{\"lod\": 2}' --batch meshes-v1",
         ".venv/bin/tqflow work --batch meshes-v1",
@@ -115,9 +116,11 @@ def test_every_readme_command_runs_as_written(user_folder):
     assert "redrove 1 messages" in redrive
     assert json.loads(out[commands[3]])["dead_lettered"] == 1  # the redriven item, again
     assert (folder / "tqflow-data/demo/analysis/results.parquet").exists()
-    assert "aws-credentials/lab" in out[commands[5]] and "cave-credentials/lab" in out[commands[5]]
-    assert "queued 2 tasks" in out[commands[6]]
-    assert json.loads(out[commands[7]])["succeeded"] == 2
+    plan = " ".join(out[commands[5]].split())
+    assert "tasks measured" in plan and "memory_limit:" in plan and "nodes" in plan
+    assert "aws-credentials/lab" in out[commands[6]] and "cave-credentials/lab" in out[commands[6]]
+    assert "queued 2 tasks" in out[commands[7]]
+    assert json.loads(out[commands[8]])["succeeded"] == 2
     mesh = json.loads(
         (folder / "tqflow-data/meshes-v1/outputs/864691135000000003.json").read_text()
     )
