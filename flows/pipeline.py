@@ -8,10 +8,15 @@ local worker processes. With an ``SQSTaskQueue``, a ``gs://`` storage block and
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Literal, Optional, Union
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.runtime import flow_run
 
 from blocks.cave import CAVECredentials, CAVETableQuery
@@ -20,6 +25,7 @@ from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.analysis import analysis, artifact_key
 from flows.enqueue import ItemSource, enqueue
+from tqflow.dashboard import Snapshot, Throughput, markdown
 from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.reports import batch_tally, read_reports
@@ -44,6 +50,72 @@ def cli_flags(queue: TaskQueue, batch: str) -> str:
         if isinstance(queue, LocalTaskQueue):
             flags.append(f"--data {Path(queue.path).expanduser().resolve().parent}")
     return " ".join(flags)
+
+
+#: Seconds between two updates of a running batch's dashboard artifact.
+DASHBOARD_SECONDS = 5.0
+
+
+class BatchDashboard:
+    """The batch's dashboard artifact (key ``<batch>-dashboard``): made once, then updated in
+    place at most every `DASHBOARD_SECONDS` while the batch drains, and once at its end. A
+    failure to publish is logged and never stops the batch."""
+
+    def __init__(
+        self,
+        batch: str,
+        storage: CloudFilesStorage,
+        fleet: Fleet,
+        memory_limit_mib: Optional[int],
+        logger: Any,
+    ) -> None:
+        self.batch, self.storage, self.fleet = batch, storage, fleet
+        self.memory_limit_mib, self.logger = memory_limit_mib, logger
+        self.throughput = Throughput()
+        self.artifact_id: Any = None
+        self.last = float("-inf")
+
+    def update(self, progress: Progress, finished: bool = False) -> None:
+        self.throughput.add(progress.elapsed_seconds, progress.done)
+        if not finished and time.monotonic() - self.last < DASHBOARD_SECONDS:
+            return
+        self.last = time.monotonic()
+        try:
+            self._publish(progress, finished)
+        except Exception as exc:
+            self.logger.warning("could not publish the dashboard of %s: %s", self.batch, exc)
+
+    def _publish(self, progress: Progress, finished: bool) -> None:
+        tally = batch_tally(read_reports(self.storage, self.batch))
+        snapshot = Snapshot(
+            batch=self.batch,
+            total=progress.total,
+            done=progress.done,
+            in_flight=progress.in_flight,
+            waiting=max(0, progress.pending - progress.in_flight),
+            dead_lettered=progress.dead_lettered,
+            elapsed_seconds=progress.elapsed_seconds,
+            tasks_per_second=progress.tasks_per_second,
+            eta_seconds=progress.eta_seconds,
+            workers_running=progress.workers_running,
+            workers_lost=self.fleet.lost,
+            why_workers_died=explain(self.fleet.endings, self.batch, tally, self.memory_limit_mib),
+            tally=tally,
+            finished=finished,
+        )
+        text = markdown(snapshot, self.throughput.png(self.batch))
+        if self.artifact_id is None:
+            self.artifact_id = create_markdown_artifact(
+                key=artifact_key(self.batch, "dashboard"),
+                markdown=text,
+                description=f"Batch {self.batch}: live dashboard",
+            )
+            return
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactUpdate
+
+        with get_client(sync_client=True) as client:
+            client.update_artifact(self.artifact_id, ArtifactUpdate(data=text))
 
 
 @flow(name="pipeline")
@@ -160,14 +232,17 @@ def pipeline(
         progress=0.0, key=artifact_key(batch, "progress"), description=f"Batch {batch}"
     )
 
+    def why_workers_died() -> list[str]:
+        tally = batch_tally(read_reports(storage, batch)) if fleet.endings else None
+        return explain(fleet.endings, batch, tally, options.memory_limit_mib)
+
+    board = BatchDashboard(batch, storage, fleet, options.memory_limit_mib, logger)
+
     def report(progress: Progress) -> None:
         update_progress_artifact(
             progress_id, 100.0 * progress.fraction, description=progress.line()
         )
-
-    def why_workers_died() -> list[str]:
-        tally = batch_tally(read_reports(storage, batch)) if fleet.endings else None
-        return explain(fleet.endings, batch, tally, options.memory_limit_mib)
+        board.update(progress)
 
     fleet.launch(n_workers)
     try:
@@ -185,6 +260,7 @@ def pipeline(
         raise WorkersLostError(f"{exc}. {' '.join(why_workers_died())}") from None
     finally:
         fleet.stop()
+    board.update(progress, finished=True)
     why = why_workers_died()
     for line in why:
         logger.warning("workers lost: %s", line)

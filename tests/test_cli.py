@@ -53,6 +53,13 @@ def test_status_shows_queue_counts_and_what_the_workers_reported(data_with_dead_
     assert "tqflow dead-letters list --batch nightly" in out
 
 
+def test_status_groups_failures_by_error_type_and_shows_what_tasks_used(data_with_dead_letters):
+    out = invoke("status", "--batch", "nightly", "--data", str(data_with_dead_letters))
+    assert "- RuntimeError: 2 failed attempts; first items: 7" in out
+    assert "- UnknownFunctionError: 1 failed attempt; first items: 9" in out
+    assert "tasks measured" in out and "worker peak memory during a task: p50" in out
+
+
 def test_status_lists_the_outputs_when_asked(data_with_dead_letters):
     out = invoke(
         "status", "--batch", "nightly", "--data", str(data_with_dead_letters), "--list-outputs"

@@ -269,3 +269,23 @@ def test_the_summary_says_why_workers_died_and_what_to_do(queue_factory, storage
     assert "against a 1.00 GiB limit" in why
     assert "tqflow plan-resources --from-batch dying" in why
     assert "1 killed (SIGKILL):" in why
+
+
+def test_the_batch_dashboard_shows_counts_failures_and_resources(queue_factory, storage):
+    with pytest.raises(DeadLettersError):
+        run_pipeline(
+            queue_factory(max_receive_count=2),
+            storage,
+            fn="tests.tasks:fails_on",
+            batch="board",
+            items=list(range(30)),
+            kwargs={"bad": [4, 17]},
+            worker_options={"idle_seconds": 0.5, "retry_base_seconds": 0.05},
+        )
+    board = latest_artifact("board-dashboard").data
+    assert "# Batch board (finished)" in board
+    assert "| 28 | 0 | 0 | 2 | 4 | 30 |" in board  # done, in flight, waiting, dead, failed, total
+    assert "**ValueError**: 4 failed attempts; first items: " in board
+    assert "ValueError: item 4 is bad" in board or "ValueError: item 17 is bad" in board
+    assert "32 tasks measured" in board  # 28 that succeeded and 4 failed attempts
+    assert "![throughput](data:image/png;base64," in board

@@ -360,6 +360,16 @@ def status(
     for label, value in rows:
         table.add_row(label, f"{value:,}")
     console().print(table)
+    from tqflow.dashboard import failure_lines, resource_lines
+
+    for title, lines in (
+        ("failures by error type", failure_lines(tally)),
+        ("what the tasks used", resource_lines(tally)),
+    ):
+        if lines:
+            console().print(f"[bold]{title}[/bold]")
+            for line in lines:
+                console().print(line, soft_wrap=True, markup=False)
     console().print(f"outputs in {storage.url(outputs_prefix(batch))}")
     if counts.dead:
         console().print(

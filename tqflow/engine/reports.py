@@ -15,6 +15,7 @@ by a later worker never overwrites an earlier worker's report.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -34,6 +35,9 @@ def reports_prefix(batch: str) -> str:
     return f"{batch}/workers/"
 
 
+#: Keys kept per error type, and the length of its example traceback.
+ERROR_KEYS = 5
+EXAMPLE_CHARS = 2_000
 #: Buckets per doubling of the peak-RSS histogram: a percentile read from it is at most
 #: 2**(1/16) - 1 = 4.4% above the true value, never below.
 BUCKETS_PER_DOUBLING = 16
@@ -55,6 +59,8 @@ class BatchTally:
     idle_rss_max: int = 0
     #: Tasks by peak RSS: bucket ``b`` holds peaks up to ``2 ** ((b + 1) / 16)`` bytes.
     peak_rss_histogram: dict[str, int] = field(default_factory=dict)
+    #: Failed attempts by error type: ``{"count", "keys"`` (the first few), ``"example"}``.
+    errors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, other: dict[str, Any]) -> None:
         for name in (*OUTCOMES, "task_seconds", "cpu_seconds"):
@@ -63,6 +69,18 @@ class BatchTally:
         self.idle_rss_max = max(self.idle_rss_max, other.get("idle_rss_max") or 0)
         for bucket, count in (other.get("peak_rss_histogram") or {}).items():
             self.peak_rss_histogram[bucket] = self.peak_rss_histogram.get(bucket, 0) + count
+        for kind, seen in (other.get("errors") or {}).items():
+            group = self.errors.setdefault(kind, {"count": 0, "keys": [], "example": ""})
+            group["count"] += seen.get("count", 0)
+            group["keys"] = (group["keys"] + seen.get("keys", []))[:ERROR_KEYS]
+            group["example"] = group["example"] or seen.get("example", "")
+
+    def error(self, kind: str, key: str, example: str) -> None:
+        """Count a failed attempt of ``key`` with an error of type ``kind``."""
+        group = self.errors.setdefault(kind, {"count": 0, "keys": [], "example": example})
+        group["count"] += 1
+        if len(group["keys"]) < ERROR_KEYS and key not in group["keys"]:
+            group["keys"].append(key)
 
     def measure(self, used: TaskResources) -> None:
         self.task_seconds += used.wall_seconds
@@ -116,7 +134,14 @@ class WorkerReports:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def count(self, batch: str, outcome: str, used: TaskResources | None = None) -> None:
+    def count(
+        self,
+        batch: str,
+        outcome: str,
+        used: TaskResources | None = None,
+        error: tuple[str, str, str] | None = None,
+    ) -> None:
+        """Count one message's end; ``error`` is a failure's (type, key, traceback)."""
         with self._lock:
             tally = self._tallies.get(batch)
             if tally is None:
@@ -124,6 +149,9 @@ class WorkerReports:
             setattr(tally, outcome, getattr(tally, outcome) + 1)
             if used is not None:
                 tally.measure(used)
+            if error is not None:
+                kind, key, example = error
+                tally.error(kind, key, example[-EXAMPLE_CHARS:])
             self._changed.add(batch)
 
     def start(self) -> None:
@@ -154,7 +182,7 @@ class WorkerReports:
                     "started_at": self.started_at,
                     "updated_at": now_iso(),
                     "ended": ended,
-                    **asdict(self._tallies[batch]),
+                    **copy.deepcopy(asdict(self._tallies[batch])),
                 }
                 for batch in batches
             ]

@@ -518,7 +518,7 @@ class Worker:
     ) -> None:
         """Record the failure and leave the message to come back after a backoff; the queue's
         redrive moves it to the dead-letter queue after ``max_receive_count`` receives."""
-        self._count(message, "failed", used)
+        self._count(message, "failed", used, exc)
         self.log.warning(
             "item %s failed (attempt %d of %d): %s: %s",
             message.key,
@@ -562,7 +562,7 @@ class Worker:
                 self.queue.ack([lease])
             except Exception as ack_exc:
                 self.log.warning("could not remove message %s: %s", lease.message_id, ack_exc)
-            self._count(message, "dead_lettered", used)
+            self._count(message, "dead_lettered", used, exc)
             self.log.warning(
                 "message %s not runnable (%s); kept in its error record: %s",
                 lease.message_id,
@@ -573,7 +573,7 @@ class Worker:
         except Exception as dlq_exc:
             # It stays in the queue and comes back; the redrive policy moves it after
             # max_receive_count receives. The reason is kept in its error record.
-            self._count(message, "failed", used)
+            self._count(message, "failed", used, exc)
             self.log.warning(
                 "could not dead-letter message %s (%s: %s); it is retried instead",
                 lease.message_id,
@@ -583,7 +583,7 @@ class Worker:
             self._record_error(message, lease, exc, body=lease.body if message is None else None)
             return
         if moved:
-            self._count(message, "dead_lettered", used)
+            self._count(message, "dead_lettered", used, exc)
         self.log.warning(
             "message %s moved to the dead-letter queue: %s", lease.message_id, _short(reason)
         )
@@ -628,7 +628,11 @@ class Worker:
     # -- reporting ------------------------------------------------------------------------------
 
     def _count(
-        self, message: TaskMessage | None, outcome: str, used: TaskResources | None = None
+        self,
+        message: TaskMessage | None,
+        outcome: str,
+        used: TaskResources | None = None,
+        exc: BaseException | None = None,
     ) -> None:
         """Count how a message ended, in the worker's stats and its batch's report."""
         if outcome == "succeeded":
@@ -637,7 +641,11 @@ class Worker:
         else:
             setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
         batch = message.batch if message is not None else self.options.default_batch
-        self.reports.count(batch, outcome, used)
+        error = None
+        if exc is not None:
+            key = message.key if message is not None else "(unreadable body)"
+            error = (type(exc).__name__, key, "".join(traceback.format_exception(exc)))
+        self.reports.count(batch, outcome, used, error)
 
     def _summary(self) -> str:
         s = self.stats
