@@ -20,14 +20,16 @@ def cli(*args: str):
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "400"})
 
 
-def test_tqflow_work_has_a_flag_for_every_worker_option():
+def test_tqflow_work_has_a_flag_for_every_worker_option_a_single_worker_uses():
     out = cli("work", "--help").output
     missing = [
         name
         for name in WorkerOptions.model_fields
-        if name != "default_batch" and "--" + name.replace("_", "-") not in out
+        if name not in ("default_batch", "memory_limit_mib")
+        and "--" + name.replace("_", "-") not in out
     ]
     assert not missing, f"no tqflow work flag for {missing}"
+    assert "--memory-limit-mib" not in out  # a fleet enforces it: nothing would, here
 
 
 def test_the_worker_flow_takes_the_options_model_with_its_descriptions():

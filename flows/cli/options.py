@@ -200,13 +200,18 @@ def _flags(field: str) -> list[str]:
     ]
 
 
+#: `WorkerOptions` fields that get no flag: ``--batch`` sets ``default_batch``, and a fleet
+#: enforces ``memory_limit_mib`` (`tqflow work` is one worker, in this terminal).
+_NOT_WORKER_FLAGS = ("default_batch", "memory_limit_mib")
+
+
 def worker_options(**defaults: Any) -> Callable[[F], F]:
     """Give the command one ``--flag`` per `WorkerOptions` field (``--batch`` sets
     ``default_batch``) as its ``options: WorkerOptions`` argument; ``defaults`` are the
     command's own defaults for some fields."""
     added = []
     for name, field in WorkerOptions.model_fields.items():
-        if name == "default_batch":
+        if name in _NOT_WORKER_FLAGS:
             continue
         annotation = field.annotation
         default = defaults.get(name, field.get_default(call_default_factory=True))
