@@ -5,8 +5,9 @@ the largest peak of the process running a task, imports and all, so the peak rec
 process's resident set at its highest during the task, not the task's own increment (which is
 ``peak_rss_bytes - idle_rss_bytes``).
 
-- **Peak RSS** on Linux: the kernel's high-water mark (``VmHWM``) is reset before the task by
-  writing ``5`` to ``/proc/self/clear_refs`` and read after it: exact, ~20 µs a task. Where that
+- **Peak RSS** on Linux: the kernel's high-water mark is reset before the task by writing ``5``
+  to ``/proc/self/clear_refs`` and read after it (``getrusage``'s ``ru_maxrss`` follows the
+  reset): exact, ~10 µs a task with the RSS read before it. Where that
   file cannot be written (macOS, some sandboxes), a thread samples the RSS every 10 ms while a
   task runs (psutil), which can miss a spike shorter than that.
 - **CPU seconds** are the process's CPU time during the task: a task's BLAS or thread-pool
@@ -17,6 +18,7 @@ process's resident set at its highest during the task, not the task's own increm
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -54,7 +56,6 @@ class ResourceMeter:
     def __init__(self) -> None:
         self._pid: Optional[int] = None
         self._clear_refs: Optional[int] = None
-        self._status: Optional[int] = None
         self._statm: Optional[int] = None
         self._sampler: Optional[_Sampler] = None
 
@@ -71,8 +72,8 @@ class ResourceMeter:
         wall = time.perf_counter() - start.wall
         cpu = time.process_time() - start.cpu
         peak: Optional[int] = None
-        if self._clear_refs is not None and self._status is not None:
-            peak = _field_kib(os.pread(self._status, 4096, 0), b"VmHWM:")
+        if self._clear_refs is not None:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
         elif self._sampler is not None:
             peak = self._sampler.disarm()
         return TaskResources(wall, cpu, peak, start.rss)
@@ -83,9 +84,8 @@ class ResourceMeter:
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        self._clear_refs = self._status = self._statm = None
+        self._clear_refs = self._statm = None
         try:
-            self._status = os.open("/proc/self/status", os.O_RDONLY)
             self._statm = os.open("/proc/self/statm", os.O_RDONLY)
             self._clear_refs = os.open("/proc/self/clear_refs", os.O_WRONLY)
             os.write(self._clear_refs, b"5")
@@ -99,13 +99,6 @@ class ResourceMeter:
         if self._sampler is not None:
             return self._sampler.rss()
         return None
-
-
-def _field_kib(status: bytes, name: bytes) -> Optional[int]:
-    start = status.find(name)
-    if start < 0:
-        return None
-    return int(status[start + len(name) : status.index(b"kB", start)]) * 1024
 
 
 class _Sampler:
