@@ -24,6 +24,7 @@ SCENARIOS = {
     "sqs": "bench.sqs_bench",
     "prefect": "bench.prefect_bench",
     "scale": "bench.scale",
+    "scale-cloud": "bench.scale_cloud",
 }
 
 
