@@ -119,10 +119,14 @@ def spins_on(x: int, slow: list[int]) -> int:
 
 def refuses_to_stop(x: int, log_dir: str) -> int:
     """Swallows the interrupt of the first SIGTERM and goes on sleeping: only a second signal
-    can end its worker."""
-    _append(Path(log_dir) / f"{x}.started", "started")
+    can end its worker. The "started" line is written inside the ``try``: an interrupt that
+    lands while it is written (the test signals as soon as the line shows) is swallowed too."""
+    started = False
     while True:
         try:
+            if not started:
+                _append(Path(log_dir) / f"{x}.started", "started")
+                started = True
             time.sleep(3600)
         except BaseException:
             _append(Path(log_dir) / f"{x}.interrupted", "interrupted")
