@@ -2,8 +2,9 @@
 
 A worker keeps one tally per batch (tasks succeeded, skipped as already done, failed and
 retried, dead-lettered; wall and CPU seconds; a histogram of the tasks' peak RSS, from which
-``plan-resources --from-batch`` sizes pods without reading 10^6 output records) and rewrites that batch's report every
-``report_seconds`` while its tally changes, and once more when it ends, with why it ended.
+``plan-resources --from-batch`` sizes pods without reading 10^6 output records; failures by
+error type) and rewrites that batch's report every ``report_seconds`` while its tally
+changes, and once more when it ends, with why it ended.
 ``tqflow status`` sums the reports: one listing of a few files per worker, where counting the
 outputs would list one file per item (10^6 of them). A worker killed outright (SIGKILL, an
 OOM kill) loses at most its last ``report_seconds`` of counts, and its report never says it
@@ -15,7 +16,6 @@ by a later worker never overwrites an earlier worker's report.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import threading
@@ -182,7 +182,7 @@ class WorkerReports:
                     "started_at": self.started_at,
                     "updated_at": now_iso(),
                     "ended": ended,
-                    **copy.deepcopy(asdict(self._tallies[batch])),
+                    **asdict(self._tallies[batch]),  # new dicts and lists: safe to write unlocked
                 }
                 for batch in batches
             ]

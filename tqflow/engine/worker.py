@@ -518,7 +518,8 @@ class Worker:
     ) -> None:
         """Record the failure and leave the message to come back after a backoff; the queue's
         redrive moves it to the dead-letter queue after ``max_receive_count`` receives."""
-        self._count(message, "failed", used, exc)
+        trace = _traceback(exc)
+        self._count(message, "failed", used, exc, trace)
         self.log.warning(
             "item %s failed (attempt %d of %d): %s: %s",
             message.key,
@@ -527,7 +528,7 @@ class Worker:
             type(exc).__name__,
             exc,
         )
-        self._record_error(message, lease, exc, used=used)
+        self._record_error(message, lease, exc, trace, used=used)
         delay = retry_delay(
             lease.receive_count,
             base_seconds=self.options.retry_base_seconds,
@@ -551,18 +552,21 @@ class Worker:
     ) -> None:
         self._keeper.drop(lease)
         reason = f"{type(exc).__name__}: {exc}"
+        trace = _traceback(exc)
         try:
             moved = self.queue.dead_letter(lease, reason)
         except NoDeadLetterQueueError as missing:
             # A python-task-queue queue as it is: the message is kept, whole, in its error
             # record, with the advice; then removed, so the queue drains instead of
             # re-delivering it until its retention ends.
-            self._record_error(message, lease, exc, used=used, body=lease.body, advice=str(missing))
+            self._record_error(
+                message, lease, exc, trace, used=used, body=lease.body, advice=str(missing)
+            )
             try:
                 self.queue.ack([lease])
             except Exception as ack_exc:
                 self.log.warning("could not remove message %s: %s", lease.message_id, ack_exc)
-            self._count(message, "dead_lettered", used, exc)
+            self._count(message, "dead_lettered", used, exc, trace)
             self.log.warning(
                 "message %s not runnable (%s); kept in its error record: %s",
                 lease.message_id,
@@ -573,28 +577,31 @@ class Worker:
         except Exception as dlq_exc:
             # It stays in the queue and comes back; the redrive policy moves it after
             # max_receive_count receives. The reason is kept in its error record.
-            self._count(message, "failed", used, exc)
+            self._count(message, "failed", used, exc, trace)
             self.log.warning(
                 "could not dead-letter message %s (%s: %s); it is retried instead",
                 lease.message_id,
                 type(dlq_exc).__name__,
                 dlq_exc,
             )
-            self._record_error(message, lease, exc, body=lease.body if message is None else None)
+            self._record_error(
+                message, lease, exc, trace, used=used, body=lease.body if message is None else None
+            )
             return
         if moved:
-            self._count(message, "dead_lettered", used, exc)
+            self._count(message, "dead_lettered", used, exc, trace)
         self.log.warning(
             "message %s moved to the dead-letter queue: %s", lease.message_id, _short(reason)
         )
         if message is not None:  # an unreadable body stays, with its reason, in the DLQ only
-            self._record_error(message, lease, exc, used=used)
+            self._record_error(message, lease, exc, trace, used=used)
 
     def _record_error(
         self,
         message: TaskMessage | None,
         lease: Lease,
         exc: BaseException,
+        trace: str,
         used: TaskResources | None = None,
         **extra: Any,
     ) -> None:
@@ -606,7 +613,7 @@ class Worker:
         attempt = failed_attempt(
             attempt=lease.receive_count,
             error=exc,
-            traceback="".join(traceback.format_exception(exc)),
+            traceback=trace,
             worker=self.name,
         )
         if used is not None:
@@ -633,8 +640,10 @@ class Worker:
         outcome: str,
         used: TaskResources | None = None,
         exc: BaseException | None = None,
+        trace: str = "",
     ) -> None:
-        """Count how a message ended, in the worker's stats and its batch's report."""
+        """Count how a message ended, in the worker's stats and its batch's report (a failure
+        with its error type and ``trace``, its traceback)."""
         if outcome == "succeeded":
             assert used is not None
             self.stats.record_success(used.wall_seconds)
@@ -644,7 +653,7 @@ class Worker:
         error = None
         if exc is not None:
             key = message.key if message is not None else "(unreadable body)"
-            error = (type(exc).__name__, key, "".join(traceback.format_exception(exc)))
+            error = (type(exc).__name__, key, trace)
         self.reports.count(batch, outcome, used, error)
 
     def _summary(self) -> str:
@@ -657,6 +666,11 @@ class Worker:
     def _log_progress(self, started: float) -> None:
         rate = self.stats.processed / max(1e-9, time.monotonic() - started)
         self.log.info("worker %s: %s; %.1f tasks/s", self.name, self._summary(), rate)
+
+
+def _traceback(exc: BaseException) -> str:
+    """A failure's traceback, formatted once for its error record and its batch's report."""
+    return "".join(traceback.format_exception(exc))
 
 
 def _short(text: str, limit: int = 500) -> str:
