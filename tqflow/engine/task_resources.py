@@ -21,7 +21,7 @@ import os
 import resource
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Optional
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -37,10 +37,12 @@ class TaskResources:
     idle_rss_bytes: Optional[int]
 
     def as_dict(self) -> dict[str, Any]:
-        found = asdict(self)
-        found["wall_seconds"] = round(self.wall_seconds, 6)
-        found["cpu_seconds"] = round(self.cpu_seconds, 6)
-        return found
+        return {  # built by hand: `dataclasses.asdict` deep-copies, on every task
+            "wall_seconds": round(self.wall_seconds, 6),
+            "cpu_seconds": round(self.cpu_seconds, 6),
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "idle_rss_bytes": self.idle_rss_bytes,
+        }
 
 
 @dataclass
@@ -95,10 +97,23 @@ class ResourceMeter:
 
     def _rss(self) -> Optional[int]:
         if self._statm is not None:
-            return int(os.pread(self._statm, 200, 0).split()[1]) * _PAGE
+            return _statm_rss(os.pread(self._statm, 200, 0))
         if self._sampler is not None:
             return self._sampler.rss()
         return None
+
+
+def resident_bytes(pid: int) -> Optional[int]:
+    """Process ``pid``'s resident memory now; ``None`` if it has ended or there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return _statm_rss(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _statm_rss(statm: bytes) -> int:
+    return int(statm.split()[1]) * _PAGE  # pages: size, resident, shared, ...
 
 
 class _Sampler:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ from blocks.queues.base import TaskQueue
 from blocks.storage import CloudFilesStorage
 from tqflow.engine import process as worker_process
 from tqflow.engine.options import WorkerOptions
+from tqflow.engine.task_resources import resident_bytes
 from tqflow.fleet.warm_workers import WarmWorker, warm_worker_server
 
 
@@ -130,7 +130,7 @@ class LocalFleet(Fleet):
         limit = self.options.memory_limit_mib
         if limit is None or process.pid in self._over_limit:
             return
-        rss = _resident_bytes(process.pid)
+        rss = resident_bytes(process.pid)
         if rss is not None and rss > limit * 2**20:
             self._over_limit[process.pid] = rss
             process.kill()
@@ -246,14 +246,6 @@ def _block_reference(block: Any) -> str:
             "save it (block.save('name')) and pass the loaded block or its slug"
         )
     return f"{block.get_block_type_slug()}/{name}"
-
-
-def _resident_bytes(pid: int) -> Optional[int]:
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None  # ended meanwhile, or no /proc here
 
 
 def _signal_name(signum: int) -> str:
