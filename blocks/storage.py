@@ -323,15 +323,7 @@ class CloudFilesStorage(WritableFileSystem):
     def get(self, path: str) -> bytes | None:
         """The content of ``path``, or ``None`` if it does not exist."""
         if self.is_local:  # tqflow writes local files uncompressed: read them directly
-            try:
-                with open(self._local_path(path), "rb") as f:
-                    return f.read()
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                raise StorageError(
-                    f"cannot read {self.url(path)}: {type(exc).__name__}: {exc}"
-                ) from exc
+            return _read_local(self.cloudpath, path)
         try:
             return self._cloudfiles().get(path)
         except Exception as exc:
@@ -365,12 +357,12 @@ class CloudFilesStorage(WritableFileSystem):
         # file (most of an analysis of 10^6 outputs), and reading in threads was 2-4x slower
         # still on the 2-core machine of bench/scale.py (the threads contend for the GIL and
         # the folder's lookups more than they overlap reads from the page cache).
-        root = self.cloudpath[len("file://") :]
-        return {
-            path: _loads(self.url(path), content)
-            for path, content in zip(paths, _read_files(root, paths), strict=True)
-            if content is not None
-        }
+        found = {}
+        for path in paths:
+            content = _read_local(self.cloudpath, path)
+            if content is not None:
+                found[path] = _loads(self.url(path), content)
+        return found
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists."""
@@ -527,20 +519,16 @@ class _Client:
     cloudfiles: Any = None
 
 
-def _read_files(root: str, paths: list[str]) -> list[bytes | None]:
-    """The contents of ``root/path`` for each path; ``None`` for a missing file."""
-    contents: list[bytes | None] = []
-    for path in paths:
-        try:
-            with open(os.path.join(root, path), "rb") as f:
-                contents.append(f.read())
-        except FileNotFoundError:
-            contents.append(None)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot read file://{root}/{path}: {type(exc).__name__}: {exc}"
-            ) from exc
-    return contents
+def _read_local(cloudpath: str, path: str) -> bytes | None:
+    """The content of ``path`` in the ``file://`` folder ``cloudpath``; ``None`` if missing.
+    A plain function, no block attribute read: `get_json_many` calls it per file."""
+    try:
+        with open(os.path.join(cloudpath[len("file://") :], path), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read {cloudpath}/{path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _loads(url: str, content: bytes) -> Any:
