@@ -27,3 +27,21 @@ def test_ack_with_a_stale_receipt_leaves_the_new_receivers_message(queue_factory
     assert queue.ack([stale]) == 0
     assert queue.counts().in_flight == 1
     assert queue.ack([current]) == 1
+
+
+def test_an_item_waiting_as_a_dead_letter_is_not_sent_again_but_its_neighbours_are(
+    queue_factory,
+):
+    queue = queue_factory()
+    assert queue.send(["a", "b"], dedup_ids=["b/1", "b/2"]) == 2
+    for lease in queue.receive(max_messages=2, lease_seconds=30):
+        if lease.body == "a":
+            queue.dead_letter(lease, "bad")
+        else:
+            queue.ack([lease])
+    # item 1 waits in the dead-letter queue, item 2 is done: both may be sent again, but a
+    # second live message of item 1 would run beside its redriven dead letter
+    assert queue.send(["a", "b", "c"], dedup_ids=["b/1", "b/2", "b/3"]) == 2
+    assert queue.redrive() == 1
+    bodies = sorted(lease.body for lease in queue.receive(max_messages=10, lease_seconds=30))
+    assert bodies == ["a", "b", "c"]
