@@ -101,3 +101,12 @@ def test_the_cheapest_type_costs_no_more_than_any_other_that_fits():
         )
         assert best.cost_on_demand <= other.cost_on_demand
     assert best.wall_hours <= 4
+
+
+def test_messages_dead_lettered_before_they_ran_do_not_shorten_the_mean_task():
+    from tqflow.engine.task_resources import TaskResources
+
+    tally = BatchTally(succeeded=10, dead_lettered=10)  # 10 could not even be imported
+    for _ in range(10):
+        tally.measure(TaskResources(2.0, 1.0, 2**30, 2**29))
+    assert right_size.BatchUsage.of(tally, "b").mean_task_seconds == 2.0

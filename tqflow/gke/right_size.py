@@ -17,6 +17,7 @@ CPU and wall seconds of the tasks, and how many ran. From them:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -67,8 +68,7 @@ class BatchUsage:
     @classmethod
     def of(cls, tally: BatchTally, batch: str) -> BatchUsage:
         p999 = tally.peak_rss_percentile(0.999)
-        ran = tally.succeeded + tally.failed + tally.dead_lettered
-        if p999 is None or not ran or tally.task_seconds <= 0:
+        if p999 is None or tally.task_seconds <= 0:
             raise ResourcePlanError(
                 f"batch {batch!r} has no measured tasks in its worker reports "
                 f"({batch}/workers/): run some of its tasks first (e.g. `tqflow work --batch "
@@ -79,7 +79,9 @@ class BatchUsage:
             peak_rss_p999_bytes=p999,
             peak_rss_max_bytes=tally.peak_rss_max,
             cpu_per_wall=tally.cpu_seconds / tally.task_seconds,
-            mean_task_seconds=tally.task_seconds / ran,
+            # over the tasks that ran and were measured: a message dead-lettered before its
+            # function ran (one that cannot be imported) took no task time
+            mean_task_seconds=tally.task_seconds / tally.measured_tasks,
         )
 
 
@@ -139,15 +141,13 @@ def plan_next_batch(
     wall_hours = worker_hours / (recommendation.pods_per_node * nodes)
     price = node_price(recommendation.machine_type, recommendation.machine)
     cost = None if price is None else nodes * wall_hours * price
-    return Recommendation(
-        **{
-            **recommendation.__dict__,
-            "items": items,
-            "nodes": nodes,
-            "wall_hours": wall_hours,
-            "cost_on_demand": cost,
-            "cost_spot": None if cost is None else cost * SPOT_FRACTION,
-        }
+    return dataclasses.replace(
+        recommendation,
+        items=items,
+        nodes=nodes,
+        wall_hours=wall_hours,
+        cost_on_demand=cost,
+        cost_spot=None if cost is None else cost * SPOT_FRACTION,
     )
 
 
