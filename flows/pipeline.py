@@ -28,7 +28,7 @@ from flows.enqueue import ItemSource, enqueue
 from tqflow.dashboard import Snapshot, Throughput, markdown
 from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
-from tqflow.engine.reports import batch_tally, read_reports
+from tqflow.engine.reports import BatchTally, batch_tally, read_reports
 from tqflow.errors import BadArgumentsError, DeadLettersError, WorkersLostError
 from tqflow.fleet.endings import explain
 from tqflow.fleet.fanout import DeploymentFleet, Fleet, LocalFleet
@@ -75,18 +75,30 @@ class BatchDashboard:
         self.artifact_id: Any = None
         self.last = float("-inf")
 
-    def update(self, progress: Progress, finished: bool = False) -> None:
+    def update(self, progress: Progress) -> None:
+        """While the batch drains: publish if `DASHBOARD_SECONDS` have passed."""
         self.throughput.add(progress.elapsed_seconds, progress.done)
-        if not finished and time.monotonic() - self.last < DASHBOARD_SECONDS:
+        if time.monotonic() - self.last < DASHBOARD_SECONDS:
             return
         self.last = time.monotonic()
+        self._publish(progress)
+
+    def finish(self, progress: Progress, tally: BatchTally) -> None:
+        """Once, at the end, with the batch's final tally (the monitor's last poll, which
+        gave ``progress``, is already in the throughput)."""
+        self._publish(progress, tally, finished=True)
+
+    def _publish(
+        self, progress: Progress, tally: Optional[BatchTally] = None, finished: bool = False
+    ) -> None:
         try:
-            self._publish(progress, finished)
+            if tally is None:
+                tally = batch_tally(read_reports(self.storage, self.batch))
+            self._write(progress, tally, finished)
         except Exception as exc:
             self.logger.warning("could not publish the dashboard of %s: %s", self.batch, exc)
 
-    def _publish(self, progress: Progress, finished: bool) -> None:
-        tally = batch_tally(read_reports(self.storage, self.batch))
+    def _write(self, progress: Progress, tally: BatchTally, finished: bool) -> None:
         snapshot = Snapshot(
             batch=self.batch,
             total=progress.total,
@@ -232,8 +244,7 @@ def pipeline(
         progress=0.0, key=artifact_key(batch, "progress"), description=f"Batch {batch}"
     )
 
-    def why_workers_died() -> list[str]:
-        tally = batch_tally(read_reports(storage, batch)) if fleet.endings else None
+    def why_workers_died(tally: BatchTally) -> list[str]:
         return explain(fleet.endings, batch, tally, options.memory_limit_mib)
 
     board = BatchDashboard(batch, storage, fleet, options.memory_limit_mib, logger)
@@ -257,11 +268,13 @@ def pipeline(
             poll_seconds=poll_seconds,
         )
     except WorkersLostError as exc:
-        raise WorkersLostError(f"{exc}. {' '.join(why_workers_died())}") from None
+        tally = batch_tally(read_reports(storage, batch))
+        raise WorkersLostError(f"{exc}. {' '.join(why_workers_died(tally))}") from None
     finally:
         fleet.stop()
-    board.update(progress, finished=True)
-    why = why_workers_died()
+    tally = batch_tally(read_reports(storage, batch))  # the workers' last reports
+    board.finish(progress, tally)
+    why = why_workers_died(tally)
     for line in why:
         logger.warning("workers lost: %s", line)
     summary: dict[str, Any] = {

@@ -104,17 +104,16 @@ def markdown(snapshot: Snapshot, png: Optional[bytes] = None) -> str:
 def failure_lines(tally: BatchTally, markdown: bool = False) -> list[str]:
     """One entry per error type, most frequent first: attempts, first keys, and (in markdown)
     the end of an example traceback."""
+    bold = "**" if markdown else ""
     lines = []
     for kind, group in sorted(tally.errors.items(), key=lambda kv: -kv[1]["count"]):
-        keys = ", ".join(group["keys"])
         count = group["count"]
         attempts = f"{count:,} failed attempt{'' if count == 1 else 's'}"
-        lines.append(f"- **{kind}**: {attempts}; first items: {keys}")
+        keys = ", ".join(group["keys"])
+        lines.append(f"- {bold}{kind}{bold}: {attempts}; first items: {keys}")
         if markdown and group.get("example"):
             tail = "\n".join(group["example"].rstrip().splitlines()[-12:])
             lines += ["", "```", tail, "```", ""]
-    if not markdown:
-        lines = [line.replace("**", "") for line in lines]
     return lines
 
 

@@ -328,6 +328,7 @@ def status(
     ),
 ) -> None:
     """Show the queue (with its dead-letter queue) and what the batch's workers did."""
+    from tqflow.dashboard import failure_lines, resource_lines
     from tqflow.engine.outputs import outputs_prefix
     from tqflow.engine.reports import batch_tally, read_reports
 
@@ -360,8 +361,6 @@ def status(
     for label, value in rows:
         table.add_row(label, f"{value:,}")
     console().print(table)
-    from tqflow.dashboard import failure_lines, resource_lines
-
     for title, lines in (
         ("failures by error type", failure_lines(tally)),
         ("what the tasks used", resource_lines(tally)),
