@@ -193,7 +193,17 @@ class TcpProxy:
     listener closes, open connections are reset) and `restore` brings it back on the same port,
     while the service itself runs on untouched. An outage without killing the service: a killed
     gcp-storage-emulator can leave its metadata file half-written, and then never starts again.
+
+    A cut shuts each connection down before closing it. Closing alone is not enough: a socket
+    closed while another thread is blocked in ``recv`` on it stays open in the kernel until that
+    ``recv`` returns, so the service side of a connection cut before its request arrived was
+    never closed. gcp-storage-emulator serves one connection at a time, and waited on it for
+    good: no request was answered after the outage.
     """
+
+    #: Seconds to connect to the service; a service that stops accepting fails the client
+    #: instead of wedging the proxy's accept loop.
+    CONNECT_SECONDS = 30.0
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -224,10 +234,13 @@ class TcpProxy:
             connections, self._connections = self._connections, set()
         for conn in connections:
             with contextlib.suppress(OSError):
+                # linger 0: the last close resets the peer, as when a service dies
                 conn.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                 )
-                conn.close()  # linger 0: the peer sees a reset, as when a service dies
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)  # wakes a pump blocked in recv on it
+            conn.close()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -236,16 +249,24 @@ class TcpProxy:
             except OSError:
                 return  # cut
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                upstream = socket.create_connection(
+                    ("127.0.0.1", self.target_port), timeout=self.CONNECT_SECONDS
+                )
+                upstream.settimeout(None)
             except OSError:
                 client.close()
                 continue
             with self._lock:
+                if self._listener is not listener:  # cut while connecting: never opened
+                    client.close()
+                    upstream.close()
+                    return
                 self._connections.update((client, upstream))
+            ends = [2]  # the pumps still running; the last one closes both sockets
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                threading.Thread(target=self._pump, args=(source, sink, ends), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, ends: list[int]) -> None:
         try:
             while chunk := source.recv(65536):
                 sink.sendall(chunk)
@@ -254,7 +275,13 @@ class TcpProxy:
         finally:
             for conn in (source, sink):
                 with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
+                    conn.shutdown(socket.SHUT_RDWR)  # wakes the other direction's pump
+            with self._lock:
+                ends[0] -= 1
+                if ends[0] == 0:
+                    self._connections.difference_update((source, sink))
+                    source.close()
+                    sink.close()
 
 
 @contextlib.contextmanager
