@@ -7,11 +7,32 @@
 
 from __future__ import annotations
 
-from typing import TypeVar, Union
+from typing import Any, TypeVar, Union
 
-from prefect.blocks.core import Block
+from prefect.blocks.core import Block, schema_extra
+from pydantic import ConfigDict
 
 B = TypeVar("B", bound=Block)
+
+
+def referable_by(field: str) -> ConfigDict:
+    """``model_config`` of a tqflow block whose fields all have defaults, so that the Prefect UI's
+    run form can pass a saved one as a flow parameter.
+
+    The server checks a block parameter against "the block inline, or ``{"$ref":
+    {"block_document_id": ...}}``: exactly one". With no required field, the reference is also a
+    valid inline block, matches both, and the form refused every saved block ("is not valid
+    under any of the given schemas"). The form drops schema keywords it does not know (a
+    ``not: {required: [$ref]}`` was dropped) but keeps ``required``, so the schema names the
+    block's identifying ``field`` as required. Python callers may still leave it out (its
+    default applies); the UI's forms fill it with the default.
+    """
+
+    def extra(schema: dict[str, Any], model: type[Block]) -> None:
+        schema_extra(schema, model)
+        schema["required"] = sorted({*schema.get("required", []), field})
+
+    return ConfigDict(json_schema_extra=extra)
 
 
 def load_block(value: Union[B, str], kind: type[B]) -> B:

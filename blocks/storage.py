@@ -29,6 +29,7 @@ from prefect_aws import AwsCredentials
 from prefect_gcp import GcpCredentials
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from blocks.specs import referable_by
 from tqflow.errors import CredentialsError, StorageError
 
 _clients = threading.local()
@@ -83,6 +84,8 @@ class CloudFilesStorage(WritableFileSystem):
         storage = CloudFilesStorage.load("BLOCK_NAME")
         ```
     """
+
+    model_config = referable_by("cloudpath")
 
     _block_type_name = "Cloud Files Storage"
     _description = (

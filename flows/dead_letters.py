@@ -11,7 +11,7 @@ from typing import Any, Callable, Literal, Optional, Union
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from blocks.queues.base import TaskQueue
+from blocks.queues import QueueParameter, TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.analysis import artifact_key
@@ -69,7 +69,7 @@ def in_batch(batch: str) -> Callable[[str], bool]:
 
 @flow(name="dead-letters")
 def dead_letters(
-    queue: Union[TaskQueue, str],
+    queue: QueueParameter,
     action: Literal["list", "redrive"] = "list",
     limit: Optional[int] = 100,
     batch: Optional[str] = None,

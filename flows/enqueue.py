@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from blocks.queues.base import TaskQueue
+from blocks.queues import QueueParameter, TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.allowed_modules import record_batch_function
@@ -261,7 +261,7 @@ def enqueue_items(
 @flow(name="enqueue")
 def enqueue(
     fn: str,
-    queue: Union[TaskQueue, str],
+    queue: QueueParameter,
     storage: Union[CloudFilesStorage, str],
     source: ItemSource,
     batch: str = "default",

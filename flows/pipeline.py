@@ -20,7 +20,7 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 
 from blocks.cave import CAVECredentials, CAVETableQuery
-from blocks.queues.base import TaskQueue
+from blocks.queues import QueueParameter, TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from flows.analysis import analysis, artifact_key
@@ -133,7 +133,7 @@ class BatchDashboard:
 @flow(name="pipeline")
 def pipeline(
     fn: str,
-    queue: Union[TaskQueue, str],
+    queue: QueueParameter,
     storage: Union[CloudFilesStorage, str],
     batch: str = "default",
     items: Optional[list[Any]] = None,

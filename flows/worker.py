@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.cave import CAVECredentials
-from blocks.queues.base import TaskQueue
+from blocks.queues import QueueParameter, TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.options import WorkerOptions
@@ -27,7 +27,7 @@ from tqflow.errors import QueueUnreachableError
 
 @flow(name="worker", log_prints=False)
 def worker(
-    queue: Union[TaskQueue, str],
+    queue: QueueParameter,
     storage: Union[CloudFilesStorage, str],
     options: Optional[WorkerOptions] = None,
     cave: Union[CAVECredentials, str, None] = None,

@@ -23,6 +23,7 @@ from typing import Callable, ClassVar, Iterable, Sequence
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from blocks.specs import referable_by
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 from tqflow.errors import LeaseLostError, MessageTooLargeError
 
@@ -34,6 +35,8 @@ SQS_DOCUMENTATION_URL = (
 
 class TaskQueue(Block, ABC):
     """Base of tqflow's queue blocks; see the module docstring for the contract."""
+
+    model_config = referable_by("queue_name")
 
     #: Largest message body the backend accepts, in bytes (SQS: 256 KiB).
     max_message_bytes: ClassVar[int] = 262_144
