@@ -110,3 +110,18 @@ def test_messages_dead_lettered_before_they_ran_do_not_shorten_the_mean_task():
     for _ in range(10):
         tally.measure(TaskResources(2.0, 1.0, 2**30, 2**29))
     assert right_size.BatchUsage.of(tally, "b").mean_task_seconds == 2.0
+
+
+def test_the_cost_so_far_is_the_worker_time_at_a_pods_share_of_its_node_price():
+    from tqflow.dashboard import cost_lines
+    from tqflow.engine.task_resources import TaskResources
+
+    tally = BatchTally()
+    for _ in range(7200):  # two worker-hours of one-second tasks at 900 MiB
+        tally.measure(TaskResources(1.0, 0.5, 900 * 2**20, 300 * 2**20))
+    [line] = cost_lines(tally)
+    machine_type = line.split(" in ", 1)[1].split(" pods", 1)[0]
+    sized = right_size.size_pod(right_size.BatchUsage.of(tally, "b"), machine_type)
+    per_pod_hour = right_size.node_price(machine_type, sized.machine) / sized.pods_per_node
+    assert f"${2 * per_pod_hour:,.4f} on demand" in line
+    assert f"${2 * per_pod_hour * right_size.SPOT_FRACTION:,.4f} spot" in line

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from tqflow.engine.reports import BatchTally
+from tqflow.errors import ResourcePlanError
+from tqflow.gke.right_size import PRICES_AS_OF, BatchUsage, cheapest
 
 #: Points of the throughput plot kept; older ones are thinned out, so memory is flat.
 SERIES_POINTS = 400
@@ -129,6 +131,27 @@ def resource_lines(tally: BatchTally) -> list[str]:
         f"p99.9 {_mib(p999)}, max {_mib(tally.peak_rss_max)} (idle {_mib(tally.idle_rss_max)})",
         f"- CPU: {cores:.2f} cores a task on average; {tally.cpu_seconds / 3600:,.2f} CPU-hours",
         f"- task time: {tally.task_seconds / 3600:,.2f} worker-hours",
+        *cost_lines(tally),
+    ]
+
+
+def cost_lines(tally: BatchTally) -> list[str]:
+    """What the worker time so far costs on GKE, in pods of the size the measurements call for
+    on the cheapest common machine type (`tqflow.gke.right_size`); none when no type fits."""
+    try:
+        usage = BatchUsage.of(tally, batch="")
+        plan = cheapest(usage, items=max(1, usage.tasks), within_hours=24)
+    except ResourcePlanError:
+        return []
+    if plan.cost_on_demand is None or plan.cost_spot is None:
+        return []
+    # A plan's cost is its worker-hours times a pod's share of the node price, whatever the
+    # node count; planned for the tasks measured, it is the cost of the worker time so far.
+    return [
+        f"- cost so far on GKE: ${plan.cost_on_demand:,.4f} on demand, "
+        f"${plan.cost_spot:,.4f} spot, in {plan.machine_type} pods of "
+        f"{plan.cpu_millicores}m CPU / {plan.memory_mib:,} MiB (us-central1 list prices of "
+        f"{PRICES_AS_OF})"
     ]
 
 
