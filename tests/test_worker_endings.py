@@ -32,6 +32,10 @@ GiB = 2**30
         ("Pending: PodUnschedulable: 0/3 nodes are available", "unschedulable"),
         ("killed by SIGKILL", "killed (SIGKILL)"),
         ("exited with code 3", "exited with code 3"),
+        # What the pod observer said comes first: an evicted pod's container was SIGKILLed too
+        ("Crashed: ... non-zero status code 137. (pod: Evicted)", "evicted"),
+        ("Crashed: ... non-zero status code 1. (pod: OOMKilled)", "OOMKilled"),
+        ("Pending: ... (pod: Unschedulable.InsufficientResources)", "unschedulable"),
     ],
 )
 def test_each_ending_is_read_as_its_cause(ending, expected):
@@ -53,3 +57,56 @@ def test_an_unknown_ending_is_kept_as_it_was_written():
     assert explain(Counter({"exited with code 3": 1}), "b") == [
         "1 exited with code 3: see the worker's log"
     ]
+
+
+def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect_api, tmp_path):
+    """On the real Prefect API: a worker run that crashed with exit code 137, and the event
+    prefect-kubernetes's pod observer emits for its pod, saying the pod was evicted."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.events import emit_event
+    from prefect.states import Crashed
+
+    from blocks import CloudFilesStorage, LocalTaskQueue
+    from tests.helpers import wait_until
+    from tqflow.engine.options import WorkerOptions
+    from tqflow.fleet.fanout import DeploymentFleet, _pod_reason
+
+    @flow(name="worker")
+    def worker() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(
+            worker,
+            state=Crashed(message="Flow run infrastructure exited with non-zero status code 137."),
+        )
+        emit_event(
+            event="prefect.kubernetes.pod.evicted",
+            resource={
+                "prefect.resource.id": "prefect.kubernetes.pod.0f5e",
+                "kubernetes.namespace": "tqflow",
+                "kubernetes.reason": "Error",
+                "kubernetes.diagnosis": "Evicted",
+            },
+            related=[
+                {
+                    "prefect.resource.id": f"prefect.flow-run.{run.id}",
+                    "prefect.resource.role": "flow-run",
+                }
+            ],
+        )
+        wait_until(lambda: _pod_reason(client, run) is not None, timeout=120)
+
+    fleet = DeploymentFleet(
+        LocalTaskQueue(path=str(tmp_path / "q.sqlite")),
+        CloudFilesStorage(cloudpath=f"file://{tmp_path}"),
+        WorkerOptions(),
+        deployment="worker/worker-gke",
+        run_key="k",
+    )
+    fleet._runs = [run]
+    assert fleet.running() == 0
+    [ending] = fleet.endings
+    assert ending.endswith("status code 137. (pod: Evicted)")
+    assert explain(fleet.endings, "b")[0].startswith("1 evicted: the node ran short of memory")

@@ -2,9 +2,11 @@
 
 A fleet records how each lost worker ended as a line (`tqflow.fleet.fanout`): a local process's
 exit code or signal, or ``OOMKilled`` when the local fleet killed it over ``memory_limit_mib``;
-a deployment run's final state and its message. On Kubernetes that message is Prefect's
-"Flow run infrastructure exited with non-zero status code 137": 137 is 128 + SIGKILL, which on
-a pod with a memory limit is nearly always the OOM killer. `explain` turns the lines into one
+a deployment run's final state and its message, with what prefect-kubernetes's pod observer
+reported about its pod (``prefect.kubernetes.pod.*`` events: the container's terminated reason
+such as ``OOMKilled``, or a diagnosis such as ``Evicted`` or ``Unschedulable``). Without an
+observer, the message is Prefect's "Flow run infrastructure exited with non-zero status code
+137": 137 is 128 + SIGKILL, which on a pod with a memory limit is nearly always the OOM killer. `explain` turns the lines into one
 sentence per cause, with what to do.
 """
 
@@ -39,18 +41,21 @@ ADVICE = {
 
 
 def cause(ending: str) -> str:
-    """The cause an ending line names, one of `ADVICE`'s keys, or the line itself."""
-    text = ending.lower()
-    if "oomkilled" in text or re.search(r"\bstatus code 137\b", text):
-        return "OOMKilled"
-    if "evict" in text:
-        return "evicted"
-    if "preempt" in text or "sigterm" in text or "status code 143" in text:
-        return "preempted or stopped (SIGTERM)"
-    if "unschedulable" in text:
-        return "unschedulable"
-    if "killed by sigkill" in text:
-        return "killed (SIGKILL)"
+    """The cause an ending line names, one of `ADVICE`'s keys, or the line itself. What the
+    pod observer said (``... (pod: Evicted)``) comes first: an evicted pod's exit code is a
+    signal's, and would read as an OOM kill or a preemption."""
+    pod = re.search(r"\(pod: ([^)]+)\)$", ending)
+    for text in ([pod.group(1).lower()] if pod else []) + [ending.lower()]:
+        if "oomkilled" in text or re.search(r"\bstatus code 137\b", text):
+            return "OOMKilled"
+        if "evict" in text:
+            return "evicted"
+        if any(w in text for w in ("preempt", "sigterm", "status code 143", "nodeshutdown")):
+            return "preempted or stopped (SIGTERM)"
+        if "unschedulable" in text:
+            return "unschedulable"
+        if "killed by sigkill" in text:
+            return "killed (SIGKILL)"
     return ending
 
 

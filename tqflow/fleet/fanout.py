@@ -203,7 +203,9 @@ class DeploymentFleet(Fleet):
                     # flow publishes its counters as its "worker-stats" artifact instead.
                     self._ended(_worker_stats(client, run.id), "stopped by a signal (SIGTERM)")
                 else:
-                    self._ended(None, f"{state.type.value.title()}: {state.message or state.name}")
+                    ending = f"{state.type.value.title()}: {state.message or state.name}"
+                    pod = _pod_reason(client, run)
+                    self._ended(None, f"{ending} (pod: {pod})" if pod else ending)
         self._runs = alive
         return len(alive)
 
@@ -234,6 +236,38 @@ def _worker_stats(client: Any, flow_run_id: Any) -> dict[str, Any]:
     rows = artifacts[0].data
     rows = json.loads(rows) if isinstance(rows, str) else rows
     return {row["counter"]: row["value"] for row in rows}
+
+
+def _pod_reason(client: Any, run: Any) -> Optional[str]:
+    """Why the run's pod ended, as prefect-kubernetes's pod observer reported it: its
+    diagnosis (``OOMKilled``, ``Evicted``, ``Unschedulable.InsufficientResources``, ...), else
+    the container's terminated reason (``OOMKilled``, ``Error``); the latest event first. ``None``
+    where no observer reports (a process pool) or the events cannot be read."""
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+        EventRelatedFilter,
+    )
+
+    try:
+        page = client.read_events(
+            EventFilter(
+                occurred=EventOccurredFilter(since=run.created),
+                event=EventNameFilter(prefix=["prefect.kubernetes.pod."]),
+                related=EventRelatedFilter(id=[f"prefect.flow-run.{run.id}"]),
+            ),
+            limit=50,
+        )
+    except Exception:  # the state message still says how the run ended
+        return None
+    for event in sorted(page.events, key=lambda e: e.occurred, reverse=True):
+        reason = event.resource.get("kubernetes.diagnosis") or event.resource.get(
+            "kubernetes.reason"
+        )
+        if reason:
+            return str(reason)
+    return None
 
 
 def _block_reference(block: Any) -> str:
