@@ -22,75 +22,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.conftest import REPO
-from tests.services import free_port, start, stop_process
 from tqflow.examples import demo_root_ids
 
 # One server, one deploy: keep these tests on one xdist worker (make test uses --dist loadgroup).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployments")]
 
 BIN = Path(sys.executable).parent
-RECIPE_HEADING = "### Without a cluster: the same fan-out on a process pool"
 #: What a user with an image built by CI or Cloud Build exports before `prefect deploy --all`.
 IMAGE = "us-west1-docker.pkg.dev/my-lab/tqflow/worker@sha256:" + "0" * 64
-
-
-def readme_block(heading: str) -> str:
-    """The first ```bash block after ``heading`` in README.md, as written there."""
-    text = (REPO / "README.md").read_text()
-    after = text[text.index(heading) :]
-    match = re.search(r"```bash\n(.*?)```", after, re.S)
-    assert match, f"no bash block under {heading!r} in README.md"
-    return match.group(1)
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """The README's process-pool recipe, run by bash in the repository; yields the environment
-    that points at its server, with the recipe's output. Its server and worker (background
-    jobs of the script, in its process group) are stopped at the end."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    data = tmp_path_factory.mktemp("tqflow-data")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(
-        {
-            "PREFECT_HOME": str(home),
-            "PREFECT_SERVER_API_PORT": str(port),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            # the scheduler looks for due schedules every 2 s instead of every 60 s
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-            "TQFLOW_DATA": str(data),
-            "PYTHONPATH": str(REPO),  # flow runs import tests.tasks
-            "PWD": str(REPO),  # prefect.yaml's local pull step: this checkout
-        }
-    )
-    log_path = home / "recipe.log"
-    with open(log_path, "w") as log:
-        script = start(
-            ["bash", "-euo", "pipefail", "-c", readme_block(RECIPE_HEADING)],
-            env=env,
-            cwd=REPO,
-            log=log,
-        )
-        try:
-            code = script.wait(timeout=900)
-            yield {
-                **env,
-                "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-                "RECIPE_EXIT": str(code),
-                "RECIPE_LOG": str(log_path),
-                "WORKER_LOG": str(REPO / "prefect-worker.log"),
-            }
-        finally:
-            # The server waits on its open connections after SIGTERM (20 s here, every run);
-            # nothing is read from it after the tests, so it gets 5 s before SIGKILL.
-            stop_process(script, grace_seconds=5)
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:

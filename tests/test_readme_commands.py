@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_deployments import RECIPE_HEADING
+from tests.conftest import RECIPE_HEADING, REPO
 
 pytestmark = pytest.mark.slow
 
