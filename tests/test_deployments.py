@@ -29,7 +29,13 @@ from tests.conftest import REPO
 from tqflow.examples import demo_root_ids
 
 # One server, one deploy: keep these tests on one xdist worker (make test uses --dist loadgroup).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployments")]
+# pytest-timeout counts fixture setup: the first test to need the session's `recipe` (its own
+# server, deploy and a 200-item run, 250 s on a quiet machine) pays for it, whichever that is.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("deployments"),
+    pytest.mark.timeout(900),
+]
 
 BIN = Path(sys.executable).parent
 #: What a user with an image built by CI or Cloud Build exports before `prefect deploy --all`.

@@ -21,10 +21,17 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployments")]
+# pytest-timeout counts fixture setup: the first test to need the session's `recipe` (its own
+# server, deploy and a 200-item run, 250 s on a quiet machine) pays for it, whichever that is.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("deployments"),
+    pytest.mark.timeout(900),
+]
 
 SCREENSHOTS = REPO / "tests" / "screenshots"
 #: Root IDs as CAVE gives them: above 2**53, where a JavaScript number would round them.
@@ -126,6 +133,18 @@ def latest_run(env: dict[str, str], deployment: str, started_after: float):
     return max(runs, key=lambda r: r.created) if runs else None
 
 
+def submitted(page, env: dict[str, str], started_after: float, timeout: float = 300) -> None:
+    """Until the form's Submit has created a run; fails at once with what the form says if it
+    refused the parameters. The bound is generous: the server is busy on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while latest_run(env, "pipeline-local", started_after) is None:
+        refused = [m for m in page.locator(".p-label__message").all_inner_texts() if m.strip()]
+        if refused or time.monotonic() > deadline:
+            shot(page, "run-form-submitted")
+            raise AssertionError(f"Submit created no run; the form says: {refused}")
+        time.sleep(1)
+
+
 def wait_for_final_state(env, deployment: str, started_after: float, timeout: float = 600):
     deadline = time.monotonic() + timeout
     run = None
@@ -156,9 +175,12 @@ def test_a_run_started_from_the_deployment_form_fills_the_batch_dashboard(recipe
     for root_id in ROOT_IDS:
         items.get_by_role("button", name="Add item").click()
         items.locator("textarea").last.fill(str(root_id))
+        items.locator("textarea").last.blur()  # leave the input, as a user moving on does
+        # the form has taken the value when its highlighted view shows it
+        expect(items.locator("code").last).to_have_text(str(root_id))
     shot(page, "run-form")
     page.get_by_role("button", name="Submit").click()
-    page.wait_for_url(re.compile(r".*/deployments/deployment/[^/]+\?tab=Runs"))
+    submitted(page, recipe, started_after)
 
     run = wait_for_final_state(recipe, "pipeline-local", started_after)
     assert run.state.is_completed(), f"{run.state.type}: {run.state.message}"
