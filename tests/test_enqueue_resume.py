@@ -113,7 +113,11 @@ def test_an_interrupted_enqueue_run_again_leaves_one_live_message_per_item(
         timeout=300,
         every=0.01 if backend == "local" else 0.2,
     )
-    assert first.poll() is None, "the enqueue ended before it could be interrupted"
+    if first.poll() is not None:
+        out, _ = first.communicate()
+        raise AssertionError(
+            f"the enqueue ended ({first.returncode}) before it could be interrupted:\n{out}"
+        )
     first.send_signal(signum)
     out, _ = first.communicate(timeout=120)
     if signum == signal.SIGINT:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+
 import pytest
 
+from blocks import LocalTaskQueue
 from tests.helpers import wait_until
 from tqflow.errors import LeaseLostError
 
@@ -45,3 +49,23 @@ def test_an_item_waiting_as_a_dead_letter_is_not_sent_again_but_its_neighbours_a
     assert queue.redrive() == 1
     bodies = sorted(lease.body for lease in queue.receive(max_messages=10, lease_seconds=30))
     assert bodies == ["a", "b", "c"]
+
+
+def test_a_new_queue_file_another_process_is_writing_is_opened_when_it_is_free(backend, tmp_path):
+    # A file still in rollback-journal mode (being set up by another process, here another
+    # connection holding its write lock): SQLite answered "database is locked" at once, and
+    # `tqflow enqueue` exited 1 while a `tqflow work` or `status` opened the same new queue.
+    path = tmp_path / "queue.sqlite"
+    other = sqlite3.connect(path, timeout=60, isolation_level=None)
+    other.execute("CREATE TABLE setting_up (a)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO setting_up VALUES (1)")
+    opened: dict = {}
+    thread = threading.Thread(
+        target=lambda: opened.update(exists=LocalTaskQueue(path=str(path)).exists())
+    )
+    thread.start()
+    thread.join(timeout=0.5)  # still waiting on the lock, not failed
+    other.execute("COMMIT")
+    thread.join(timeout=60)
+    assert opened == {"exists": False}  # opened, and no queue named tqflow in it yet

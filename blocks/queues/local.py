@@ -379,6 +379,10 @@ class _Transaction:
             self.conn.execute("ROLLBACK")
 
 
+#: Seconds `_open` keeps trying to set up a queue file another process is setting up too.
+OPEN_SECONDS = 60.0
+
+
 def _open(path: str) -> sqlite3.Connection:
     """Open (creating if missing) the queue database at ``path``. A file that is not one, or
     a folder that cannot hold it, is a `QueueError` naming the path and the fix."""
@@ -389,21 +393,31 @@ def _open(path: str) -> sqlite3.Connection:
             f"cannot make the folder of the local queue {path} ({exc.strerror}): give a folder "
             "that can be created and written"
         ) from None
-    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
-        _add_dedup_ids(conn)
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        if isinstance(exc, sqlite3.OperationalError):  # locked, disk full: not the file's fault
+    deadline = time.monotonic() + OPEN_SECONDS
+    while True:
+        conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            _add_dedup_ids(conn)
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            # Two processes setting up a new file at once: while it is still in rollback-journal
+            # mode, SQLite answers one of them "locked" at once, without waiting (a lock upgrade
+            # that would deadlock). The set-up is idempotent: try again.
+            if "locked" in str(exc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            # disk full, or locked for good: not the file's fault
             raise QueueError(f"cannot open the local queue {path}: {exc}") from exc
-        raise QueueError(
-            f"{path} is not a tqflow queue database ({exc}): move it away (a new queue is then "
-            "made there) or point the queue at another path"
-        ) from None
-    return conn
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise QueueError(
+                f"{path} is not a tqflow queue database ({exc}): move it away (a new queue is then "
+                "made there) or point the queue at another path"
+            ) from None
 
 
 def _add_dedup_ids(conn: sqlite3.Connection) -> None:
