@@ -25,6 +25,7 @@ SCENARIOS = {
     "prefect": "bench.prefect_bench",
     "scale": "bench.scale",
     "scale-cloud": "bench.scale_cloud",
+    "resume": "bench.resume",
 }
 
 
