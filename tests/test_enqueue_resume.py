@@ -19,11 +19,13 @@ from tests.conftest import sqs_credentials
 from tests.helpers import child_env, wait_until
 from tqflow.engine.messages import decode
 
-#: Enough steps that an interrupt lands mid-send on a busy machine too (40 and 6): the local
-#: queue sends a step of 500 in milliseconds; moto's SQS costs grow with the queue (receiving
-#: 600 messages takes a minute), so SQS runs fewer items in smaller steps.
-ITEMS = {"local": 20_000, "sqs": 150}
-STEP = {"local": 500, "sqs": 25}
+#: Enough steps that an interrupt lands mid-send on a busy machine too: the local queue sends a
+#: step of 1,000 in milliseconds, and 20,000 local items were too few (a fresh-clone run's
+#: SIGINT came after the whole send); moto's SQS costs grow with the queue (receiving 600
+#: messages takes a minute), so SQS runs fewer items in smaller steps. (Smaller sizes were tried: the signal then came
+#: after the whole send on a busy machine.)
+ITEMS = {"local": 50_000, "sqs": 300}
+STEP = {"local": 1_000, "sqs": 50}
 BIN = Path(sys.executable).parent
 
 
