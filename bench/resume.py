@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,42 +31,14 @@ STEPS = {"local": 1_000, "sqs": 50}
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGKILL": signal.SIGKILL}
 
 
-def _target(backend: str, folder: Path, moto: str | None) -> tuple[Any, list[str], dict]:
-    from tests.helpers import child_env
-
-    data = folder / "data"
-    if backend == "local":
-        from blocks import LocalTaskQueue
-
-        queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="resume", wait_seconds=0)
-        return queue, ["--data", str(data), "--queue", "resume"], child_env()
-    from prefect.settings import PREFECT_API_URL
-
-    from blocks import CloudFilesStorage
-    from blocks.queues.sqs import SQSTaskQueue
-    from tests.conftest import sqs_credentials
-
-    name = f"resume-{uuid.uuid4().hex[:8]}"
-    queue = SQSTaskQueue(queue_name=name, aws_credentials=sqs_credentials(moto), wait_seconds=0)
-    queue.save(name)
-    CloudFilesStorage(cloudpath=f"file://{data}").save(name)
-    options = [
-        "--queue-block",
-        f"sqs-task-queue/{name}",
-        "--storage-block",
-        f"cloud-files-storage/{name}",
-    ]
-    return queue, options, {**child_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
-
-
 def measure(backend: str, signame: str, n: int, moto: str | None) -> dict[str, Any]:
     from tests.helpers import wait_until
-    from tests.test_enqueue_resume import enqueue_command, live_keys
+    from tests.test_enqueue_resume import enqueue_command, live_keys, make_target
 
     step = STEPS[backend]
     with tempfile.TemporaryDirectory(prefix="tqflow-resume-") as tmp:
         folder = Path(tmp)
-        queue, options, env = _target(backend, folder, moto)
+        queue, options, env = make_target(backend, folder / "data", moto)
         roots = [864691135000000000 + 7 * i for i in range(n)]
         items_file = folder / "roots.txt"
         items_file.write_text("\n".join(map(str, roots)) + "\n")

@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -29,37 +30,36 @@ STEP = {"local": 1_000, "sqs": 50}
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def target(request, backend, tmp_path):
-    """The queue the command fills, the options that name it, and the environment it runs in."""
-    data = tmp_path / "data"
+def make_target(backend: str, data: Path, moto: Optional[str] = None):
+    """The queue an enqueue fills, the CLI options that name it, and the environment the
+    command runs in. SQS needs a Prefect API (its blocks are saved there) and moto's URL."""
     if backend == "local":
         queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="resume", wait_seconds=0)
         return queue, ["--data", str(data), "--queue", "resume"], child_env()
-    request.getfixturevalue("prefect_api")
     from prefect.settings import PREFECT_API_URL
 
     from blocks.queues.sqs import SQSTaskQueue
 
     name = f"resume-{uuid.uuid4().hex[:8]}"
-    queue = SQSTaskQueue(
-        queue_name=name,
-        aws_credentials=sqs_credentials(request.getfixturevalue("moto_endpoint")),
-        wait_seconds=0,
-    )
+    queue = SQSTaskQueue(queue_name=name, aws_credentials=sqs_credentials(moto), wait_seconds=0)
     queue.save(name)
     CloudFilesStorage(cloudpath=f"file://{data}").save(name)
     env = {**child_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
-    return (
-        queue,
-        [
-            "--queue-block",
-            f"sqs-task-queue/{name}",
-            "--storage-block",
-            f"cloud-files-storage/{name}",
-        ],
-        env,
-    )
+    options = [
+        "--queue-block",
+        f"sqs-task-queue/{name}",
+        "--storage-block",
+        f"cloud-files-storage/{name}",
+    ]
+    return queue, options, env
+
+
+@pytest.fixture
+def target(request, backend, tmp_path):
+    if backend == "local":
+        return make_target(backend, tmp_path / "data")
+    request.getfixturevalue("prefect_api")
+    return make_target(backend, tmp_path / "data", request.getfixturevalue("moto_endpoint"))
 
 
 def enqueue_command(items_file: Path, options: list[str], step: int = 1_000) -> list[str]:

@@ -12,7 +12,6 @@ which installs chromium when it is missing): then it fails. Screenshots are writ
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -200,7 +199,5 @@ def test_a_run_started_from_the_deployment_form_fills_the_batch_dashboard(recipe
     assert counts["total"] == str(len(ROOT_IDS)), counts
     assert (counts["dead-lettered"], counts["failed attempts"]) == ("0", "0"), counts
     plot = page.get_by_role("img", name="throughput")
-    with contextlib.suppress(Exception):
-        plot.scroll_into_view_if_needed()
     assert plot.evaluate("img => img.complete && img.naturalWidth > 0"), "the plot did not load"
     shot(page, "dashboard")

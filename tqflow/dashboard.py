@@ -143,8 +143,7 @@ def cost_lines(tally: BatchTally) -> list[str]:
         plan = cheapest(usage, items=max(1, usage.tasks), within_hours=24)
     except ResourcePlanError:
         return []
-    if plan.cost_on_demand is None or plan.cost_spot is None:
-        return []
+    assert plan.cost_on_demand is not None and plan.cost_spot is not None  # `cheapest`: priced
     # A plan's cost is its worker-hours times a pod's share of the node price, whatever the
     # node count; planned for the tasks measured, it is the cost of the worker time so far.
     return [

@@ -6,8 +6,8 @@ a deployment run's final state and its message, with what prefect-kubernetes's p
 reported about its pod (``prefect.kubernetes.pod.*`` events: the container's terminated reason
 such as ``OOMKilled``, or a diagnosis such as ``Evicted`` or ``Unschedulable``). Without an
 observer, the message is Prefect's "Flow run infrastructure exited with non-zero status code
-137": 137 is 128 + SIGKILL, which on a pod with a memory limit is nearly always the OOM killer. `explain` turns the lines into one
-sentence per cause, with what to do.
+137": 137 is 128 + SIGKILL, which on a pod with a memory limit is nearly always the OOM killer.
+`explain` turns the lines into one sentence per cause, with what to do.
 """
 
 from __future__ import annotations
