@@ -228,9 +228,16 @@ def _lease_queue(env, name: str) -> str:
     return f"local-task-queue/{name}"
 
 
-def _run_and_signal_a_worker(env, tmp_path, batch: str, worker_deployment: str, signum: int):
-    """Run a 40-item pipeline on two worker runs; once tasks are being done, send ``signum`` to
-    the process of one running worker run. Returns the worker runs of the batch."""
+@pytest.fixture(scope="module")
+def signalled_workers(deployed, tmp_path_factory) -> dict:
+    """One 40-item pipeline on two runs of the rescheduling worker deployment; once both are
+    doing tasks, one gets SIGKILL (as from the OOM killer) and the other SIGTERM (as on a spot
+    node's preemption). One run for both tests: each costs minutes of flow-run starts.
+    Returns the batch's worker runs and the two victims' flow-run IDs."""
+    env, batch = deployed, "e2e-signals"
+    log_dir = tmp_path_factory.mktemp("signals")
+    with client(env) as c:
+        _deploy_rescheduling_worker(c)
     started = time.time()
     pipeline_run = deployment_run(
         env,
@@ -239,31 +246,37 @@ def _run_and_signal_a_worker(env, tmp_path, batch: str, worker_deployment: str, 
         batch=batch,
         items=list(range(40)),
         fn="tests.tasks:tracked",
-        kwargs={"log_dir": str(tmp_path), "seconds": 0.25},
+        kwargs={"log_dir": str(log_dir), "seconds": 0.25},
         mode="deployment",
-        worker_deployment=worker_deployment,
+        worker_deployment="worker/worker-local-reschedule",
         workers=2,
         tasks_per_worker=20,
         worker_options={"idle_seconds": 1},
         poll_seconds=0.5,
         analyze=False,
     )
-    victim = None
+    running: list = []
     deadline = time.monotonic() + 180
-    while victim is None and time.monotonic() < deadline:  # a worker that has started tasks
+    while time.monotonic() < deadline:  # both workers have started tasks
         running = [
-            r
-            for r in runs_of(env, worker_deployment.split("/")[1], started)
-            if r.state.is_running()
+            r for r in runs_of(env, "worker-local-reschedule", started) if r.state.is_running()
         ]
-        if running and len(list(tmp_path.glob("*.finished"))) >= 4:
-            victim = _process_of_flow_run(running[0].id)
+        if len(running) == 2 and len(list(log_dir.glob("*.finished"))) >= 4:
+            break
         time.sleep(0.2)
-    assert victim is not None, "no running worker flow run was found"
-    os.kill(victim, signum)
+    assert len(running) == 2, f"{len(running)} running worker flow runs were found, not 2"
+    killed, stopped = running
+    for run, signum in ((killed, signal.SIGKILL), (stopped, signal.SIGTERM)):
+        pid = _process_of_flow_run(run.id)
+        assert pid is not None, f"no process runs worker flow run {run.name}"
+        os.kill(pid, signum)
     completed(env, pipeline_run)
-    assert outputs(env, batch) == {str(i) for i in range(40)}
-    return runs_of(env, worker_deployment.split("/")[1], started)
+    return {
+        "outputs": outputs(env, batch),
+        "runs": runs_of(env, "worker-local-reschedule", started),
+        "killed": killed.id,
+        "stopped": stopped.id,
+    }
 
 
 def _run_on_a_schedule(env):
@@ -312,26 +325,30 @@ def _run_on_a_schedule(env):
             c.delete_deployment_schedule(pipeline.id, schedule.id)
 
 
-def test_a_killed_worker_run_is_replaced_and_the_batch_completes(deployed, tmp_path):
-    runs = _run_and_signal_a_worker(
-        deployed, tmp_path, "e2e-kill", "worker/worker-local", signal.SIGKILL
+def test_a_killed_worker_run_is_replaced_and_the_batch_completes(signalled_workers):
+    runs = {r.id: r for r in signalled_workers["runs"]}
+    assert (
+        runs[signalled_workers["killed"]].state.is_crashed()
+        or runs[signalled_workers["killed"]].state.is_failed()
     )
-    assert sum(r.state.is_crashed() or r.state.is_failed() for r in runs) == 1
-    assert len(runs) == 3  # the two launched, and the one that replaced the killed run
+    # the two launched, and one replacement for each run that was signalled
+    assert len(runs) == 4, [(r.name, r.state.type) for r in runs.values()]
+    assert signalled_workers["outputs"] == {str(i) for i in range(40)}
 
 
-def test_a_worker_run_stopped_by_sigterm_is_replaced_as_on_kubernetes(deployed, tmp_path):
+def test_a_worker_run_stopped_by_sigterm_is_replaced_as_on_kubernetes(signalled_workers):
     # tqflow's worker handles SIGTERM itself: it releases its leases and completes, and the
-    # pipeline must still replace it while work remains, although the engine would reschedule it.
-    with client(deployed) as c:
-        _deploy_rescheduling_worker(c)
-    runs = _run_and_signal_a_worker(
-        deployed, tmp_path, "e2e-sigterm", "worker/worker-local-reschedule", signal.SIGTERM
-    )
-    # The stopped run was replaced, whatever state it ended in: Completed when tqflow's handler
-    # took the SIGTERM (leases released), otherwise Prefect's own ending; the others completed.
-    assert len(runs) == 3, [(r.name, r.state.type) for r in runs]
-    assert sum(r.state.is_completed() for r in runs) >= 2, [(r.name, r.state.type) for r in runs]
+    # pipeline must still replace it while work remains, although the engine (told to by
+    # PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule, as prefect-kubernetes sets it for
+    # Jobs whose backoffLimit is 0) would reschedule it. The stopped run may end Completed (tqflow's
+    # handler took the signal) or in Prefect's own ending; every run not signalled completed.
+    runs = signalled_workers["runs"]
+    signalled = {signalled_workers["killed"], signalled_workers["stopped"]}
+    assert len(runs) == 4, [(r.name, r.state.type) for r in runs]
+    assert all(r.state.is_completed() for r in runs if r.id not in signalled), [
+        (r.name, r.state.type) for r in runs
+    ]
+    assert signalled_workers["outputs"] == {str(i) for i in range(40)}
 
 
 @pytest.mark.timeout(600)  # its own deadline is 300 s; the run itself needs a worker slot
