@@ -7,6 +7,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis times its own generation (the too_slow health check, 1 s) and each example (a
+# 200 ms deadline): on CI's shared 2 cores, beside the suite's servers, a generation of 8
+# examples took over a second and failed a test of message encoding. Those clocks say how busy
+# the machine is, not how tqflow behaves, so the suite turns them off.
+settings.register_profile(
+    "tqflow-suite", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("tqflow-suite")
 
 # Offline machine: no analytics calls from any Prefect server the tests start.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
