@@ -10,7 +10,7 @@ and plot). Beside them the raw limits of the machine at the same N: SQLite inser
 writing, listing and reading N small files.
 
     python -m bench.run scale           # 10k, 100k and 1M items (~25 minutes on 2 cores)
-    python -m bench.run scale --quick   # 1k and 10k
+    python -m bench.run scale --quick   # 10k and 100k
     python -m bench.scale 10000 100000  # these sizes only; writes nothing
 
 A stage is flat when its cost per item at the largest N is within 1.5x of its cost at the
@@ -34,7 +34,7 @@ from typing import Any, Callable
 from bench.common import REPO, child_env
 
 SIZES = (10_000, 100_000, 1_000_000)
-QUICK_SIZES = (1_000, 10_000)
+QUICK_SIZES = (10_000, 100_000)
 BATCH = "scale"
 FN = "bench.tasks:noop"
 #: Stages and what each reports, in the order they run.
@@ -109,6 +109,11 @@ def _drain(folder: Path, n: int) -> dict[str, Any]:
             started = now
         pending = queue.counts().pending
         if pending == 0 and done is None:
+            if started is None:  # one worker drained it all before the other began
+                raise RuntimeError(
+                    f"{n:,} items drained before both workers were draining: too few to time "
+                    "a 2-worker drain; run the scale scenario at 10,000 items or more"
+                )
             done = now
         if pending <= 0.9 * n:  # warm: past the first tenth of the batch
             for w in workers:
