@@ -327,10 +327,8 @@ def _run_on_a_schedule(env):
 
 def test_a_killed_worker_run_is_replaced_and_the_batch_completes(signalled_workers):
     runs = {r.id: r for r in signalled_workers["runs"]}
-    assert (
-        runs[signalled_workers["killed"]].state.is_crashed()
-        or runs[signalled_workers["killed"]].state.is_failed()
-    )
+    killed = runs[signalled_workers["killed"]]
+    assert killed.state.is_crashed() or killed.state.is_failed(), killed.state
     # the two launched, and one replacement for each run that was signalled
     assert len(runs) == 4, [(r.name, r.state.type) for r in runs.values()]
     assert signalled_workers["outputs"] == {str(i) for i in range(40)}
