@@ -130,3 +130,39 @@ def test_task_whose_output_cannot_be_written_is_never_acknowledged(queue_factory
     assert (stats["succeeded"], stats["failed"]) == (0, 2)
     (dead,) = queue.dead_letters()  # kept, not acknowledged: it can be redriven
     assert json.loads(dead.body)["key"] == "3"
+
+
+def test_an_idle_worker_does_not_end_on_one_reading_of_an_empty_queue(
+    tmp_path, storage, monkeypatch
+):
+    # SQS's counts are separate approximate attributes, not one snapshot: a reading taken as a
+    # failed task's message turns visible can count it nowhere. The worker ends only when a
+    # second reading, after another empty receive, agrees.
+    from blocks import LocalTaskQueue
+    from tqflow.engine.contracts import QueueCounts
+    from tqflow.engine.worker import Worker
+
+    readings: list[QueueCounts] = []
+    exact = LocalTaskQueue.counts
+
+    def first_reading_misses_a_message(self) -> QueueCounts:
+        real = exact(self)
+        readings.append(real)
+        return QueueCounts(0, 0, 0, real.dead) if len(readings) == 1 else real
+
+    monkeypatch.setattr(LocalTaskQueue, "counts", first_reading_misses_a_message)
+    queue = LocalTaskQueue(
+        path=str(tmp_path / "queue.sqlite"),
+        queue_name="approximate",
+        wait_seconds=0,
+        max_receive_count=2,
+        allowed_modules=["tests"],
+    )
+    queue.ensure()
+    enqueue(queue, "tests.tasks:fails_on", [1, 2], bad=[2])
+
+    stats = Worker(queue, storage, idle_seconds=0.05, retry_base_seconds=0.5).run()
+
+    assert readings[0].pending == 1  # item 2 waited for its retry while the reading missed it
+    assert (stats.succeeded, stats.failed) == (1, 2)  # the retry ran, in this worker
+    assert exact(queue).dead == 1

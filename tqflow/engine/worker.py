@@ -19,7 +19,8 @@ The contract (DESIGN.md, "Worker loop"):
   ``queue_unreachable_seconds`` stops the worker (``stop_reason`` ``queue_unreachable``).
 - When ``stop`` is set (the process entry sets it on SIGTERM), no new lease is taken and every
   held lease is released at once.
-- The loop ends when the queue stays empty for ``idle_seconds``, or after ``max_tasks`` /
+- The loop ends when the queue stays empty for ``idle_seconds`` (two readings of its counts
+  in a row say nothing is visible, in flight or delayed), or after ``max_tasks`` /
   ``max_seconds``.
 """
 
@@ -69,6 +70,11 @@ logger = logging.getLogger("tqflow.worker")
 #: worker without long polls sends ~1 receive a second, not ~20 (each billed on SQS).
 _FIRST_EMPTY_PAUSE = 0.05
 _LAST_EMPTY_PAUSE = 1.0
+#: Readings of an empty queue, with an empty receive between them, before an idle worker
+#: ends. SQS's counts are separate approximate attributes, not one snapshot: a failed task's
+#: message turning visible while they are read was counted in neither "visible" nor "not
+#: visible" (on moto), and a worker that trusted that one zero ended with the retry pending.
+_DRAINED_READINGS = 2
 
 
 @dataclass
@@ -247,6 +253,7 @@ class Worker:
             on_tick=self.check_deadline,
         )
         empty_polls = 0
+        drained_readings = 0
         self.reports.start()
         with keeper:
             self._keeper = keeper
@@ -260,13 +267,13 @@ class Worker:
                     if lease is None:
                         idle_since = idle_since or time.monotonic()
                         empty_polls += 1
-                        if (
-                            empty_polls >= 2
-                            and time.monotonic() - idle_since >= self.options.idle_seconds
-                            and self._drained()
+                        if empty_polls >= 2 and (
+                            time.monotonic() - idle_since >= self.options.idle_seconds
                         ):
-                            self.stats.stop_reason = "idle"
-                            break
+                            drained_readings = drained_readings + 1 if self._drained() else 0
+                            if drained_readings >= _DRAINED_READINGS:
+                                self.stats.stop_reason = "idle"
+                                break
                         self.stop.wait(
                             retry_delay(
                                 empty_polls,
@@ -275,7 +282,7 @@ class Worker:
                             )
                         )
                         continue
-                    idle_since, empty_polls = None, 0
+                    idle_since, empty_polls, drained_readings = None, 0, 0
                     self._process(lease)
                     if time.monotonic() >= next_progress:
                         self._log_progress(started)
@@ -370,8 +377,8 @@ class Worker:
 
     def _drained(self) -> bool:
         """Empty means nothing visible, in flight (another worker's task may still fail and
-        come back) or delayed. Called only after consecutive empty receives, so one
-        approximate count of SQS's is never trusted alone."""
+        come back) or delayed. Called only after consecutive empty receives, and the loop
+        ends only when `_DRAINED_READINGS` readings in a row say so."""
         self._keeper.flush_acks()  # our own finished tasks are not "in flight"
         counts = self._reach(self.queue.counts)
         return counts is not None and counts.pending == 0
