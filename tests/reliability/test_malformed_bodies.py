@@ -72,11 +72,9 @@ def test_every_unrunnable_body_is_dead_lettered_with_a_reason_and_the_worker_sur
 
     @settings(
         max_examples=examples,
-        deadline=None,
         database=None,
-        suppress_health_check=[
+        suppress_health_check=[  # the suite's profile (tests/conftest.py) adds too_slow
             HealthCheck.function_scoped_fixture,
-            HealthCheck.too_slow,
             HealthCheck.data_too_large,
             HealthCheck.large_base_example,
         ],

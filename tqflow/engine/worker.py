@@ -71,9 +71,9 @@ logger = logging.getLogger("tqflow.worker")
 _FIRST_EMPTY_PAUSE = 0.05
 _LAST_EMPTY_PAUSE = 1.0
 #: Readings of an empty queue, with an empty receive between them, before an idle worker
-#: ends. SQS's counts are separate approximate attributes, not one snapshot: a failed task's
-#: message turning visible while they are read was counted in neither "visible" nor "not
-#: visible" (on moto), and a worker that trusted that one zero ended with the retry pending.
+#: ends. SQS's counts are separate approximate attributes, not one snapshot: a worker that
+#: trusted one zero ended on moto just as a failed task's retry turned visible, the retry
+#: still pending (DESIGN.md facts).
 _DRAINED_READINGS = 2
 
 
@@ -271,9 +271,9 @@ class Worker:
                             time.monotonic() - idle_since >= self.options.idle_seconds
                         ):
                             drained_readings = drained_readings + 1 if self._drained() else 0
-                            if drained_readings >= _DRAINED_READINGS:
-                                self.stats.stop_reason = "idle"
-                                break
+                        if drained_readings >= _DRAINED_READINGS:
+                            self.stats.stop_reason = "idle"
+                            break
                         self.stop.wait(
                             retry_delay(
                                 empty_polls,
