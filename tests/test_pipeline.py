@@ -193,6 +193,50 @@ def test_the_prefect_collections_entry_point_loads_the_blocks():
     assert "tqflow" in load_prefect_collections()
 
 
+def _load_by_slug_in_a_new_process(slug: str, kind: str) -> list[str]:
+    """``load_block(slug, kind)`` in a fresh Python process: the loaded block's type, and
+    whether the process imported prefect-kubernetes (a collection tqflow's blocks do not use)."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.helpers import child_env
+
+    code = (
+        "import sys\n"
+        "import blocks\n"
+        "from prefect.blocks.core import Block\n"
+        "from blocks.specs import load_block\n"
+        f"block = load_block({slug!r}, {kind})\n"
+        "print(type(block).__name__, 'prefect_kubernetes' in sys.modules)\n"
+    )
+    env = {**child_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.split()
+
+
+def test_a_tqflow_block_loads_by_slug_without_importing_every_prefect_collection(tmp_path):
+    from blocks import LocalTaskQueue
+
+    LocalTaskQueue(path=str(tmp_path / "q.sqlite"), queue_name="q").save("by-slug", overwrite=True)
+    loaded = _load_by_slug_in_a_new_process("local-task-queue/by-slug", "blocks.TaskQueue")
+    assert loaded == ["LocalTaskQueue", "False"]
+
+
+def test_another_packages_block_type_still_loads_by_slug():
+    from prefect_kubernetes import KubernetesClusterConfig
+
+    KubernetesClusterConfig(config={"kind": "Config"}, context_name="lab").save(
+        "by-slug", overwrite=True
+    )
+    loaded = _load_by_slug_in_a_new_process("kubernetes-cluster-config/by-slug", "Block")
+    assert loaded == ["KubernetesClusterConfig", "True"]
+
+
 def test_a_block_that_does_not_exist_is_named_in_the_error():
     from typer.testing import CliRunner
 
