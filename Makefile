@@ -24,8 +24,10 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/tqflow demo
 
+# Three test processes on 2 cores: at two, the CPU sat idle 29% of the run, waiting on servers and
+# subprocesses; three took 20% less time (DESIGN.md, facts).
 test: lint
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q -n 2 --dist loadgroup
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q -n 3 --dist loadgroup
 
 # ruff (lint and format) on everything; mypy on the engine, the errors and the blocks.
 lint: $(INSTALLED)
