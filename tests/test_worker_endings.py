@@ -60,10 +60,12 @@ def test_an_unknown_ending_is_kept_as_it_was_written():
 
 
 def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect_api, tmp_path):
-    """On the real Prefect API: a worker run that crashed with exit code 137, and the event
-    prefect-kubernetes's pod observer emits for its pod, saying the pod was evicted."""
+    """On the real Prefect API: the fleet launches a worker run of a deployment (no worker picks
+    it up), whose infrastructure then crashes with exit code 137, and prefect-kubernetes's pod
+    observer emits the event for its pod, saying the pod was evicted."""
     from prefect import flow
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
     from prefect.events import emit_event
     from prefect.states import Crashed
 
@@ -77,10 +79,30 @@ def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect
         pass
 
     with get_client(sync_client=True) as client:
-        run = client.create_flow_run(
-            worker,
-            state=Crashed(message="Flow run infrastructure exited with non-zero status code 137."),
+        deployment = client.create_deployment(
+            flow_id=client.create_flow(worker), name="worker-evicted"
         )
+    queue = LocalTaskQueue(path=str(tmp_path / "q.sqlite"))
+    storage = CloudFilesStorage(cloudpath=f"file://{tmp_path}")
+    queue.save("evicted", overwrite=True)  # a deployment's worker runs get saved blocks
+    storage.save("evicted", overwrite=True)
+    fleet = DeploymentFleet(
+        queue,
+        storage,
+        WorkerOptions(),
+        deployment="worker/worker-evicted",
+        run_key="evicted",
+    )
+    fleet.launch(1)
+    assert fleet.running() == 1  # scheduled: not ended
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment])
+            )
+        )
+        crashed = Crashed(message="Flow run infrastructure exited with non-zero status code 137.")
+        client.set_flow_run_state(run.id, crashed, force=True)
         emit_event(
             event="prefect.kubernetes.pod.evicted",
             resource={
@@ -98,14 +120,6 @@ def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect
         )
         wait_until(lambda: _pod_reason(client, run) is not None, timeout=120)
 
-    fleet = DeploymentFleet(
-        LocalTaskQueue(path=str(tmp_path / "q.sqlite")),
-        CloudFilesStorage(cloudpath=f"file://{tmp_path}"),
-        WorkerOptions(),
-        deployment="worker/worker-gke",
-        run_key="k",
-    )
-    fleet._runs = [run]
     assert fleet.running() == 0
     [ending] = fleet.endings
     assert ending.endswith("status code 137. (pod: Evicted)")
