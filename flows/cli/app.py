@@ -1,0 +1,112 @@
+"""The ``tqflow`` application: its command groups, ``--debug``, and the one place where an
+error a user can fix becomes a sentence instead of a traceback (`errors_explained`). The
+commands themselves are registered by the ``*_commands`` modules beside this one."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+import sys
+from typing import Any, Callable, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from tqflow.errors import TqflowError
+
+
+def console(stderr: bool = False) -> Console:
+    """A console sized when it prints: rich reads ``COLUMNS`` when a Console is made, so one
+    made at import keeps whatever width the importing process had."""
+    return Console(stderr=stderr)
+
+
+#: ``--debug`` / ``TQFLOW_DEBUG=1``: show tracebacks instead of one-sentence errors.
+_debug = {"on": os.environ.get("TQFLOW_DEBUG", "") not in ("", "0", "false")}
+
+
+def explain(exc: BaseException) -> Optional[str]:
+    """One or two sentences for an error a user can fix, naming the input and the fix; None
+    for a bug (the traceback is shown then)."""
+    import httpx
+
+    if isinstance(exc, TqflowError):
+        return str(exc)
+    if isinstance(exc, httpx.ConnectError) or isinstance(exc, httpx.ConnectTimeout):
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value() or "(none set)"
+        return (
+            f"cannot reach the Prefect API at {url}: start a server with `prefect server start` "
+            "and set PREFECT_API_URL to its /api URL (e.g. http://127.0.0.1:4200/api)"
+        )
+    if isinstance(exc, sqlite3.DatabaseError):
+        return (
+            f"the local queue database cannot be read ({exc}): --data must be a folder whose "
+            "queue.sqlite was written by tqflow; move a damaged file away to start afresh"
+        )
+    return None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def errors_explained(command: F) -> F:
+    """Run ``command``; an error a user can fix becomes one line on stderr and exit code 1
+    (with ``--debug``, the traceback)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            message = explain(exc)
+            if message is None or _debug["on"]:
+                raise
+            console(stderr=True).print(f"[red]error:[/red] {message}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return run  # type: ignore[return-value]
+
+
+class _Commands(typer.Typer):
+    """Every command runs through `errors_explained`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        register = super().command(*args, **kwargs)
+        return lambda command: register(errors_explained(command))
+
+
+app = _Commands(
+    name="tqflow",
+    help="Run cloud task-queue batch jobs as Prefect flows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+dead_app = _Commands(help="Look at and redrive dead-lettered messages.", no_args_is_help=True)
+app.add_typer(dead_app, name="dead-letters")
+blocks_app = _Commands(
+    help="Credentials blocks: import secrets files, register types.", no_args_is_help=True
+)
+app.add_typer(blocks_app, name="blocks")
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(
+        False, "--debug", envvar="TQFLOW_DEBUG", help="Show the traceback of an error."
+    ),
+) -> None:
+    _debug["on"] = debug
+
+
+def main() -> None:
+    try:
+        app()
+    except TqflowError as exc:
+        console().print(f"[red]error:[/red] {exc}")
+        sys.exit(1)

@@ -1,0 +1,299 @@
+"""Commands on a batch: ``demo``, ``enqueue``, ``work``, ``status``, ``analyze``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import typer
+from rich.table import Table
+
+from flows.cli.app import app, console
+from flows.cli.options import (
+    Target,
+    load_block,
+    target_options,
+    worker_options,
+)
+from tqflow.engine.messages import check_batch
+from tqflow.engine.options import WorkerOptions
+from tqflow.errors import CLIInputError, EnqueueInterruptedError, QueueUnreachableError
+
+
+def _json_object(option: str, text: str) -> dict[str, Any]:
+    """The JSON object given to ``option``, or a `CLIInputError` naming the option."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CLIInputError(
+            f"{option} is not JSON ({exc.msg}): give an object such as '{{\"lod\": 2}}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise CLIInputError(
+            f"{option} must be a JSON object of names to values, not a {type(value).__name__}: "
+            "e.g. '{\"lod\": 2}'"
+        )
+    return value
+
+
+@app.command()
+@target_options(queue=False, storage=False)
+def demo(
+    target: Target,
+    items: int = typer.Option(2_000, min=1, help="How many synthetic neurons to measure."),
+    workers: int = typer.Option(2, min=1, help="Local worker processes."),
+    nodes: int = typer.Option(2_000, min=2, help="Skeleton nodes per neuron (CPU cost per task)."),
+    overwrite: bool = typer.Option(False, help="Re-run items that already have an output."),
+) -> None:
+    """Run the embedded pipeline: queue -> local workers -> local storage -> analysis."""
+    from blocks.queues.local import LocalTaskQueue
+    from blocks.storage import CloudFilesStorage
+    from flows.pipeline import pipeline
+    from tqflow.examples import demo_root_ids
+
+    data, batch = target.folder().resolve(), target.batch
+    root_ids = demo_root_ids(items)
+    console().print(
+        f"tqflow demo: {items:,} synthetic neurons, {workers} local workers, results in {data}"
+    )
+    summary = pipeline(
+        fn="tqflow.examples:skeleton_stats",
+        queue=LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name=batch),
+        storage=CloudFilesStorage(cloudpath=f"file://{data}"),
+        batch=batch,
+        items=root_ids,
+        kwargs={"n_nodes": nodes},
+        workers=workers,
+        overwrite=overwrite,
+        worker_options=WorkerOptions(idle_seconds=2.0),
+    )
+    analysis_summary = summary.get("analysis") or {}
+    console().print(
+        f"\n[bold]batch {batch}[/bold]: {summary['queued']:,} tasks run, "
+        f"{summary['skipped_done']:,} skipped as already done, "
+        f"{summary['dead_lettered']:,} dead-lettered, in {summary['elapsed_seconds']:.1f}s"
+    )
+    console().print(f"outputs:  {summary['outputs']}")
+    if analysis_summary.get("results"):
+        console().print(f"table:    {analysis_summary['results']}")
+        console().print(f"plot:     {analysis_summary['plot']}")
+    console().print(
+        "Run it again to resume (nothing re-runs); `tqflow status` shows the queue; "
+        "with `prefect server start` running, the runs and artifacts are in its UI."
+    )
+
+
+@app.command("enqueue")
+@target_options()
+def enqueue_command(
+    target: Target,
+    fn: str = typer.Argument(..., help="Task function, package.module:function."),
+    items: Optional[List[str]] = typer.Option(None, "--item", help="An item (repeatable)."),
+    items_file: Optional[Path] = typer.Option(None, help="File of items: .txt, .csv, .parquet."),
+    column: Optional[str] = typer.Option(None, help="Column of the items file."),
+    items_from: Optional[str] = typer.Option(None, help="package.module:function returning items."),
+    cave_table: Optional[str] = typer.Option(
+        None, help="Or a CAVE materialization table: its --column (default pt_root_id) values."
+    ),
+    cave_filter: str = typer.Option("{}", help="CAVE rows to keep, as JSON {column: value}."),
+    cave_block: Optional[str] = typer.Option(
+        None, help="CAVE block for --cave-table, e.g. cave-credentials/lab."
+    ),
+    kwargs: str = typer.Option("{}", help="Fixed keyword arguments, as JSON."),
+    overwrite: bool = typer.Option(False, help="Queue items whose output exists too."),
+    requeue: bool = typer.Option(
+        False, help="Queue again items an earlier run queued that are not done (after a purge)."
+    ),
+    step: int = typer.Option(
+        1_000,
+        min=10,
+        help="Messages sent between two records of what was sent: on SQS, a "
+        "killed enqueue re-sends at most this many when run again.",
+    ),
+    task_timeout: Optional[float] = typer.Option(
+        None,
+        min=0.001,
+        help="The batch's time limit per task, in seconds: a task past it is "
+        "stopped, retried, and dead-lettered after the queue's max receive count.",
+    ),
+) -> None:
+    """Queue one task per item. Items already done, or already queued by an earlier run, are
+    skipped: run it again after Ctrl-C and it queues the rest."""
+    from blocks.cave import CAVECredentials
+    from flows.enqueue import ItemSource, enqueue_items
+    from tqflow.items import parse_item
+
+    fixed = _json_object("--kwargs", kwargs)
+    cave_query = None
+    if cave_table is not None:
+        from blocks.cave import CAVETableQuery
+
+        cave_query = CAVETableQuery(
+            table=cave_table,
+            column=column or "pt_root_id",
+            filter_equal=_json_object("--cave-filter", cave_filter),
+        )
+    queue, storage = target.queue(), target.storage()
+    found = ItemSource(
+        items=[parse_item(i) for i in items] if items else None,
+        items_file=str(items_file) if items_file else None,
+        column=column,
+        items_from=items_from,
+        cave_query=cave_query,
+    ).read(load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None)
+    if found.report():
+        console(stderr=True).print(f"[yellow]{found.report()}[/yellow]", soft_wrap=True)
+    with _stop_on_signals() as stop:
+        try:
+            result = enqueue_items(
+                queue,
+                storage,
+                fn,
+                found,
+                target.batch,
+                fixed,
+                overwrite=overwrite,
+                requeue=requeue,
+                stop=stop,
+                step=step,
+                task_timeout_seconds=task_timeout,
+            )
+        except EnqueueInterruptedError as exc:
+            console(stderr=True).print(f"[yellow]{exc}[/yellow]", soft_wrap=True)
+            raise typer.Exit(130) from None
+    console().print(result.line())
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """While inside (a command's own entry), the first SIGINT / SIGTERM sets the yielded event,
+    which the work checks between steps; a second one interrupts at once."""
+    stop = threading.Event()
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        console(stderr=True).print(
+            "stopping after the step in progress (again to stop at once)", soft_wrap=True
+        )
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@app.command()
+@target_options()
+@worker_options(idle_seconds=5.0)
+def work(
+    target: Target,
+    options: WorkerOptions,
+    cave_block: Optional[str] = typer.Option(
+        None, help="CAVE block for tasks that take a `cave` client, e.g. cave-credentials/lab."
+    ),
+) -> None:
+    """Run a worker in this process until the queue is drained (SIGTERM stops it cleanly).
+    Workers on a cluster wait longer for an enqueue still sending: --idle-seconds 30."""
+    from blocks.cave import CAVECredentials
+    from tqflow.engine.process import log_to_stderr, stop_on_signals
+    from tqflow.engine.worker import Worker
+
+    queue = target.queue(must_exist=True)
+    cave = load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None
+    log_to_stderr()
+    worker = Worker(queue, target.storage(), options, cave=cave, default_batch=target.batch)
+    with stop_on_signals(worker):
+        stats = worker.run()
+    console().print_json(json.dumps(stats.as_dict()))
+    if stats.stop_reason == "queue_unreachable":
+        raise QueueUnreachableError(stats.error)
+
+
+@app.command()
+@target_options()
+def status(
+    target: Target,
+    list_outputs: bool = typer.Option(
+        False,
+        "--list-outputs",
+        help="Count the output files themselves (one listing request per 1,000 items) "
+        "instead of summing the workers' reports.",
+    ),
+) -> None:
+    """Show the queue (with its dead-letter queue) and what the batch's workers did."""
+    from tqflow.dashboard import failure_lines, resource_lines
+    from tqflow.engine.outputs import outputs_prefix
+    from tqflow.engine.reports import batch_tally, read_reports
+
+    q, storage, batch = target.queue(must_exist=True), target.storage(), target.batch
+    counts = q.counts()
+    reports = read_reports(storage, batch)
+    tally = batch_tally(reports)
+    rows = [
+        ("visible (waiting)", counts.visible),
+        ("in flight (running)", counts.in_flight),
+        ("delayed", counts.delayed),
+        ("dead-lettered", counts.dead),
+    ]
+    if list_outputs or not reports:  # batches run before workers reported: count the files
+        outputs = sum(1 for p in storage.list(outputs_prefix(batch)) if p.endswith(".json"))
+        rows.append(("outputs (listed)", outputs))
+    if reports:
+        rows += [
+            ("tasks done", tally.succeeded),
+            ("skipped, already done", tally.skipped),
+            ("failed attempts", tally.failed),
+            (
+                f"workers reporting (ended: {sum(1 for r in reports if r.get('ended'))})",
+                len(reports),
+            ),
+        ]
+    table = Table(title=f"queue {q.queue_name} / batch {batch}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for label, value in rows:
+        table.add_row(label, f"{value:,}")
+    console().print(table)
+    for title, lines in (
+        ("failures by error type", failure_lines(tally)),
+        ("what the tasks used", resource_lines(tally)),
+    ):
+        if lines:
+            console().print(f"[bold]{title}[/bold]")
+            for line in lines:
+                console().print(line, soft_wrap=True, markup=False)
+    console().print(f"outputs in {storage.url(outputs_prefix(batch))}")
+    if counts.dead:
+        console().print(
+            f"[yellow]{counts.dead:,} dead-lettered[/yellow]: "
+            f"`tqflow dead-letters list {target.flags()}` "
+            "shows why",
+            soft_wrap=True,
+        )
+
+
+@app.command()
+@target_options(queue=False)
+def analyze(target: Target) -> None:
+    """Collect the batch's outputs into <batch>/analysis/results.parquet."""
+    from flows.analysis import analysis
+    from tqflow.engine.outputs import outputs_prefix
+
+    batch = check_batch(target.batch)
+    storage = target.storage()
+    result = analysis(storage=storage, batch=batch)
+    if not result["items"]:
+        raise CLIInputError(
+            f"batch {batch!r} has no outputs in {storage.url(outputs_prefix(batch))}: check "
+            "the batch name (--batch) and the storage (--data / --storage-block), or run its "
+            "tasks first (`tqflow work`)"
+        )
+    console().print(f"{result['items']:,} results -> {result['results']}")

@@ -1,0 +1,152 @@
+"""Commands for a GKE cluster: pod sizes that fit a node (from a machine type, or from what a
+batch's tasks used), and the work pool's base job template."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from flows.cli.app import app, console
+from flows.cli.options import (
+    DATA_OPTION,
+    Target,
+)
+from tqflow.engine.messages import check_batch
+
+
+@app.command("plan-resources")
+def plan_resources(
+    machine_type: Optional[str] = typer.Option(
+        None, "--machine-type", help="GCE machine type of the worker nodes, e.g. e2-highmem-4."
+    ),
+    cpus: Optional[int] = typer.Option(None, "--cpus", min=1, help="Or: vCPUs of the node."),
+    memory_gib: Optional[float] = typer.Option(
+        None, "--memory-gib", min=0.5, help="And its memory in GiB."
+    ),
+    pods_per_node: int = typer.Option(4, "--pods-per-node", min=1, help="Worker pods per node."),
+    headroom: float = typer.Option(
+        0.05, min=0.0, max=0.9, help="Fraction left free for cluster pods and spikes."
+    ),
+    from_batch: Optional[str] = typer.Option(
+        None,
+        "--from-batch",
+        help="Size the pods from what this batch's tasks used (its worker reports); without "
+        "--machine-type, choose the cheapest common machine type.",
+    ),
+    margin: float = typer.Option(
+        0.2, min=0.0, max=4.0, help="With --from-batch: added to the measured memory and CPU."
+    ),
+    items: Optional[int] = typer.Option(
+        None, "--items", min=1, help="With --from-batch: size of the next batch (default: as many)."
+    ),
+    within_hours: float = typer.Option(
+        4.0, "--within-hours", min=0.01, help="With --from-batch: finish the next batch within."
+    ),
+    data: Path = DATA_OPTION,
+    storage_block: Optional[str] = typer.Option(
+        None, "--storage-block", help="With --from-batch: the storage block holding the batch."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the job variables as JSON."),
+) -> None:
+    """Requests and memory limit for worker pods that fit a GKE node (no CPU limit)."""
+    from tqflow.gke.resources import Machine, plan
+
+    if machine_type is not None:
+        machine = Machine.from_type(machine_type)
+    elif cpus is not None and memory_gib is not None:
+        machine = Machine(cpus=cpus, memory_gib=memory_gib)
+        machine_type = f"custom-{cpus}-{memory_gib:g}GiB"
+    elif from_batch is None:
+        raise typer.BadParameter("give --machine-type, or both --cpus and --memory-gib")
+    else:
+        machine = None
+    if from_batch is not None:
+        target = Target(batch=check_batch(from_batch), data=data, storage_block=storage_block)
+        _plan_from_batch(
+            target, machine_type, machine, margin, headroom, items, within_hours, as_json
+        )
+        return
+    assert machine is not None
+    resources = plan(machine, pods_per_node, headroom=headroom)
+    variables = resources.as_job_variables()
+    if as_json:
+        print(json.dumps(variables))
+        return
+    console().print(
+        f"node: {machine.cpus} vCPUs, {machine.memory_gib:g} GiB -> allocatable "
+        f"{machine.allocatable_cpu_millicores}m CPU, {machine.allocatable_memory_mib:,} MiB"
+    )
+    for name, value in variables.items():
+        console().print(f"{name}: {value}")
+    console().print("cpu_limit: none (on purpose: a task may use idle cores)")
+    flags = " ".join(f"-jv {name}={value}" for name, value in variables.items())
+    console().print(f"use: prefect deploy --name worker-gke {flags}", soft_wrap=True)
+
+
+def _plan_from_batch(
+    target: Target,
+    machine_type: Optional[str],
+    machine: Any,
+    margin: float,
+    headroom: float,
+    items: Optional[int],
+    within_hours: float,
+    as_json: bool,
+) -> None:
+    from tqflow.engine.reports import batch_tally, read_reports
+    from tqflow.gke import right_size
+
+    usage = right_size.BatchUsage.of(
+        batch_tally(read_reports(target.storage(), target.batch)), target.batch
+    )
+    items = items or usage.tasks
+    if machine_type is None:
+        found = right_size.cheapest(usage, items, within_hours, margin, headroom)
+    else:
+        sized = right_size.size_pod(usage, machine_type, margin, headroom, machine=machine)
+        found = right_size.plan_next_batch(sized, usage, items, within_hours)
+    variables = found.pod.as_job_variables()
+    if as_json:
+        print(json.dumps(variables))
+        return
+    mib = 2**20
+    console().print(
+        f"batch {target.batch}: {usage.tasks:,} tasks measured; peak memory p99.9 "
+        f"{usage.peak_rss_p999_bytes / mib:,.0f} MiB (max {usage.peak_rss_max_bytes / mib:,.0f}), "
+        f"CPU {usage.cpu_per_wall:.2f} cores a task, {usage.mean_task_seconds:.2f} s a task",
+        soft_wrap=True,
+    )
+    console().print(
+        f"machine: {found.machine_type} ({found.machine.cpus} vCPUs, "
+        f"{found.machine.memory_gib:g} GiB), {found.pods_per_node} worker pods per node; "
+        f"memory p99.9 + {margin:.0%}, CPU mean + {margin:.0%}",
+        soft_wrap=True,
+    )
+    for name, value in variables.items():
+        console().print(f"{name}: {value}")
+    console().print("cpu_limit: none (on purpose: a task may use idle cores)")
+    cost = (
+        f"${found.cost_on_demand:,.2f} on demand, ~${found.cost_spot:,.2f} on spot VMs "
+        f"(us-central1 list prices of {right_size.PRICES_AS_OF}; spot ~"
+        f"{right_size.SPOT_FRACTION:.0%} of on demand)"
+        if found.cost_on_demand is not None
+        else "no price for this machine family"
+    )
+    console().print(
+        f"next batch of {found.items:,} items within {within_hours:g} h: {found.nodes} nodes, "
+        f"{found.wall_hours:.2f} h, {cost}",
+        soft_wrap=True,
+    )
+    flags = " ".join(f"-jv {name}={value}" for name, value in variables.items())
+    console().print(f"use: prefect deploy --name worker-gke {flags}", soft_wrap=True)
+
+
+@app.command("gke-job-template")
+def gke_job_template() -> None:
+    """Print the base job template for a GKE (kubernetes) work pool."""
+    from tqflow.gke.job_template import base_job_template
+
+    print(json.dumps(base_job_template(), indent=2, sort_keys=True))
