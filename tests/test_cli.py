@@ -170,3 +170,19 @@ def test_work_takes_allow_and_task_timeout(tmp_path):
     assert (stats["succeeded"], stats["timed_out"], stats["dead_lettered"]) == (1, 1, 0)
     error = json.loads((data / "limits/errors/2.json").read_text())["attempts"][0]["error"]
     assert "timed out after 1 s" in error
+
+
+@pytest.mark.parametrize("command", ["status", "analyze"])
+def test_paths_are_printed_whole_on_a_narrow_terminal(data_with_dead_letters, command, request):
+    # A path wrapped across lines cannot be copied; prose may wrap, paths may not.
+    request.getfixturevalue("prefect_api")  # analyze runs the analysis flow
+    result = CliRunner().invoke(
+        app,
+        [command, "--batch", "nightly", "--data", str(data_with_dead_letters)],
+        catch_exceptions=False,
+        env={"COLUMNS": "40"},
+    )
+    assert result.exit_code == 0, result.output
+    path = f"file://{data_with_dead_letters}/nightly/"
+    assert len(path) > 40
+    assert path in result.output, result.output

@@ -58,7 +58,8 @@ def demo(
     data, batch = target.folder().resolve(), target.batch
     root_ids = demo_root_ids(items)
     console().print(
-        f"tqflow demo: {items:,} synthetic neurons, {workers} local workers, results in {data}"
+        f"tqflow demo: {items:,} synthetic neurons, {workers} local workers, results in {data}",
+        soft_wrap=True,
     )
     summary = pipeline(
         fn="tqflow.examples:skeleton_stats",
@@ -77,10 +78,10 @@ def demo(
         f"{summary['skipped_done']:,} skipped as already done, "
         f"{summary['dead_lettered']:,} dead-lettered, in {summary['elapsed_seconds']:.1f}s"
     )
-    console().print(f"outputs:  {summary['outputs']}")
+    console().print(f"outputs:  {summary['outputs']}", soft_wrap=True)
     if analysis_summary.get("results"):
-        console().print(f"table:    {analysis_summary['results']}")
-        console().print(f"plot:     {analysis_summary['plot']}")
+        console().print(f"table:    {analysis_summary['results']}", soft_wrap=True)
+        console().print(f"plot:     {analysis_summary['plot']}", soft_wrap=True)
     console().print(
         "Run it again to resume (nothing re-runs); `tqflow status` shows the queue; "
         "with `prefect server start` running, the runs and artifacts are in its UI."
@@ -165,7 +166,7 @@ def enqueue_command(
         except EnqueueInterruptedError as exc:
             console(stderr=True).print(f"[yellow]{exc}[/yellow]", soft_wrap=True)
             raise typer.Exit(130) from None
-    console().print(result.line())
+    console().print(result.line(), soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -270,7 +271,7 @@ def status(
             console().print(f"[bold]{title}[/bold]")
             for line in lines:
                 console().print(line, soft_wrap=True, markup=False)
-    console().print(f"outputs in {storage.url(outputs_prefix(batch))}")
+    console().print(f"outputs in {storage.url(outputs_prefix(batch))}", soft_wrap=True)
     if counts.dead:
         console().print(
             f"[yellow]{counts.dead:,} dead-lettered[/yellow]: "
@@ -296,4 +297,4 @@ def analyze(target: Target) -> None:
             "the batch name (--batch) and the storage (--data / --storage-block), or run its "
             "tasks first (`tqflow work`)"
         )
-    console().print(f"{result['items']:,} results -> {result['results']}")
+    console().print(f"{result['items']:,} results -> {result['results']}", soft_wrap=True)

@@ -74,7 +74,7 @@ def blocks_save_local(
                 f"block {slug} exists already: pass --overwrite to replace it (it will point "
                 f"at {data})"
             ) from None
-        console().print(f"saved {slug} ({data})")
+        console().print(f"saved {slug} ({data})", soft_wrap=True)
 
 
 @blocks_app.command("register")
