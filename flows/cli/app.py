@@ -90,7 +90,8 @@ app = _Commands(
 dead_app = _Commands(help="Look at and redrive dead-lettered messages.", no_args_is_help=True)
 app.add_typer(dead_app, name="dead-letters")
 blocks_app = _Commands(
-    help="Credentials blocks: import secrets files, register types.", no_args_is_help=True
+    help="Blocks: import a secrets folder, save the embedded setup's, register the types.",
+    no_args_is_help=True,
 )
 app.add_typer(blocks_app, name="blocks")
 
