@@ -194,6 +194,19 @@ def test_debug_shows_the_traceback(tmp_path):
     assert type(result.exception).__name__ == "UnknownFunctionError"
 
 
+def test_debug_shows_the_traceback_of_the_installed_command(tmp_path):
+    a_file = tmp_path / "queue.sqlite"
+    a_file.write_text("")
+    args = [str(BIN / "tqflow"), "status", "--data", str(a_file)]
+    plain = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    debug = subprocess.run(
+        [args[0], "--debug", *args[1:]], capture_output=True, text=True, timeout=300
+    )
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr, plain.stderr
+    assert debug.returncode == 1 and "Traceback" in debug.stderr, debug.stderr
+    assert "is a file" in debug.stderr
+
+
 def test_an_unreachable_prefect_api_is_named_with_what_to_do(tmp_path):
     from tests.services import free_port
 

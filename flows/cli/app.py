@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-import sys
 from typing import Any, Callable, Optional, TypeVar
 
 import typer
@@ -106,8 +105,6 @@ def _options(
 
 
 def main() -> None:
-    try:
-        app()
-    except TqflowError as exc:
-        console().print(f"[red]error:[/red] {exc}")
-        sys.exit(1)
+    """The ``tqflow`` command. Errors are explained by `errors_explained`, around each command,
+    and nowhere else: a second catch here turned ``--debug``'s traceback back into one line."""
+    app()
