@@ -173,9 +173,9 @@ def test_work_takes_allow_and_task_timeout(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["status", "analyze"])
-def test_paths_are_printed_whole_on_a_narrow_terminal(data_with_dead_letters, command, request):
-    # A path wrapped across lines cannot be copied; prose may wrap, paths may not.
-    request.getfixturevalue("prefect_api")  # analyze runs the analysis flow
+def test_paths_are_printed_whole_on_a_narrow_terminal(data_with_dead_letters, command, prefect_api):
+    # A path wrapped across lines cannot be copied; prose may wrap, paths may not. (`analyze`
+    # runs the analysis flow, hence the Prefect API.)
     result = CliRunner().invoke(
         app,
         [command, "--batch", "nightly", "--data", str(data_with_dead_letters)],

@@ -13,12 +13,7 @@ import typer
 from rich.table import Table
 
 from flows.cli.app import app, console
-from flows.cli.options import (
-    Target,
-    load_block,
-    target_options,
-    worker_options,
-)
+from flows.cli.options import Target, load_block, target_options, worker_options
 from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
 from tqflow.errors import CLIInputError, EnqueueInterruptedError, QueueUnreachableError

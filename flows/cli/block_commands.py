@@ -10,10 +10,7 @@ import typer
 from rich.table import Table
 
 from flows.cli.app import blocks_app, console
-from flows.cli.options import (
-    DATA_OPTION,
-    data_folder,
-)
+from flows.cli.options import DATA_OPTION, data_folder
 from tqflow.errors import CLIInputError
 
 

@@ -10,10 +10,7 @@ from typing import Any, Optional
 import typer
 
 from flows.cli.app import app, console
-from flows.cli.options import (
-    DATA_OPTION,
-    Target,
-)
+from flows.cli.options import DATA_OPTION, Target
 from tqflow.engine.messages import check_batch
 
 

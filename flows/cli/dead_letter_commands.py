@@ -9,10 +9,7 @@ import typer
 from rich.table import Table
 
 from flows.cli.app import console, dead_app
-from flows.cli.options import (
-    Target,
-    target_options,
-)
+from flows.cli.options import Target, target_options
 
 
 @dead_app.command("list")
