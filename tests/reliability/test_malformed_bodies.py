@@ -73,7 +73,9 @@ def test_every_unrunnable_body_is_dead_lettered_with_a_reason_and_the_worker_sur
     @settings(
         max_examples=examples,
         database=None,
-        suppress_health_check=[  # the suite's profile (tests/conftest.py) adds too_slow
+        suppress_health_check=[
+            # A list here replaces the suite profile's (tests/conftest.py: too_slow), not adds.
+            *settings.default.suppress_health_check,
             HealthCheck.function_scoped_fixture,
             HealthCheck.data_too_large,
             HealthCheck.large_base_example,
