@@ -30,7 +30,8 @@ from prefect_gcp import GcpCredentials
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from blocks.specs import referable_by
-from tqflow.errors import CredentialsError, StorageError
+from tqflow.engine.contracts import JSONFiles
+from tqflow.errors import CorruptFileError, CredentialsError, StorageError
 
 _clients = threading.local()
 #: Local folders known to exist, so a write does not try to make its folder every time.
@@ -335,12 +336,14 @@ class CloudFilesStorage(WritableFileSystem):
             ) from exc
 
     def get_json(self, path: str) -> Any:
-        """The JSON at ``path``, or ``None`` if it does not exist."""
+        """The JSON at ``path``, or ``None`` if it does not exist. `CorruptFileError` if it
+        is not JSON."""
         content = self.get(path)
         return None if content is None else _loads(self.url(path), content)
 
-    def get_json_many(self, paths: Iterable[str]) -> dict[str, Any]:
-        """Read many JSON files in parallel: ``{path: value}``, missing ones left out."""
+    def get_json_many(self, paths: Iterable[str]) -> JSONFiles:
+        """Read many JSON files in parallel: ``{path: value}``, missing ones left out, and
+        those that are not JSON in its ``corrupt``."""
         if self.is_local:
             return self._get_json_many_local(list(paths))
         try:
@@ -349,23 +352,15 @@ class CloudFilesStorage(WritableFileSystem):
             raise StorageError(
                 f"cannot read from {self.cloudpath}: {type(exc).__name__}: {exc}"
             ) from exc
-        return {
-            path: _loads(self.url(path), content)
-            for path, content in found.items()
-            if content is not None
-        }
+        return _parsed((path, content) for path, content in found.items() if content is not None)
 
-    def _get_json_many_local(self, paths: list[str]) -> dict[str, Any]:
+    def _get_json_many_local(self, paths: list[str]) -> JSONFiles:
         # Plain reads, one after another: cloud-files' local path costs ~7x as much per small
         # file (most of an analysis of 10^6 outputs), and reading in threads was 2-4x slower
         # still on the 2-core machine of bench/scale.py (the threads contend for the GIL and
         # the folder's lookups more than they overlap reads from the page cache).
-        found = {}
-        for path in paths:
-            content = _read_local(self.cloudpath, path)
-            if content is not None:
-                found[path] = _loads(self.url(path), content)
-        return found
+        contents = ((path, _read_local(self.cloudpath, path)) for path in paths)
+        return _parsed((path, content) for path, content in contents if content is not None)
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists."""
@@ -538,9 +533,17 @@ def _loads(url: str, content: bytes) -> Any:
     try:
         return json.loads(content)
     except ValueError as exc:
-        raise StorageError(
-            f"{url} is not valid JSON ({exc}); delete it to re-run its task"
-        ) from None
+        raise CorruptFileError(url, str(exc)) from None
+
+
+def _parsed(contents: Iterable[tuple[str, bytes]]) -> JSONFiles:
+    files = JSONFiles()
+    for path, content in contents:
+        try:
+            files[path] = json.loads(content)
+        except ValueError as exc:
+            files.corrupt[path] = str(exc)
+    return files
 
 
 def _json_default(obj: Any) -> Any:

@@ -2,21 +2,21 @@
 
 Streams ``<batch>/outputs/*.json`` into ``<batch>/analysis/results.parquet`` in chunks
 (`tqflow.results_table`: one row per item, the result's fields plus ``task_seconds``,
-``task_attempt``, ``task_worker``), then reads back only the numeric columns for the summary
-statistics (a table artifact) and ``summary.png`` (a markdown artifact). Memory stays bounded
-by a chunk and those columns, whatever the batch's size.
+``task_attempt``, ``task_worker``), then summarises its numeric columns and draws
+``summary.png`` (`tqflow.results_summary`), published as a table and a markdown artifact.
+Memory stays bounded by a chunk and those columns, whatever the batch's size. Valid outputs
+cannot fail it: what cannot be summarised or drawn, and outputs that are not JSON, are left
+out and named in the artifact's notes.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import re
 import tempfile
-from dataclasses import dataclass
-from typing import Any, Union
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
 
-import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -24,6 +24,7 @@ from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.messages import check_batch
 from tqflow.engine.outputs import outputs_prefix
+from tqflow.results_summary import summarise
 from tqflow.results_table import build_results_table, output_paths
 
 #: Plots up to this size are embedded in the markdown artifact; larger ones are linked.
@@ -35,58 +36,17 @@ def artifact_key(batch: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{batch}-{what}".lower()).strip("-")
 
 
-def summarise(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Count, mean, std, min, median and max of each numeric column."""
-    numeric = frame.select_dtypes("number")
-    if numeric.empty:
-        return []
-    stats = numeric.describe(percentiles=[0.5]).T.rename(columns={"50%": "median"})
-    return [
-        {"column": column, **{k: _round(v) for k, v in values.items()}}
-        for column, values in stats.iterrows()
-    ]
-
-
-def _round(value: Any) -> Any:
-    return round(float(value), 4) if pd.notna(value) else None
-
-
-def plot(frame: pd.DataFrame, batch: str, items: int) -> bytes:
-    """Histograms of up to six numeric result columns, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = [c for c in frame.select_dtypes("number").columns if c != "task_attempt"][:6]
-    n_cols = min(3, max(1, len(columns)))
-    n_rows = max(1, -(-len(columns) // n_cols))
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.4 * n_cols, 2.6 * n_rows), squeeze=False)
-    for ax in axes.flat[len(columns) :]:
-        ax.set_visible(False)
-    for ax, column in zip(axes.flat, columns, strict=False):  # more axes than columns
-        values = pd.to_numeric(frame[column], errors="coerce")
-        values = values[values.abs() != float("inf")].dropna()  # outputs written before nulls
-        ax.hist(values, bins=30, color="#2f6db5")
-        ax.set_title(column, fontsize=9)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(f"batch {batch}: {items:,} items", fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 @dataclass
 class Analysis:
-    """What `analyse` wrote: the table, the plot, and the summary statistics."""
+    """What `analyse` wrote: the table, the plot (when one could be drawn), the summary
+    statistics, and notes on what was left out."""
 
     items: int
     table_path: str
-    plot_path: str
-    png: bytes
+    plot_path: Optional[str]
+    png: Optional[bytes]
     summary: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
 
 
 def analyse(storage: CloudFilesStorage, batch: str) -> Analysis | None:
@@ -96,15 +56,32 @@ def analyse(storage: CloudFilesStorage, batch: str) -> Analysis | None:
     if not paths:
         return None
     table_path = f"{batch}/analysis/results.parquet"
+    notes = []
     with tempfile.TemporaryDirectory(prefix="tqflow-analysis-") as folder:
         table = build_results_table(storage, paths, folder)
         with open(table.path, "rb") as f:
             storage.put(table_path, f.read())
-        numeric = table.read_columns(table.numeric_columns).to_pandas()
-    png = plot(numeric, batch, table.rows)
-    plot_path = f"{batch}/analysis/summary.png"
-    storage.put(plot_path, png, content_type="image/png")
-    return Analysis(table.rows, table_path, plot_path, png, summarise(numeric))
+        summary = summarise(table, batch)
+    if table.left_out_count:
+        named = "; ".join(f"{storage.url(p)}: {why}" for p, why in table.left_out.items())
+        more = table.left_out_count - len(table.left_out)
+        notes.append(
+            f"{table.left_out_count:,} outputs left out of the table, not written by tqflow's "
+            f"worker or damaged since: {named}{f' and {more:,} more' if more > 0 else ''}. "
+            "Delete them to run their tasks again (the pipeline, or `tqflow work`)"
+        )
+    renamed = [f.name for f in table.schema if f.name.startswith("result.")]
+    if renamed:
+        notes.append(
+            f"result fields named like tqflow's own columns are kept as {', '.join(renamed)}"
+        )
+    plot_path = None
+    if summary.png is not None:
+        plot_path = f"{batch}/analysis/summary.png"
+        storage.put(plot_path, summary.png, content_type="image/png")
+    return Analysis(
+        table.rows, table_path, plot_path, summary.png, summary.rows, notes + summary.notes
+    )
 
 
 @flow(name="analysis")
@@ -124,24 +101,37 @@ def analysis(storage: Union[CloudFilesStorage, str], batch: str) -> dict[str, An
             "batch %s has no outputs under %s", batch, storage.url(outputs_prefix(batch))
         )
         return {"items": 0, "results": None}
-    table_url, plot_url = storage.url(done.table_path), storage.url(done.plot_path)
-    create_table_artifact(
-        key=artifact_key(batch, "summary"),
-        table=done.summary,
-        description=f"Summary statistics of {done.items:,} results of batch {batch}",
-    )
-    image = (
-        f"![summary](data:image/png;base64,{base64.b64encode(done.png).decode()})"
-        if len(done.png) <= _EMBED_LIMIT_BYTES
-        else f"[summary plot]({plot_url})"
-    )
+    table_url = storage.url(done.table_path)
+    plot_url = storage.url(done.plot_path) if done.plot_path else None
+    for note in done.notes:
+        logger.warning("batch %s: %s", batch, note)
+    if done.summary:
+        create_table_artifact(
+            key=artifact_key(batch, "summary"),
+            table=done.summary,
+            description=f"Summary statistics of {done.items:,} results of batch {batch}",
+        )
+    if done.png is None:
+        image = "No plot: no column of measurements varies (see the notes)."
+    elif len(done.png) <= _EMBED_LIMIT_BYTES:
+        image = f"![summary](data:image/png;base64,{base64.b64encode(done.png).decode()})"
+    else:
+        image = f"[summary plot]({plot_url})"
+    notes = "".join(f"- {note}\n" for note in done.notes)
     create_markdown_artifact(
         key=artifact_key(batch, "analysis"),
         markdown=(
-            f"# Batch {batch}\n\n{done.items:,} results in `{table_url}`\n\n"
-            f"{image}\n\nPlot: `{plot_url}`\n"
+            f"# Batch {batch}\n\n{done.items:,} results in `{table_url}`\n\n{image}\n\n"
+            + (f"Plot: `{plot_url}`\n" if plot_url else "")
+            + (f"\n## Notes\n\n{notes}" if notes else "")
         ),
         description=f"Analysis of batch {batch}",
     )
     logger.info("batch %s: %d results written to %s", batch, done.items, table_url)
-    return {"items": done.items, "results": table_url, "plot": plot_url, "summary": done.summary}
+    return {
+        "items": done.items,
+        "results": table_url,
+        "plot": plot_url,
+        "summary": done.summary,
+        "notes": done.notes,
+    }

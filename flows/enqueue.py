@@ -27,7 +27,7 @@ from tqflow.engine.allowed_modules import record_batch_function
 from tqflow.engine.messages import resolve, task_messages
 from tqflow.engine.outputs import output_path, outputs_prefix
 from tqflow.errors import BadArgumentsError, EnqueueInterruptedError, ItemSourceError
-from tqflow.items import Items, exact_column, plain, read_file
+from tqflow.items import Items, exact_column, from_values, read_file
 
 #: Items from which the resume check lists the batch's outputs instead of checking each.
 LIST_OUTPUTS_FROM = 1_000
@@ -105,11 +105,15 @@ class ItemSource(BaseModel):
 
     items: Optional[list[Any]] = Field(default=None, description="The items themselves.")
     items_file: Optional[str] = Field(
-        default=None, description="Or a file of items: .txt (one per line), .csv or .parquet."
+        default=None,
+        description=(
+            "Or a file of items: .txt (one per line), .csv / .tsv / .parquet (a column), "
+            ".jsonl (a value, or with column an object, per line) or .json (an array)."
+        ),
     )
     column: Optional[str] = Field(
         default=None,
-        description="Column of the .csv / .parquet file (or CAVE table) holding the items.",
+        description="Column of the items file (.csv, .tsv, .parquet; key of .jsonl objects).",
     )
     items_from: Optional[str] = Field(
         default=None,
@@ -132,12 +136,18 @@ class ItemSource(BaseModel):
                 "no items: give items=[...], items_file=PATH, items_from="
                 "'package.module:generator' or cave_query={table, column, ...}"
             )
+        if self.column is not None and self.items_file is None:
+            other = "cave_query.column" if self.cave_query is not None else "nothing"
+            raise ItemSourceError(
+                f"column={self.column!r} names a column of an items file, and no items_file is "
+                f"given: leave it out (for a CAVE table, the column is {other})"
+            )
         return self
 
     def read(self, cave: Optional[CAVECredentials] = None) -> Items:
         """The items, read exactly (`tqflow.items`); ``cave`` is needed for a ``cave_query``."""
         if self.items is not None:
-            return Items(map(plain, self.items), "items")
+            return from_values(self.items, "items", lambda i: f"items[{i}]")
         if self.cave_query is not None:
             if cave is None:
                 raise ItemSourceError(
@@ -147,7 +157,6 @@ class ItemSource(BaseModel):
             column = cave.query_column(self.cave_query)
             items = exact_column(
                 column.tolist(),
-                str(column.dtype),
                 f"CAVE table {self.cave_query.table!r} column {self.cave_query.column!r}",
             )
             return Items(
@@ -155,8 +164,23 @@ class ItemSource(BaseModel):
             )  # distinct, in order
         if self.items_file is None:
             assert self.items_from is not None  # checked when made
-            return Items(map(plain, resolve(self.items_from)()), self.items_from)
+            source = f"items_from {self.items_from}"
+            return from_values(
+                _generated(self.items_from), source, lambda i: f"item {i + 1} of {source}"
+            )
         return read_file(Path(self.items_file).expanduser(), self.column)
+
+
+def _generated(items_from: str) -> Iterable[Any]:
+    """The items a user's ``package.module:function`` returns, its own errors named."""
+    function = resolve(items_from, "items_from function")
+    try:
+        yield from function()
+    except Exception as exc:
+        raise ItemSourceError(
+            f"items_from {items_from} raised {type(exc).__name__}: {exc}; fix the function "
+            "(tqflow --debug shows the traceback), or give the items another way"
+        ) from exc
 
 
 def done_outputs(
@@ -220,6 +244,7 @@ def enqueue_items(
             continue
         seen.add(message.key)
         bodies.append((message.key, message.encode(max_bytes=queue.max_message_bytes)))
+    seen_any = bool(seen)
     del seen
     storage.check()
     skipped = 0
@@ -236,8 +261,10 @@ def enqueue_items(
             todo = [(k, b) for k, b in bodies if k not in sent_before]
             already, bodies = len(bodies) - len(todo), todo
     queue.ensure()
-    if bodies:
-        record_batch_function(storage, batch, fn)
+    if seen_any:
+        replaced = record_batch_function(storage, batch, fn)
+        if replaced:
+            log.warning("batch %s: %s", batch, replaced)
     queued = 0
 
     def result() -> EnqueueResult:

@@ -190,3 +190,29 @@ def dies_once(x: int, log_dir: str, how: dict) -> int:
         block[i] = 1
     time.sleep(600)
     return x
+
+
+def broken_items() -> list[int]:
+    """An items generator with a bug in it."""
+    return [1 // 0]
+
+
+class NotATask:
+    """A class that is neither a function nor a python-task-queue RegisteredTask."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+def neuron_profile(root_id: int) -> dict:
+    """A result as users write them: the item's root ID, a constant, a string, a nested dict,
+    a measurement, and fields named like the table's own columns."""
+    return {
+        "root_id": root_id,
+        "n_somas": 1,
+        "cell_type": "pyramidal" if root_id % 2 else "basket",
+        "soma": {"x": root_id % 7, "y": 2.5},
+        "cable_length_um": (root_id % 97) * 1.5,
+        "key": f"mine-{root_id % 5}",
+        "task_seconds": 99,
+    }

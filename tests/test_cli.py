@@ -77,6 +77,14 @@ def test_status_of_a_batch_without_worker_reports_lists_its_outputs(data_with_de
     assert "tasks done" not in lines
 
 
+def test_status_leaves_out_a_corrupt_worker_report_and_names_it(data_with_dead_letters):
+    (data_with_dead_letters / "nightly/workers/torn.json").write_text('{"worker": "w", "succ')
+    out = invoke("status", "--batch", "nightly", "--data", str(data_with_dead_letters))
+    assert status_rows(out)["tasks done"] == "3"
+    assert "1 worker report(s) not valid JSON, left out of the counts" in " ".join(out.split())
+    assert "torn.json" in out and "delete it" in out
+
+
 def test_dead_letters_list_names_each_item_and_why(data_with_dead_letters):
     out = invoke(
         "dead-letters", "list", "--batch", "nightly", "--data", str(data_with_dead_letters)

@@ -29,6 +29,13 @@ def test_listing_and_parallel_reads_on_every_protocol(any_storage):
     assert any_storage.get_json_many(paths) == {paths[i]: {"i": i} for i in range(5)}
 
 
+def test_a_corrupt_file_costs_only_itself_on_every_protocol(any_storage):
+    any_storage.put_json("b/outputs/1.json", {"i": 1})
+    any_storage.put("b/outputs/2.json", b"{truncated")
+    found = any_storage.get_json_many(["b/outputs/1.json", "b/outputs/2.json"])
+    assert found == {"b/outputs/1.json": {"i": 1}} and list(found.corrupt) == ["b/outputs/2.json"]
+
+
 def test_exists_on_s3(s3_storage):
     # (gcp-storage-emulator has no batch API, through which cloud-files checks existence.)
     s3_storage.put_json("b/outputs/1.json", {})

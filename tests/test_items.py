@@ -15,7 +15,7 @@ from blocks import LocalTaskQueue
 from flows.cli import app
 from flows.enqueue import ItemSource, enqueue_items
 from tqflow.engine.messages import decode
-from tqflow.errors import BadArgumentsError, ItemSourceError
+from tqflow.errors import BadArgumentsError, ItemSourceError, UnknownFunctionError
 from tqflow.items import parse_item
 
 #: Real-size root IDs (> 2**53): as float64 the first two are the same number, and the third
@@ -92,14 +92,128 @@ def test_generator_items_keep_numpy_int64_exact():
         (" 42 ", 42),
         ("-7", -7),
         ("007", "007"),
-        ("1e3", "1e3"),
+        ("1e3", 1000),
+        ("3.0", 3),
         ("+5", "+5"),
         ("abc", "abc"),
         (str(ROOTS[2]), ROOTS[2]),
     ],
 )
-def test_text_is_an_int_only_when_written_canonically(text, value):
+def test_text_is_an_int_when_it_writes_an_exact_integer(text, value):
     assert parse_item(text) == value and type(parse_item(text)) is type(value)
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("8.64691135e17", "already rounded"),
+        ("864691135000000001.0", "already rounded"),
+        ("1.5", "not a whole number"),
+        ("864,691,135,000,000,001", "thousands separators"),
+        ("864 691 135 000 000 001", "thousands separators"),
+        ("", "is empty"),
+        ("   ", "is empty"),
+    ],
+)
+def test_text_that_writes_no_exact_item_is_refused_naming_it(text, problem):
+    with pytest.raises(ItemSourceError, match=rf"--item #3.*{problem}"):
+        parse_item(text, "--item #3")
+
+
+def write(path, content: str | bytes):
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize("suffix, header", [(".txt", ""), (".csv", "root_id\n")])
+def test_a_byte_order_mark_is_not_part_of_the_first_item(tmp_path, suffix, header):
+    path = write(tmp_path / f"roots{suffix}", f"\ufeff{header}{ROOTS[0]}\n{ROOTS[1]}\n")
+    assert ItemSource(items_file=path).read() == ROOTS[:2]
+
+
+def test_a_csv_without_a_header_line_is_refused_instead_of_losing_its_first_id(tmp_path):
+    path = write(tmp_path / "roots.csv", f"{ROOTS[0]}\n{ROOTS[1]}\n")
+    with pytest.raises(ItemSourceError, match=r"no header line.*would be dropped.*root_id"):
+        ItemSource(items_file=path).read()
+
+
+def test_a_latin1_file_is_named_as_not_utf8_with_the_fix(tmp_path):
+    path = write(tmp_path / "names.txt", "caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ItemSourceError, match=r"not UTF-8 text \(byte 0xe9.*iconv"):
+        ItemSource(items_file=path).read()
+
+
+@pytest.mark.parametrize("name", ["roots.dat", "roots", "roots.xlsx"])
+def test_a_file_of_an_unknown_format_is_refused_naming_the_formats(tmp_path, name):
+    path = write(tmp_path / name, f"{ROOTS[0]}\n")
+    with pytest.raises(ItemSourceError, match=r"not a format tqflow reads.*\.txt.*\.jsonl"):
+        ItemSource(items_file=path).read()
+
+
+def test_json_lines_give_the_key_named_by_column_exactly(tmp_path):
+    lines = [json.dumps({"root_id": r, "note": "x"}) for r in ROOTS]
+    path = write(tmp_path / "roots.jsonl", "\n".join(lines[:1] + [""] + lines[1:]) + "\n")
+    items = ItemSource(items_file=path, column="root_id").read()
+    assert items == ROOTS and all(type(i) is int for i in items)
+    assert items.empty_lines == [2]
+
+
+def test_json_lines_of_objects_without_column_ask_for_the_key(tmp_path):
+    path = write(tmp_path / "roots.jsonl", json.dumps({"root_id": ROOTS[0]}) + "\n")
+    with pytest.raises(ItemSourceError, match=r"line 1 is a JSON object.*--column.*root_id"):
+        ItemSource(items_file=path).read()
+
+
+def test_json_lines_of_values_and_a_json_array_are_items(tmp_path):
+    lines = write(tmp_path / "roots.jsonl", "\n".join(map(str, ROOTS)) + "\n")
+    array = write(tmp_path / "roots.json", json.dumps(ROOTS))
+    assert ItemSource(items_file=lines).read() == ROOTS
+    assert ItemSource(items_file=array).read() == ROOTS
+
+
+def test_column_is_refused_where_it_has_no_meaning(tmp_path):
+    path = write(tmp_path / "roots.txt", f"{ROOTS[0]}\n")
+    with pytest.raises(ItemSourceError, match=r"column='root_id' has no meaning.*\.txt"):
+        ItemSource(items_file=path, column="root_id").read()
+    with pytest.raises(ItemSourceError, match=r"column='root_id'.*no items_file"):
+        ItemSource(items=ROOTS, column="root_id")
+
+
+def test_a_parquet_float_column_with_a_fraction_is_refused_naming_the_row(tmp_path):
+    path = tmp_path / "ids.parquet"
+    pd.DataFrame({"id": [3.0, 1.5]}).to_parquet(path)
+    with pytest.raises(ItemSourceError, match=r"column id row 2 \(1.5\) is not a whole number"):
+        ItemSource(items_file=str(path)).read()
+
+
+def test_na_markers_in_a_csv_are_empty_cells_not_items(tmp_path):
+    path = write(tmp_path / "roots.csv", f"root_id\n{ROOTS[0]}\nNA\nnan\n{ROOTS[1]}\n")
+    items = ItemSource(items_file=path).read()
+    assert items == ROOTS[:2] and items.empty_lines == [3, 4]
+
+
+@pytest.mark.parametrize(
+    "items, problem",
+    [
+        ([ROOTS[0], float(ROOTS[1])], r"items\[1\].*already rounded"),
+        ([1, 2.5], r"items\[1\] \(2.5\) is not a whole number"),
+        ([1, None], r"items\[1\] is empty"),
+        (["soma", ""], r"items\[1\] is empty"),
+    ],
+)
+def test_a_list_item_that_is_not_exact_or_empty_is_refused_naming_its_index(items, problem):
+    with pytest.raises(ItemSourceError, match=problem):
+        ItemSource(items=items).read()
+
+
+def test_whole_floats_in_a_list_become_ints_and_strings_stay_as_given():
+    items = ItemSource(items=[3.0, "007", "42"]).read()
+    assert items == [3, "007", "42"] and [type(i) for i in items] == [int, str, str]
+
+
+def test_an_items_generator_that_raises_is_named(monkeypatch):
+    with pytest.raises(ItemSourceError, match=r"items_from tests.tasks:broken_items raised"):
+        ItemSource(items_from="tests.tasks:broken_items").read()
 
 
 def test_enqueue_command_queues_exactly_the_root_ids_of_a_csv_with_gaps(tmp_path):
@@ -131,6 +245,18 @@ def test_enqueue_command_queues_exactly_the_root_ids_of_a_csv_with_gaps(tmp_path
     assert sorted(decode(b).key for b in bodies) == sorted(map(str, ROOTS))
 
 
+def test_an_empty_item_option_is_refused_and_queues_nothing(tmp_path):
+    data = tmp_path / "data"
+    result = CliRunner().invoke(
+        app,
+        ["enqueue", "tests.tasks:identity", "--item", "1", "--item", "", "--data", str(data)],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 1
+    assert "--item #2 is empty" in " ".join(result.output.split())
+    assert not (data / "queue.sqlite").exists()
+
+
 def test_kwargs_that_name_the_item_parameter_are_refused_naming_it(queue_factory, storage):
     queue = queue_factory()
     with pytest.raises(
@@ -146,3 +272,10 @@ def test_item_and_kwargs_reach_the_task_unshifted(queue_factory, storage):
     enqueue_items(queue, storage, "tests.tasks:power", [3], "b", {"exponent": 2})
     [lease] = queue.receive()
     assert json.loads(lease.body)["kwargs"] == {"base": 3, "exponent": 2}
+
+
+def test_a_class_as_the_task_function_is_refused_before_anything_is_queued(queue_factory, storage):
+    queue = queue_factory()
+    with pytest.raises(UnknownFunctionError, match=r"tests.tasks:NotATask' is a class"):
+        enqueue_items(queue, storage, "tests.tasks:NotATask", [1, 2], "b")
+    assert queue.counts().pending == 0

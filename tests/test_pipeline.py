@@ -67,6 +67,42 @@ def test_analysis_table_has_one_row_per_item(queue_factory, storage):
     assert summary["analysis"]["items"] == 30
 
 
+def test_a_batch_whose_results_carry_their_root_ids_completes_with_its_analysis(
+    queue_factory, storage, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    roots = [864691135000000000 + i for i in range(40)]
+    state = run_pipeline(
+        queue_factory(),
+        storage,
+        fn="tests.tasks:neuron_profile",
+        batch="profiles",
+        items=roots,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    analysis = state.result()["analysis"]
+    assert analysis["items"] == 40 and analysis["plot"]
+    assert any(
+        note.startswith("root_id: integers as large as root IDs") for note in analysis["notes"]
+    )
+    table = pd.read_parquet(io.BytesIO(storage.get("profiles/analysis/results.parquet")))
+    assert sorted(table["root_id"]) == roots  # exact: int64, never through a float
+    assert sorted(table["key"]) == sorted(map(str, roots))
+    assert set(table["result.key"]) <= {f"mine-{i}" for i in range(5)}
+    summarised = {row["column"] for row in _table_rows(latest_artifact("profiles-summary").data)}
+    assert {"cable_length_um", "n_somas"} <= summarised and "root_id" not in summarised
+    assert "## Notes" in latest_artifact("profiles-analysis").data
+    # and `tqflow analyze` of the same batch, as a user runs it
+    data = storage.cloudpath.removeprefix("file://")
+    result = CliRunner().invoke(app, ["analyze", "--batch", "profiles", "--data", data])
+    assert result.exit_code == 0, result.output
+    assert "40 results" in result.output
+
+
 def test_progress_and_summary_artifacts_carry_the_batch_numbers(queue_factory, storage):
     run_pipeline(
         queue_factory(),

@@ -91,3 +91,35 @@ def test_a_missing_output_is_left_out_not_an_error(storage, tmp_path):
     (tmp_path / "data" / paths[0]).unlink()  # removed between the listing and the read
     result = build_results_table(storage, paths, str(tmp_path))
     assert pq.read_table(result.path).column("key").to_pylist() == ["b"]
+
+
+def test_a_result_field_named_like_a_table_column_is_kept_beside_it(storage, tmp_path):
+    write_outputs(storage, {"a": {"key": "theirs", "task_seconds": 99, "n": 1}})
+    row = pq.read_table(build(storage, tmp_path).path).to_pylist()[0]
+    assert (row["key"], row["result.key"]) == ("a", "theirs")
+    assert (row["task_seconds"], row["result.task_seconds"]) == (0.5, 99)
+
+
+def test_root_ids_stay_exact_in_a_column_that_is_float_in_another_chunk(storage, tmp_path):
+    root = 864691135000000001
+    write_outputs(storage, {"a": {"id": root}, "b": {"id": root + 2}, "c": {"id": 1.5}})
+    result = build(storage, tmp_path)
+    values = pq.read_table(result.path).column("id").to_pylist()
+    assert values == [str(root), str(root + 2), "1.5"]
+
+
+def test_nested_dicts_are_json_text_whatever_their_keys(storage, tmp_path):
+    write_outputs(storage, {"a": {"soma": {"x": 1}}, "b": {"soma": {"y": [1, 2]}}})
+    table = pq.read_table(build(storage, tmp_path, chunk_rows=10).path)
+    assert table.column("soma").to_pylist() == ['{"x": 1}', '{"y": [1, 2]}']
+
+
+def test_an_output_that_is_not_json_is_left_out_and_named(storage, tmp_path):
+    write_outputs(storage, {"a": {"n": 1}, "c": {"n": 3}})
+    storage.put(output_path("b", "b"), b'{"key": "b", "resu')
+    storage.put_json(output_path("b", "d"), [1, 2])
+    result = build(storage, tmp_path)
+    assert pq.read_table(result.path).column("key").to_pylist() == ["a", "c"]
+    assert result.left_out_count == 2
+    assert "not valid JSON" in result.left_out[output_path("b", "b")]
+    assert "not an output record" in result.left_out[output_path("b", "d")]

@@ -125,3 +125,11 @@ def test_the_cost_so_far_is_the_worker_time_at_a_pods_share_of_its_node_price():
     per_pod_hour = right_size.node_price(machine_type, sized.machine) / sized.pods_per_node
     assert f"${2 * per_pod_hour:,.4f} on demand" in line
     assert f"${2 * per_pod_hour * right_size.SPOT_FRACTION:,.4f} spot" in line
+
+
+@pytest.mark.parametrize("backend", ["local"])
+def test_a_corrupt_worker_report_is_left_out_of_the_plan_and_named(measured_batch):
+    data = measured_batch.cloudpath.removeprefix("file://")
+    measured_batch.put("b/workers/torn.json", b"{not json")
+    out = plan("--from-batch", "b", "--data", data, "--machine-type", "e2-standard-4")
+    assert "torn.json" in out and "memory_limit:" in out

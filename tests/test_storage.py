@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from blocks import CloudFilesStorage
-from tqflow.errors import StorageError
+from tqflow.errors import CorruptFileError
 
 
 def test_json_round_trips(storage):
@@ -46,10 +46,18 @@ def test_exists_many_and_list_and_parallel_reads(storage):
     assert storage.get_json_many(paths) == {paths[i]: {"i": i} for i in range(5)}
 
 
-def test_corrupt_json_names_the_file_and_the_fix(storage, tmp_path):
+def test_a_corrupt_file_is_named(storage):
     storage.put("b/outputs/bad.json", b"{not json")
-    with pytest.raises(StorageError, match=r"bad.json is not valid JSON.*delete it"):
+    with pytest.raises(CorruptFileError, match=r"b/outputs/bad.json is not valid JSON"):
         storage.get_json("b/outputs/bad.json")
+
+
+def test_reading_many_keeps_every_good_file_beside_a_corrupt_one(storage):
+    storage.put_json("b/outputs/1.json", {"i": 1})
+    storage.put("b/outputs/bad.json", b"{not json")
+    found = storage.get_json_many(["b/outputs/1.json", "b/outputs/bad.json", "b/outputs/2.json"])
+    assert found == {"b/outputs/1.json": {"i": 1}}
+    assert list(found.corrupt) == ["b/outputs/bad.json"]
 
 
 def test_relative_file_path_is_made_absolute(tmp_path, monkeypatch):

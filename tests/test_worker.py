@@ -166,3 +166,22 @@ def test_an_idle_worker_does_not_end_on_one_reading_of_an_empty_queue(
     assert readings[0].pending == 1  # item 2 waited for its retry while the reading missed it
     assert (stats.succeeded, stats.failed) == (1, 2)  # the retry ran, in this worker
     assert exact(queue).dead == 1
+
+
+def test_a_corrupt_batch_record_dead_letters_at_once_and_a_new_enqueue_mends_it(
+    queue_factory, storage
+):
+    from flows.enqueue import enqueue_items
+
+    queue = queue_factory(allowed_modules=[], max_receive_count=5)  # the batch record decides
+    enqueue_items(queue, storage, "tests.tasks:square", range(3), "b")
+    storage.put("b/batch.json", b'{"functions": ["tests.ta')
+    stats = run_worker(queue, storage)
+    assert stats["dead_lettered"] == 3 and stats["failed"] == 0  # not 5 receives each
+    dead = queue.dead_letters()
+    assert {d.receive_count for d in dead} == {1}
+    assert "b/batch.json is not valid JSON" in dead[0].reason
+    assert "Run the batch's enqueue again" in dead[0].reason
+    enqueue_items(queue, storage, "tests.tasks:square", range(3), "b")  # writes it anew
+    assert queue.redrive() == 3
+    assert run_worker(queue, storage)["succeeded"] == 3

@@ -93,6 +93,16 @@ class StorageError(TqflowError):
     """Reading or writing task outputs in cloud storage failed."""
 
 
+class CorruptFileError(StorageError):
+    """A file in storage is not what tqflow wrote there (not JSON). Its reader says what to
+    do: an output is run again once deleted, a worker report is only a summary, and so on."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(f"{url} is not valid JSON ({problem})")
+
+
 class CredentialsError(TqflowError):
     """Credentials are missing, malformed or rejected."""
 

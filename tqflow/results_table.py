@@ -2,12 +2,17 @@
 
 One row per output record (``<batch>/outputs/<key>.json``), sorted by key: ``key``, the result's
 fields (or one ``result`` column when the result is not a dict), then ``task_seconds``,
-``task_attempt`` and ``task_worker``. Chunks of ``chunk_rows`` records are read in parallel
-(`CloudFilesStorage.get_json_many`), turned into Arrow columns and written as parts to a local
-folder; the parts are then joined into one file under one schema: a column missing from a
-part is null there, a column that is int in one part and float in another is float, and one
-whose values mix kinds (numbers and strings, say) is stored as JSON text. Peak memory is one
-chunk plus the list of paths, whatever the batch's size.
+``task_attempt`` and ``task_worker``. A result field named like one of those (`OWN_COLUMNS`) is
+kept as ``result.<name>`` beside it, so a result never replaces the key that joins it to its item.
+
+Chunks of ``chunk_rows`` records are read in parallel (`CloudFilesStorage.get_json_many`),
+turned into Arrow columns and written as parts to a local folder; the parts are then joined
+into one file under one schema: a column missing from a part is null there; a column that is
+int in one part and float in another is float, unless its integers are too large for a float
+to hold exactly (root IDs), when it is JSON text; a column whose values mix kinds (numbers and
+strings, say), and every column of dicts (their keys may differ from row to row), is JSON
+text. An output that is not JSON is left out and named (`ResultsTable.left_out`). Peak memory
+is one chunk plus the list of paths, whatever the batch's size.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tqflow.engine.contracts import StorageReader
@@ -26,6 +32,12 @@ from tqflow.engine.outputs import key_of_output, outputs_prefix
 
 #: Output records read and converted at a time.
 CHUNK_ROWS = 20_000
+#: tqflow's own columns, beside the result's fields.
+OWN_COLUMNS = ("key", "task_seconds", "task_attempt", "task_worker")
+#: Outputs left out that are named one by one; more are counted.
+LEFT_OUT_NAMED = 20
+#: Integers from this size on lose digits in a float64 (18-digit root IDs do).
+EXACT_FLOAT_LIMIT = 2**53
 
 
 @dataclass
@@ -35,6 +47,9 @@ class ResultsTable:
     path: str
     rows: int
     schema: pa.Schema
+    #: Outputs left out, ``{path: why}`` (the first `LEFT_OUT_NAMED`), and how many in all.
+    left_out: dict[str, str] = field(default_factory=dict)
+    left_out_count: int = 0
 
     @property
     def numeric_columns(self) -> list[str]:
@@ -62,23 +77,38 @@ def build_results_table(
     """Write the records at ``paths`` into ``<folder>/results.parquet``."""
     parts_folder = tempfile.mkdtemp(prefix="parts-", dir=folder)
     parts: list[str] = []
+    wide: set[str] = set()
+    left_out: dict[str, str] = {}
+    left_out_count = 0
     for number, chunk in enumerate(_chunks(paths, chunk_rows)):
         records = storage.get_json_many(chunk)
-        table = _to_arrow(_row(records[p]) for p in chunk if p in records)
+        bad = {path: f"not valid JSON ({why})" for path, why in records.corrupt.items()}
+        rows = []
+        for path in chunk:
+            record = records.get(path)
+            if isinstance(record, dict):
+                rows.append(_row(record, path))
+            elif path in records:
+                bad[path] = "not an output record (a JSON object with a result)"
+        left_out_count += len(bad)
+        for path in sorted(bad)[: max(0, LEFT_OUT_NAMED - len(left_out))]:
+            left_out[path] = bad[path]
+        table, wide_here = _to_arrow(rows)
+        wide |= wide_here
         part = os.path.join(parts_folder, f"{number:06d}.parquet")
         pq.write_table(table, part)
         parts.append(part)
-    schema = _joined_schema([pq.read_schema(p) for p in parts])
+    schema = _joined_schema([pq.read_schema(p) for p in parts], wide)
     path = os.path.join(folder, "results.parquet")
-    rows = 0
+    rows_written = 0
     with pq.ParquetWriter(path, schema) as writer:
         for part in parts:
             table = _conform(pq.read_table(part), schema)
             writer.write_table(table)
-            rows += table.num_rows
+            rows_written += table.num_rows
             os.unlink(part)
     os.rmdir(parts_folder)
-    return ResultsTable(path=path, rows=rows, schema=schema)
+    return ResultsTable(path, rows_written, schema, left_out, left_out_count)
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
@@ -86,10 +116,15 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-def _row(record: dict[str, Any]) -> dict[str, Any]:
+def _row(record: dict[str, Any], path: str) -> dict[str, Any]:
     result = record.get("result")
-    row: dict[str, Any] = {"key": record["key"]}
-    row.update(result if isinstance(result, dict) else {"result": result})
+    row: dict[str, Any] = {"key": record.get("key") or key_of_output(path)}
+    fields = result if isinstance(result, dict) else {"result": result}
+    for name, value in fields.items():
+        name = str(name)
+        while name in OWN_COLUMNS or name in row:
+            name = f"result.{name}"  # the result's `key` beside tqflow's, never over it
+        row[name] = value
     row.update(
         task_seconds=record.get("seconds"),
         task_attempt=record.get("attempt"),
@@ -98,21 +133,34 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _to_arrow(rows: Iterable[dict[str, Any]]) -> pa.Table:
+def _to_arrow(rows: Iterable[dict[str, Any]]) -> tuple[pa.Table, set[str]]:
     """Rows to a table, column by column, so a column of mixed kinds becomes JSON text
-    instead of failing the whole chunk."""
+    instead of failing the whole chunk; and the integer columns holding values a float
+    cannot (root IDs)."""
     rows = list(rows)
     names: dict[str, None] = {}
     for row in rows:
         names.update(dict.fromkeys(row))
-    columns = {}
+    columns, wide = {}, set()
     for name in names:
         values = [row.get(name) for row in rows]
-        try:
-            columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        if any(isinstance(v, dict) for v in values):
             columns[name] = _as_json_text(values)
-    return pa.table(columns)
+            continue
+        try:
+            column = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            column = _as_json_text(values)
+        if pa.types.is_integer(column.type) and widest(column) >= EXACT_FLOAT_LIMIT:
+            wide.add(name)
+        columns[name] = column
+    return pa.table(columns) if columns else pa.table({"key": pa.array([], pa.string())}), wide
+
+
+def widest(column: pa.Array | pa.ChunkedArray) -> int:
+    """The largest magnitude in an integer column (0 when it holds only nulls)."""
+    low, high = pc.min_max(column).values()
+    return max(abs(low.as_py() or 0), abs(high.as_py() or 0))
 
 
 def _as_json_text(values: list[Any]) -> pa.Array:
@@ -122,9 +170,10 @@ def _as_json_text(values: list[Any]) -> pa.Array:
     )
 
 
-def _joined_schema(schemas: list[pa.Schema]) -> pa.Schema:
+def _joined_schema(schemas: list[pa.Schema], wide: set[str]) -> pa.Schema:
     """One field per column name, in order of first appearance: the type all parts share,
-    float64 for a mix of numbers, else JSON text."""
+    float64 for a mix of ints and floats (JSON text when the ints are in ``wide``: a float
+    would round them), else JSON text."""
     kinds: dict[str, list[pa.DataType]] = {}
     for schema in schemas:
         for f in schema:
@@ -139,7 +188,9 @@ def _joined_schema(schemas: list[pa.Schema]) -> pa.Schema:
             kind = pa.null()
         elif len(distinct) == 1:
             kind = types[0]
-        elif all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in distinct):
+        elif name not in wide and all(
+            pa.types.is_integer(t) or pa.types.is_floating(t) for t in distinct
+        ):
             kind = pa.float64()
         else:
             kind = pa.string()

@@ -20,7 +20,7 @@ from typing import Iterable
 
 from tqflow.engine.contracts import Storage
 from tqflow.engine.messages import TaskMessage
-from tqflow.errors import TaskNotAllowedError
+from tqflow.errors import CorruptFileError, TaskNotAllowedError
 
 #: Always allowed: tqflow's example tasks.
 BUILT_IN = ("tqflow.examples",)
@@ -30,13 +30,22 @@ def batch_record_path(batch: str) -> str:
     return f"{batch}/batch.json"
 
 
-def record_batch_function(storage: Storage, batch: str, fn: str) -> None:
-    """Note in storage that ``batch`` runs ``fn``, so that workers run it."""
+def record_batch_function(storage: Storage, batch: str, fn: str) -> str:
+    """Note in storage that ``batch`` runs ``fn``, so that workers run it. A record that is
+    not JSON is written anew (it is what makes the batch's workers refuse its messages);
+    returns a sentence saying so, else ''."""
     path = batch_record_path(batch)
-    record = storage.get_json(path) or {"functions": []}
+    replaced = ""
+    try:
+        record = storage.get_json(path)
+    except CorruptFileError as exc:
+        record, replaced = None, f"{exc}: written anew with {fn}"
+    if not isinstance(record, dict) or not isinstance(record.get("functions"), list):
+        record = {"functions": []}
     if fn not in record["functions"]:
         record["functions"].append(fn)
         storage.put_json(path, record)
+    return replaced
 
 
 def module_allowed(fn: str, prefixes: Iterable[str]) -> bool:
@@ -70,8 +79,16 @@ class AllowedModules:
         with self._lock:
             known = self._batches.get(batch)
         if known is None:
-            record = self.storage.get_json(batch_record_path(batch)) or {}
-            known = frozenset(record.get("functions", ()))
+            try:
+                record = self.storage.get_json(batch_record_path(batch)) or {}
+            except CorruptFileError as exc:
+                raise TaskNotAllowedError(
+                    f"the task functions of batch {batch!r} cannot be read: {exc}. Run the "
+                    "batch's enqueue again (it writes the file anew), then send its dead "
+                    "letters back with `tqflow dead-letters redrive`"
+                ) from None
+            functions = record.get("functions") if isinstance(record, dict) else None
+            known = frozenset(functions if isinstance(functions, list) else ())
             if known:  # a batch enqueued later than this check is read again next time
                 with self._lock:
                     self._batches[batch] = known

@@ -94,12 +94,22 @@ class Storage(Protocol):
     def put_json(self, path: str, value: Any) -> None: ...
 
 
+class JSONFiles(dict):
+    """Files read at once: ``{path: value}`` for each that exists and is JSON; ``corrupt``
+    holds the others that exist, ``{path: what is wrong}``, so one bad file costs only
+    itself."""
+
+    def __init__(self, found: Any = (), corrupt: dict[str, str] | None = None) -> None:
+        super().__init__(found)
+        self.corrupt: dict[str, str] = corrupt or {}
+
+
 class StorageReader(Protocol):
     """A batch's folder as the analysis reads it: listed, then read in parallel."""
 
     def list(self, prefix: str = "") -> Iterator[str]: ...
 
-    def get_json_many(self, paths: Iterable[str]) -> dict[str, Any]: ...
+    def get_json_many(self, paths: Iterable[str]) -> JSONFiles: ...
 
 
 class CAVESource(Protocol):

@@ -240,39 +240,51 @@ def _call_key(fn: str, args: Any, kwargs: Any) -> str:
     return item_key({"fn": fn, "args": args, "kwargs": kwargs})
 
 
-def resolve(fn: str) -> Callable[..., Any]:
-    """Import ``package.module:function`` and return the callable.
+def resolve(fn: str, what: str = "task function") -> Callable[..., Any]:
+    """Import ``package.module:function`` and return the callable; errors name it as ``what``
+    (``"task function"``, ``"retry_when rule"``, ``"items_from function"``).
 
     A python-task-queue ``RegisteredTask`` class resolves to a callable that builds the task
-    and runs its ``execute()``.
+    and runs its ``execute()``; any other class is refused.
     """
     module_name, colon, attr_path = fn.partition(":")
     if not colon or not module_name or not attr_path:
         raise UnknownFunctionError(
-            f"task function {fn!r} must be written package.module:function, e.g. "
+            f"{what} {fn!r} must be written package.module:function, e.g. "
             "tqflow.examples:skeleton_stats"
         )
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or any error raised while importing it
-        raise UnknownFunctionError(
-            f"cannot import module {module_name!r} for task function {fn!r} "
-            f"({type(exc).__name__}: {exc}); {_import_hint(module_name, exc)}"
-        ) from None
+    module = import_module(module_name, f"{what} {fn!r}")
     target: Any = module
     for part in attr_path.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
             raise UnknownFunctionError(
-                f"module {module_name!r} has no {attr_path!r} (task function {fn!r}); check "
+                f"module {module_name!r} has no {attr_path!r} ({what} {fn!r}); check "
                 "the name, or the version of the package installed in the worker"
             ) from None
-    if inspect.isclass(target) and callable(getattr(target, "execute", None)):
-        return _registered_task_runner(target)
+    if inspect.isclass(target):
+        if callable(getattr(target, "execute", None)):
+            return _registered_task_runner(target)
+        raise UnknownFunctionError(
+            f"{what} {fn!r} is a class, not a function: name a function "
+            "(package.module:function), or a python-task-queue RegisteredTask class"
+        )
     if not callable(target):
-        raise UnknownFunctionError(f"{fn!r} is a {type(target).__name__}, not a function")
+        raise UnknownFunctionError(f"{what} {fn!r} is a {type(target).__name__}, not a function")
     return target
+
+
+def import_module(name: str, what: str) -> Any:
+    """``importlib.import_module(name)``; a module that cannot be imported, or raises while it
+    is, is an `UnknownFunctionError` naming ``what`` needs it and how to provide it."""
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:  # ImportError, or any error raised while importing it
+        raise UnknownFunctionError(
+            f"cannot import module {name!r} for {what} ({type(exc).__name__}: {exc}); "
+            f"{_import_hint(name, exc)}"
+        ) from None
 
 
 def _import_hint(module_name: str, exc: Exception) -> str:

@@ -197,10 +197,34 @@ class WorkerReports:
                 self.log.warning("could not write worker %s's report: %s", self.worker, exc)
 
 
-def read_reports(storage: StorageReader, batch: str) -> list[dict[str, Any]]:
-    """Every worker report of ``batch``."""
+class Reports(list):
+    """A batch's worker reports, and the paths of those that could not be read."""
+
+    def __init__(self, reports: Iterable[dict[str, Any]] = (), unreadable: Iterable[str] = ()):
+        super().__init__(reports)
+        self.unreadable = list(unreadable)
+
+    def warning(self) -> str:
+        """One sentence naming the reports left out, or '' when none was."""
+        if not self.unreadable:
+            return ""
+        shown = ", ".join(self.unreadable[:3])
+        more = f" and {len(self.unreadable) - 3} more" if len(self.unreadable) > 3 else ""
+        return (
+            f"{len(self.unreadable)} worker report(s) not valid JSON, left out of the counts: "
+            f"{shown}{more}. A report is only a summary (the outputs are the results): delete "
+            "it, or leave it; its worker's counts are missing either way"
+        )
+
+
+def read_reports(storage: StorageReader, batch: str) -> Reports:
+    """Every worker report of ``batch`` that can be read; the others are named in the
+    result's ``unreadable``, never fatal."""
     paths = [p for p in storage.list(reports_prefix(batch)) if p.endswith(".json")]
-    return list(storage.get_json_many(paths).values())
+    found = storage.get_json_many(paths)
+    readable = [r for r in found.values() if isinstance(r, dict)]
+    odd = [p for p, r in found.items() if not isinstance(r, dict)]
+    return Reports(readable, [*found.corrupt, *odd])
 
 
 def batch_tally(reports: Iterable[dict[str, Any]]) -> BatchTally:

@@ -56,6 +56,7 @@ from tqflow.engine.retries import RetryRule, retry_delay
 from tqflow.engine.task_resources import ResourceMeter, TaskResources
 from tqflow.errors import (
     BadArgumentsError,
+    CorruptFileError,
     LeaseLostError,
     MessageError,
     NoDeadLetterQueueError,
@@ -203,8 +204,7 @@ class Worker:
         #: Called when a task would not stop within `interrupt_grace_seconds` of its deadline
         #: (the process entry exits, so that the process is replaced).
         self.on_stuck_task: Callable[[str], None] | None = None
-        for module in import_modules:
-            __import__(module)
+        self.options.import_code()
 
     def _get_cave_client(self) -> Any:
         """The worker's one CAVEclient, built from its CAVE block on first use."""
@@ -626,7 +626,14 @@ class Worker:
         if used is not None:
             attempt["resources"] = used.as_dict()
         try:
-            record = self.storage.get_json(path) or {
+            try:
+                record = self.storage.get_json(path)
+            except CorruptFileError as corrupt:  # not the task's: start the record anew
+                self.log.warning(
+                    "%s; the error record of item %s starts anew", corrupt, message.key
+                )
+                record = None
+            record = record or {
                 "key": message.key,
                 "batch": message.batch,
                 "fn": message.fn,
