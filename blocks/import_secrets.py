@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from prefect.blocks.core import Block
 from pydantic import ValidationError
@@ -169,33 +169,35 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def existing(found: list[ImportedSecret]) -> list[str]:
-    """Slugs of the blocks that are saved already."""
+def existing(named: Iterable[tuple[str, Block]]) -> list[str]:
+    """Slugs of the blocks (``(name, block)``) that are saved already."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     taken = []
     with get_client(sync_client=True) as client:
-        for item in found:
+        for name, block in named:
+            slug = f"{block.get_block_type_slug()}/{name}"
             try:
-                client.read_block_document_by_name(item.name, item.block.get_block_type_slug())
+                client.read_block_document_by_name(name, block.get_block_type_slug())
             except ObjectNotFound:
                 continue
-            taken.append(item.slug)
+            taken.append(slug)
     return taken
 
 
 def save_blocks(found: list[ImportedSecret], overwrite: bool = False) -> None:
     """Save every block, or none: refuses (naming them) when some exist and not ``overwrite``."""
+    named = [(item.name, item.block) for item in found]
     if not overwrite:
-        taken = existing(found)
+        taken = existing(named)
         if taken:
             raise CredentialsError(
                 f"blocks {', '.join(taken)} exist already; nothing was saved. Pass --overwrite "
                 "to replace them, or --name to import under another name"
             )
-    for item in found:
-        item.block.save(item.name, overwrite=overwrite)
+    for name, block in named:
+        block.save(name, overwrite=overwrite)
 
 
 def register_block_types() -> list[str]:

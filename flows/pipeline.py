@@ -197,6 +197,13 @@ def pipeline(
         raise BadArgumentsError(
             f"workers={workers}, tasks_per_worker={tasks_per_worker}: both must be at least 1"
         )
+    options = WorkerOptions.of(
+        {"idle_seconds": 5.0},
+        **(worker_options.model_dump(exclude_unset=True) if worker_options else {}),
+        default_batch=batch,
+        overwrite=overwrite,
+    )
+    options.import_code()  # a retry rule or module that does not import fails here, once
     queue = load_block(queue, TaskQueue)
     storage = load_block(storage, CloudFilesStorage)
     cave = load_block(cave, CAVECredentials) if cave is not None else None
@@ -219,12 +226,6 @@ def pipeline(
     # had queued — not the queue's count, which on SQS lags up to a minute and includes other
     # batches: a stale zero would start no worker.
     total = queued["queued"] + queued["already_queued"]
-    options = WorkerOptions.of(
-        {"idle_seconds": 5.0},
-        **(worker_options.model_dump(exclude_unset=True) if worker_options else {}),
-        default_batch=batch,
-        overwrite=overwrite,
-    )
     fleet: Fleet
     if mode == "local":
         fleet = LocalFleet(queue, storage, options, cave)
@@ -272,7 +273,10 @@ def pipeline(
         raise WorkersLostError(f"{exc}. {' '.join(why_workers_died(tally))}") from None
     finally:
         fleet.stop()
-    tally = batch_tally(read_reports(storage, batch))  # the workers' last reports
+    reports = read_reports(storage, batch)  # the workers' last reports
+    if reports.warning():
+        logger.warning(reports.warning())
+    tally = batch_tally(reports)
     board.finish(progress, tally)
     why = why_workers_died(tally)
     for line in why:

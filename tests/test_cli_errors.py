@@ -3,6 +3,7 @@ traceback (``--debug`` shows one). Each test is one input a user really gives.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -151,7 +152,27 @@ def test_saving_local_blocks_again_mentions_overwrite(prefect_api, tmp_path):
         == 0
     )
     out = fails("blocks", "save-local", "--data", str(tmp_path))
-    assert "exists already: pass --overwrite" in out
+    assert "exist already; nothing was saved. Pass --overwrite" in out
+
+
+def test_saving_local_blocks_is_all_or_nothing(prefect_api, tmp_path):
+    # Only the storage block exists (another folder's): the queue block is not saved either.
+    CloudFilesStorage(cloudpath=f"file://{tmp_path / 'old'}").save("tqflow-local", overwrite=True)
+    if _saved("local-task-queue/tqflow"):
+        LocalTaskQueue.delete("tqflow")
+    out = fails("blocks", "save-local", "--data", str(tmp_path / "new"))
+    assert "cloud-files-storage/tqflow-local exist already; nothing was saved" in out
+    assert not _saved("local-task-queue/tqflow")
+
+
+def _saved(slug: str) -> bool:
+    from prefect.blocks.core import Block
+
+    try:
+        Block.load(slug)
+    except ValueError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(
@@ -207,12 +228,21 @@ def test_debug_shows_the_traceback_of_the_installed_command(tmp_path):
     assert "is a file" in debug.stderr
 
 
-def test_an_unreachable_prefect_api_is_named_with_what_to_do(tmp_path):
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status", "--queue-block", "local-task-queue/x"],
+        ["demo", "--items", "3"],  # runs a flow: the API is asked before it starts
+        ["analyze", "--batch", "demo"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_an_unreachable_prefect_api_is_one_line_naming_it(tmp_path, command):
     from tests.services import free_port
 
     url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
     result = subprocess.run(
-        [str(BIN / "tqflow"), "status", "--queue-block", "local-task-queue/x"],
+        [str(BIN / "tqflow"), *command, "--data", str(tmp_path / "data")],
         cwd=tmp_path,
         env={**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path)},
         capture_output=True,
@@ -222,6 +252,7 @@ def test_an_unreachable_prefect_api_is_named_with_what_to_do(tmp_path):
     out = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 1 and "Traceback" not in out, out
     assert f"cannot reach the Prefect API at {url}" in out and "prefect server start" in out
+    assert "tqflow demo:" not in out  # nothing started
 
 
 # -- what tasks return ----------------------------------------------------------------------------
@@ -251,3 +282,57 @@ def test_nan_and_infinity_are_stored_as_null_and_analyze_runs(prefect_api, queue
     out = CliRunner().invoke(app, ["analyze", "--batch", "nan", "--data", str(data)])
     assert out.exit_code == 0, out.output
     assert (data / "nan/analysis/summary.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "option, named",
+    [
+        (["--import-module", "no_such_module_here"], "for import_modules (--import-module)"),
+        (["--retry-when", "no_such_module_here:rule"], "for retry_when rule"),
+        (["--retry-when", "tests.tasks:nope"], "(retry_when rule 'tests.tasks:nope')"),
+    ],
+)
+def test_worker_code_that_does_not_import_is_one_line_naming_the_option(tmp_path, option, named):
+    queue = LocalTaskQueue(path=str(tmp_path / "queue.sqlite"), queue_name="demo")
+    queue.ensure()
+    enqueue(queue, "tests.tasks:square", [1])
+    out = fails("work", "--data", str(tmp_path), "--idle-seconds", "0.1", *option)
+    assert named in out
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` read-only for this user: ``chmod 555``, or for root, who writes anywhere
+    that mode allows, the immutable attribute (``chattr +i``)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    else:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("chattr +i is not possible here, and root writes 555 folders")
+        undo = ["chattr", "-i", str(folder)]
+    try:
+        yield folder
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_a_read_only_data_folder_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "data").mkdir()
+    with read_only(tmp_path / "data") as data:
+        out = fails("enqueue", "tests.tasks:square", "--item", "1", "--data", str(data))
+    assert f"--data {data} is not writable" in out
+
+
+def test_a_bad_batch_name_is_refused_before_a_flow_starts(tmp_path):
+    result = subprocess.run(
+        [str(BIN / "tqflow"), "demo", "--batch", "my batch", "--items", "2"],
+        cwd=tmp_path,
+        env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1 and "batch name 'my batch' cannot name a folder" in out
+    assert "Traceback" not in out and "flow run" not in out, out  # no flow started

@@ -277,3 +277,33 @@ def test_orchestration_runs_render_onto_the_system_pool_and_workers_onto_spot(re
     # the system pool holds two orchestration pods beside the Prefect worker and system pods
     node = Machine.from_type("e2-standard-4")
     assert 2 * 5 * 1024 + 256 + 512 <= node.allocatable_memory_mib
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--cpus", "4", "--memory-gib", "100000"], "GCE machines have at most 11,776"),
+        (["--cpus", "1000", "--memory-gib", "4000"], "GCE machines have 1 to 416"),
+        (["--cpus", "4", "--memory-gib", "0.5"], "0.5 to 30 GiB per vCPU"),
+        (["--machine-type", "e2-standard-64"], "e2 machines have 1 to 32 vCPUs"),
+        (["--cpus", "4"], "give both --cpus and --memory-gib"),
+    ],
+)
+def test_plan_resources_refuses_a_node_no_gce_machine_is(args, problem):
+    result = CliRunner().invoke(app, ["plan-resources", *args], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and problem in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize(
+    "extra, note",
+    [
+        (["--cpus", "8", "--memory-gib", "64"], "note: --cpus is ignored"),
+        (["--items", "1000"], "note: --items (it needs --from-batch) is ignored"),
+        (["--within-hours", "2"], "note: --within-hours (it needs --from-batch) is ignored"),
+    ],
+)
+def test_plan_resources_says_which_options_it_ignores(extra, note):
+    args = ["plan-resources", "--machine-type", "e2-highmem-4", *extra]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 0 and note in result.output, result.output
+    assert "memory_limit:" in result.output  # planned for the e2-highmem-4, as asked

@@ -28,23 +28,37 @@ _debug = {"on": os.environ.get("TQFLOW_DEBUG", "") not in ("", "0", "false")}
 def explain(exc: BaseException) -> Optional[str]:
     """One or two sentences for an error a user can fix, naming the input and the fix; None
     for a bug (the traceback is shown then)."""
-    import httpx
-
     if isinstance(exc, TqflowError):
         return str(exc)
-    if isinstance(exc, httpx.ConnectError) or isinstance(exc, httpx.ConnectTimeout):
+    unreachable = _prefect_api_unreachable(exc)
+    if unreachable is not None:
         from prefect.settings import PREFECT_API_URL
 
-        url = PREFECT_API_URL.value() or "(none set)"
-        return (
-            f"cannot reach the Prefect API at {url}: start a server with `prefect server start` "
-            "and set PREFECT_API_URL to its /api URL (e.g. http://127.0.0.1:4200/api)"
-        )
+        from flows.cli.prefect_api import unreachable as sentence
+
+        return sentence(PREFECT_API_URL.value() or "(the temporary server)", unreachable)
     if isinstance(exc, sqlite3.DatabaseError):
         return (
             f"the local queue database cannot be read ({exc}): --data must be a folder whose "
             "queue.sqlite was written by tqflow; move a damaged file away to start afresh"
         )
+    return None
+
+
+def _prefect_api_unreachable(exc: BaseException) -> Optional[BaseException]:
+    """The connection error behind ``exc`` when it says the Prefect API could not be reached:
+    httpx's own, or Prefect's ``RuntimeError("Failed to reach API at ...")`` around one."""
+    import httpx
+
+    seen: set[int] = set()
+    cause: Optional[BaseException] = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return cause
+        if isinstance(cause, RuntimeError) and str(cause).startswith("Failed to reach API"):
+            return cause
+        cause = cause.__cause__ or cause.__context__
     return None
 
 

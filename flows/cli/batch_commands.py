@@ -14,7 +14,6 @@ from rich.table import Table
 
 from flows.cli.app import app, console
 from flows.cli.options import Target, load_block, target_options, worker_options
-from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
 from tqflow.errors import CLIInputError, EnqueueInterruptedError, QueueUnreachableError
 
@@ -47,35 +46,46 @@ def demo(
     """Run the embedded pipeline: queue -> local workers -> local storage -> analysis."""
     from blocks.queues.local import LocalTaskQueue
     from blocks.storage import CloudFilesStorage
+    from flows.cli import prefect_api
     from flows.pipeline import pipeline
     from tqflow.examples import demo_root_ids
 
-    data, batch = target.folder().resolve(), target.batch
+    data, batch = target.folder(writable=True).resolve(), target.batch
+    prefect_api.prepare()
     root_ids = demo_root_ids(items)
     console().print(
         f"tqflow demo: {items:,} synthetic neurons, {workers} local workers, results in {data}",
         soft_wrap=True,
     )
-    summary = pipeline(
-        fn="tqflow.examples:skeleton_stats",
-        queue=LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name=batch),
-        storage=CloudFilesStorage(cloudpath=f"file://{data}"),
-        batch=batch,
-        items=root_ids,
-        kwargs={"n_nodes": nodes},
-        workers=workers,
-        overwrite=overwrite,
-        worker_options=WorkerOptions(idle_seconds=2.0),
-    )
+    try:
+        summary = pipeline(
+            fn="tqflow.examples:skeleton_stats",
+            queue=LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name=batch),
+            storage=CloudFilesStorage(cloudpath=f"file://{data}"),
+            batch=batch,
+            items=root_ids,
+            kwargs={"n_nodes": nodes},
+            workers=workers,
+            overwrite=overwrite,
+            worker_options=WorkerOptions(idle_seconds=2.0),
+        )
+    except KeyboardInterrupt:
+        console(stderr=True).print(
+            "\nstopped: the workers released the tasks they held. Run the same command again "
+            "to finish the batch; nothing done is run again.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     analysis_summary = summary.get("analysis") or {}
     console().print(
-        f"\n[bold]batch {batch}[/bold]: {summary['queued']:,} tasks run, "
+        f"\n[bold]batch {batch}[/bold]: {summary['done']:,} tasks run, "
         f"{summary['skipped_done']:,} skipped as already done, "
         f"{summary['dead_lettered']:,} dead-lettered, in {summary['elapsed_seconds']:.1f}s"
     )
     console().print(f"outputs:  {summary['outputs']}", soft_wrap=True)
     if analysis_summary.get("results"):
         console().print(f"table:    {analysis_summary['results']}", soft_wrap=True)
+    if analysis_summary.get("plot"):
         console().print(f"plot:     {analysis_summary['plot']}", soft_wrap=True)
     console().print(
         "Run it again to resume (nothing re-runs); `tqflow status` shows the queue; "
@@ -89,8 +99,12 @@ def enqueue_command(
     target: Target,
     fn: str = typer.Argument(..., help="Task function, package.module:function."),
     items: Optional[List[str]] = typer.Option(None, "--item", help="An item (repeatable)."),
-    items_file: Optional[Path] = typer.Option(None, help="File of items: .txt, .csv, .parquet."),
-    column: Optional[str] = typer.Option(None, help="Column of the items file."),
+    items_file: Optional[Path] = typer.Option(
+        None, help="File of items: .txt, .csv, .tsv, .parquet, .jsonl or .json."
+    ),
+    column: Optional[str] = typer.Option(
+        None, help="Column of the items file (key of .jsonl objects; of --cave-table)."
+    ),
     items_from: Optional[str] = typer.Option(None, help="package.module:function returning items."),
     cave_table: Optional[str] = typer.Option(
         None, help="Or a CAVE materialization table: its --column (default pt_root_id) values."
@@ -133,11 +147,12 @@ def enqueue_command(
             column=column or "pt_root_id",
             filter_equal=_json_object("--cave-filter", cave_filter),
         )
+    target.check_writable()
     queue, storage = target.queue(), target.storage()
     found = ItemSource(
-        items=[parse_item(i) for i in items] if items else None,
+        items=[parse_item(i, f"--item #{n}") for n, i in enumerate(items, 1)] if items else None,
         items_file=str(items_file) if items_file else None,
-        column=column,
+        column=column if cave_table is None else None,
         items_from=items_from,
         cave_query=cave_query,
     ).read(load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None)
@@ -202,6 +217,7 @@ def work(
     from tqflow.engine.process import log_to_stderr, stop_on_signals
     from tqflow.engine.worker import Worker
 
+    target.check_writable()
     queue = target.queue(must_exist=True)
     cave = load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None
     log_to_stderr()
@@ -232,6 +248,8 @@ def status(
     q, storage, batch = target.queue(must_exist=True), target.storage(), target.batch
     counts = q.counts()
     reports = read_reports(storage, batch)
+    if reports.warning():
+        console(stderr=True).print(f"warning: {reports.warning()}", soft_wrap=True, markup=False)
     tally = batch_tally(reports)
     rows = [
         ("visible (waiting)", counts.visible),
@@ -281,10 +299,11 @@ def status(
 def analyze(target: Target) -> None:
     """Collect the batch's outputs into <batch>/analysis/results.parquet."""
     from flows.analysis import analysis
+    from flows.cli import prefect_api
     from tqflow.engine.outputs import outputs_prefix
 
-    batch = check_batch(target.batch)
-    storage = target.storage()
+    batch, storage = target.batch, target.storage()
+    prefect_api.prepare()
     result = analysis(storage=storage, batch=batch)
     if not result["items"]:
         raise CLIInputError(

@@ -51,27 +51,27 @@ def blocks_save_local(
 ) -> None:
     """Save the embedded blocks the local deployments use: local-task-queue/tqflow and
     cloud-files-storage/tqflow-local, both in --data."""
+    from blocks.import_secrets import existing
     from blocks.queues.local import LocalTaskQueue
     from blocks.storage import CloudFilesStorage
 
     data = data_folder(data).resolve()
-    saved = {
-        "local-task-queue/tqflow": LocalTaskQueue(
-            path=str(data / "queue.sqlite"), queue_name="tqflow"
-        ),
-        "cloud-files-storage/tqflow-local": CloudFilesStorage(cloudpath=f"file://{data}"),
-    }
-    for slug, block in saved.items():
-        try:
-            block.save(slug.split("/", 1)[1], overwrite=overwrite)
-        except ValueError as exc:
-            if "already in use" not in str(exc):
-                raise
-            raise CLIInputError(
-                f"block {slug} exists already: pass --overwrite to replace it (it will point "
-                f"at {data})"
-            ) from None
-        console().print(f"saved {slug} ({data})", soft_wrap=True)
+    named = [
+        ("tqflow", LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="tqflow")),
+        ("tqflow-local", CloudFilesStorage(cloudpath=f"file://{data}")),
+    ]
+    # Both or neither: a queue block saved beside an old storage block would point the local
+    # deployments at two folders.
+    taken = [] if overwrite else existing(named)
+    if taken:
+        raise CLIInputError(
+            f"block(s) {', '.join(taken)} exist already; nothing was saved. Pass --overwrite "
+            f"to replace both (they will point at {data})"
+        )
+    for name, block in named:
+        block.save(name, overwrite=overwrite)
+    for name, block in named:
+        console().print(f"saved {block.get_block_type_slug()}/{name} ({data})", soft_wrap=True)
 
 
 @blocks_app.command("register")

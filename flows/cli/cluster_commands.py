@@ -12,6 +12,11 @@ import typer
 from flows.cli.app import app, console
 from flows.cli.options import DATA_OPTION, Target
 from tqflow.engine.messages import check_batch
+from tqflow.errors import CLIInputError
+
+#: Defaults of the options whose default depends on the mode (a value given where the mode
+#: does not use it is said to be ignored).
+_PODS_PER_NODE, _MARGIN, _WITHIN_HOURS = 4, 0.2, 4.0
 
 
 @app.command("plan-resources")
@@ -23,7 +28,12 @@ def plan_resources(
     memory_gib: Optional[float] = typer.Option(
         None, "--memory-gib", min=0.5, help="And its memory in GiB."
     ),
-    pods_per_node: int = typer.Option(4, "--pods-per-node", min=1, help="Worker pods per node."),
+    pods_per_node: Optional[int] = typer.Option(
+        None,
+        "--pods-per-node",
+        min=1,
+        help=f"Worker pods per node (default {_PODS_PER_NODE}; with --from-batch, as many as fit).",
+    ),
     headroom: float = typer.Option(
         0.05, min=0.0, max=0.9, help="Fraction left free for cluster pods and spikes."
     ),
@@ -33,14 +43,20 @@ def plan_resources(
         help="Size the pods from what this batch's tasks used (its worker reports); without "
         "--machine-type, choose the cheapest common machine type.",
     ),
-    margin: float = typer.Option(
-        0.2, min=0.0, max=4.0, help="With --from-batch: added to the measured memory and CPU."
+    margin: Optional[float] = typer.Option(
+        None,
+        min=0.0,
+        max=4.0,
+        help=f"With --from-batch: added to the measured memory and CPU (default {_MARGIN}).",
     ),
     items: Optional[int] = typer.Option(
         None, "--items", min=1, help="With --from-batch: size of the next batch (default: as many)."
     ),
-    within_hours: float = typer.Option(
-        4.0, "--within-hours", min=0.01, help="With --from-batch: finish the next batch within."
+    within_hours: Optional[float] = typer.Option(
+        None,
+        "--within-hours",
+        min=0.01,
+        help=f"With --from-batch: finish the next batch within (default {_WITHIN_HOURS:g} h).",
     ),
     data: Path = DATA_OPTION,
     storage_block: Optional[str] = typer.Option(
@@ -51,7 +67,13 @@ def plan_resources(
     """Requests and memory limit for worker pods that fit a GKE node (no CPU limit)."""
     from tqflow.gke.resources import Machine, plan
 
+    ignored = []
+    if (cpus is None) != (memory_gib is None) and machine_type is None:
+        raise CLIInputError(
+            "give both --cpus and --memory-gib (the node's size), or --machine-type"
+        )
     if machine_type is not None:
+        ignored += [flag for flag, v in (("--cpus", cpus), ("--memory-gib", memory_gib)) if v]
         machine = Machine.from_type(machine_type)
     elif cpus is not None and memory_gib is not None:
         machine = Machine(cpus=cpus, memory_gib=memory_gib)
@@ -61,13 +83,32 @@ def plan_resources(
     else:
         machine = None
     if from_batch is not None:
+        if pods_per_node is not None:
+            ignored.append(
+                "--pods-per-node (with --from-batch, as many pods fit as the tasks allow)"
+            )
+    else:
+        given = (("--margin", margin), ("--items", items), ("--within-hours", within_hours))
+        ignored += [f"{flag} (it needs --from-batch)" for flag, value in given if value is not None]
+        if storage_block is not None:
+            ignored.append("--storage-block (it needs --from-batch)")
+    for flag in ignored:
+        console(stderr=True).print(f"note: {flag} is ignored", soft_wrap=True, markup=False)
+    if from_batch is not None:
         target = Target(batch=check_batch(from_batch), data=data, storage_block=storage_block)
         _plan_from_batch(
-            target, machine_type, machine, margin, headroom, items, within_hours, as_json
+            target,
+            machine_type,
+            machine,
+            _MARGIN if margin is None else margin,
+            headroom,
+            items,
+            _WITHIN_HOURS if within_hours is None else within_hours,
+            as_json,
         )
         return
     assert machine is not None
-    resources = plan(machine, pods_per_node, headroom=headroom)
+    resources = plan(machine, pods_per_node or _PODS_PER_NODE, headroom=headroom)
     variables = resources.as_job_variables()
     if as_json:
         print(json.dumps(variables))
@@ -96,9 +137,10 @@ def _plan_from_batch(
     from tqflow.engine.reports import batch_tally, read_reports
     from tqflow.gke import right_size
 
-    usage = right_size.BatchUsage.of(
-        batch_tally(read_reports(target.storage(), target.batch)), target.batch
-    )
+    reports = read_reports(target.storage(), target.batch)
+    if reports.warning():
+        console(stderr=True).print(f"warning: {reports.warning()}", soft_wrap=True, markup=False)
+    usage = right_size.BatchUsage.of(batch_tally(reports), target.batch)
     items = items or usage.tasks
     if machine_type is None:
         found = right_size.cheapest(usage, items, within_hours, margin, headroom)

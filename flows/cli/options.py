@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, TypeVar, get_origin
@@ -40,11 +41,13 @@ class Target:
     queue_block: Optional[str] = None
     storage_block: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        check_batch(self.batch)  # before anything is read, written or run
+
     def queue(self, must_exist: bool = False) -> Any:
         """The saved queue block named by --queue-block, or the embedded SQLite queue."""
         from blocks.queues.base import TaskQueue
 
-        check_batch(self.batch)
         if self.queue_block:
             found = load_block(self.queue_block, TaskQueue, "--queue-block")
         else:
@@ -72,8 +75,15 @@ class Target:
             return load_block(self.storage_block, CloudFilesStorage, "--storage-block")
         return CloudFilesStorage(cloudpath=f"file://{self.folder()}")
 
-    def folder(self) -> Path:
-        return data_folder(self.data)
+    def folder(self, writable: bool = False) -> Path:
+        return data_folder(self.data, writable)
+
+    def check_writable(self) -> None:
+        """For a command that writes: the --data folder, when the queue or the storage is
+        there, made if missing and checked writable (a read-only one failed inside SQLite
+        with "unable to open database file")."""
+        if not (self.queue_block and self.storage_block):
+            self.folder(writable=True)
 
     @property
     def names_queue(self) -> bool:
@@ -93,13 +103,27 @@ class Target:
         return " ".join(flags)
 
 
-def data_folder(data: Path) -> Path:
-    """``--data``, checked to be a folder (or not there yet)."""
+def data_folder(data: Path, writable: bool = False) -> Path:
+    """``--data``, checked to be a folder (or not there yet); with ``writable``, made if
+    missing and checked to be writable, before anything is queued or a flow starts."""
     if data.exists() and not data.is_dir():
         raise CLIInputError(
             f"--data {data} is a file: give the folder of the embedded setup (it holds "
             "queue.sqlite and the batches' outputs), e.g. --data tqflow-data"
         )
+    if writable:
+        try:
+            data.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CLIInputError(
+                f"--data {data} cannot be made ({exc.strerror}): give a folder you can write, "
+                "e.g. --data ~/tqflow-data"
+            ) from None
+        if not os.access(data, os.W_OK | os.X_OK):
+            raise CLIInputError(
+                f"--data {data} is not writable (the queue and the outputs are written there): "
+                "give a folder you can write, e.g. --data ~/tqflow-data"
+            )
     return data
 
 

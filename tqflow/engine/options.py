@@ -121,6 +121,16 @@ class WorkerOptions(BaseModel):
     def _batch_names_a_folder(cls, value: str) -> str:
         return check_batch(value)  # BadArgumentsError, raised through pydantic as it is
 
+    def import_code(self) -> None:
+        """Import the modules and the retry rule these options name, so that a name that does
+        not import fails where the options are given, naming it, not in every worker."""
+        from tqflow.engine.messages import import_module, resolve
+
+        for module in self.import_modules:
+            import_module(module, "import_modules (--import-module)")
+        if self.retry_when:
+            resolve(self.retry_when, "retry_when rule")
+
     @classmethod
     def of(cls, options: WorkerOptions | dict | None = None, **settings: object) -> WorkerOptions:
         """``options`` with ``settings`` (field names) over it; validated, so a misspelt or

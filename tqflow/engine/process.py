@@ -39,9 +39,14 @@ EXIT_STUCK_TASK = 4
 def stop_on_signals(worker: Worker) -> Iterator[None]:
     """While inside, SIGTERM and SIGINT stop ``worker``: no new lease is taken, held leases are
     released at once, and a running task or long-poll receive is interrupted the way Ctrl-C
-    interrupts code. A second signal exits at once (whatever is held returns to the queue
+    interrupts code. A second request exits at once (whatever is held returns to the queue
     when its lease ends). SIGALRM is how the worker stops a task past its time limit
     (`tqflow.engine.time_limit`).
+
+    One Ctrl-C is one request, though it arrives twice: a local fleet's workers share the
+    terminal's process group, so they get its SIGINT, and then the fleet's SIGTERM as it stops
+    them. So the second request is the same signal again (Ctrl-C twice, SIGTERM twice); the
+    other kind of the two, the first time it comes, is part of the first request.
 
     Installs handlers only in the main thread (Python allows no other) and restores the
     previous ones on exit.
@@ -49,16 +54,21 @@ def stop_on_signals(worker: Worker) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received: set[int] = set()
 
     def handle(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if worker.stop.is_set():
+        if worker.stop.is_set() and (signum in received or not received):
             sys.stderr.write(
                 f"tqflow worker: second {name}: exiting now; messages still held "
                 "return to the queue when their leases end\n"
             )
             sys.stderr.flush()
             os._exit(128 + signum)
+        first = not received
+        received.add(signum)
+        if not first:
+            return  # SIGINT then SIGTERM, or the other way round: one request to stop
         if worker.request_stop():
             raise KeyboardInterrupt(f"stopped by signal {name}")
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from tqflow.errors import ResourcePlanError
 
 #: GiB of memory per vCPU of the predefined GCE machine families (``<family>-<kind>-<vCPUs>``).
-MEMORY_PER_VCPU_GIB = {
+FAMILY_MEMORY_PER_VCPU_GIB = {
     ("e2", "standard"): 4.0,
     ("e2", "highmem"): 8.0,
     ("e2", "highcpu"): 1.0,
@@ -51,6 +51,24 @@ MEMORY_PER_VCPU_GIB = {
     ("n1", "highcpu"): 0.9,
 }
 
+#: Most vCPUs of a predefined machine type, by family (GCE's machine type tables).
+MAX_VCPUS = {
+    "e2": 32,
+    "n2": 128,
+    "n2d": 224,
+    "n4": 80,
+    "c3": 176,
+    "c2": 60,
+    "c2d": 112,
+    "t2d": 60,
+    "n1": 96,
+}
+#: No machine type a GKE node pool can use is larger than m2-ultramem-416 (416 vCPUs,
+#: 11,776 GB), and every one has 0.5 (e2-micro) to ~28 (m2-ultramem) GiB per vCPU.
+MOST_VCPUS = 416
+MOST_MEMORY_GIB = 11_776
+MEMORY_PER_VCPU_GIB = (0.5, 30.0)
+
 #: Requests of the DaemonSets GKE runs on every node (fluentbit, gke-metrics-agent, kube-proxy,
 #: pdcsi-node, the managed Prometheus collector), rounded up.
 SYSTEM_CPU_MILLICORES = 250
@@ -63,20 +81,49 @@ EVICTION_THRESHOLD_MIB = 100
 
 @dataclass(frozen=True)
 class Machine:
+    """A node's size. Sizes no GCE machine has are refused (a typo planned a 100,000 GiB
+    node before)."""
+
     cpus: int
     memory_gib: float
+
+    def __post_init__(self) -> None:
+        low, high = MEMORY_PER_VCPU_GIB
+        if not 1 <= self.cpus <= MOST_VCPUS:
+            raise ResourcePlanError(
+                f"a node of {self.cpus} vCPUs: GCE machines have 1 to {MOST_VCPUS} "
+                "(m2-ultramem-416); give the node pool's machine type or real size"
+            )
+        if not 0 < self.memory_gib <= MOST_MEMORY_GIB:
+            raise ResourcePlanError(
+                f"a node of {self.memory_gib:g} GiB: GCE machines have at most "
+                f"{MOST_MEMORY_GIB:,} (m2-ultramem-416); give the node pool's machine type or "
+                "real size"
+            )
+        if not low <= self.memory_gib / self.cpus <= high:
+            raise ResourcePlanError(
+                f"a node of {self.cpus} vCPUs and {self.memory_gib:g} GiB "
+                f"({self.memory_gib / self.cpus:.2f} GiB per vCPU): GCE machines have {low:g} "
+                f"to {high:g} GiB per vCPU; check --cpus and --memory-gib"
+            )
 
     @classmethod
     def from_type(cls, machine_type: str) -> "Machine":
         """A predefined GCE machine type, e.g. ``e2-highmem-4``."""
         match = re.fullmatch(r"([a-z0-9]+)-([a-z]+)-(\d+)", machine_type.strip().lower())
-        ratio = MEMORY_PER_VCPU_GIB.get(match.group(1, 2)) if match else None
-        if ratio is None:
+        ratio = FAMILY_MEMORY_PER_VCPU_GIB.get(match.group(1, 2)) if match else None
+        if match is None or ratio is None:
+            known = ", ".join(sorted({f"{f}-{k}" for f, k in FAMILY_MEMORY_PER_VCPU_GIB}))
             raise ResourcePlanError(
                 f"unknown machine type {machine_type!r}: give --cpus and --memory-gib instead "
-                f"(known families: {', '.join(sorted({f'{f}-{k}' for f, k in MEMORY_PER_VCPU_GIB}))})"
+                f"(known families: {known})"
             )
-        cpus = int(match.group(3))
+        family, cpus = match.group(1), int(match.group(3))
+        if not 1 <= cpus <= MAX_VCPUS[family]:
+            raise ResourcePlanError(
+                f"machine type {machine_type!r} does not exist: {family} machines have 1 to "
+                f"{MAX_VCPUS[family]} vCPUs"
+            )
         return cls(cpus=cpus, memory_gib=cpus * ratio)
 
     @property
