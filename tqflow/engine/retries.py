@@ -33,7 +33,9 @@ class RetryRule:
     def __init__(self, retry_when: Optional[str] = None) -> None:
         from tqflow.engine.messages import resolve
 
-        self.retry_when: Optional[RetryWhen] = resolve(retry_when) if retry_when else None
+        self.retry_when: Optional[RetryWhen] = (
+            resolve(retry_when, "retry_when rule") if retry_when else None
+        )
 
     def retries(self, receive_count: int, exc: Exception) -> bool:
         if isinstance(exc, (MessageError, PermanentTaskError)):
