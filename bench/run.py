@@ -26,6 +26,9 @@ SCENARIOS = {
     "scale": "bench.scale",
     "scale-cloud": "bench.scale_cloud",
     "resume": "bench.resume",
+    "fleet-scale": "bench.fleet_scale",
+    "fleet-tail": "bench.fleet_tail",
+    "fleet-deadline": "bench.fleet_deadline",
 }
 
 

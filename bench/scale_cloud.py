@@ -98,6 +98,7 @@ def _blocks(moto: str, n: int) -> tuple[Any, Any]:
 def measure(n: int, moto: str, emulator: str) -> dict[str, Any]:
     """Enqueue, drain and resume-check ``n`` items; seconds and requests of each stage."""
     from flows.enqueue import enqueue_items
+    from tqflow.engine.options import WorkerOptions
     from tqflow.engine.outputs import outputs_prefix
     from tqflow.engine.worker import Worker
 
@@ -118,7 +119,7 @@ def measure(n: int, moto: str, emulator: str) -> dict[str, Any]:
         sent = stage("enqueue", lambda: enqueue_items(queue, storage, FN, range(n), "scale"))
 
         def drain() -> None:
-            workers = [Worker(queue, storage, idle_seconds=3) for _ in range(2)]
+            workers = [Worker(queue, storage, WorkerOptions(idle_seconds=3)) for _ in range(2)]
             threads = [threading.Thread(target=w.run) for w in workers]
             for thread in threads:
                 thread.start()

@@ -55,6 +55,7 @@ def tqflow_sqs(endpoint: str, n: int) -> dict:
     from blocks import CloudFilesStorage
     from blocks.queues.sqs import SQSTaskQueue
     from flows.enqueue import enqueue_items
+    from tqflow.engine.options import WorkerOptions
     from tqflow.engine.worker import Worker
 
     queue = SQSTaskQueue(
@@ -68,7 +69,7 @@ def tqflow_sqs(endpoint: str, n: int) -> dict:
         started = time.perf_counter()
         enqueue_items(queue, storage, "bench.tasks:noop", range(n), "b")
         enqueued = time.perf_counter()
-        stats = Worker(queue, storage, idle_seconds=0).run()
+        stats = Worker(queue, storage, WorkerOptions(idle_seconds=0)).run()
         drained = time.perf_counter()
     assert stats.succeeded == n, stats.as_dict()
     return {

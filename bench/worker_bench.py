@@ -24,13 +24,14 @@ def _filled_queue(folder: str, n: int, fn: str = NOOP, kwargs: dict | None = Non
 
 def worker_seconds(n: int) -> float:
     from blocks import CloudFilesStorage
+    from tqflow.engine.options import WorkerOptions
     from tqflow.engine.worker import Worker
 
     with tempfile.TemporaryDirectory() as folder:
         queue = _filled_queue(folder, n)
         storage = CloudFilesStorage(cloudpath=f"file://{folder}/out")
         started = time.perf_counter()
-        stats = Worker(queue, storage, idle_seconds=0).run()
+        stats = Worker(queue, storage, WorkerOptions(idle_seconds=0)).run()
         seconds = time.perf_counter() - started
         assert stats.succeeded == n
         return seconds
@@ -60,11 +61,16 @@ def raw_loop_seconds(n: int) -> float:
 def worker_memory(n: int) -> dict[str, float]:
     """RSS of a worker over ``n`` no-op tasks: after the first 1,000 (warm), at the end, peak."""
     from blocks import CloudFilesStorage
+    from tqflow.engine.options import WorkerOptions
     from tqflow.engine.worker import Worker
 
     with tempfile.TemporaryDirectory() as folder:
         queue = _filled_queue(folder, n)
-        worker = Worker(queue, CloudFilesStorage(cloudpath=f"file://{folder}/out"), idle_seconds=0)
+        worker = Worker(
+            queue,
+            CloudFilesStorage(cloudpath=f"file://{folder}/out"),
+            WorkerOptions(idle_seconds=0),
+        )
         samples: list[tuple[int, float]] = []
         done = threading.Event()
 

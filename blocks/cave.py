@@ -19,6 +19,7 @@ from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
+from blocks.specs import block_slug
 from tqflow.errors import CAVEQueryError, CredentialsError
 
 if TYPE_CHECKING:
@@ -107,8 +108,8 @@ class CAVECredentials(Block):
         return urlparse(self.server_address).netloc
 
     def _label(self) -> str:
-        name = getattr(self, "_block_document_name", None)
-        return f"CAVE block {name!r}" if name else "the CAVECredentials block"
+        slug = block_slug(self)
+        return f"CAVE block {slug}" if slug else "the CAVECredentials block"
 
     def get_client(self) -> "CAVEclient":
         """A CAVEclient for the datastack, authenticated with the block's token.

@@ -1,13 +1,12 @@
-"""Name saved blocks instead of passing their secrets.
-
-- A *slug* (``"sqs-task-queue/prod"``) names a saved block: deployments in ``prefect.yaml``
-  pass blocks this way, so their parameters hold names, not credentials.
-- A *spec* (`tqflow.engine.specs`) carries a block, secrets included, to a worker process.
+"""Naming saved blocks instead of passing their secrets: a *slug* (``"sqs-task-queue/prod"``)
+names a saved block; deployments in ``prefect.yaml`` and a pipeline's worker runs pass blocks
+this way, so their parameters hold names, not credentials (`block_slug`, `load_block`). And the
+schema a block needs to be picked in the UI's run form (`referable_by`).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, Union
+from typing import Any, Optional, TypeVar, Union
 
 from prefect.blocks.core import Block, schema_extra
 from prefect.utilities.dispatch import lookup_type
@@ -34,6 +33,15 @@ def referable_by(field: str) -> ConfigDict:
         schema["required"] = sorted({*schema.get("required", []), field})
 
     return ConfigDict(json_schema_extra=extra)
+
+
+def block_slug(block: Block) -> Optional[str]:
+    """``block-type-slug/name`` of a saved (or loaded) block; None for one never saved. The one
+    place that reads Prefect's record of a block's name."""
+    name = getattr(block, "_block_document_name", None)
+    if name is None or getattr(block, "_is_anonymous", False):
+        return None
+    return f"{block.get_block_type_slug()}/{name}"
 
 
 def load_block(value: Union[B, str], kind: type[B]) -> B:

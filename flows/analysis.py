@@ -12,7 +12,6 @@ out and named in the artifact's notes.
 from __future__ import annotations
 
 import base64
-import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -22,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
+from tqflow.artifacts import artifact_key
 from tqflow.engine.messages import check_batch
 from tqflow.engine.outputs import outputs_prefix
 from tqflow.results_summary import summarise
@@ -29,11 +29,6 @@ from tqflow.results_table import build_results_table, output_paths
 
 #: Plots up to this size are embedded in the markdown artifact; larger ones are linked.
 _EMBED_LIMIT_BYTES = 200_000
-
-
-def artifact_key(batch: str, what: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]+", "-", f"{batch}-{what}".lower()).strip("-")
 
 
 @dataclass

@@ -14,9 +14,9 @@ from prefect.artifacts import create_table_artifact
 from blocks.queues import QueueParameter, TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
-from flows.analysis import artifact_key
+from tqflow.artifacts import artifact_key
 from tqflow.engine.contracts import DeadLetter
-from tqflow.engine.messages import check_batch, decode
+from tqflow.engine.messages import TaskMessage, check_batch, decode
 from tqflow.engine.outputs import error_path
 from tqflow.errors import MessageError
 
@@ -25,13 +25,17 @@ def describe(dead: DeadLetter, storage: Optional[CloudFilesStorage] = None) -> d
     """A dead letter as a table row: which batch and item, which function, how many receives,
     why it was dead-lettered, and (with ``storage``) the last error the task raised."""
     try:
-        message = decode(dead.body)
-        item = {"batch": message.batch, "key": message.key, "fn": message.fn}
+        message: Optional[TaskMessage] = decode(dead.body)
     except MessageError:
-        item = {"batch": None, "key": None, "fn": None}
+        message = None
+    item = {
+        "batch": message.batch if message else None,
+        "key": message.key if message else None,
+        "fn": message.fn if message else None,
+    }
     last_error = None
-    if storage is not None and item["key"] is not None:
-        last_error = _last_error(storage, item["batch"], item["key"])
+    if storage is not None and message is not None:
+        last_error = _last_error(storage, message.batch, message.key)
     return {
         "message_id": dead.message_id,
         **item,

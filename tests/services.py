@@ -1,5 +1,6 @@
 """The real services tests and benchmarks start, in one place: moto (SQS over HTTP),
-gcp-storage-emulator (GCS over HTTP), ``prefect server start``, and any long-running process.
+gcp-storage-emulator (GCS over HTTP), ``prefect server start``, proxies that add a cloud's
+latency, throttling or outages in front of them, and any long-running process.
 
 Every service is started in its own process group, waited on by readiness (a port that accepts,
 a health endpoint that answers), never by a fixed sleep, and stopped by `stop_process`: SIGTERM
@@ -311,3 +312,50 @@ def prefect_server(home: Path, env: Optional[dict[str, str]] = None) -> Iterator
     finally:
         stop_process(process)
         log.close()
+
+
+class HttpProxy:
+    """`tests/http_proxy.py` in front of a service: its endpoint, and the requests it has
+    counted (forwarded and throttled, by method and path)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        import httpx
+
+        return httpx.get(f"{self.endpoint}/__proxy__/counts", timeout=60).json()
+
+    def reset(self) -> None:
+        import httpx
+
+        httpx.post(f"{self.endpoint}/__proxy__/reset", timeout=60).raise_for_status()
+
+
+@contextlib.contextmanager
+def http_proxy(
+    upstream: str,
+    *,
+    delay_seconds: float = 0.0,
+    throttle_share: float = 0.0,
+    retry_after: int = 1,
+    log: Optional[IO[Any]] = None,
+) -> Iterator[HttpProxy]:
+    """An HTTP proxy on 127.0.0.1 in front of ``upstream`` (``http://host:port``) that delays
+    every request by ``delay_seconds`` and answers ``throttle_share`` of them 429 with
+    ``Retry-After: retry_after``; counts what it saw (`HttpProxy.counts`)."""
+    port = free_port()
+    script = Path(__file__).with_name("http_proxy.py")
+    args = [sys.executable, str(script), "--upstream", upstream, "--port", str(port)]
+    args += ["--delay-seconds", str(delay_seconds), "--throttle-share", str(throttle_share)]
+    args += ["--retry-after", str(retry_after)]
+    process = start(args, log=log)
+    try:
+        wait_for_port(port, process)
+        yield HttpProxy(port)
+    finally:
+        stop_process(process)

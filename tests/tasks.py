@@ -216,3 +216,21 @@ def neuron_profile(root_id: int) -> dict:
         "key": f"mine-{root_id % 5}",
         "task_seconds": 99,
     }
+
+
+def fails_first(x: int, log_dir: str, failures: dict, seconds: float = 0.0) -> int:
+    """``x * x`` after ``seconds``; but the first ``failures[str(x)]`` attempts of an item
+    raise (a flaky item that a retry mends)."""
+    marker = Path(log_dir) / f"{x}.attempts"
+    _append(marker, str(os.getpid()))
+    time.sleep(seconds)
+    if len(marker.read_text().splitlines()) <= failures.get(str(x), 0):
+        raise RuntimeError(f"item {x} failed on attempt {len(marker.read_text().splitlines())}")
+    return x * x
+
+
+def refuses(x: int) -> None:
+    """Dead-lettered at once: a failure no retry can fix."""
+    from tqflow.errors import PermanentTaskError
+
+    raise PermanentTaskError(f"item {x} cannot be done")

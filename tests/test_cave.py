@@ -23,6 +23,7 @@ from tests.cave_service import (
     cave_registrations,
 )
 from tests.helpers import enqueue
+from tqflow.engine.options import WorkerOptions
 from tqflow.engine.outputs import output_path
 from tqflow.engine.worker import Worker
 from tqflow.errors import CAVEQueryError, CredentialsError
@@ -98,7 +99,8 @@ def test_a_refused_token_names_the_block_and_how_to_get_a_new_one(cave_block):
         rsps.get(re.compile(re.escape(SERVER) + "/.*"), status=401, json={"error": "bad token"})
         cave_block._block_document_name = "minnie"
         with pytest.raises(
-            CredentialsError, match=r"refused the token of CAVE block 'minnie'.*get_new_token"
+            CredentialsError,
+            match=r"refused the token of CAVE block cave-credentials/minnie.*get_new_token",
         ) as info:
             cave_block.get_client()
     assert cave_block.token.get_secret_value() not in str(info.value)
@@ -151,7 +153,7 @@ def test_synapse_profile_runs_in_the_worker_with_one_client_per_worker(
         synapse_table="synapse_table",
     )
 
-    stats = Worker(queue, storage, cave=cave_block, idle_seconds=0.1).run()
+    stats = Worker(queue, storage, WorkerOptions(idle_seconds=0.1), cave=cave_block).run()
 
     assert stats.succeeded == 2
     profile = storage.get_json(output_path("syn", "20"))["result"]

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import runs
 from tqflow.examples import demo_root_ids
 
 # One server, one deploy: keep these tests on one xdist worker (make test uses --dist loadgroup).
@@ -79,7 +80,8 @@ def deployed(recipe) -> dict[str, str]:
 
 @contextlib.contextmanager
 def client(env):
-    """A client of the e2e server; the session's own test server stays the default."""
+    """A client of the e2e server (its own, never the throttling proxy's); the session's own test
+    server stays the default."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -354,6 +356,78 @@ def test_an_active_schedule_creates_and_completes_a_run(deployed):
     run = _run_on_a_schedule(deployed)
     assert run.auto_scheduled
     assert outputs(deployed, "e2e-scheduled") == {str(i) for i in range(5)}
+
+
+def _copy_deployment(c, name: str, as_name: str, pool: str) -> None:
+    """Deployment ``name`` (``flow/deployment``) again as ``as_name``, on work pool ``pool``."""
+    found = c.read_deployment_by_name(name)
+    c.create_deployment(
+        flow_id=found.flow_id,
+        name=as_name,
+        entrypoint=found.entrypoint,
+        work_pool_name=pool,
+        work_queue_name="default",
+        parameters=found.parameters,
+        pull_steps=found.pull_steps,
+        parameter_openapi_schema=found.parameter_openapi_schema,
+    )
+
+
+def test_a_deployment_mode_pipeline_completes_through_an_api_that_throttles(deployed, tmp_path):
+    """Prefect Cloud over its rate limit answers 429 with Retry-After: here a fifth of every
+    request the pipeline run, its worker runs and their process worker send. The batch completes,
+    every item is done once, and no worker run is launched twice."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from tests.services import http_proxy, start, stop_process
+
+    env, batch, log_dir = deployed, "e2e-throttled", tmp_path / "runs"
+    log_dir.mkdir()
+    with client(env) as c:
+        c.create_work_pool(WorkPoolCreate(name="tqflow-throttled", type="process"), overwrite=True)
+        _copy_deployment(c, "pipeline/pipeline-local", "pipeline-throttled", "tqflow-throttled")
+        _copy_deployment(c, "worker/worker-local", "worker-throttled", "tqflow-throttled")
+    queue = _lease_queue(env, batch)
+    server = env["PREFECT_API_URL"].removesuffix("/api")
+    with http_proxy(server, throttle_share=0.2, retry_after=1) as proxy:
+        throttled_env = {**env, "PREFECT_API_URL": f"{proxy.endpoint}/api"}
+        with open(tmp_path / "worker.log", "w") as log:
+            worker = start(
+                [str(BIN / "prefect"), "worker", "start", "--pool", "tqflow-throttled"],
+                env=throttled_env,
+                cwd=REPO,
+                log=log,
+            )
+            try:
+                run = deployment_run(
+                    throttled_env,
+                    "pipeline/pipeline-throttled",
+                    queue=queue,
+                    batch=batch,
+                    items=list(range(30)),
+                    fn="tests.tasks:tracked",
+                    kwargs={"log_dir": str(log_dir)},
+                    mode="deployment",
+                    worker_deployment="worker/worker-throttled",
+                    workers=2,
+                    tasks_per_worker=15,
+                    worker_options={"idle_seconds": 1},
+                    poll_seconds=0.5,
+                    analyze=False,
+                )
+                out, _ = run.communicate(timeout=600)
+            finally:
+                stop_process(worker)
+        counts = proxy.counts()
+    assert "Completed" in out, out[-2000:] + (tmp_path / "worker.log").read_text()[-4000:]
+    assert sum(counts["throttled"].values()) > 20, counts  # it did throttle
+    assert outputs(env, batch) == {str(i) for i in range(30)}
+    assert all(runs(log_dir, i, "finished") == 1 for i in range(30))  # each done once
+    worker_runs = runs_of(env, "worker-throttled", 0)
+    keys = [r.idempotency_key for r in worker_runs]
+    assert len(worker_runs) == 2 and len(set(keys)) == 2, [
+        (r.name, r.state.type) for r in worker_runs
+    ]
 
 
 def _process_of_flow_run(flow_run_id) -> int | None:

@@ -13,6 +13,7 @@ from flows.enqueue import enqueue_items
 from tests.conftest import sqs_credentials
 from tests.helpers import enqueue, run_worker, sqs_only
 from tests.sqs_faults import SQSFaults
+from tqflow.engine.options import WorkerOptions
 from tqflow.engine.specs import block_from_spec, block_spec
 from tqflow.engine.worker import Worker
 from tqflow.errors import QueueConfigError
@@ -71,7 +72,7 @@ def test_enqueue_and_drain_take_few_requests_per_task(queue_factory, storage):
     n = 200
     with SQSFaults(queue._client(), fail_every=10**9, throttle_every=10**9) as counted:
         enqueue(queue, "tests.tasks:square", range(n))
-        stats = Worker(queue, storage, idle_seconds=0.5).run()
+        stats = Worker(queue, storage, WorkerOptions(idle_seconds=0.5)).run()
     assert stats.succeeded == n
     assert counted.requests["SendMessageBatch"] == n // 10
     assert counted.requests["DeleteMessageBatch"] <= n // 10 + 2
@@ -84,7 +85,7 @@ def test_enqueue_and_drain_take_few_requests_per_task(queue_factory, storage):
 def test_an_idle_worker_without_long_polls_backs_off_its_receives(queue_factory, storage):
     queue = queue_factory(wait_seconds=0)
     with SQSFaults(queue._client(), fail_every=10**9, throttle_every=10**9) as counted:
-        stats = Worker(queue, storage, idle_seconds=4).run()
+        stats = Worker(queue, storage, WorkerOptions(idle_seconds=4)).run()
     assert stats.stop_reason == "idle"
     # 0.05, 0.1, 0.2, 0.4, 0.8, then 1 s apart: ~8 receives in 4 s, where a fixed 0.05 s
     # pause sent ~80.

@@ -140,6 +140,7 @@ def test_an_idle_worker_does_not_end_on_one_reading_of_an_empty_queue(
     # second reading, after another empty receive, agrees.
     from blocks import LocalTaskQueue
     from tqflow.engine.contracts import QueueCounts
+    from tqflow.engine.options import WorkerOptions
     from tqflow.engine.worker import Worker
 
     readings: list[QueueCounts] = []
@@ -161,7 +162,7 @@ def test_an_idle_worker_does_not_end_on_one_reading_of_an_empty_queue(
     queue.ensure()
     enqueue(queue, "tests.tasks:fails_on", [1, 2], bad=[2])
 
-    stats = Worker(queue, storage, idle_seconds=0.05, retry_base_seconds=0.5).run()
+    stats = Worker(queue, storage, WorkerOptions(idle_seconds=0.05, retry_base_seconds=0.5)).run()
 
     assert readings[0].pending == 1  # item 2 waited for its retry while the reading missed it
     assert (stats.succeeded, stats.failed) == (1, 2)  # the retry ran, in this worker

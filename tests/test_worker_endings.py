@@ -8,55 +8,82 @@ import pytest
 
 from tqflow.engine.reports import BatchTally
 from tqflow.engine.task_resources import TaskResources
-from tqflow.fleet.endings import cause, explain
+from tqflow.fleet.endings import Cause, Ending, explain, of_process, of_run
 
 GiB = 2**30
 
 
 @pytest.mark.parametrize(
-    ("ending", "expected"),
+    ("state", "message", "pod", "cause"),
     [
         # What Prefect's kubernetes worker sets when a pod's container exits 137 (128 + SIGKILL)
         (
-            "Crashed: Flow run infrastructure exited with non-zero status code 137. "
+            "CRASHED",
+            "Flow run infrastructure exited with non-zero status code 137. "
             "Process was terminated due to a Kill signal.",
-            "OOMKilled",
+            None,
+            Cause.OOM_KILLED,
         ),
-        ("OOMKilled: 2,100 MiB resident, over memory_limit_mib=2048", "OOMKilled"),
-        ("Failed: The node was low on resource: memory. Evicted", "evicted"),
+        ("FAILED", "The node was low on resource: memory. Evicted", None, Cause.EVICTED),
         (
-            "Crashed: Flow run infrastructure exited with non-zero status code 143.",
-            "preempted or stopped (SIGTERM)",
+            "CRASHED",
+            "Flow run infrastructure exited with non-zero status code 143.",
+            None,
+            Cause.PREEMPTED,
         ),
-        ("stopped by a signal (SIGTERM)", "preempted or stopped (SIGTERM)"),
-        ("Pending: PodUnschedulable: 0/3 nodes are available", "unschedulable"),
-        ("killed by SIGKILL", "killed (SIGKILL)"),
-        ("exited with code 3", "exited with code 3"),
+        ("CRASHED", "PodUnschedulable: 0/3 nodes are available", None, Cause.UNSCHEDULABLE),
+        (
+            "CRASHED",
+            "Flow run infrastructure exited with non-zero status code 1.",
+            None,
+            Cause.CRASHED,
+        ),
         # What the pod observer said comes first: an evicted pod's container was SIGKILLed too
-        ("Crashed: ... non-zero status code 137. (pod: Evicted)", "evicted"),
-        ("Crashed: ... non-zero status code 1. (pod: OOMKilled)", "OOMKilled"),
-        ("Pending: ... (pod: Unschedulable.InsufficientResources)", "unschedulable"),
+        ("CRASHED", "... non-zero status code 137.", "Evicted", Cause.EVICTED),
+        ("CRASHED", "... non-zero status code 1.", "OOMKilled", Cause.OOM_KILLED),
+        ("CRASHED", "...", "Unschedulable.InsufficientResources", Cause.UNSCHEDULABLE),
     ],
 )
-def test_each_ending_is_read_as_its_cause(ending, expected):
-    assert cause(ending) == expected
+def test_a_deployment_runs_ending_is_read_from_its_state_and_pod(state, message, pod, cause):
+    ending = of_run(state, message, pod)
+    assert ending.cause is cause
+    assert message in ending.detail and (pod is None or f"(pod: {pod})" in ending.detail)
+
+
+@pytest.mark.parametrize(
+    ("code", "stats", "ending"),
+    [
+        (0, {"stop_reason": "idle"}, None),
+        (0, {"stop_reason": "max_tasks"}, None),
+        (0, {"stop_reason": "stopped"}, Ending(Cause.PREEMPTED, "stopped by SIGTERM / SIGINT")),
+        (3, None, Ending(Cause.QUEUE_UNREACHABLE, "exit code 3")),
+        (4, None, Ending(Cause.STUCK_TASK, "exit code 4")),
+        (-9, None, Ending(Cause.KILLED, "SIGKILL")),
+        (-11, None, Ending(Cause.CRASHED, "killed by SIGSEGV")),
+        (1, None, Ending(Cause.EXITED, "exit code 1")),
+    ],
+)
+def test_a_local_worker_process_ending_is_read_from_its_exit(code, stats, ending):
+    assert of_process(code, stats) == ending
 
 
 def test_oom_kills_are_explained_with_the_batch_peaks_and_the_limit():
     tally = BatchTally()
     for peak in [1.0] * 99 + [2.3]:
         tally.measure(TaskResources(1.0, 0.5, int(peak * GiB), GiB // 2))
-    lines = explain(Counter({"OOMKilled: over": 2, "killed by SIGKILL": 1}), "b", tally, 2048)
+    endings = Counter({Ending(Cause.OOM_KILLED, "over"): 2, Ending(Cause.KILLED, "SIGKILL"): 1})
+    lines = explain(endings, "b", tally, 2048)
     assert lines[0].startswith("2 OOMKilled: the batch's p99 task peak is 1.0")
     assert "(max 2.30 GiB) against a 2.00 GiB limit" in lines[0]
     assert "`tqflow plan-resources --from-batch b`" in lines[0]
     assert lines[1].startswith("1 killed (SIGKILL): killed from outside")
 
 
-def test_an_unknown_ending_is_kept_as_it_was_written():
-    assert explain(Counter({"exited with code 3": 1}), "b") == [
-        "1 exited with code 3: see the worker's log"
-    ]
+def test_endings_without_advice_show_what_was_observed():
+    endings = Counter(
+        {Ending(Cause.EXITED, "exit code 1"): 2, Ending(Cause.EXITED, "exit code 2"): 1}
+    )
+    assert explain(endings, "b") == ["3 exited (exit code 1; exit code 2): see the worker's log"]
 
 
 def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect_api, tmp_path):
@@ -69,10 +96,8 @@ def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect
     from prefect.events import emit_event
     from prefect.states import Crashed
 
-    from blocks import CloudFilesStorage, LocalTaskQueue
     from tests.helpers import wait_until
-    from tqflow.engine.options import WorkerOptions
-    from tqflow.fleet.fanout import DeploymentFleet, _pod_reason
+    from tqflow.fleet.deployment import DeploymentFleet, _pod_reasons
 
     @flow(name="worker")
     def worker() -> None:
@@ -82,15 +107,9 @@ def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect
         deployment = client.create_deployment(
             flow_id=client.create_flow(worker), name="worker-evicted"
         )
-    queue = LocalTaskQueue(path=str(tmp_path / "q.sqlite"))
-    storage = CloudFilesStorage(cloudpath=f"file://{tmp_path}")
-    queue.save("evicted", overwrite=True)  # a deployment's worker runs get saved blocks
-    storage.save("evicted", overwrite=True)
     fleet = DeploymentFleet(
-        queue,
-        storage,
-        WorkerOptions(),
-        deployment="worker/worker-evicted",
+        "worker/worker-evicted",
+        {"queue": "local-task-queue/evicted", "storage": "cloud-files-storage/evicted"},
         run_key="evicted",
     )
     fleet.launch(1)
@@ -118,9 +137,11 @@ def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect
                 }
             ],
         )
-        wait_until(lambda: _pod_reason(client, run) is not None, timeout=120)
+        wait_until(lambda: _pod_reasons(client, [run]), timeout=120)
 
     assert fleet.running() == 0
     [ending] = fleet.endings
-    assert ending.endswith("status code 137. (pod: Evicted)")
+    assert ending.cause is Cause.EVICTED and ending.detail.endswith(
+        "status code 137. (pod: Evicted)"
+    )
     assert explain(fleet.endings, "b")[0].startswith("1 evicted: the node ran short of memory")

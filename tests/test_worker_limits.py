@@ -21,6 +21,7 @@ from flows.enqueue import enqueue_items
 from tests.helpers import child_env, enqueue, run_worker
 from tqflow.engine import process as worker_process
 from tqflow.engine.lease_keeper import LeaseKeeper
+from tqflow.engine.options import WorkerOptions
 from tqflow.engine.outputs import error_path
 from tqflow.engine.worker import Worker
 
@@ -59,7 +60,7 @@ def test_a_task_looping_in_python_is_stopped_in_a_worker_without_signal_handlers
     )
     queue.ensure()
     enqueue(queue, "tests.tasks:spins_on", range(3), slow=[0])
-    worker = Worker(queue, storage, idle_seconds=0.5, task_timeout_seconds=1)
+    worker = Worker(queue, storage, WorkerOptions(idle_seconds=0.5, task_timeout_seconds=1))
     stats = worker.run()  # in the test's thread: interrupted by an asynchronous exception
     assert (stats.succeeded, stats.timed_out, queue.counts().dead) == (2, 1, 1)
 
@@ -77,7 +78,7 @@ def test_a_task_is_stopped_before_the_queue_longest_lease_runs_out(tmp_path, sto
     )
     queue.ensure()
     enqueue(queue, "tests.tasks:spins_on", [7], slow=[7])
-    stats = Worker(queue, storage, idle_seconds=0.5).run()
+    stats = Worker(queue, storage, WorkerOptions(idle_seconds=0.5)).run()
     assert stats.timed_out == 1
     error = _error_record(storage, "7")["attempts"][0]["error"]
     assert "longest lease (4 s from receipt)" in error
@@ -96,7 +97,9 @@ def test_a_cave_client_that_cannot_be_built_fails_its_tasks_not_the_worker(queue
     cave = CAVECredentials(
         datastack_name="minnie65_public", server_address="http://127.0.0.1:9", token="t0ken"
     )
-    worker = Worker(queue, storage, idle_seconds=0.5, retry_base_seconds=0.1, cave=cave)
+    worker = Worker(
+        queue, storage, WorkerOptions(idle_seconds=0.5, retry_base_seconds=0.1), cave=cave
+    )
     stats = worker.run()
     assert (stats.succeeded, stats.failed, stats.stop_reason) == (2, 4, "idle")
     assert queue.counts().dead == 2
@@ -108,7 +111,7 @@ def test_outputs_that_cannot_be_written_fail_at_once_naming_the_path(queue_facto
     (tmp_path / "a-file").write_text("not a folder")
     broken = CloudFilesStorage(cloudpath=f"file://{tmp_path / 'a-file' / 'outputs'}")
     enqueue(queue, "tests.tasks:square", range(3))
-    stats = Worker(queue, broken, idle_seconds=0.5, retry_base_seconds=0.1).run()
+    stats = Worker(queue, broken, WorkerOptions(idle_seconds=0.5, retry_base_seconds=0.1)).run()
     assert (stats.failed, stats.stop_reason, queue.counts().dead) == (6, "idle", 3)
 
 

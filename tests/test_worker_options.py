@@ -8,12 +8,10 @@ from prefect.utilities.callables import parameter_schema
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from blocks import CloudFilesStorage, LocalTaskQueue
 from flows.cli import app
 from flows.worker import worker
+from tests.helpers import enqueue, run_worker
 from tqflow.engine.options import WorkerOptions
-from tqflow.engine.process import worker_spec
-from tqflow.engine.worker import Worker
 
 
 def cli(*args: str):
@@ -32,27 +30,24 @@ def test_tqflow_work_has_a_flag_for_every_worker_option_a_single_worker_uses():
     assert "--memory-limit-mib" not in out  # a fleet enforces it: nothing would, here
 
 
-def test_the_worker_flow_takes_the_options_model_with_its_descriptions():
+def test_the_worker_flow_takes_the_options_model():
     schema = parameter_schema(worker).model_dump()
-    definition = schema["definitions"]["WorkerOptions"]["properties"]
-    assert set(definition) == set(WorkerOptions.model_fields)
-    assert definition["idle_seconds"]["description"] == (
-        WorkerOptions.model_fields["idle_seconds"].description
+    assert set(schema["definitions"]["WorkerOptions"]["properties"]) == set(
+        WorkerOptions.model_fields
     )
 
 
-def test_a_worker_process_spec_carries_the_options_given(tmp_path):
-    queue = LocalTaskQueue(path=str(tmp_path / "q.sqlite"))
-    storage = CloudFilesStorage(cloudpath=f"file://{tmp_path}")
-    spec = worker_spec(queue, storage, WorkerOptions(prefetch=3, allow=["mylab"]))
-    assert WorkerOptions.of(spec["options"]) == WorkerOptions(prefetch=3, allow=["mylab"])
+def test_a_worker_process_obeys_the_options_of_its_spec(queue_factory, storage):
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:square", range(5))
+    stats = run_worker(queue, storage, max_tasks=2, prefetch=1)
+    assert (stats["succeeded"], stats["stop_reason"]) == (2, "max_tasks")
+    assert queue.counts().pending == 3
 
 
-def test_a_misspelt_option_is_refused_by_name(tmp_path):
-    queue = LocalTaskQueue(path=str(tmp_path / "q.sqlite"))
-    storage = CloudFilesStorage(cloudpath=f"file://{tmp_path}")
+def test_a_misspelt_option_is_refused_by_name():
     with pytest.raises(ValidationError, match="idle_secnds"):
-        Worker(queue, storage, idle_secnds=1)
+        WorkerOptions(idle_secnds=1)
 
 
 def test_an_out_of_range_cli_option_names_its_flag(tmp_path):

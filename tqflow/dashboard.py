@@ -1,6 +1,6 @@
 """A batch at a glance: counts, throughput, workers and why they died, failures by error type,
-and what the tasks used. The pipeline publishes it as a markdown artifact in the Prefect UI
-(`flows.pipeline`), re-rendered every few seconds while the batch drains; ``tqflow status``
+and what the tasks used. `BatchDashboard` publishes it as a markdown artifact in the Prefect UI
+while the pipeline watches the batch drain, re-rendered every few seconds; ``tqflow status``
 prints its failure and resource sections in the terminal.
 
 Everything comes from what is cheap to read at any size: the queue's counts, the monitor's
@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
+import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional
 
-from tqflow.engine.reports import BatchTally
+from tqflow.artifacts import artifact_key
+from tqflow.engine.contracts import StorageReader
+from tqflow.engine.reports import BatchTally, batch_tally, read_reports
 from tqflow.errors import ResourcePlanError
+from tqflow.fleet.monitor import Progress
 from tqflow.gke.right_size import PRICES_AS_OF, BatchUsage, cheapest
 
 #: Points of the throughput plot kept; older ones are thinned out, so memory is flat.
@@ -41,6 +46,11 @@ class Snapshot:
     why_workers_died: list[str] = field(default_factory=list)
     tally: BatchTally = field(default_factory=BatchTally)
     finished: bool = False
+    #: With a fleet sized to a deadline: the size it wants, the deadline and the finish it
+    #: projects (seconds from the start).
+    workers_wanted: Optional[int] = None
+    deadline_seconds: Optional[float] = None
+    projected_finish_seconds: Optional[float] = None
 
 
 class Throughput:
@@ -95,6 +105,15 @@ def markdown(snapshot: Snapshot, png: Optional[bytes] = None) -> str:
     if png is not None:
         lines += [f"![throughput](data:image/png;base64,{base64.b64encode(png).decode()})", ""]
     lines += [f"## Workers: {s.workers_running} running, {s.workers_lost} lost", ""]
+    if s.deadline_seconds is not None:
+        projected = (
+            _duration(s.projected_finish_seconds) if s.projected_finish_seconds is not None else "—"
+        )
+        lines += [
+            f"Sized to finish within {_duration(s.deadline_seconds)}: {s.workers_wanted} "
+            f"workers wanted, projected finish after {projected}{_projected_cost(s)}.",
+            "",
+        ]
     lines += [f"- {line}" for line in s.why_workers_died] or ["No worker lost."]
     lines += ["", "## Failures by error type", ""]
     lines += failure_lines(s.tally, markdown=True) or ["No task has failed."]
@@ -154,6 +173,16 @@ def cost_lines(tally: BatchTally) -> list[str]:
     ]
 
 
+def _projected_cost(s: Snapshot) -> str:
+    """The whole batch's cost on GKE at the measured use, or '' before any task is measured."""
+    try:
+        usage = BatchUsage.of(s.tally, batch="")
+        plan = cheapest(usage, items=max(1, s.total), within_hours=24)
+    except ResourcePlanError:
+        return ""
+    return f", projected cost ${plan.cost_on_demand:,.2f} on demand (${plan.cost_spot:,.2f} spot)"
+
+
 def _mib(n_bytes: Optional[int]) -> str:
     return "—" if n_bytes is None else f"{n_bytes / 2**20:,.0f} MiB"
 
@@ -165,3 +194,91 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds // 60} min"
     return f"{seconds / 3600:.1f} h"
+
+
+#: Seconds between two updates of a running batch's dashboard artifact.
+DASHBOARD_SECONDS = 5.0
+
+
+class BatchDashboard:
+    """The batch's dashboard artifact (key ``<batch>-dashboard``): made once, then updated in
+    place at most every `DASHBOARD_SECONDS` while the batch drains, and once at its end. A
+    failure to publish is logged and never stops the batch. ``why_workers_died(tally)`` and
+    ``workers_lost()`` come from the fleet; ``projected_finish(progress)`` from a sizer."""
+
+    def __init__(
+        self,
+        batch: str,
+        storage: StorageReader,
+        why_workers_died: Callable[[BatchTally], list[str]],
+        workers_lost: Callable[[], int],
+        logger: logging.Logger | logging.LoggerAdapter,
+        projected_finish: Optional[Callable[[Progress], Optional[float]]] = None,
+    ) -> None:
+        self.batch, self.storage, self.logger = batch, storage, logger
+        self.why_workers_died, self.workers_lost = why_workers_died, workers_lost
+        self.projected_finish = projected_finish
+        self.throughput = Throughput()
+        self.artifact_id: Any = None
+        self.last = float("-inf")
+
+    def update(self, progress: Progress) -> None:
+        """While the batch drains: publish if `DASHBOARD_SECONDS` have passed."""
+        self.throughput.add(progress.elapsed_seconds, progress.done)
+        if time.monotonic() - self.last < DASHBOARD_SECONDS:
+            return
+        self.last = time.monotonic()
+        self._publish(progress)
+
+    def finish(self, progress: Progress, tally: BatchTally) -> None:
+        """Once, at the end, with the batch's final tally (the monitor's last poll, which
+        gave ``progress``, is already in the throughput)."""
+        self._publish(progress, tally, finished=True)
+
+    def _publish(
+        self, progress: Progress, tally: Optional[BatchTally] = None, finished: bool = False
+    ) -> None:
+        try:
+            if tally is None:
+                tally = batch_tally(read_reports(self.storage, self.batch))
+            self._write(progress, tally, finished)
+        except Exception as exc:
+            self.logger.warning("could not publish the dashboard of %s: %s", self.batch, exc)
+
+    def _write(self, progress: Progress, tally: BatchTally, finished: bool) -> None:
+        from prefect.artifacts import create_markdown_artifact
+
+        snapshot = Snapshot(
+            batch=self.batch,
+            total=progress.total,
+            done=progress.done,
+            in_flight=progress.in_flight,
+            waiting=max(0, progress.pending - progress.in_flight),
+            dead_lettered=progress.dead_lettered,
+            elapsed_seconds=progress.elapsed_seconds,
+            tasks_per_second=progress.tasks_per_second,
+            eta_seconds=progress.eta_seconds,
+            workers_running=progress.workers_running,
+            workers_lost=self.workers_lost(),
+            why_workers_died=self.why_workers_died(tally),
+            tally=tally,
+            finished=finished,
+            workers_wanted=progress.workers_wanted,
+            deadline_seconds=progress.deadline_seconds,
+            projected_finish_seconds=(
+                self.projected_finish(progress) if self.projected_finish else None
+            ),
+        )
+        text = markdown(snapshot, self.throughput.png(self.batch))
+        if self.artifact_id is None:
+            self.artifact_id = create_markdown_artifact(
+                key=artifact_key(self.batch, "dashboard"),
+                markdown=text,
+                description=f"Batch {self.batch}: live dashboard",
+            )
+            return
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactUpdate
+
+        with get_client(sync_client=True) as client:
+            client.update_artifact(self.artifact_id, ArtifactUpdate(data=text))

@@ -129,6 +129,10 @@ class WorkersLostError(TqflowError):
     """Workers keep ending without finishing the queue."""
 
 
+class BatchTimeLimitError(TqflowError):
+    """A batch passed the time limit it was given before its queue was drained."""
+
+
 class DeadLettersError(TqflowError):
     """Items of the batch ended in the dead-letter queue."""
 

@@ -95,7 +95,7 @@ def _plot(
 ) -> Optional[bytes]:
     """Histograms of up to `PLOT_COLUMNS` varying columns, as PNG; None when there is nothing
     to draw or drawing fails (with a note)."""
-    drawn = []
+    drawn: list[str] = []
     for name, values in measured.items():
         if name in _NOT_PLOTTED:
             continue

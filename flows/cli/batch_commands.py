@@ -214,18 +214,16 @@ def work(
     """Run a worker in this process until the queue is drained (SIGTERM stops it cleanly).
     Workers on a cluster wait longer for an enqueue still sending: --idle-seconds 30."""
     from blocks.cave import CAVECredentials
-    from tqflow.engine.process import log_to_stderr, stop_on_signals
-    from tqflow.engine.worker import Worker
+    from tqflow.engine.process import log_to_stderr, run_worker
+    from tqflow.engine.stats import StopReason
 
     target.check_writable()
     queue = target.queue(must_exist=True)
     cave = load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None
-    log_to_stderr()
-    worker = Worker(queue, target.storage(), options, cave=cave, default_batch=target.batch)
-    with stop_on_signals(worker):
-        stats = worker.run()
+    options = WorkerOptions.of(options, default_batch=target.batch)
+    stats = run_worker(queue, target.storage(), options, cave=cave, log=log_to_stderr())
     console().print_json(json.dumps(stats.as_dict()))
-    if stats.stop_reason == "queue_unreachable":
+    if stats.stop_reason is StopReason.QUEUE_UNREACHABLE:
         raise QueueUnreachableError(stats.error)
 
 

@@ -51,12 +51,14 @@ def blocks_save_local(
 ) -> None:
     """Save the embedded blocks the local deployments use: local-task-queue/tqflow and
     cloud-files-storage/tqflow-local, both in --data."""
+    from prefect.blocks.core import Block
+
     from blocks.import_secrets import existing
     from blocks.queues.local import LocalTaskQueue
     from blocks.storage import CloudFilesStorage
 
     data = data_folder(data).resolve()
-    named = [
+    named: list[tuple[str, Block]] = [
         ("tqflow", LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="tqflow")),
         ("tqflow-local", CloudFilesStorage(cloudpath=f"file://{data}")),
     ]

@@ -60,7 +60,7 @@ def _use_a_temporary_server_of_its_own() -> None:
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
             # Prefect's own command and environment, in a new session (process group).
             module_subprocess = prefect_server.subprocess
-            prefect_server.subprocess = types.SimpleNamespace(  # type: ignore[assignment]
+            prefect_server.subprocess = types.SimpleNamespace(
                 Popen=functools.partial(subprocess.Popen, start_new_session=True)
             )
             try:

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.reliability.conftest import scaled
+from tqflow.engine.options import WorkerOptions
 from tqflow.engine.worker import Worker
 
 #: (examples, bodies per example) by backend. Hypothesis's first example is its simplest (every
@@ -86,7 +87,9 @@ def test_every_unrunnable_body_is_dead_lettered_with_a_reason_and_the_worker_sur
         queue = queue_factory(queue_name=f"fuzz-{uuid.uuid4().hex[:10]}", max_receive_count=3)
         assert queue.send(batch) == len(batch)
 
-        stats = Worker(queue, storage, idle_seconds=0.2).run()  # in-process: a crash fails the test
+        stats = Worker(
+            queue, storage, WorkerOptions(idle_seconds=0.2)
+        ).run()  # in-process: a crash fails the test
 
         assert stats.dead_lettered == len(batch)
         assert stats.succeeded == stats.failed == 0

@@ -15,6 +15,7 @@ from tests.helpers import enqueue, sqs_only
 from tests.reliability.conftest import scaled
 from tests.sqs_faults import SQSFaults
 from tests.tasks import executions
+from tqflow.engine.options import WorkerOptions
 from tqflow.engine.outputs import outputs_prefix
 from tqflow.engine.worker import Worker
 from tqflow.errors import QueueError
@@ -103,7 +104,7 @@ def test_a_batch_enqueued_and_drained_under_faults_on_every_call_runs_each_item_
     ) as faults:
         enqueue(queue, "tests.tasks:counted", range(ITEMS), log_dir=str(log_dir))
         # In this process, so the faults reach the worker's client too.
-        stats = Worker(queue, storage, idle_seconds=0.5, ack_seconds=0.2).run()
+        stats = Worker(queue, storage, WorkerOptions(idle_seconds=0.5, ack_seconds=0.2)).run()
 
     outputs = [p for p in storage.list(outputs_prefix("b")) if p.endswith(".json")]
     ran = executions(str(log_dir))

@@ -3,7 +3,7 @@
 - **Extends** every held lease (the running task and any prefetched) each third of the lease,
   in one batch, so a task may run far longer than ``lease_seconds`` without another worker
   receiving it — but never past the queue's ``max_lease_seconds`` from the receive (SQS refuses
-  that); the worker stops a task before then (`Worker.check_deadline`, called each tick).
+  that); the worker's time limit stops a task before then (`tqflow.engine.time_limit`).
 - **Sets retry delays** (`retry_later`) under the same lock as its extensions, so an extension
   in flight never restores a full lease over a retry delay just set.
 - **Acknowledges** finished tasks in batches (up to 10, or after ``ack_seconds``): SQS bills
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Iterable
 
 from tqflow.engine.contracts import Lease, Queue
 
@@ -39,10 +39,8 @@ class LeaseKeeper:
         stop: threading.Event,
         logger: logging.Logger | logging.LoggerAdapter,
         ack_seconds: float = 1.0,
-        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.queue = queue
-        self.on_tick = on_tick
         self.lease_seconds = lease_seconds
         self.stop = stop
         self.logger = logger
@@ -129,11 +127,6 @@ class LeaseKeeper:
                 if time.monotonic() >= next_extension:
                     self._extend_all()
                     next_extension = time.monotonic() + interval
-                if self.on_tick is not None:
-                    try:
-                        self.on_tick()
-                    except Exception as exc:  # never let the keeper die: leases need it
-                        self.logger.warning("lease keeper tick failed: %s", exc)
             self._closed.wait(_TICK_SECONDS)
 
     def _extend_all(self) -> None:

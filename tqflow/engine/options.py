@@ -39,6 +39,14 @@ class WorkerOptions(BaseModel):
             "still sending time to send more)."
         ),
     )
+    wait_for_in_flight: bool = Field(
+        default=True,
+        description=(
+            "Stay while other workers hold messages (they may fail and come back), not only "
+            "while messages are visible. A fleet that relaunches workers when messages turn "
+            "visible sets it off, so no worker idles behind one slow or retried item."
+        ),
+    )
     max_tasks: Optional[int] = Field(default=None, ge=1, description="Stop after this many tasks.")
     max_seconds: Optional[float] = Field(default=None, ge=0, description="Stop after this long.")
     overwrite: bool = Field(
@@ -96,7 +104,12 @@ class WorkerOptions(BaseModel):
         description="Modules to import first (python-task-queue RegisteredTask classes).",
     )
     progress_seconds: float = Field(
-        default=30.0, gt=0, description="How often the worker logs its counters and rate."
+        default=30.0,
+        gt=0,
+        description=(
+            "How often the worker logs its counters, rate and failures since the last line "
+            "(in a worker flow run, its only lines in the run log besides start and end)."
+        ),
     )
     memory_limit_mib: Optional[int] = Field(
         default=None,

@@ -22,13 +22,14 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from tqflow.engine.contracts import CAVESource, Queue, Storage
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.specs import block_from_spec, block_spec
+from tqflow.engine.stats import StopReason, WorkerStats
+from tqflow.engine.time_limit import SignalTimeLimit
 from tqflow.engine.worker import Worker
-from tqflow.errors import TaskTimeoutError
 
 #: Exit codes of a worker process that did not end normally.
 EXIT_QUEUE_UNREACHABLE = 3
@@ -36,12 +37,14 @@ EXIT_STUCK_TASK = 4
 
 
 @contextlib.contextmanager
-def stop_on_signals(worker: Worker) -> Iterator[None]:
-    """While inside, SIGTERM and SIGINT stop ``worker``: no new lease is taken, held leases are
-    released at once, and a running task or long-poll receive is interrupted the way Ctrl-C
-    interrupts code. A second request exits at once (whatever is held returns to the queue
-    when its lease ends). SIGALRM is how the worker stops a task past its time limit
-    (`tqflow.engine.time_limit`).
+def stop_on_signals(
+    request_stop: Callable[[], bool], time_limit: SignalTimeLimit | None = None
+) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT call ``request_stop`` (`Worker.request_stop`: no new
+    lease is taken, held leases are released at once), and when it returns True, a running task
+    or long-poll receive is interrupted the way Ctrl-C interrupts code. A second request exits at once (whatever is held returns to the queue
+    when its lease ends). SIGALRM goes to ``time_limit`` (`tqflow.engine.time_limit`), which
+    stops a task past its deadline.
 
     One Ctrl-C is one request, though it arrives twice: a local fleet's workers share the
     terminal's process group, so they get its SIGINT, and then the fleet's SIGTERM as it stops
@@ -58,7 +61,7 @@ def stop_on_signals(worker: Worker) -> Iterator[None]:
 
     def handle(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if worker.stop.is_set() and (signum in received or not received):
+        if signum in received:
             sys.stderr.write(
                 f"tqflow worker: second {name}: exiting now; messages still held "
                 "return to the queue when their leases end\n"
@@ -69,39 +72,60 @@ def stop_on_signals(worker: Worker) -> Iterator[None]:
         received.add(signum)
         if not first:
             return  # SIGINT then SIGTERM, or the other way round: one request to stop
-        if worker.request_stop():
+        if request_stop():
             raise KeyboardInterrupt(f"stopped by signal {name}")
 
     def alarm(signum: int, frame: Any) -> None:
-        if worker.timed_out_task():
-            raise TaskTimeoutError
-
-    def stuck(reason: str) -> None:
-        sys.stderr.write(f"tqflow worker: {reason}; exiting so that the process is replaced\n")
-        sys.stderr.flush()
-        os._exit(EXIT_STUCK_TASK)
+        if time_limit is not None:
+            time_limit.on_alarm()
 
     handlers = {signal.SIGTERM: handle, signal.SIGINT: handle, signal.SIGALRM: alarm}
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
-    worker.interrupt_by_signal, worker.on_stuck_task = True, stuck
     try:
         yield
     finally:
-        worker.interrupt_by_signal, worker.on_stuck_task = False, None
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
+def run_worker(
+    queue: Queue,
+    storage: Storage,
+    options: WorkerOptions | None = None,
+    *,
+    cave: CAVESource | None = None,
+    log: logging.Logger | logging.LoggerAdapter | None = None,
+    progress_log: logging.Logger | logging.LoggerAdapter | None = None,
+) -> WorkerStats:
+    """Run a worker as a process's own: in the main thread, stopped by SIGTERM / SIGINT and
+    its tasks' time limits kept by SIGALRM (a task stuck past the grace exits the process with
+    `EXIT_STUCK_TASK`, so that it is replaced); elsewhere, with no handler, its time limits kept
+    by asynchronous exceptions. What every worker entry runs: this module's, ``tqflow work``
+    and the ``worker`` flow."""
+    log = log or logging.getLogger("tqflow.worker")
+    in_main = threading.current_thread() is threading.main_thread()
+    limit = SignalTimeLimit(log, on_stuck=_exit_stuck) if in_main else None
+    worker = Worker(
+        queue, storage, options, cave=cave, log=log, progress_log=progress_log, time_limit=limit
+    )
+    with stop_on_signals(worker.request_stop, limit):
+        return worker.run()
+
+
+def _exit_stuck(reason: str) -> None:
+    sys.stderr.write(f"tqflow worker: {reason}; exiting so that the process is replaced\n")
+    sys.stderr.flush()
+    os._exit(EXIT_STUCK_TASK)
+
+
 def run_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
     cave = spec.get("cave")
-    worker = Worker(
+    stats = run_worker(
         block_from_spec(spec["queue"]),
         block_from_spec(spec["storage"]),
         WorkerOptions.of(spec.get("options")),
         cave=block_from_spec(cave) if cave else None,
     )
-    with stop_on_signals(worker):
-        stats = worker.run()
     return stats.as_dict()
 
 
@@ -134,7 +158,6 @@ def spawn(
     """Start a worker process on ``queue``; its spec (secrets included) goes through stdin."""
     spec = worker_spec(queue, storage, options, cave=cave)
     child_env = dict(os.environ if env is None else env)
-    # A worker process never starts a Prefect server of its own (see DESIGN.md).
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     process = subprocess.Popen(
         [sys.executable, "-m", "tqflow.engine.process"],
@@ -151,15 +174,19 @@ def spawn(
     return process
 
 
-def log_to_stderr(level: int = logging.INFO) -> None:
-    """Send tqflow's log records to stderr. Prefect configures the root logger when it is
-    imported (at WARNING), so ``logging.basicConfig`` would do nothing here."""
+def log_to_stderr(level: int = logging.INFO) -> logging.Logger:
+    """Send tqflow's log records to stderr (once per process) and return the worker's logger.
+    Prefect configures the root logger when it is imported (at WARNING), so
+    ``logging.basicConfig`` would do nothing here."""
     logger = logging.getLogger("tqflow")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger.addHandler(handler)
+    if not any(getattr(h, "tqflow_stderr", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.tqflow_stderr = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    return logging.getLogger("tqflow.worker")
 
 
 def main_from_spec(spec: dict[str, Any]) -> int:
@@ -167,7 +194,7 @@ def main_from_spec(spec: dict[str, Any]) -> int:
     log_to_stderr()
     stats = run_from_spec(spec)
     print(json.dumps(stats), flush=True)
-    return EXIT_QUEUE_UNREACHABLE if stats["stop_reason"] == "queue_unreachable" else 0
+    return EXIT_QUEUE_UNREACHABLE if stats["stop_reason"] == StopReason.QUEUE_UNREACHABLE else 0
 
 
 def stats_from_output(text: str) -> dict[str, Any] | None:

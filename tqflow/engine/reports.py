@@ -25,10 +25,8 @@ from typing import Any, Iterable
 
 from tqflow.engine.contracts import Storage, StorageReader
 from tqflow.engine.outputs import now_iso
+from tqflow.engine.stats import Outcome
 from tqflow.engine.task_resources import TaskResources
-
-#: What a task's run can end in, as the tally counts it.
-OUTCOMES = ("succeeded", "skipped", "failed", "dead_lettered")
 
 
 def reports_prefix(batch: str) -> str:
@@ -62,9 +60,24 @@ class BatchTally:
     #: Failed attempts by error type: ``{"count", "keys"`` (the first few), ``"example"}``.
     errors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def count(self, outcome: Outcome) -> None:
+        if outcome is Outcome.SUCCEEDED:
+            self.succeeded += 1
+        elif outcome is Outcome.SKIPPED:
+            self.skipped += 1
+        elif outcome is Outcome.FAILED:
+            self.failed += 1
+        else:
+            self.dead_lettered += 1
+
     def add(self, other: dict[str, Any]) -> None:
-        for name in (*OUTCOMES, "task_seconds", "cpu_seconds"):
-            setattr(self, name, getattr(self, name) + (other.get(name) or 0))
+        """Add another tally, as a report holds it."""
+        self.succeeded += other.get("succeeded") or 0
+        self.skipped += other.get("skipped") or 0
+        self.failed += other.get("failed") or 0
+        self.dead_lettered += other.get("dead_lettered") or 0
+        self.task_seconds += other.get("task_seconds") or 0
+        self.cpu_seconds += other.get("cpu_seconds") or 0
         self.peak_rss_max = max(self.peak_rss_max, other.get("peak_rss_max") or 0)
         self.idle_rss_max = max(self.idle_rss_max, other.get("idle_rss_max") or 0)
         for bucket, count in (other.get("peak_rss_histogram") or {}).items():
@@ -137,7 +150,7 @@ class WorkerReports:
     def count(
         self,
         batch: str,
-        outcome: str,
+        outcome: Outcome,
         used: TaskResources | None = None,
         error: tuple[str, str, str] | None = None,
     ) -> None:
@@ -146,7 +159,7 @@ class WorkerReports:
             tally = self._tallies.get(batch)
             if tally is None:
                 tally = self._tallies[batch] = BatchTally()
-            setattr(tally, outcome, getattr(tally, outcome) + 1)
+            tally.count(outcome)
             if used is not None:
                 tally.measure(used)
             if error is not None:

@@ -1,2 +1,3 @@
-"""Fleets of workers: start N worker processes or deployment runs on a queue, replace lost
-ones while work remains (`fanout`, `warm_workers`), and watch the batch drain (`monitor`)."""
+"""Fleets of workers on a queue: local processes forked warm (`local`, `warm_workers`),
+deployment runs (`deployment`), several processes in one run (`processes`); how workers end
+(`endings`); the loop that watches a batch drain and sizes the fleet (`monitor`, `sizing`)."""

@@ -28,6 +28,7 @@ still running then go on to their own end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -196,20 +197,16 @@ def warm_worker_server() -> WarmWorkerServer:
 # -- the server process ------------------------------------------------------------------------
 
 
-def _warm_up() -> None:
-    """Import the worker and build each block model once (pydantic builds a model's validator on
-    first use), so that every forked worker starts warm."""
-    from blocks import CloudFilesStorage, LocalTaskQueue
-    from blocks.queues.sqs import SQSTaskQueue
-    from tqflow.engine import process as worker_process  # noqa: F401
-    from tqflow.engine.specs import block_from_spec, block_spec
+def _warm_up(spec: dict[str, Any]) -> None:
+    """Build the blocks of a worker's spec once in the server (pydantic builds a model's
+    validator on first use, and a block's import pulls in Prefect), so that every worker forked
+    after it starts warm. The server itself imports only the engine: a spec names its blocks'
+    classes (`tqflow.engine.specs`)."""
+    from tqflow.engine.specs import block_from_spec
 
-    for block in (
-        LocalTaskQueue(path="/nonexistent/warm.sqlite"),
-        SQSTaskQueue(),
-        CloudFilesStorage(),
-    ):
-        block_from_spec(block_spec(block))
+    for name in ("queue", "storage", "cave"):
+        if spec.get(name):
+            block_from_spec(spec[name])
 
 
 def _answer(message: dict[str, Any]) -> None:
@@ -280,7 +277,8 @@ def serve() -> None:
     """The server's loop: fork a worker per request line, report each one's end."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-    _warm_up()
+    from tqflow.engine import process  # noqa: F401  (the worker every fork runs)
+
     pending = b""
     while True:
         readable, _, _ = select.select([0], [], [], REAP_SECONDS)
@@ -291,7 +289,10 @@ def serve() -> None:
             pending += chunk
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
-                _answer({"started": _fork(json.loads(line))})
+                request = json.loads(line)
+                with contextlib.suppress(Exception):  # the worker reports a bad spec itself
+                    _warm_up(request["spec"])
+                _answer({"started": _fork(request)})
         _reap()
     _reap()
 

@@ -111,7 +111,7 @@ class Machine:
     def from_type(cls, machine_type: str) -> "Machine":
         """A predefined GCE machine type, e.g. ``e2-highmem-4``."""
         match = re.fullmatch(r"([a-z0-9]+)-([a-z]+)-(\d+)", machine_type.strip().lower())
-        ratio = FAMILY_MEMORY_PER_VCPU_GIB.get(match.group(1, 2)) if match else None
+        ratio = FAMILY_MEMORY_PER_VCPU_GIB.get((match.group(1), match.group(2))) if match else None
         if match is None or ratio is None:
             known = ", ".join(sorted({f"{f}-{k}" for f, k in FAMILY_MEMORY_PER_VCPU_GIB}))
             raise ResourcePlanError(

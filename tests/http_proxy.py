@@ -1,0 +1,216 @@
+"""An HTTP proxy in front of a stand-in, adding what the stand-in is too kind to show: a cloud's
+latency, a rate limit's 429s, and a count of the requests a client sends.
+
+    python tests/http_proxy.py --upstream http://127.0.0.1:4200 --port 5000 \\
+        [--delay-seconds 0.03] [--throttle-share 0.2] [--retry-after 1]
+
+- every request waits ``--delay-seconds`` before it is forwarded (a bucket 30 ms away);
+- a ``--throttle-share`` of requests is answered ``429 Too Many Requests`` with
+  ``Retry-After`` instead of being forwarded (Prefect Cloud over its rate limit);
+- WebSockets (Prefect's events) are passed through, neither delayed nor throttled;
+- ``GET /__proxy__/counts`` answers the requests forwarded and throttled so far, by method and
+  path (UUIDs and object names replaced by ``{id}``), and ``POST /__proxy__/reset`` zeroes them.
+
+Started and stopped by `tests.services.http_proxy`, like every other service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+from collections import Counter
+from typing import Any
+
+import httpx
+import uvicorn
+import websockets
+
+#: Headers that belong to one connection, not to the message: never forwarded.
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def kind_of(method: str, path: str) -> str:
+    """``METHOD /path`` with what varies from call to call replaced by ``{id}``."""
+    path = _UUID.sub("{id}", path)
+    path = re.sub(r"/o/[^/]+$", "/o/{id}", path)  # a GCS object's name
+    return f"{method} {path}"
+
+
+class Proxy:
+    def __init__(self, upstream: str, delay: float, throttle_share: float, retry_after: int):
+        self.upstream = upstream.rstrip("/")
+        self.delay, self.throttle_share, self.retry_after = delay, throttle_share, retry_after
+        self.forwarded: Counter[str] = Counter()
+        self.throttled: Counter[str] = Counter()
+        self.client = httpx.AsyncClient(
+            base_url=self.upstream,
+            timeout=httpx.Timeout(600.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self.websocket(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.client.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        method, path = scope["method"], scope["path"]
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if path.startswith("/__proxy__/"):
+            await self.control(method, path, send)
+            return
+        kind = kind_of(method, path)
+        if self.throttle_share and random.random() < self.throttle_share:
+            self.throttled[kind] += 1
+            await _respond(
+                send,
+                429,
+                [(b"retry-after", str(self.retry_after).encode())],
+                b'{"detail": "rate limit"}',
+            )
+            return
+        self.forwarded[kind] += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        headers = [
+            (k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in HOP_BY_HOP
+        ]
+        query = scope.get("query_string", b"").decode("latin-1")
+        request = self.client.build_request(
+            method, path + (f"?{query}" if query else ""), headers=headers, content=body
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            await _respond(send, 502, [], f"proxy: {type(exc).__name__}: {exc}".encode())
+            return
+        try:
+            raw = b"".join([chunk async for chunk in response.aiter_raw()])
+        finally:
+            await response.aclose()
+        out = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in response.headers.multi_items()
+            if k.lower() not in HOP_BY_HOP
+        ]
+        await _respond(send, response.status_code, out, raw)
+
+    async def control(self, method: str, path: str, send: Any) -> None:
+        if path == "/__proxy__/counts":
+            body = {"forwarded": dict(self.forwarded), "throttled": dict(self.throttled)}
+            await _respond(
+                send, 200, [(b"content-type", b"application/json")], json.dumps(body).encode()
+            )
+        elif path == "/__proxy__/reset" and method == "POST":
+            self.forwarded.clear()
+            self.throttled.clear()
+            await _respond(send, 200, [], b"{}")
+        else:
+            await _respond(send, 404, [], b"")
+
+    async def websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        url = self.upstream.replace("http", "ws", 1) + scope["path"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        if query:
+            url += f"?{query}"
+        try:
+            upstream = await websockets.connect(url, subprotocols=scope.get("subprotocols") or None)
+        except Exception:
+            await send({"type": "websocket.close", "code": 1011})
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+
+        async def client_to_upstream() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    await upstream.close()
+                    return
+                data = message.get("text") if message.get("text") is not None else message["bytes"]
+                await upstream.send(data)
+
+        async def upstream_to_client() -> None:
+            try:
+                async for data in upstream:
+                    key = "text" if isinstance(data, str) else "bytes"
+                    await send({"type": "websocket.send", key: data})
+            finally:
+                try:
+                    await send({"type": "websocket.close", "code": 1000})
+                except Exception:
+                    pass
+
+        tasks = [
+            asyncio.ensure_future(client_to_upstream()),
+            asyncio.ensure_future(upstream_to_client()),
+        ]
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await upstream.close()
+
+
+async def _respond(send: Any, status: int, headers: list, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay-seconds", type=float, default=0.0)
+    parser.add_argument("--throttle-share", type=float, default=0.0)
+    parser.add_argument("--retry-after", type=int, default=1)
+    args = parser.parse_args()
+    proxy = Proxy(args.upstream, args.delay_seconds, args.throttle_share, args.retry_after)
+    uvicorn.run(
+        proxy,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        ws="websockets",
+        backlog=2048,
+        timeout_keep_alive=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""The fleet at scale, run small: workers that leave when nothing is visible, several worker
+processes in one run, runs that never start, logs that do not grow with the tasks, and a fleet
+sized to a deadline. The same code at a thousand runs is in bench/fleet_scale.py."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.helpers import enqueue
+from tqflow.engine.options import WorkerOptions
+from tqflow.engine.worker import Worker
+
+
+@pytest.fixture
+def backend() -> str:
+    return "local"
+
+
+def test_a_worker_that_need_not_wait_leaves_while_another_holds_a_message(queue_factory, storage):
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:square", [1])
+    [held] = queue.receive()  # another worker's task, still running
+    stats = Worker(queue, storage, WorkerOptions(idle_seconds=0.2, wait_for_in_flight=False)).run()
+    assert stats.stop_reason == "idle" and queue.counts().in_flight == 1
+    queue.release(held)
+
+
+def test_by_default_a_worker_waits_while_another_holds_a_message(queue_factory, storage):
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:square", [1])
+    queue.receive()  # held by another worker, which may fail it back into the queue
+    stats = Worker(queue, storage, WorkerOptions(idle_seconds=0.2, max_seconds=2)).run()
+    assert stats.stop_reason == "max_seconds"
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_workers_without_visible_work_leave_and_a_retried_item_still_completes(
+    queue_factory, storage, log_dir
+):
+    from flows.pipeline import pipeline
+
+    summary = pipeline(
+        fn="tests.tasks:fails_first",
+        queue=queue_factory(),
+        storage=storage,
+        batch="tail",
+        items=list(range(30)),
+        kwargs={"log_dir": str(log_dir), "failures": {"7": 2}, "seconds": 0.05},
+        workers=3,
+        worker_options={"idle_seconds": 0.5, "retry_base_seconds": 2},
+        poll_seconds=0.2,
+        analyze=False,
+    )
+    assert (summary["done"], summary["dead_lettered"]) == (30, 0)
+    # All three left while item 7 waited for its retries (idle, not lost), and the pipeline
+    # started a worker again each time it came back: with the old rule, the three waited.
+    assert summary["workers_lost"] == 0
+    assert summary["workers_launched"] >= 4, summary
+    assert len((log_dir / "7.attempts").read_text().splitlines()) == 3
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_worker_run_with_three_processes_drains_with_three_and_reports_each(
+    queue_factory, storage, log_dir
+):
+    from flows.worker import worker
+    from tqflow.engine.reports import read_reports
+
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:tracked", range(60), log_dir=str(log_dir), seconds=0.05)
+    stats = worker(queue=queue, storage=storage, options={"idle_seconds": 0.5}, processes=3)
+    rows = stats["processes"]
+    assert [row["process"] for row in rows] == [1, 2, 3]
+    assert sum(row["succeeded"] for row in rows) == stats["succeeded"] == 60
+    assert all(row["stop_reason"] == "idle" and not row["ending"] for row in rows)
+    assert len(read_reports(storage, "b")) == 3  # one report per process
+    assert len({p.read_text() for p in log_dir.glob("*.finished")}) == 3  # three pids did tasks
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_failing_items_post_only_aggregated_lines_to_the_run_log(queue_factory, storage, capfd):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    from flows.worker import worker
+
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:refuses", range(500))
+    state = worker(queue=queue, storage=storage, options={"idle_seconds": 0.2}, return_state=True)
+    assert state.result()["dead_lettered"] == 500
+    APILogWorker.drain_all(timeout=60)  # the run's logs, sent in the background
+    with get_client(sync_client=True) as client:
+        run_id = state.state_details.flow_run_id
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    # the start, a line per progress_seconds (30 s) with the failures by type, the end
+    assert len(logs) <= 5, [log.message for log in logs]
+    assert any("PermanentTaskError 500" in log.message for log in logs)
+    # every failure is still in the worker's own log (a pod's stdout), one line each
+    assert capfd.readouterr().err.count("moved to the dead-letter queue") == 500
+
+
+class InfrastructureThatSkipsTheFirstRun:
+    """A work pool's worker, in a thread: runs each run of ``deployment`` it finds Scheduled,
+    in this process, but leaves the first one as no node would ever take it."""
+
+    def __init__(self, deployment_id) -> None:
+        self.deployment_id = deployment_id
+        self.skipped = None
+        self.ran: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def _serve(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.flow_engine import run_flow
+
+        from flows.worker import worker
+
+        scheduled = FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[self.deployment_id]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"])),
+        )
+        while not self._stop.is_set():
+            with get_client(sync_client=True) as client:
+                runs = sorted(
+                    client.read_flow_runs(flow_run_filter=scheduled), key=lambda r: r.created
+                )
+            for run in runs:
+                if self.skipped is None:
+                    self.skipped = run.id
+                if run.id != self.skipped:
+                    self.ran.append(run.id)
+                    run_flow(worker, flow_run=run, parameters=run.parameters)
+            self._stop.wait(0.2)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_run_left_scheduled_past_its_start_timeout_is_replaced_and_named(queue_factory, storage):
+    import uuid
+
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import pipeline
+    from flows.worker import worker
+
+    name = f"never-{uuid.uuid4().hex[:8]}"
+    queue, storage = queue_factory(), storage
+    queue.save(name)
+    storage.save(name)
+    with get_client(sync_client=True) as client:
+        deployment = client.create_deployment(flow_id=client.create_flow(worker), name=name)
+    with InfrastructureThatSkipsTheFirstRun(deployment) as infrastructure:
+        summary = pipeline(
+            fn="tests.tasks:square",
+            queue=f"local-task-queue/{name}",
+            storage=f"cloud-files-storage/{name}",
+            batch="slow-start",
+            items=list(range(20)),
+            mode="deployment",
+            worker_deployment=f"worker/{name}",
+            workers=1,
+            start_timeout_seconds=3,
+            worker_options={"idle_seconds": 0.5},
+            poll_seconds=0.3,
+            analyze=False,
+        )
+    assert summary["done"] == 20
+    assert len(infrastructure.ran) == 1  # the replacement did the batch
+    with get_client(sync_client=True) as client:
+        skipped = client.read_flow_run(infrastructure.skipped)
+    assert skipped.state.is_cancelled()
+    [line] = summary["why_workers_died"]
+    assert line.startswith("1 never started (Scheduled 0 min): cancelled and replaced"), line
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_fleet_sized_to_a_deadline_finishes_near_it_from_a_cold_start(
+    queue_factory, storage, log_dir
+):
+    """160 sleep-bound tasks of 0.5 s, to be done within 30 s: about 3 workers, which the
+    sizer must find by measuring (no earlier run of the batch), growing from its probe of 2 and
+    shrinking at the tail. Finishing far earlier would have been paid for in idle workers."""
+    from flows.pipeline import pipeline
+
+    summary = pipeline(
+        fn="tests.tasks:tracked",
+        queue=queue_factory(),
+        storage=storage,
+        batch="deadline",
+        items=list(range(160)),
+        kwargs={"log_dir": str(log_dir), "seconds": 0.5},
+        workers="auto",
+        finish_within_seconds=30,
+        max_workers=12,
+        worker_options={"idle_seconds": 1},
+        poll_seconds=0.5,
+        analyze=False,
+    )
+    assert summary["done"] == 160
+    assert 0.8 * 30 <= summary["elapsed_seconds"] <= 1.2 * 30, summary["elapsed_seconds"]
+    sizes = [units for _, units in summary["fleet_size_over_time"]]
+    assert max(sizes) > 2 and sizes[-1] < max(sizes), sizes  # grew, then shrank at the tail
