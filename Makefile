@@ -29,7 +29,7 @@ demo: $(INSTALLED)
 test: lint
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q -n 3 --dist loadgroup
 
-# ruff (lint and format) on everything; mypy on the engine, the errors and the blocks.
+# ruff (lint and format) and mypy on everything.
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -1,5 +1,7 @@
-"""Where things live: the engine imports nothing from Prefect, ``flows/`` holds only flows and
-the CLI, and every error tqflow raises on purpose is defined in ``tqflow/errors.py``."""
+"""Where things live. The layers, each importing only those below it (DESIGN.md, "Layout"):
+``flows`` over ``blocks`` over ``tqflow`` (fleet, GKE, the analysis) over the engine, which
+imports nothing from Prefect. ``flows/`` holds only flows and the CLI, and every error tqflow
+raises on purpose is defined in ``tqflow/errors.py``."""
 
 from __future__ import annotations
 
@@ -50,6 +52,29 @@ def test_engine_module_imports_neither_prefect_nor_the_layers_above(path):
         and not under(name, ENGINE_MAY_IMPORT)
     ]
     assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}: the engine stays below Prefect"
+
+
+TQFLOW = ROOT / "tqflow"
+BLOCKS = ROOT / "blocks"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(TQFLOW.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_nothing_under_tqflow_imports_the_blocks_or_the_flows(path):
+    wrong = [name for name in imported_modules(path) if under(name, ("blocks", "flows"))]
+    assert not wrong, (
+        f"{path.relative_to(ROOT)} imports {wrong}: tqflow/ works against the engine's "
+        "contracts (tqflow/engine/contracts.py), below the blocks that implement them"
+    )
+
+
+@pytest.mark.parametrize(
+    "path", sorted(BLOCKS.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_the_blocks_never_import_the_flows(path):
+    wrong = [name for name in imported_modules(path) if under(name, ("flows",))]
+    assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}: blocks sit below the flows"
 
 
 def test_importing_the_whole_engine_loads_no_prefect():
