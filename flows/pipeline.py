@@ -42,6 +42,8 @@ from tqflow.fleet.sizing import DeadlineSizer
 #: The most worker processes ``workers="auto"`` runs without ``max_workers``: on this machine,
 #: one per core; on a work pool, this many.
 AUTO_MOST_DEPLOYMENT_WORKERS = 100
+#: How often a deployment-mode pipeline looks at its queue and its runs, by default.
+DEPLOYMENT_POLL_SECONDS = 10.0
 #: Tasks of earlier runs' reports before their mean task time sizes an ``"auto"`` fleet.
 PRIOR_TASKS = 10
 
@@ -72,7 +74,7 @@ def pipeline(
     task_timeout_seconds: Optional[float] = None,
     overwrite: bool = False,
     analyze: bool = True,
-    poll_seconds: float = 1.0,
+    poll_seconds: Optional[float] = None,
 ) -> dict[str, Any]:
     """Run one batch end to end and return its summary.
 
@@ -115,7 +117,9 @@ def pipeline(
             and dead-lettered after the queue's max receive count.
         overwrite: Re-run items whose output exists.
         analyze: Run the analysis flow at the end.
-        poll_seconds: How often the monitor reads the queue's counts.
+        poll_seconds: How often the monitor reads the queue's counts and the fleet's runs
+            (default 1 s in local mode; 10 s in deployment mode, a few requests a minute
+            against Prefect Cloud's rate limits).
     """
     logger = get_run_logger()
     check_batch(batch)
@@ -127,6 +131,8 @@ def pipeline(
         cave_query=cave_query,
     )
     processes = processes_per_run if mode == "deployment" else 1
+    if poll_seconds is None:
+        poll_seconds = DEPLOYMENT_POLL_SECONDS if mode == "deployment" else 1.0
     most = _most_workers(workers, finish_within_seconds, max_workers, mode)
     if tasks_per_worker < 1 or processes < 1:
         raise BadArgumentsError(

@@ -307,3 +307,23 @@ def test_plan_resources_says_which_options_it_ignores(extra, note):
     result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
     assert result.exit_code == 0 and note in result.output, result.output
     assert "memory_limit:" in result.output  # planned for the e2-highmem-4, as asked
+
+
+def test_plan_resources_sizes_one_run_for_a_nodes_workers_and_proposes_it():
+    def job_variables(*extra: str) -> dict:
+        args = ["plan-resources", "--machine-type", "e2-highmem-4", "--pods-per-node", "4"]
+        result = CliRunner().invoke(app, [*args, *extra, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    one, four = job_variables(), job_variables("--processes-per-run", "4")
+    assert int(four["cpu_request"][:-1]) == 4 * int(one["cpu_request"][:-1])
+    assert (
+        four["memory_limit"] == four["memory_request"] == f"{4 * int(one['memory_limit'][:-2])}Mi"
+    )
+    text = (
+        CliRunner()
+        .invoke(app, ["plan-resources", "--machine-type", "e2-highmem-4", "--pods-per-node", "4"])
+        .output
+    )
+    assert "one worker run per node instead: processes_per_run=4" in " ".join(text.split())

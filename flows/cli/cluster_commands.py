@@ -62,6 +62,13 @@ def plan_resources(
     storage_block: Optional[str] = typer.Option(
         None, "--storage-block", help="With --from-batch: the storage block holding the batch."
     ),
+    processes_per_run: int = typer.Option(
+        1,
+        "--processes-per-run",
+        min=1,
+        help="Worker processes in each worker run (the pipeline's processes_per_run): size the "
+        "run's pod for that many.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the job variables as JSON."),
 ) -> None:
     """Requests and memory limit for worker pods that fit a GKE node (no CPU limit)."""
@@ -104,22 +111,46 @@ def plan_resources(
             headroom,
             items,
             _WITHIN_HOURS if within_hours is None else within_hours,
+            processes_per_run,
             as_json,
         )
         return
     assert machine is not None
-    resources = plan(machine, pods_per_node or _PODS_PER_NODE, headroom=headroom)
-    variables = resources.as_job_variables()
+    workers_per_node = pods_per_node or _PODS_PER_NODE
+    resources = plan(machine, workers_per_node, headroom=headroom)
     if as_json:
-        print(json.dumps(variables))
+        print(json.dumps(resources.times(processes_per_run).as_job_variables()))
         return
     console().print(
         f"node: {machine.cpus} vCPUs, {machine.memory_gib:g} GiB -> allocatable "
         f"{machine.allocatable_cpu_millicores}m CPU, {machine.allocatable_memory_mib:,} MiB"
     )
+    _print_pod(resources, workers_per_node, processes_per_run)
+
+
+def _print_pod(per_worker: Any, workers_per_node: int, processes_per_run: int) -> None:
+    """The job variables of a worker run's pod, and how many worker processes a run should
+    have: one run per node takes a node's workers in one pod (a quarter of the runs, and of
+    their requests to the Prefect API, at four per node)."""
+    if processes_per_run > workers_per_node:
+        raise CLIInputError(
+            f"--processes-per-run {processes_per_run}: a node holds {workers_per_node} workers; "
+            "a run's pod must fit on one node"
+        )
+    variables = per_worker.times(processes_per_run).as_job_variables()
+    what = "each worker pod" if processes_per_run == 1 else f"a pod of {processes_per_run} workers"
+    console().print(f"{what}:")
     for name, value in variables.items():
-        console().print(f"{name}: {value}")
-    console().print("cpu_limit: none (on purpose: a task may use idle cores)")
+        console().print(f"  {name}: {value}")
+    console().print("  cpu_limit: none (on purpose: a task may use idle cores)")
+    if processes_per_run == 1 and workers_per_node > 1:
+        whole = per_worker.times(workers_per_node).as_job_variables()
+        console().print(
+            f"one worker run per node instead: processes_per_run={workers_per_node} in the "
+            f"pipeline, and a pod of cpu_request {whole['cpu_request']}, memory "
+            f"{whole['memory_limit']} (`--processes-per-run {workers_per_node}`)",
+            soft_wrap=True,
+        )
     flags = " ".join(f"-jv {name}={value}" for name, value in variables.items())
     console().print(f"use: prefect deploy --name worker-gke {flags}", soft_wrap=True)
 
@@ -132,6 +163,7 @@ def _plan_from_batch(
     headroom: float,
     items: Optional[int],
     within_hours: float,
+    processes_per_run: int,
     as_json: bool,
 ) -> None:
     from tqflow.engine.reports import batch_tally, read_reports
@@ -147,9 +179,8 @@ def _plan_from_batch(
     else:
         sized = right_size.size_pod(usage, machine_type, margin, headroom, machine=machine)
         found = right_size.plan_next_batch(sized, usage, items, within_hours)
-    variables = found.pod.as_job_variables()
     if as_json:
-        print(json.dumps(variables))
+        print(json.dumps(found.pod.times(processes_per_run).as_job_variables()))
         return
     mib = 2**20
     console().print(
@@ -164,9 +195,6 @@ def _plan_from_batch(
         f"memory p99.9 + {margin:.0%}, CPU mean + {margin:.0%}",
         soft_wrap=True,
     )
-    for name, value in variables.items():
-        console().print(f"{name}: {value}")
-    console().print("cpu_limit: none (on purpose: a task may use idle cores)")
     cost = (
         f"${found.cost_on_demand:,.2f} on demand, ~${found.cost_spot:,.2f} on spot VMs "
         f"(us-central1 list prices of {right_size.PRICES_AS_OF}; spot ~"
@@ -179,8 +207,7 @@ def _plan_from_batch(
         f"{found.wall_hours:.2f} h, {cost}",
         soft_wrap=True,
     )
-    flags = " ".join(f"-jv {name}={value}" for name, value in variables.items())
-    console().print(f"use: prefect deploy --name worker-gke {flags}", soft_wrap=True)
+    _print_pod(found.pod, found.pods_per_node, processes_per_run)
 
 
 @app.command("gke-job-template")

@@ -3,7 +3,8 @@ production), with requests to the Prefect API that do not grow with the number o
 
 - **Launching**: the deployment is read once, one placeholder task run links every worker run
   to the pipeline run as its subflow (one request per fleet, where `run_deployment` makes one
-  per run), and runs are created ``launch_concurrency`` at a time, each with an idempotency key
+  per run), and runs are created ``launch_concurrency`` at a time on Prefect Cloud, one at a
+  time on a self-hosted server (SQLite takes one write at a time), each with an idempotency key
   (``<run_key>-worker-<n>``), so a pipeline run that is retried gets its runs back instead of
   launching them twice. Prefect's client waits out a 429 for as long as its Retry-After says.
 - **Watching**: each poll reads only the fleet's runs (tagged ``tqflow-fleet-<run_key>``)
@@ -71,6 +72,8 @@ class DeploymentFleet(Fleet):
         self._stopping: set[Any] = set()
         self._newest_end: Optional[dt.datetime] = None
         self._last_poll = 0.0
+        #: Runs created at a time (`_prepare`).
+        self._concurrency = 1
 
     # -- launching ------------------------------------------------------------------------------
 
@@ -80,10 +83,9 @@ class DeploymentFleet(Fleet):
         with get_client(sync_client=True) as client:
             self._prepare(client)
             while n > 0:
-                indices = range(self._next_index, self._next_index + n)
+                indices = list(range(self._next_index, self._next_index + n))
                 self._next_index += n
-                with ThreadPoolExecutor(max_workers=self.launch_concurrency) as pool:
-                    runs = list(pool.map(lambda i: self._create(client, i), indices))
+                runs = self._create_all(client, indices)
                 for run in runs:
                     if run.state is not None and run.state.is_final():
                         # an earlier attempt of this pipeline run launched and finished it
@@ -98,8 +100,14 @@ class DeploymentFleet(Fleet):
         if self._deployment_id is not None:
             return
         from prefect import Task
+        from prefect.client.base import ServerType
         from prefect.states import Running
 
+        # Prefect Cloud takes concurrent writes. A self-hosted server on SQLite takes one at a
+        # time and answers more with 503s, which Prefect's client retries after backing off
+        # seconds: 200 runs took 20 s created one at a time, 60 to 100 s two to eight at a time.
+        if client.server_type == ServerType.CLOUD:
+            self._concurrency = self.launch_concurrency
         self._deployment_id = client.read_deployment_by_name(self.deployment).id
         if self.parent_flow_run_id is not None:
             placeholder = Task(name=f"{self.deployment} runs", fn=lambda: None)
@@ -109,6 +117,10 @@ class DeploymentFleet(Fleet):
                 dynamic_key=self.tag,
                 state=Running(),
             ).id
+
+    def _create_all(self, client: Any, indices: list[int]) -> list[Any]:
+        with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
+            return list(pool.map(lambda i: self._create(client, i), indices))
 
     def _create(self, client: Any, index: int) -> Any:
         return client.create_flow_run_from_deployment(

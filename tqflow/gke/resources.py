@@ -166,6 +166,13 @@ class PodResources:
         """The kubernetes work pool's job variables (no ``cpu_limit``: on purpose)."""
         return asdict(self)
 
+    def times(self, processes: int) -> "PodResources":
+        """A pod for ``processes`` such workers (``processes_per_run``): their requests and
+        limits added (the memory of pages they share counted once each: a margin)."""
+        cpu = int(self.cpu_request.removesuffix("m")) * processes
+        memory = int(self.memory_request.removesuffix("Mi")) * processes
+        return PodResources(f"{cpu}m", f"{memory}Mi", f"{memory}Mi")
+
 
 def plan(
     machine: Machine,
