@@ -24,7 +24,7 @@ def run(runs: int = 1, quick: bool = False) -> list[dict]:
     from flows.pipeline import pipeline
 
     rows, series = [], []
-    with tempfile.TemporaryDirectory() as folder, prefect_server(Path(folder) / "home"):
+    with tempfile.TemporaryDirectory() as folder, prefect_server(Path(folder)):
         for number, (tasks, deadline) in enumerate(QUICK_CASES if quick else CASES):
             data = Path(folder) / f"case{number}"
             queue = LocalTaskQueue(

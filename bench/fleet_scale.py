@@ -3,7 +3,7 @@ fleet before it: the Prefect API requests it sends to launch runs and to watch t
 
 Both fleets run inside a real flow run (the pipeline's place) and talk to the server through a
 counting proxy (`tests.services.http_proxy`); the runs are of a real deployment, moved through
-their states without pods (Pending, Running, then a tenth Completed) by a stand-in for the work
+their states without pods (Running, then a tenth Completed) by a stand-in for the work
 pool that talks to the server directly, so the proxy counts only the fleet's own requests.
 
 - the fleet before (`PerRunFleet`, its code as it was): `run_deployment` per run (a read of the
@@ -77,40 +77,44 @@ class PerRunFleet:
 def _requests(proxy: services.HttpProxy) -> tuple[int, Counter]:
     counts = proxy.counts()
     forwarded = Counter(counts["forwarded"])
+    failed = counts.get("failed") or {}
+    if failed:
+        print(f"  (the server failed {sum(failed.values())} of them: {failed})", flush=True)
     return sum(forwarded.values()) + sum(counts["throttled"].values()), forwarded
+
+
+def _server_client(server_url: str) -> Any:
+    """A client of the server itself, not the proxy. (Inside a flow run, `get_client` returns
+    the run's own client, whatever `PREFECT_API_URL` says meanwhile.)"""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(server_url)
 
 
 def _move(server_url: str, run_ids: list[Any], state: Any) -> None:
     """The stand-in work pool: set ``state`` on each run, straight to the server."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: server_url}):
-        with get_client(sync_client=True) as client:
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(lambda i: client.set_flow_run_state(i, state(), force=True), run_ids))
+    with _server_client(server_url) as client:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda i: client.set_flow_run_state(i, state(), force=True), run_ids))
 
 
 def _live_run_ids(server_url: str, deployment_id: Any) -> list[Any]:
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     found: list[Any] = []
-    with temporary_settings(updates={PREFECT_API_URL: server_url}):
-        with get_client(sync_client=True) as client:
-            chosen = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]))
-            while True:
-                page = client.read_flow_runs(flow_run_filter=chosen, limit=200, offset=len(found))
-                found += [r.id for r in page if not r.state.is_final()]
-                if len(page) < 200:
-                    return found
+    with _server_client(server_url) as client:
+        chosen = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]))
+        while True:
+            page = client.read_flow_runs(flow_run_filter=chosen, limit=200, offset=len(found))
+            found += [r.id for r in page if not r.state.is_final()]
+            if len(page) < 200:
+                return found
 
 
 def measure(kind: str, n: int, server_url: str, proxy: services.HttpProxy, deployment: Any) -> dict:
     """Launch ``n`` runs with fleet ``kind`` inside a flow run, then poll: requests and time."""
     from prefect import flow
-    from prefect.states import Completed, Pending, Running
+    from prefect.states import Completed, Running
 
     from tqflow.fleet.deployment import DeploymentFleet
 
@@ -125,16 +129,13 @@ def measure(kind: str, n: int, server_url: str, proxy: services.HttpProxy, deplo
         if kind == "before":
             fleet: Any = PerRunFleet("worker/bench", parameters, key)
         else:
-            fleet = DeploymentFleet(
-                "worker/bench", parameters, key, parent_flow_run_id=flow_run.id
-            )
+            fleet = DeploymentFleet("worker/bench", parameters, key, parent_flow_run_id=flow_run.id)
         proxy.reset()
         started = time.perf_counter()
         fleet.launch(n)
         found["launch_seconds"] = time.perf_counter() - started
         found["launch_requests"], found["launch_kinds"] = _requests(proxy)
         live = _live_run_ids(server_url, deployment)
-        _move(server_url, live, Pending)
         _move(server_url, live, Running)
         fleet.running()  # the first look after the launch
         polls = []

@@ -9,7 +9,8 @@ latency, a rate limit's 429s, and a count of the requests a client sends.
   ``Retry-After`` instead of being forwarded (Prefect Cloud over its rate limit);
 - WebSockets (Prefect's events) are passed through, neither delayed nor throttled;
 - ``GET /__proxy__/counts`` answers the requests forwarded and throttled so far, by method and
-  path (UUIDs and object names replaced by ``{id}``), and ``POST /__proxy__/reset`` zeroes them.
+  path (UUIDs and object names replaced by ``{id}``), and the service's failed answers by
+  status; ``POST /__proxy__/reset`` zeroes them.
 
 Started and stopped by `tests.services.http_proxy`, like every other service.
 """
@@ -57,6 +58,8 @@ class Proxy:
         self.delay, self.throttle_share, self.retry_after = delay, throttle_share, retry_after
         self.forwarded: Counter[str] = Counter()
         self.throttled: Counter[str] = Counter()
+        #: Answers of the service that were not a success, by request and status.
+        self.failed: Counter[str] = Counter()
         self.client = httpx.AsyncClient(
             base_url=self.upstream,
             timeout=httpx.Timeout(600.0),
@@ -118,6 +121,8 @@ class Proxy:
             raw = b"".join([chunk async for chunk in response.aiter_raw()])
         finally:
             await response.aclose()
+        if response.status_code >= 400:
+            self.failed[f"{kind} {response.status_code}"] += 1
         out = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in response.headers.multi_items()
@@ -127,13 +132,18 @@ class Proxy:
 
     async def control(self, method: str, path: str, send: Any) -> None:
         if path == "/__proxy__/counts":
-            body = {"forwarded": dict(self.forwarded), "throttled": dict(self.throttled)}
+            body = {
+                "forwarded": dict(self.forwarded),
+                "throttled": dict(self.throttled),
+                "failed": dict(self.failed),
+            }
             await _respond(
                 send, 200, [(b"content-type", b"application/json")], json.dumps(body).encode()
             )
         elif path == "/__proxy__/reset" and method == "POST":
             self.forwarded.clear()
             self.throttled.clear()
+            self.failed.clear()
             await _respond(send, 200, [], b"{}")
         else:
             await _respond(send, 404, [], b"")
