@@ -12,13 +12,19 @@ INSTALLED := $(VENV)/.installed
 
 install: $(INSTALLED)
 
-# uv installs in ~70 s what pip takes ~160 s for. --compile-bytecode: PYTHONDONTWRITEBYTECODE may be
-# set (it is on these machines), and without .pyc files every process imports Prefect twice as slowly.
-$(INSTALLED): pyproject.toml
+# The versions uv.lock pins, the ones the tests ran and the worker image installs: `--locked`
+# fails (and installs nothing) when the lock and pyproject.toml disagree; `.venv/bin/uv lock`
+# after changing a dependency. uv itself is pinned too: a lock is read by the uv that wrote it
+# or a newer one. --inexact leaves pip and uv in the environment. --compile-bytecode:
+# PYTHONDONTWRITEBYTECODE may be set (it is on these machines), and without .pyc files every
+# process imports Prefect twice as slowly.
+UV_VERSION := 0.13.9
+$(INSTALLED): pyproject.toml uv.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "tqflow needs Python >= 3.10"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet uv
-	$(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode -e '.[test]'
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(VENV)/bin/uv sync --quiet --locked --inexact \
+		--extra test --compile-bytecode --python $(PY)
 	@touch $(INSTALLED)
 
 demo: $(INSTALLED)
