@@ -164,9 +164,24 @@ def test_rendered_job_carries_the_planned_resources_and_no_cpu_limit(rendered):
     manifest, resources = rendered
     container = manifest["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"] == {
-        "requests": {"cpu": resources["cpu_request"], "memory": resources["memory_request"]},
+        "requests": {
+            "cpu": resources["cpu_request"],
+            "memory": resources["memory_request"],
+            "ephemeral-storage": resources["ephemeral_storage_request"],
+        },
         "limits": {"memory": resources["memory_limit"]},
     }
+
+
+def test_the_cluster_autoscaler_does_not_move_a_worker_mid_task(rendered):
+    manifest, _ = rendered
+    annotations = manifest["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+
+
+def test_the_grace_period_is_what_gke_gives_spot_pods_and_says_so():
+    grace = base_job_template()["variables"]["properties"]["termination_grace_period_seconds"]
+    assert grace["default"] == 15 and "15 s" in grace["description"]
 
 
 def test_rendered_job_runs_on_the_worker_pool_and_tolerates_spot_nodes(rendered):
@@ -179,7 +194,7 @@ def test_rendered_job_runs_on_the_worker_pool_and_tolerates_spot_nodes(rendered)
         "value": "true",
         "effect": "NoSchedule",
     } in pod["tolerations"]
-    assert pod["terminationGracePeriodSeconds"] == 25
+    assert pod["terminationGracePeriodSeconds"] == 15
     assert manifest["spec"]["ttlSecondsAfterFinished"] == 3600
 
 
@@ -197,17 +212,26 @@ def test_rendered_job_env_is_quiet_single_threaded_and_holds_no_secret(rendered)
     assert not [name for name in env if any(word in name.upper() for word in secretish)]
 
 
-def test_worker_image_is_built_on_the_prefect_version_tqflow_runs_with():
+def test_worker_image_installs_the_lock_on_a_base_pinned_by_digest():
     import re
 
-    import prefect
-
     dockerfile = (REPO / "worker_image/Dockerfile").read_text()
-    assert (
-        re.search(r"^ARG PREFECT_VERSION=(\S+)$", dockerfile, re.M).group(1) == prefect.__version__
-    )
-    assert re.search(r"^FROM prefecthq/prefect:\$\{PREFECT_VERSION\}-python", dockerfile, re.M)
-    assert "TQDM_DISABLE=1" in dockerfile and re.search(r"^USER (?!root)", dockerfile, re.M)
+    steps = [line for line in dockerfile.splitlines() if re.match(r"^[A-Z]+ ", line)]
+    [base] = [s for s in steps if s.startswith("FROM ")]
+    assert re.fullmatch(r"FROM python:3\.\d+-slim-\w+@sha256:[0-9a-f]{64}", base)
+    # dependencies in a layer of their own, from the lock, before any code is copied
+    lock = steps.index("COPY pyproject.toml uv.lock ./")
+    deps = steps.index("RUN uv sync --locked --no-install-project")
+    first_code = min(i for i, s in enumerate(steps) if re.match(r"COPY (blocks|flows|tqflow) ", s))
+    assert lock < deps < first_code
+    assert "RUN uv sync --locked --no-editable" in steps[first_code:]
+    assert not [s for s in steps if re.search(r"pip install (\.|-e)", s)]
+    # the uv the Makefile pins, which wrote the lock
+    makefile = (REPO / "Makefile").read_text()
+    uv = re.search(r"^UV_VERSION := (\S+)$", makefile, re.M).group(1)
+    assert f"RUN pip install uv=={uv}" in steps
+    assert re.search(r"^USER \d+:\d+$", dockerfile, re.M)
+    assert "TQDM_DISABLE=1" in dockerfile
 
 
 # -- one namespace, one service account: template, Helm values, cluster script ---------------------

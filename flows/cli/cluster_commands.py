@@ -70,6 +70,12 @@ def plan_resources(
         "run's pod for that many.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the job variables as JSON."),
+    deploy_flags: bool = typer.Option(
+        False,
+        "--deploy-flags",
+        help="Print the job variables as `prefect deploy` flags (-jv name=value ...), for "
+        "`prefect deploy --name worker-gke $(tqflow plan-resources ... --deploy-flags)`.",
+    ),
 ) -> None:
     """Requests and memory limit for worker pods that fit a GKE node (no CPU limit)."""
     from tqflow.gke.resources import Machine, plan
@@ -113,13 +119,16 @@ def plan_resources(
             _WITHIN_HOURS if within_hours is None else within_hours,
             processes_per_run,
             as_json,
+            deploy_flags,
         )
         return
     assert machine is not None
     workers_per_node = pods_per_node or _PODS_PER_NODE
     resources = plan(machine, workers_per_node, headroom=headroom)
-    if as_json:
-        print(json.dumps(resources.times(processes_per_run).as_job_variables()))
+    if as_json or deploy_flags:
+        if processes_per_run > workers_per_node:
+            raise CLIInputError(_too_many_processes(processes_per_run, workers_per_node))
+        _print_variables(resources.times(processes_per_run).as_job_variables(), deploy_flags)
         return
     console().print(
         f"node: {machine.cpus} vCPUs, {machine.memory_gib:g} GiB -> allocatable "
@@ -133,10 +142,7 @@ def _print_pod(per_worker: Any, workers_per_node: int, processes_per_run: int) -
     have: one run per node takes a node's workers in one pod (a quarter of the runs, and of
     their requests to the Prefect API, at four per node)."""
     if processes_per_run > workers_per_node:
-        raise CLIInputError(
-            f"--processes-per-run {processes_per_run}: a node holds {workers_per_node} workers; "
-            "a run's pod must fit on one node"
-        )
+        raise CLIInputError(_too_many_processes(processes_per_run, workers_per_node))
     variables = per_worker.times(processes_per_run).as_job_variables()
     what = "each worker pod" if processes_per_run == 1 else f"a pod of {processes_per_run} workers"
     console().print(f"{what}:")
@@ -151,8 +157,29 @@ def _print_pod(per_worker: Any, workers_per_node: int, processes_per_run: int) -
             f"{whole['memory_limit']} (`--processes-per-run {workers_per_node}`)",
             soft_wrap=True,
         )
-    flags = " ".join(f"-jv {name}={value}" for name, value in variables.items())
-    console().print(f"use: prefect deploy --name worker-gke {flags}", soft_wrap=True)
+    console().print(
+        f"use: prefect deploy --name worker-gke -jv image=$TQFLOW_IMAGE {_jv(variables)}",
+        soft_wrap=True,
+    )
+
+
+def _too_many_processes(processes_per_run: int, workers_per_node: int) -> str:
+    return (
+        f"--processes-per-run {processes_per_run}: a node holds {workers_per_node} workers; "
+        "a run's pod must fit on one node"
+    )
+
+
+def _jv(variables: dict[str, str]) -> str:
+    """Job variables as `prefect deploy` flags. Prefect honours them for one deployment at a
+    time (with several, `--all` or more than one `--name`, it ignores them), and they replace
+    the deployment's job variables in prefect.yaml rather than add to them: the image must be
+    given with them."""
+    return " ".join(f"-jv {name}={value}" for name, value in variables.items())
+
+
+def _print_variables(variables: dict[str, str], deploy_flags: bool) -> None:
+    print(_jv(variables) if deploy_flags else json.dumps(variables))
 
 
 def _plan_from_batch(
@@ -165,6 +192,7 @@ def _plan_from_batch(
     within_hours: float,
     processes_per_run: int,
     as_json: bool,
+    deploy_flags: bool,
 ) -> None:
     from tqflow.engine.reports import batch_tally, read_reports
     from tqflow.gke import right_size
@@ -179,8 +207,8 @@ def _plan_from_batch(
     else:
         sized = right_size.size_pod(usage, machine_type, margin, headroom, machine=machine)
         found = right_size.plan_next_batch(sized, usage, items, within_hours)
-    if as_json:
-        print(json.dumps(found.pod.times(processes_per_run).as_job_variables()))
+    if as_json or deploy_flags:
+        _print_variables(found.pod.times(processes_per_run).as_job_variables(), deploy_flags)
         return
     mib = 2**20
     console().print(

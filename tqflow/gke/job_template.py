@@ -7,12 +7,16 @@ It is prefect-kubernetes' default template with what batch workers on GKE need a
   `ORCHESTRATION_JOB_VARIABLES`);
 - the ``tqflow`` namespace, the one the Prefect worker's Role covers, and the ``tqflow-jobs``
   service account that Workload Identity binds to a Google service account;
-- resource defaults from the planner (`tqflow.gke.resources`) for an ``e2-standard-4`` node with four
-  workers, and **no CPU limit** at all (the variable and the manifest field are removed);
+- resource defaults from the planner (`tqflow.gke.resources`) for an ``e2-highmem-4`` node with
+  four workers, an ephemeral-storage request (a pod without one is the first evicted when the
+  node's disk fills), and **no CPU limit** at all (the variable and the manifest field are
+  removed);
+- the pod annotation ``cluster-autoscaler.kubernetes.io/safe-to-evict: "false"``: the cluster
+  autoscaler does not take a node away from a worker mid-task to pack pods onto fewer nodes;
 - quiet, single-threaded defaults in the environment: ``TQDM_DISABLE=1`` (progress bars fill
   node disks through the log pipeline), ``PYTHONUNBUFFERED=1``, one BLAS / OpenMP thread;
-- ``termination_grace_period_seconds`` longer than a worker needs to release its leases on
-  SIGTERM, ``finished_job_ttl`` so finished Jobs do not pile up, ``backoff_limit`` 0 (Prefect
+- ``termination_grace_period_seconds`` 15, what GKE gives a spot node's pods (the worker
+  releases its leases within a second of SIGTERM), ``finished_job_ttl`` so finished Jobs do not pile up, ``backoff_limit`` 0 (Prefect
   reschedules a run whose pod was evicted; the pipeline relaunches lost workers).
 
 ``tqflow gke-job-template`` prints it; ``deployments/gke/base-job-template.json`` is that output.
@@ -70,8 +74,11 @@ ORCHESTRATION_JOB_VARIABLES: dict[str, Any] = {
     "memory_request": "5Gi",
     "memory_limit": "5Gi",
 }
-DEFAULT_MACHINE_TYPE = "e2-standard-4"
+DEFAULT_MACHINE_TYPE = "e2-highmem-4"
 DEFAULT_PODS_PER_NODE = 4
+#: The cluster autoscaler moves pods to empty a node it could remove; a worker pod is not moved
+#: mid-task (its task would start again elsewhere), the node waits until the pod ends.
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 
 
 def base_job_template() -> dict[str, Any]:
@@ -88,12 +95,21 @@ def base_job_template() -> dict[str, Any]:
     del container["resources"]["limits"]["cpu"]
 
     resources = plan(Machine.from_type(DEFAULT_MACHINE_TYPE), DEFAULT_PODS_PER_NODE)
-    for name, value in resources.as_job_variables().items():
-        properties[name]["default"] = value
+    for name in ("cpu_request", "memory_request", "memory_limit"):
+        properties[name]["default"] = getattr(resources, name)
     properties["cpu_request"]["description"] += (
         f" Default: 4 workers per {DEFAULT_MACHINE_TYPE} node (`tqflow plan-resources`)."
     )
     properties["memory_limit"]["description"] += " tqflow sets it equal to the request."
+    properties["ephemeral_storage_request"] = {
+        "title": "Ephemeral Storage Request",
+        "description": (
+            "Node-local disk the pod asks for (logs, temporary files). Without a request the "
+            "pod is the first the kubelet evicts when the node's disk fills."
+        ),
+        "type": "string",
+        "default": resources.ephemeral_storage_request,
+    }
     properties["env"]["default"] = dict(WORKER_ENV)
     properties["namespace"]["default"] = NAMESPACE
     properties["namespace"]["description"] += (
@@ -122,12 +138,17 @@ def base_job_template() -> dict[str, Any]:
     properties["termination_grace_period_seconds"] = {
         "title": "Termination Grace Period Seconds",
         "description": (
-            "Time between SIGTERM and SIGKILL on eviction or spot preemption (GKE gives spot "
-            "nodes 30 s): the worker releases its leases within a second of SIGTERM."
+            "Time between SIGTERM and SIGKILL when the pod is stopped. On spot nodes GKE gives "
+            "pods 15 s of the node's 30 s notice whatever this says; the worker releases its "
+            "leases within a second of SIGTERM."
         ),
         "type": "integer",
         "minimum": 1,
-        "default": 25,
+        "default": 15,
+    }
+    container["resources"]["requests"]["ephemeral-storage"] = "{{ ephemeral_storage_request }}"
+    manifest["spec"]["template"].setdefault("metadata", {})["annotations"] = {
+        SAFE_TO_EVICT: "false"
     }
     pod["nodeSelector"] = "{{ node_selector }}"
     pod["tolerations"] = "{{ tolerations }}"

@@ -154,6 +154,13 @@ class Machine:
         return int((visible_gib - reserved_gib) * 1024) - EVICTION_THRESHOLD_MIB
 
 
+#: Node-local disk a worker process asks for: its logs, Python's temporary files and what a task
+#: writes to /tmp. A pod without an ephemeral-storage request is the first the kubelet evicts
+#: when the node's disk fills (GKE's boot disk default: 100 GB, of which pods get ~90%); a task
+#: that writes large temporary files needs more (``-jv ephemeral_storage_request=...``).
+EPHEMERAL_STORAGE_MIB_PER_WORKER = 2048
+
+
 @dataclass(frozen=True)
 class PodResources:
     """Requests and limits for one worker pod, in Kubernetes quantities."""
@@ -161,6 +168,7 @@ class PodResources:
     cpu_request: str
     memory_request: str
     memory_limit: str
+    ephemeral_storage_request: str = f"{EPHEMERAL_STORAGE_MIB_PER_WORKER}Mi"
 
     def as_job_variables(self) -> dict[str, str]:
         """The kubernetes work pool's job variables (no ``cpu_limit``: on purpose)."""
@@ -171,7 +179,8 @@ class PodResources:
         limits added (the memory of pages they share counted once each: a margin)."""
         cpu = int(self.cpu_request.removesuffix("m")) * processes
         memory = int(self.memory_request.removesuffix("Mi")) * processes
-        return PodResources(f"{cpu}m", f"{memory}Mi", f"{memory}Mi")
+        disk = int(self.ephemeral_storage_request.removesuffix("Mi")) * processes
+        return PodResources(f"{cpu}m", f"{memory}Mi", f"{memory}Mi", f"{disk}Mi")
 
 
 def plan(
