@@ -1,93 +1,160 @@
 #!/usr/bin/env bash
-# Create a GKE cluster for tqflow: a small system pool, and an autoscaling worker pool (spot by
-# default) that scales to zero between batches.
+# A GKE cluster for tqflow, from an empty Google Cloud project: the APIs, a node service account
+# with the least roles nodes need, a small on-demand system pool, an autoscaling worker pool
+# (spot by default) that scales to zero between batches, the tqflow namespace, Workload
+# Identity for the Jobs, the bucket, and an Artifact Registry repository for the worker image.
 #
-#   PROJECT=my-project REGION=us-west1 ./make_cluster.sh
+#   PROJECT=my-project REGION=us-west1 BUCKET=my-lab-tqflow ./deployments/gke/make_cluster.sh
+#
+# Every step looks first and creates only what is missing: run it again after a failure (or to
+# add the bucket) and it goes on where it stopped.
 #
 # Settings (environment):
-#   PROJECT         GCP project (required)
-#   REGION          region of the cluster                          (default us-west1)
-#   CLUSTER         cluster name                                   (default tqflow)
-#   MACHINE_TYPE    worker node machine type                       (default e2-standard-4)
-#   MAX_NODES       most worker nodes per zone                     (default 10)
-#   SPOT            1: spot VMs (cheap, preemptible), 0: on-demand (default 1)
-#   NAMESPACE       Kubernetes namespace of the worker and Jobs    (default tqflow)
-#   BUCKET          GCS bucket the workers write (gs://...), for Workload Identity (optional)
-#   REPOSITORY      Artifact Registry repository of the worker image  (default tqflow)
-#
-# Size the worker pods for MACHINE_TYPE with:
-#   tqflow plan-resources --machine-type "$MACHINE_TYPE" --pods-per-node 4
+#   PROJECT         Google Cloud project (required)
+#   REGION          region of the cluster, the bucket and the repository  (default us-west1)
+#   CLUSTER         cluster name                                         (default tqflow)
+#   MACHINE_TYPE    worker node machine type                             (default e2-highmem-4)
+#   MAX_NODES       most worker nodes per zone                           (default 10)
+#   SPOT            1: spot VMs (cheap, preemptible), 0: on-demand       (default 1)
+#   NAMESPACE       Kubernetes namespace of the Prefect worker and Jobs  (default tqflow)
+#   BUCKET          GCS bucket the workers write, without gs://          (optional)
+#   REPOSITORY      Artifact Registry repository of the worker image     (default tqflow)
+#   WORKERS         workers of your largest batch, for the quota note   (default 100)
+#   PODS_PER_NODE   worker processes per node (tqflow plan-resources)   (default 4)
 set -euo pipefail
 
-: "${PROJECT:?set PROJECT to your GCP project}"
+# -- prerequisites, all checked before anything is changed --------------------------------------
+missing=()
+need() {  # need COMMAND HOW-TO-INSTALL
+  command -v "$1" >/dev/null 2>&1 || missing+=("$1: $2")
+}
+need gcloud "install the Google Cloud CLI: https://cloud.google.com/sdk/docs/install, then gcloud auth login"
+need kubectl "gcloud components install kubectl (or apt-get install kubectl from Google's apt repository)"
+need gke-gcloud-auth-plugin "gcloud components install gke-gcloud-auth-plugin (or apt-get install google-cloud-cli-gke-gcloud-auth-plugin)"
+# Not used here, but the guide's next steps are: better known now than after the cluster is up.
+need helm "https://helm.sh/docs/intro/install/ (the Prefect server and worker charts)"
+if ((${#missing[@]})); then
+  printf 'make_cluster.sh: missing, so nothing was changed:\n' >&2
+  printf '  %s\n' "${missing[@]}" >&2
+  exit 2
+fi
+
+: "${PROJECT:?set PROJECT to your Google Cloud project}"
 REGION=${REGION:-us-west1}
 CLUSTER=${CLUSTER:-tqflow}
-MACHINE_TYPE=${MACHINE_TYPE:-e2-standard-4}
+MACHINE_TYPE=${MACHINE_TYPE:-e2-highmem-4}
 MAX_NODES=${MAX_NODES:-10}
 SPOT=${SPOT:-1}
 NAMESPACE=${NAMESPACE:-tqflow}
 BUCKET=${BUCKET:-}
+BUCKET=${BUCKET#gs://}
 REPOSITORY=${REPOSITORY:-tqflow}
-POOL=tqflow-workers   # the work pool's default node_selector targets this name
-JOBS_KSA=tqflow-jobs  # the work pool's default service_account_name
+WORKERS=${WORKERS:-100}
+PODS_PER_NODE=${PODS_PER_NODE:-4}
+POOL=tqflow-workers  # the work pool's default node_selector targets this name
+JOBS_KSA=tqflow-jobs # the work pool's default service_account_name
 JOBS_GSA=tqflow-jobs@$PROJECT.iam.gserviceaccount.com
+NODES_GSA=tqflow-nodes@$PROJECT.iam.gserviceaccount.com
+P=(--project "$PROJECT")
 
-gcloud config set project "$PROJECT"
+exists() { "$@" >/dev/null 2>&1; }  # exists DESCRIBE-COMMAND...: whether it finds the thing
+say() { printf '== %s\n' "$*"; }
 
+# -- the project ------------------------------------------------------------------------------------
+say "APIs: GKE, Artifact Registry, IAM, Cloud Storage"
+gcloud services enable container.googleapis.com artifactregistry.googleapis.com \
+  iam.googleapis.com storage.googleapis.com "${P[@]}"
+
+say "node service account $NODES_GSA: logs, metrics, and pulling the worker image"
+exists gcloud iam service-accounts describe "$NODES_GSA" "${P[@]}" ||
+  gcloud iam service-accounts create tqflow-nodes --display-name "tqflow GKE nodes" "${P[@]}"
+for role in roles/container.defaultNodeServiceAccount roles/artifactregistry.reader; do
+  gcloud projects add-iam-policy-binding "$PROJECT" --member "serviceAccount:$NODES_GSA" \
+    --role "$role" --condition None --format none
+done
+
+# -- the cluster ------------------------------------------------------------------------------------
 # System pool (on-demand): the Prefect worker, the orchestrating runs (pipeline, analysis,
 # dead-letters: 5Gi each, see prefect.yaml) and GKE's own pods. Workload Identity lets pods act
 # as a Google service account without key files. WORKLOAD logging keeps pod stdout in Cloud
 # Logging (SYSTEM alone drops it); the worker image turns progress bars off.
-gcloud container clusters create "$CLUSTER" \
-  --region "$REGION" \
-  --num-nodes 1 \
-  --machine-type e2-standard-4 \
-  --workload-pool "$PROJECT.svc.id.goog" \
-  --logging=SYSTEM,WORKLOAD \
-  --monitoring=SYSTEM
+say "cluster $CLUSTER in $REGION"
+exists gcloud container clusters describe "$CLUSTER" --region "$REGION" "${P[@]}" ||
+  gcloud container clusters create "$CLUSTER" \
+    --region "$REGION" \
+    --num-nodes 1 \
+    --machine-type e2-standard-4 \
+    --service-account "$NODES_GSA" \
+    --workload-pool "$PROJECT.svc.id.goog" \
+    --release-channel regular \
+    --logging SYSTEM,WORKLOAD \
+    --monitoring SYSTEM \
+    "${P[@]}"
 
 # Worker pool: only tqflow workers run here (the taint keeps other pods off), from 0 nodes.
+say "worker pool $POOL: $MACHINE_TYPE, 0 to $MAX_NODES nodes a zone, spot=$SPOT"
 spot_flags=()
 if [[ "$SPOT" == "1" ]]; then
-  spot_flags=(--spot)   # GKE taints spot nodes cloud.google.com/gke-spot=true:NoSchedule itself
+  spot_flags=(--spot) # GKE taints spot nodes cloud.google.com/gke-spot=true:NoSchedule itself
 fi
-gcloud container node-pools create "$POOL" \
-  --cluster "$CLUSTER" \
-  --region "$REGION" \
-  --machine-type "$MACHINE_TYPE" \
-  --enable-autoscaling --min-nodes 0 --max-nodes "$MAX_NODES" --num-nodes 0 \
-  --node-taints tqflow-worker=true:NoSchedule \
-  --workload-metadata GKE_METADATA \
-  "${spot_flags[@]}"
+exists gcloud container node-pools describe "$POOL" --cluster "$CLUSTER" --region "$REGION" "${P[@]}" ||
+  gcloud container node-pools create "$POOL" \
+    --cluster "$CLUSTER" \
+    --region "$REGION" \
+    --machine-type "$MACHINE_TYPE" \
+    --service-account "$NODES_GSA" \
+    --enable-autoscaling --min-nodes 0 --max-nodes "$MAX_NODES" --num-nodes 0 \
+    --node-taints tqflow-worker=true:NoSchedule \
+    --workload-metadata GKE_METADATA \
+    "${spot_flags[@]}" \
+    "${P[@]}"
 
-gcloud container clusters get-credentials "$CLUSTER" --region "$REGION"
+gcloud container clusters get-credentials "$CLUSTER" --region "$REGION" "${P[@]}"
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
 
-# Workload Identity for the Jobs: the Kubernetes service account tqflow-jobs acts as the Google
-# service account tqflow-jobs@, which may write the bucket. Then a storage block needs no key.
-gcloud iam service-accounts describe "$JOBS_GSA" >/dev/null 2>&1 ||
-  gcloud iam service-accounts create tqflow-jobs --display-name "tqflow worker Jobs"
+# -- what the worker Jobs run as: Workload Identity, the bucket -----------------------------------
+say "Jobs' service account: $NAMESPACE/$JOBS_KSA acts as $JOBS_GSA"
+exists gcloud iam service-accounts describe "$JOBS_GSA" "${P[@]}" ||
+  gcloud iam service-accounts create tqflow-jobs --display-name "tqflow worker Jobs" "${P[@]}"
 gcloud iam service-accounts add-iam-policy-binding "$JOBS_GSA" \
   --role roles/iam.workloadIdentityUser \
-  --member "serviceAccount:$PROJECT.svc.id.goog[$NAMESPACE/$JOBS_KSA]"
-if [[ -n "$BUCKET" ]]; then
-  gcloud storage buckets add-iam-policy-binding "$BUCKET" \
-    --member "serviceAccount:$JOBS_GSA" --role roles/storage.objectAdmin
-fi
+  --member "serviceAccount:$PROJECT.svc.id.goog[$NAMESPACE/$JOBS_KSA]" \
+  --format none "${P[@]}"
 kubectl create serviceaccount "$JOBS_KSA" --namespace "$NAMESPACE" --dry-run=client -o yaml |
   kubectl apply -f -
 kubectl annotate serviceaccount "$JOBS_KSA" --namespace "$NAMESPACE" --overwrite \
   "iam.gke.io/gcp-service-account=$JOBS_GSA"
 
-# Artifact Registry for the worker image (deployments/gke/build_image.sh pushes there).
-gcloud artifacts repositories describe "$REPOSITORY" --location "$REGION" >/dev/null 2>&1 ||
-  gcloud artifacts repositories create "$REPOSITORY" --repository-format docker --location "$REGION"
-gcloud auth configure-docker "$REGION-docker.pkg.dev" --quiet
+if [[ -n "$BUCKET" ]]; then
+  say "bucket gs://$BUCKET: the Jobs may write it"
+  exists gcloud storage buckets describe "gs://$BUCKET" "${P[@]}" ||
+    gcloud storage buckets create "gs://$BUCKET" --location "$REGION" \
+      --uniform-bucket-level-access "${P[@]}"
+  gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" \
+    --member "serviceAccount:$JOBS_GSA" --role roles/storage.objectAdmin --format none "${P[@]}"
+fi
 
+# -- the worker image's home ---------------------------------------------------------------------
+say "Artifact Registry repository $REGION-docker.pkg.dev/$PROJECT/$REPOSITORY"
+exists gcloud artifacts repositories describe "$REPOSITORY" --location "$REGION" "${P[@]}" ||
+  gcloud artifacts repositories create "$REPOSITORY" --repository-format docker \
+    --location "$REGION" "${P[@]}"
+
+# -- what a batch needs of the project's quota -----------------------------------------------------
+cpus=${MACHINE_TYPE##*-}
+nodes=$(((WORKERS + PODS_PER_NODE - 1) / PODS_PER_NODE))
+quota=CPUS
+if [[ "$SPOT" == "1" ]]; then quota=PREEMPTIBLE_CPUS; fi
 cat <<DONE
-Cluster $CLUSTER is ready. Worker nodes: $MACHINE_TYPE, 0..$MAX_NODES per zone, spot=$SPOT.
-The worker pool is tainted tqflow-worker=true:NoSchedule; the work pool's default tolerations
-include it. Jobs run in namespace $NAMESPACE as $JOBS_KSA (Workload Identity: $JOBS_GSA).
+
+Cluster $CLUSTER is ready. Worker nodes: $MACHINE_TYPE, 0..$MAX_NODES per zone, spot=$SPOT, tainted
+tqflow-worker=true:NoSchedule (the work pool's default tolerations include it). Jobs run in
+namespace $NAMESPACE as $JOBS_KSA (Workload Identity: $JOBS_GSA).
 Image repository: $REGION-docker.pkg.dev/$PROJECT/$REPOSITORY.
-Next: deployments/gke/README.md, "3. Work pool and Prefect worker".
+
+Quota: $WORKERS workers at $PODS_PER_NODE per node are $nodes nodes of $cpus vCPUs, $((nodes * cpus)) $quota in
+$REGION (and MAX_NODES=$MAX_NODES per zone caps the pool). What the project has:
+  gcloud compute regions describe $REGION --project $PROJECT --flatten quotas \\
+    --format 'table(quotas.metric,quotas.limit,quotas.usage)' --filter 'quotas.metric=$quota'
+Next: deployments/gke/README.md, "3. The Prefect server".
 DONE

@@ -1,0 +1,56 @@
+"""Recording stand-ins for ``gcloud``, ``kubectl``, ``gke-gcloud-auth-plugin`` and ``helm``, for
+running deployments/gke/make_cluster.sh and the guide's commands with no cloud: installed on PATH under those names (small
+scripts that run this file with ``CLOUD_CLI_TOOL`` set to the name), each call is appended to
+``$CLOUD_CLI_STATE/calls.jsonl``; ``create`` remembers what it
+made in ``$CLOUD_CLI_STATE/made.json`` and ``describe`` finds only what was made, as the cloud
+would (exit 1, "NOT_FOUND", otherwise). Nothing else is emulated: every other call succeeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def resource(args: list[str]) -> tuple[str, str] | None:
+    """(kind, name) of a ``gcloud ... create|describe NAME`` call: the command words before the
+    verb, and its first positional argument."""
+    for verb in ("create", "describe"):
+        if verb in args:
+            at = args.index(verb)
+            names = [a for a in args[at + 1 :] if not a.startswith("-")]
+            if names:  # a service account is created by its id, described by its email
+                return " ".join(args[:at]), names[0].split("@")[0]
+    return None
+
+
+def main() -> int:
+    tool = os.environ["CLOUD_CLI_TOOL"]
+    args = sys.argv[1:]
+    state = Path(os.environ["CLOUD_CLI_STATE"])
+    with open(state / "calls.jsonl", "a") as calls:
+        calls.write(json.dumps([tool, *args]) + "\n")
+    if tool != "gcloud":
+        if tool == "kubectl" and "--dry-run=client" in args:
+            print("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tqflow")
+        if tool == "kubectl" and args[-2:] == ["-f", "-"]:
+            sys.stdin.read()  # the manifest piped in
+        return 0
+    made_path = state / "made.json"
+    made = json.loads(made_path.read_text()) if made_path.exists() else []
+    found = resource(args)
+    if found is not None and "describe" in args:
+        if list(found) in made:
+            print(f"name: {found[1]}")
+            return 0
+        print(f"ERROR: (gcloud) NOT_FOUND: {found[1]}", file=sys.stderr)
+        return 1
+    if found is not None and "create" in args:
+        made.append(list(found))
+        made_path.write_text(json.dumps(made))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""deployments/gke/make_cluster.sh as a lab engineer runs it on a new Google Cloud project, with
+recording stand-ins for gcloud, kubectl, gke-gcloud-auth-plugin and helm on PATH
+(`tests/cloud_cli.py`): every call uses flags the real commands have, a second run creates
+nothing, and a missing tool stops it before anything is changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPT = REPO / "deployments/gke/make_cluster.sh"
+TOOLS = ("gcloud", "kubectl", "gke-gcloud-auth-plugin", "helm")
+#: The flags of each command the script may run: gcloud's as its 578.0.0 release defines them
+#: (lib/googlecloudsdk/command_lib and lib/surface of the SDK), kubectl's from its reference,
+#: plus the gcloud-wide --project, --format, --quiet.
+FLAGS = {
+    "gcloud services enable": set(),
+    "gcloud iam service-accounts describe": set(),
+    "gcloud iam service-accounts create": {"--display-name", "--description"},
+    "gcloud iam service-accounts add-iam-policy-binding": {"--member", "--role", "--condition"},
+    "gcloud projects add-iam-policy-binding": {"--member", "--role", "--condition"},
+    "gcloud container clusters describe": {"--region", "--zone"},
+    "gcloud container clusters create": {
+        "--region",
+        "--num-nodes",
+        "--machine-type",
+        "--service-account",
+        "--workload-pool",
+        "--release-channel",
+        "--logging",
+        "--monitoring",
+    },
+    "gcloud container clusters get-credentials": {"--region", "--zone"},
+    "gcloud container node-pools describe": {"--cluster", "--region", "--zone"},
+    "gcloud container node-pools create": {
+        "--cluster",
+        "--region",
+        "--machine-type",
+        "--service-account",
+        "--enable-autoscaling",
+        "--min-nodes",
+        "--max-nodes",
+        "--num-nodes",
+        "--node-taints",
+        "--workload-metadata",
+        "--spot",
+    },
+    "gcloud storage buckets describe": set(),
+    "gcloud storage buckets create": {"--location", "--uniform-bucket-level-access"},
+    "gcloud storage buckets add-iam-policy-binding": {"--member", "--role", "--condition"},
+    "gcloud artifacts repositories describe": {"--location"},
+    "gcloud artifacts repositories create": {"--repository-format", "--location", "--description"},
+    "kubectl create namespace": {"--dry-run", "-o"},
+    "kubectl create serviceaccount": {"--namespace", "--dry-run", "-o"},
+    "kubectl annotate serviceaccount": {"--namespace", "--overwrite"},
+    "kubectl apply": {"-f"},
+}
+GLOBAL = {"gcloud": {"--project", "--format", "--quiet"}, "kubectl": set()}
+
+
+def command_of(call: list[str]) -> tuple[str, set[str]]:
+    """The command a call runs (the longest `FLAGS` key its leading words make) and its flags."""
+    tool, args = call[0], call[1:]
+    words = [tool] + [a for a in args if not a.startswith("-")]
+    key = max((k for k in FLAGS if words[: len(k.split())] == k.split()), key=len, default="")
+    flags = {a.split("=")[0] for a in args if a.startswith("-") and a != "-"}  # "-": stdin
+    return key, flags
+
+
+#: What else the script runs: linked into the stand-ins' folder, the only one on PATH (a machine
+#: may have the real gcloud and kubectl in /usr/bin, and /bin is /usr/bin on Debian).
+UTILITIES = ("cat",)
+
+
+@pytest.fixture
+def cloud(tmp_path):
+    """PATH with the stand-ins and nothing else, and their state folder."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    for utility in UTILITIES:
+        (bin_dir / utility).symlink_to(shutil.which(utility))
+    for tool in TOOLS:
+        stub = bin_dir / tool
+        stub.write_text(
+            f'#!/bin/sh\nCLOUD_CLI_TOOL={tool} exec "{sys.executable}" '
+            f'"{REPO / "tests/cloud_cli.py"}" "$@"\n'
+        )
+        stub.chmod(0o755)
+    env = {
+        "PATH": str(bin_dir),
+        "CLOUD_CLI_STATE": str(state),
+        "PROJECT": "my-lab-project",
+        "BUCKET": "my-lab-tqflow",
+        "HOME": str(tmp_path),
+    }
+    return env, bin_dir, state
+
+
+def run(env: dict[str, str], state: Path) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    calls = state / "calls.jsonl"
+    before = len(calls.read_text().splitlines()) if calls.exists() else 0
+    result = subprocess.run(
+        ["/bin/bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300
+    )
+    made = (
+        [json.loads(line) for line in calls.read_text().splitlines()[before:]]
+        if calls.exists()
+        else []
+    )
+    return result, made
+
+
+def test_every_call_on_an_empty_project_uses_flags_the_commands_have(cloud):
+    env, _, state = cloud
+    result, calls = run(env, state)
+    assert result.returncode == 0, result.stderr
+    unknown = []
+    for call in calls:
+        key, flags = command_of(call)
+        if not key or not flags <= FLAGS[key] | GLOBAL[call[0]]:
+            unknown.append((call, key, flags - FLAGS.get(key, set()) - GLOBAL[call[0]]))
+    assert not unknown, unknown
+    made = {tuple(entry) for entry in json.loads((state / "made.json").read_text())}
+    assert made == {
+        ("iam service-accounts", "tqflow-nodes"),
+        ("container clusters", "tqflow"),
+        ("container node-pools", "tqflow-workers"),
+        ("iam service-accounts", "tqflow-jobs"),
+        ("storage buckets", "gs://my-lab-tqflow"),
+        ("artifacts repositories", "tqflow"),
+    }
+    enabled = next(c for c in calls if c[1:3] == ["services", "enable"])
+    assert {"container.googleapis.com", "artifactregistry.googleapis.com"} <= set(enabled)
+    # the nodes' own service account, not the default Compute one, and it may pull the image
+    roles = [
+        c[c.index("--role") + 1] for c in calls if c[1:3] == ["projects", "add-iam-policy-binding"]
+    ]
+    assert roles == ["roles/container.defaultNodeServiceAccount", "roles/artifactregistry.reader"]
+    assert (
+        "PREEMPTIBLE_CPUS" in result.stdout
+        and "100 workers at 4 per node are 25 nodes" in result.stdout
+    )
+
+
+def test_a_second_run_creates_nothing(cloud):
+    env, _, state = cloud
+    assert run(env, state)[0].returncode == 0
+    result, calls = run(env, state)
+    assert result.returncode == 0, result.stderr
+    created = [
+        c for c in calls if c[0] == "gcloud" and "create" in c and "--dry-run=client" not in c
+    ]
+    assert not created, created
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_missing_tool_stops_it_before_anything_changes_with_how_to_install(cloud, tool):
+    env, bin_dir, state = cloud
+    (bin_dir / tool).unlink()
+    result, calls = run(env, state)
+    assert result.returncode == 2 and calls == []
+    assert f"{tool}: " in result.stderr and "install" in result.stderr
