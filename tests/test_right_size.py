@@ -54,7 +54,7 @@ def test_the_plan_gives_nodes_time_and_cost_of_the_next_batch(measured_batch):
     assert "10 tasks measured" in out
     assert "next batch of 1,000,000 items within 2 h:" in out
     assert "on demand" in out and "spot" in out
-    assert "prefect deploy --name worker-gke -jv cpu_request=" in out
+    assert "prefect deploy --name worker-gke -jv image=$TQFLOW_IMAGE -jv cpu_request=" in out
 
 
 def test_a_batch_without_worker_reports_is_an_error_naming_it(tmp_path):
