@@ -2,8 +2,9 @@
 
 The README's recipe is run verbatim by bash in this checkout: it starts ``prefect server``,
 saves the local blocks, creates the process pool, deploys, starts a process worker and runs the
-local pipeline in deployment mode. On that server, ``prefect deploy --all`` then deploys the
-shipped prefect.yaml as a user without Docker does, with an image built elsewhere
+local pipeline in deployment mode. On that server, the GKE guide's deploy commands
+(deployments/gke/README.md, "7. Size and deploy", as written) then deploy the shipped
+prefect.yaml's GKE deployments as a user without Docker does, with an image built elsewhere
 (``TQFLOW_IMAGE``), and the remaining tests run pipelines whose worker runs are killed or
 stopped by SIGTERM as on a spot node, and one that an active schedule starts.
 
@@ -39,7 +40,7 @@ pytestmark = [
 ]
 
 BIN = Path(sys.executable).parent
-#: What a user with an image built by CI or Cloud Build exports before `prefect deploy --all`.
+#: What a user with an image built by CI or Cloud Build exports before the guide's deploy commands.
 IMAGE = "us-west1-docker.pkg.dev/my-lab/tqflow/worker@sha256:" + "0" * 64
 
 
@@ -60,8 +61,8 @@ def cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
 
 @pytest.fixture(scope="module")
 def deployed(recipe) -> dict[str, str]:
-    """The GKE work pool created from the shipped template, and ``prefect deploy --all`` of the
-    shipped prefect.yaml with an image built elsewhere, on the recipe's server."""
+    """The GKE work pool created from the shipped template, and the GKE guide's deploy commands
+    with an image built elsewhere, on the recipe's server (which has the local deployments)."""
     assert recipe["RECIPE_EXIT"] == "0", Path(recipe["RECIPE_LOG"]).read_text()[-4000:]
     cli(
         recipe,
@@ -74,7 +75,19 @@ def deployed(recipe) -> dict[str, str]:
         "--base-job-template",
         str(REPO / "deployments/gke/base-job-template.json"),
     )
-    cli({**recipe, "TQFLOW_IMAGE": IMAGE}, "prefect", "--no-prompt", "deploy", "--all")
+    guide = (REPO / "deployments/gke/README.md").read_text()
+    section = guide[guide.index("## 7. Size and deploy") :]
+    deploy = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    env = {**recipe, "TQFLOW_IMAGE": IMAGE, "PATH": f"{BIN}{os.pathsep}{recipe['PATH']}"}
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", deploy],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return recipe
 
 
@@ -147,10 +160,10 @@ def test_readme_process_pool_recipe_completes_the_demo_batch_with_two_worker_run
     assert len(worker_runs) == 2 and all(r.state.is_completed() for r in worker_runs)
 
 
-# -- prefect deploy --all of the shipped file -------------------------------------------------------
+# -- the shipped file, deployed one setup at a time by name ------------------------------------------
 
 
-def test_deploy_all_of_the_shipped_file_registers_every_deployment_and_an_inactive_schedule(
+def test_the_shipped_file_deploys_every_deployment_and_an_inactive_schedule(
     deployed,
 ):
     with client(deployed) as c:

@@ -39,7 +39,7 @@ def test_the_readme_shows_the_commands_this_test_runs():
         ".venv/bin/tqflow work --batch demo",
         ".venv/bin/tqflow analyze --batch demo",
         ".venv/bin/tqflow plan-resources --from-batch demo",
-        ".venv/bin/tqflow blocks import --folder ~/.cloudvolume/secrets --name lab --datastack minnie65_public",
+        ".venv/bin/tqflow blocks import --folder ~/.cloudvolume/secrets --name tqflow --datastack minnie65_public",
         ".venv/bin/tqflow enqueue mypackage.tasks:mesh_stats --items-file roots.csv --column root_id --kwargs '{\"lod\": 2}' --batch meshes-v1",
         ".venv/bin/tqflow work --batch meshes-v1",
     ], "README.md's commands changed: update this test's setup for them"
@@ -117,7 +117,10 @@ def test_every_readme_command_runs_as_written(user_folder):
     assert (folder / "tqflow-data/demo/analysis/results.parquet").exists()
     plan = " ".join(out[commands[5]].split())
     assert "tasks measured" in plan and "memory_limit:" in plan and "nodes" in plan
-    assert "aws-credentials/lab" in out[commands[6]] and "cave-credentials/lab" in out[commands[6]]
+    assert (
+        "aws-credentials/tqflow" in out[commands[6]]
+        and "cave-credentials/tqflow" in out[commands[6]]
+    )
     assert "queued 2 tasks" in out[commands[7]]
     assert json.loads(out[commands[8]])["succeeded"] == 2
     mesh = json.loads(

@@ -1,0 +1,374 @@
+"""deployments/gke/README.md as a lab engineer follows it, its commands taken from the guide as
+written: on a real Prefect server with basic auth where only the guide's kubernetes pool exists,
+its CLI, work-pool, credentials and deploy steps register every GKE deployment with the job
+variables the guide says; its Helm steps, with recording stand-ins for helm and kubectl, use only
+values the charts have and keep the auth string in a Secret; and the Job prefect-kubernetes
+builds under that worker carries the auth string only as a Secret reference."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.services import prefect_server
+from tqflow.gke.job_template import NAMESPACE, base_job_template
+from tqflow.gke.resources import Machine, plan
+
+GUIDE = REPO / "deployments/gke/README.md"
+BIN = Path(sys.executable).parent
+IMAGE = "us-west1-docker.pkg.dev/my-project/tqflow/worker@sha256:" + "1" * 64
+#: The GKE deployments of prefect.yaml, all of which the guide deploys.
+GKE_DEPLOYMENTS = {"pipeline-gke", "worker-gke", "analysis", "dead-letters"}
+#: The flow parameters that name a block.
+BLOCK_PARAMETERS = ("queue", "storage", "cave")
+
+
+def guide_blocks(heading: str, language: str = "bash") -> list[str]:
+    """The fenced blocks of one section of the guide (from ``heading`` to the next ``## ``)."""
+    text = GUIDE.read_text()
+    section = text[text.index(heading) + len(heading) :]
+    section = section[: section.find("\n## ")] if "\n## " in section else section
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+
+
+def bash(script: str, env: dict[str, str], cwd: Path = REPO) -> str:
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{script}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+# -- the guide's own steps on a server with basic auth ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guided(tmp_path_factory):
+    """A Prefect server with basic auth, and the guide's steps 4 (CLI), 5 (work pool),
+    6 (credentials) and 7 (deploy) run on it as written, in one shell environment: a fresh
+    PREFECT_HOME and HOME (with a secrets folder as cloud-volume's), the image exported as
+    step 2 prints it, the password kept from step 3. The guide's profile points at 127.0.0.1:4200
+    (its port-forward); the test's server has a port of its own, given as PREFECT_API_URL, which
+    Prefect lets the environment override. The auth string comes from the guide's profile."""
+    home = tmp_path_factory.mktemp("guide")
+    password = secrets.token_hex(16)
+    server_home = home / "server"
+    server_home.mkdir()
+    server_env = {**os.environ, "PREFECT_SERVER_API_AUTH_STRING": f"admin:{password}"}
+    with prefect_server(server_home, env=server_env) as server:
+        user_home = home / "user"
+        secrets_folder = user_home / ".cloudvolume" / "secrets"
+        secrets_folder.mkdir(parents=True)
+        (secrets_folder / "aws-secret.json").write_text(
+            json.dumps({"AWS_ACCESS_KEY_ID": "made-up-id", "AWS_SECRET_ACCESS_KEY": "made-up"})
+        )
+        (secrets_folder / "cave-secret.json").write_text(json.dumps({"token": "made-up-token"}))
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PREFECT_", "TQFLOW_")) or k == "PREFECT_SERVER_ANALYTICS_ENABLED"
+        }
+        env.update(
+            PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",  # `source .venv/bin/activate`
+            HOME=str(user_home),
+            PREFECT_HOME=str(user_home / ".prefect"),
+            PREFECT_PASSWORD=password,
+            TQFLOW_IMAGE=IMAGE,
+            TQFLOW_IMAGE_TAG="abc1234-20261202075300",
+            COLUMNS="200",
+        )
+        [point_cli] = guide_blocks("## 4. Point the CLI at the server")
+        work_pool = guide_blocks("## 5. Work pool and Prefect worker")[0]
+        [import_blocks] = guide_blocks("## 6. Credentials")
+        [save_blocks] = guide_blocks("## 6. Credentials", "python")
+        [deploy] = guide_blocks("## 7. Size and deploy")
+        outputs = {}
+        for name, script in [
+            ("point the CLI", point_cli),
+            ("work pool", work_pool),
+            ("credentials", import_blocks),
+            ("queue and storage blocks", f"python - <<'PYTHON'\n{save_blocks}PYTHON\n"),
+            ("deploy", deploy),
+        ]:
+            with_server = {**env, "PREFECT_API_URL": server["PREFECT_API_URL"]}
+            outputs[name] = bash(script, with_server)
+        yield {**env, "PREFECT_API_URL": server["PREFECT_API_URL"], "password": password}
+
+
+def read(guided, what: str):
+    """``read_deployments`` / ``read_work_pools`` of the guide's server, as the guide's user."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    async def go():
+        async with get_client() as client:
+            return await getattr(client, what)()
+
+    settings = {
+        PREFECT_API_URL: guided["PREFECT_API_URL"],
+        PREFECT_API_AUTH_STRING: f"admin:{guided['password']}",
+    }
+    with temporary_settings(updates=settings):
+        return asyncio.run(go())
+
+
+def deployments(guided) -> dict:
+    return {d.name: d for d in read(guided, "read_deployments")}
+
+
+@pytest.mark.slow
+def test_the_guide_registers_every_gke_deployment_on_a_server_with_only_its_pool(guided):
+    assert [pool.name for pool in read(guided, "read_work_pools")] == ["tqflow-gke"]
+    found = deployments(guided)
+    assert set(found) == GKE_DEPLOYMENTS
+    for name, deployment in found.items():
+        assert deployment.work_pool_name == "tqflow-gke", name
+        assert deployment.job_variables["image"] == IMAGE, name
+
+
+@pytest.mark.slow
+def test_the_worker_deployment_is_sized_for_the_pipelines_processes_per_run(guided):
+    found = deployments(guided)
+    processes = found["pipeline-gke"].parameters["processes_per_run"]
+    sized = plan(Machine.from_type("e2-highmem-4"), 4).times(processes).as_job_variables()
+    worker = found["worker-gke"].job_variables
+    assert {k: worker[k] for k in sized} == sized
+    assert "cpu_limit" not in worker and worker["memory_limit"] == worker["memory_request"]
+    # prefect.yaml's own numbers are the guide's: deploying without -jv gives the same pod
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    [shipped] = [d for d in spec["deployments"] if d["name"] == "worker-gke"]
+    assert {k: shipped["work_pool"]["job_variables"][k] for k in sized} == sized
+    # Prefect replaces the file's job variables with -jv ones: the guide's give them all
+    assert set(worker) == set(shipped["work_pool"]["job_variables"])
+
+
+@pytest.mark.slow
+def test_every_block_a_gke_deployment_names_is_one_the_guide_created(guided):
+    from prefect.blocks.core import Block
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    slugs = {
+        value
+        for deployment in deployments(guided).values()
+        for name, value in deployment.parameters.items()
+        if name in BLOCK_PARAMETERS
+    }
+    assert {"sqs-task-queue/tqflow", "cloud-files-storage/tqflow", "cave-credentials/tqflow"} <= (
+        slugs
+    )
+    settings = {
+        PREFECT_API_URL: guided["PREFECT_API_URL"],
+        PREFECT_API_AUTH_STRING: f"admin:{guided['password']}",
+    }
+    with temporary_settings(updates=settings):
+        for slug in slugs:
+            block = Block.load(slug)
+            if slug.startswith("cloud-files-storage/"):
+                # on GKE, Workload Identity: no key stored, none sent to a pod
+                assert block.gcp_credentials is None and block.aws_credentials is None
+
+
+# -- the guide's Helm steps, with stand-ins for helm and kubectl ------------------------------------
+
+#: Value paths of the pinned charts (prefect-helm's charts/*/values.yaml) this guide may set,
+#: each checked there: a misspelt key is silently ignored by Helm, so the test refuses it here.
+CHART_VALUES = {
+    "prefect/prefect-server": {
+        "global.prefect.image.repository",
+        "global.prefect.image.prefectTag",
+        "server.command",
+        "server.args",
+        "server.basicAuth.enabled",
+        "server.basicAuth.existingSecret",
+        "server.nodeSelector",
+        "server.uiConfig.prefectUiApiUrl",
+    },
+    "prefect/prefect-worker": {
+        "worker.apiConfig",
+        "worker.selfHostedServerApiConfig.apiUrl",
+        "worker.selfHostedServerApiConfig.basicAuth.enabled",
+        "worker.selfHostedServerApiConfig.basicAuth.existingSecret",
+        "worker.config.workPool",
+        "worker.config.type",
+        "worker.config.jobNamespace",
+        "worker.image.repository",
+        "worker.image.prefectTag",
+        "worker.nodeSelector",
+        "worker.resources.requests.cpu",
+        "worker.resources.requests.memory",
+        "worker.resources.limits.memory",
+        "worker.resources.limits.cpu",
+    },
+}
+HELM_FLAGS = {"--version", "--namespace", "-f", "--set"}
+#: Maps and lists whose entries are data, not chart values.
+DATA_VALUES = ("server.nodeSelector", "worker.nodeSelector", "server.command", "server.args")
+
+
+def value_paths(values: dict, prefix: str = "") -> set[str]:
+    paths = set()
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and path not in DATA_VALUES:
+            paths |= value_paths(value, f"{path}.")
+        else:
+            paths.add(path)
+    return paths
+
+
+@pytest.fixture
+def helm_steps(tmp_path):
+    """The guide's server (step 3) and worker (step 5) Helm blocks run by bash with recording
+    stand-ins for helm and kubectl first on PATH; returns their calls."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    for tool in ("helm", "kubectl"):
+        stub = bin_dir / tool
+        stub.write_text(
+            f'#!/bin/sh\nCLOUD_CLI_TOOL={tool} exec "{sys.executable}" '
+            f'"{REPO / "tests/cloud_cli.py"}" "$@"\n'
+        )
+        stub.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "CLOUD_CLI_STATE": str(state),
+        "TQFLOW_IMAGE_TAG": "abc1234-20261202075300",
+        "HOME": str(tmp_path),
+    }
+    assert shutil.which("openssl", path=env["PATH"]), "the guide's step 3 uses openssl"
+    server = guide_blocks("## 3. The Prefect server")[0]
+    worker = guide_blocks("## 5. Work pool and Prefect worker")[1]
+    bash(server, env)
+    bash(worker, env)
+    return [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
+
+
+def test_helm_steps_set_only_values_the_pinned_charts_have(helm_steps):
+    installs = [c for c in helm_steps if c[:2] == ["helm", "install"]]
+    assert [c[3] for c in installs] == ["prefect/prefect-server", "prefect/prefect-worker"]
+    for call in installs:
+        chart, args = call[3], call[4:]
+        flags = {a for a in args if a.startswith("-")}
+        assert flags <= HELM_FLAGS, flags - HELM_FLAGS
+        assert args[args.index("--namespace") + 1] == NAMESPACE
+        given = value_paths(yaml.safe_load((REPO / args[args.index("-f") + 1]).read_text()))
+        given |= {args[i + 1].split("=")[0] for i, a in enumerate(args) if a == "--set"}
+        assert given <= CHART_VALUES[chart], given - CHART_VALUES[chart]
+    assert len({c[c.index("--version") + 1] for c in installs}) == 1  # released together
+
+
+def test_the_auth_string_lives_only_in_the_secret_both_charts_read(helm_steps):
+    [secret] = [c for c in helm_steps if c[:4] == ["kubectl", "create", "secret", "generic"]]
+    name = secret[4]
+    [literal] = [a for a in secret if a.startswith("--from-literal=")]
+    assert re.fullmatch(r"--from-literal=auth-string=admin:[0-9a-f]{32}", literal)
+    server = yaml.safe_load((REPO / "deployments/gke/server-values.yaml").read_text())
+    worker = yaml.safe_load((REPO / "deployments/gke/worker-values.yaml").read_text())
+    auth = worker["worker"]["selfHostedServerApiConfig"]["basicAuth"]
+    assert server["server"]["basicAuth"] == {"enabled": True, "existingSecret": name}
+    assert auth == {"enabled": True, "existingSecret": name}
+    password = literal.split(":", 1)[1]
+    assert not [c for c in helm_steps if c[0] == "helm" and any(password in a for a in c)]
+
+
+# -- the Job the worker submits under basic auth ------------------------------------------------------
+
+
+class KubernetesJobsAPI(ThreadingHTTPServer):
+    """Kubernetes' create-Job endpoint on 127.0.0.1: records each Job posted and returns it."""
+
+    def __init__(self) -> None:
+        self.jobs: list[dict] = []
+        super().__init__(("127.0.0.1", 0), _JobsHandler)
+
+
+class _JobsHandler(BaseHTTPRequestHandler):
+    server: KubernetesJobsAPI
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        job = json.loads(body)
+        self.server.jobs.append(job)
+        job.setdefault("metadata", {}).setdefault("uid", str(uuid.uuid4()))
+        reply = json.dumps(job).encode()
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def chart_worker_env(values: dict, auth_string: str) -> dict[str, str]:
+    """The environment prefect-worker's deployment template gives the worker for these values
+    (charts/prefect-worker/templates/deployment.yaml): with basicAuth.existingSecret, the auth
+    string from the Secret's key ``auth-string``, and that Secret's name and key for
+    prefect-kubernetes."""
+    auth = values["worker"]["selfHostedServerApiConfig"]["basicAuth"]
+    env = {"PREFECT_API_AUTH_STRING": auth_string} if auth["enabled"] else {}
+    if auth["enabled"] and auth.get("existingSecret"):
+        env["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME"] = auth[
+            "existingSecret"
+        ]
+        env["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_KEY"] = "auth-string"
+    return env
+
+
+def test_a_worker_job_gets_the_auth_string_only_as_a_secret_reference(monkeypatch, request):
+    request.getfixturevalue("prefect_api")
+    from kubernetes_asyncio.client import ApiClient, Configuration
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+    from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
+
+    auth_string = f"admin:{secrets.token_hex(16)}"
+    values = yaml.safe_load((REPO / "deployments/gke/worker-values.yaml").read_text())
+    for name, value in chart_worker_env(values, auth_string).items():
+        monkeypatch.setenv(name, value)
+    api = KubernetesJobsAPI()
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    request.addfinalizer(api.shutdown)
+
+    async def submit() -> None:
+        configuration = await KubernetesWorkerJobConfiguration.from_template_and_values(
+            base_job_template(), {"image": IMAGE}
+        )
+        configuration.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="brave-otter"))
+        kubernetes = Configuration(host=f"http://127.0.0.1:{api.server_address[1]}")
+        async with ApiClient(kubernetes) as client:
+            worker = KubernetesWorker(work_pool_name="tqflow-gke")
+            await worker._create_job(configuration, client)
+
+    with temporary_settings(updates={PREFECT_API_AUTH_STRING: auth_string}):
+        asyncio.run(submit())
+    [job] = api.jobs
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    [entry] = [e for e in env if e["name"] == "PREFECT_API_AUTH_STRING"]
+    secret = values["worker"]["selfHostedServerApiConfig"]["basicAuth"]["existingSecret"]
+    assert entry == {
+        "name": "PREFECT_API_AUTH_STRING",
+        "valueFrom": {"secretKeyRef": {"name": secret, "key": "auth-string"}},
+    }
+    assert auth_string.split(":")[1] not in json.dumps(job)
