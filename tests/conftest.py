@@ -23,6 +23,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from blocks import CloudFilesStorage, LocalTaskQueue  # noqa: E402
 from blocks.queues.base import TaskQueue  # noqa: E402
+from tests.helpers import REPO  # noqa: E402,F401  (tests import it from here too)
 from tests.services import (  # noqa: E402,F401
     StorageEmulator,
     free_port,
@@ -31,8 +32,6 @@ from tests.services import (  # noqa: E402,F401
     stop_process,
     wait_for_port,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 QUEUE_BACKENDS = ["local", "sqs"]
 

@@ -22,6 +22,26 @@ sqs_only = pytest.mark.parametrize("backend", ["sqs"])
 both_backends = pytest.mark.parametrize("backend", ["local", "sqs"])
 
 
+def task_queue_bodies(folder: Path, tasks: list) -> list[str]:
+    """The bodies python-task-queue itself writes for ``tasks`` (its file queue in ``folder``
+    keeps them as files holding the exact message body)."""
+    from taskqueue import TaskQueue as PythonTaskQueue
+
+    PythonTaskQueue(f"fq://{folder / 'fq'}").insert(tasks)
+    return [p.read_text() for p in sorted((folder / "fq" / "queue").iterdir())]
+
+
+def write_outputs(storage, results: dict[str, object], batch: str = "b") -> None:
+    """One worker output per key of ``results``, as a worker writes it."""
+    from tqflow.engine.outputs import output_path
+
+    for key, result in results.items():
+        storage.put_json(
+            output_path(batch, key),
+            {"key": key, "result": result, "seconds": 0.5, "attempt": 1, "worker": "w"},
+        )
+
+
 def enqueue(queue: TaskQueue, fn: str, items, batch: str = "b", **kwargs: Any) -> int:
     return queue.send(m.encode() for m in task_messages(fn, items, batch, kwargs))
 

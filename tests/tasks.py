@@ -36,6 +36,12 @@ def always_fails(x: int) -> None:
     raise RuntimeError(f"item {x} always fails")
 
 
+def allocates_then_fails(x: int, mib: int, cpu_seconds: float) -> None:
+    """`allocates`, then raises: what a failed attempt used is what it did before failing."""
+    allocates(x, mib, cpu_seconds)
+    raise RuntimeError(f"item {x} failed after its work")
+
+
 def fails_until_fixed(x: int, fixed_flag: str) -> int:
     """Raises until the file ``fixed_flag`` exists (the bug is fixed), then works."""
     if not Path(fixed_flag).exists():

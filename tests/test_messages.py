@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers import task_queue_bodies
 from tqflow.engine.messages import TaskMessage, bind, decode, item_key, resolve, task_messages
 from tqflow.errors import (
     BadArgumentsError,
@@ -131,20 +132,10 @@ def test_task_messages_check_the_call_before_making_any():
         list(task_messages("tests.tasks:square", [1], "b", {"unknown": 1}))
 
 
-def _queued_bodies(tmp_path, tasks):
-    """The bodies python-task-queue itself writes for ``tasks`` (its file queue keeps them as
-    files holding the exact message body)."""
-    from taskqueue import TaskQueue
-
-    tq = TaskQueue(f"fq://{tmp_path / 'fq'}")
-    tq.insert(tasks)
-    return [p.read_text() for p in sorted((tmp_path / "fq" / "queue").iterdir())]
-
-
 def test_task_queue_queueable_body_decodes_and_runs(tmp_path):
     import tests.tq_tasks as tq_tasks
 
-    (body,) = _queued_bodies(tmp_path, [partial(tq_tasks.power, 3, exponent=4)])
+    (body,) = task_queue_bodies(tmp_path, [partial(tq_tasks.power, 3, exponent=4)])
     message = decode(body, default_batch="legacy")
     assert message.fn == "tests.tq_tasks:power"
     assert message.batch == "legacy"
@@ -157,7 +148,9 @@ def test_task_queue_queueable_body_decodes_and_runs(tmp_path):
 def test_task_queue_registered_task_body_decodes_and_runs(tmp_path):
     import tests.tq_tasks as tq_tasks
 
-    (body,) = _queued_bodies(tmp_path, [tq_tasks.WriteTask(path=str(tmp_path / "out"), text="hi")])
+    (body,) = task_queue_bodies(
+        tmp_path, [tq_tasks.WriteTask(path=str(tmp_path / "out"), text="hi")]
+    )
     message = decode(body)
     assert message.fn == "tests.tq_tasks:WriteTask"
     func = resolve(message.fn)

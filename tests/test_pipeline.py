@@ -221,10 +221,36 @@ def test_saved_blocks_are_found_by_slug_and_name_from_the_cli(tmp_path):
     assert "queue saved / batch b" in result.output
 
 
-def test_the_prefect_collections_entry_point_loads_the_blocks():
-    from prefect.plugins import load_prefect_collections
+def test_the_prefect_collections_entry_point_makes_every_tqflow_block_type_known():
+    # What a Prefect server does at start to register collections' block types: in a fresh
+    # process (this one imported the blocks already), load the collections, then look each
+    # tqflow slug up in Prefect's block registry.
+    import json
+    import subprocess
+    import sys
 
-    assert "tqflow" in load_prefect_collections()
+    script = (
+        "import json\n"
+        "from prefect.blocks.core import Block\n"
+        "from prefect.plugins import load_prefect_collections\n"
+        "from prefect.utilities.dispatch import get_registry_for_type\n"
+        "collections = load_prefect_collections()\n"
+        "registry = get_registry_for_type(Block)\n"
+        "print(json.dumps({'collection': collections['tqflow'].__name__, 'types': {\n"
+        "    slug: cls.__module__ for slug, cls in registry.items()\n"
+        "    if cls.__module__.startswith('blocks')}}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["collection"] == "blocks"
+    assert set(found["types"]) == {
+        "sqs-task-queue",
+        "local-task-queue",
+        "cloud-files-storage",
+        "cave-credentials",
+    }
 
 
 def _load_by_slug_in_a_new_process(slug: str, kind: str) -> list[str]:

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from blocks import CloudFilesStorage
+from tests.helpers import write_outputs
 from tqflow.engine.outputs import output_path
 from tqflow.results_table import build_results_table, output_paths
 
@@ -13,14 +14,6 @@ from tqflow.results_table import build_results_table, output_paths
 @pytest.fixture
 def storage(tmp_path):
     return CloudFilesStorage(cloudpath=f"file://{tmp_path / 'data'}")
-
-
-def write_outputs(storage, results: dict[str, object]) -> None:
-    for key, result in results.items():
-        storage.put_json(
-            output_path("b", key),
-            {"key": key, "result": result, "seconds": 0.5, "attempt": 1, "worker": "w"},
-        )
 
 
 def build(storage, tmp_path, chunk_rows=2):

@@ -11,7 +11,7 @@ import pytest
 from blocks.queues.sqs import SQSTaskQueue
 from flows.enqueue import enqueue_items
 from tests.conftest import sqs_credentials
-from tests.helpers import enqueue, run_worker, sqs_only
+from tests.helpers import enqueue, run_worker, sqs_only, task_queue_bodies
 from tests.sqs_faults import SQSFaults
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.specs import block_from_spec, block_spec
@@ -120,7 +120,6 @@ def test_a_python_task_queue_queue_without_dead_letter_queue_drains_and_keeps_wh
     moto_endpoint, storage, tmp_path
 ):
     # A queue as python-task-queue makes it: no dead-letter queue, bodies in its own format.
-    from tests.test_messages import _queued_bodies
     from tests.tq_tasks import power
 
     name = f"tq-made-{uuid.uuid4().hex[:8]}"
@@ -131,7 +130,7 @@ def test_a_python_task_queue_queue_without_dead_letter_queue_drains_and_keeps_wh
         allowed_modules=["tests", "gone"],
     )
     queue._client().create_queue(QueueName=name)
-    (good,) = _queued_bodies(tmp_path, [partial(power, 3)])
+    (good,) = task_queue_bodies(tmp_path, [partial(power, 3)])
     gone = json.dumps({"payload": [["gone.module", "f"], [1], {}, "2"], "id": "2"})
     queue.send([good, gone])
 

@@ -40,11 +40,13 @@ def test_cpu_seconds_count_the_tasks_cpu_and_not_its_waiting(queue_factory, stor
 
 def test_a_failed_attempt_records_what_it_used(queue_factory, storage):
     queue = queue_factory(max_receive_count=1)
-    enqueue(queue, "tests.tasks:always_fails", [7])
+    enqueue(queue, "tests.tasks:allocates_then_fails", [7], mib=200, cpu_seconds=0.4)
     run_worker(queue, storage)
     (attempt,) = storage.get_json(error_path("b", "7"))["attempts"]
-    assert attempt["resources"]["peak_rss_bytes"] > 0
-    assert attempt["resources"]["wall_seconds"] >= 0
+    resources = attempt["resources"]
+    assert 170 <= increment_mib(resources) <= 230, resources
+    assert resources["cpu_seconds"] >= 0.35, resources
+    assert resources["wall_seconds"] >= resources["cpu_seconds"] * 0.9, resources
 
 
 def test_the_worker_report_gives_the_batch_peak_memory_percentiles(queue_factory, storage):

@@ -94,6 +94,8 @@ class LocalTaskQueue(TaskQueue):
     """
 
     _block_type_name = "Local Task Queue"
+    #: Dedup ids are honoured: a body whose id is live here or in the dead letters is not sent.
+    deduplicates = True
     _description = "A task queue with SQS semantics in a local SQLite file: the embedded default."
     _logo_url = LocalFileSystem._logo_url  # Prefect's: it is a file on this machine
     # Its semantics are SQS's: leases are visibility timeouts, redrive moves to the DLQ.
@@ -154,8 +156,6 @@ class LocalTaskQueue(TaskQueue):
                     f"{row[0]}, not {self.max_receive_count}; use max_receive_count={row[0]} "
                     "or another queue_name"
                 )
-
-    deduplicates = True
 
     def send(
         self,

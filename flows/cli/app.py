@@ -21,7 +21,10 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr)
 
 
-#: ``--debug`` / ``TQFLOW_DEBUG=1``: show tracebacks instead of one-sentence errors.
+#: ``--debug`` / ``TQFLOW_DEBUG=1``: show tracebacks instead of one-sentence errors. Set by the
+#: root callback on every invocation. It lives here, not on the command line's context, because
+#: typer 0.29 runs commands in its own vendored click, whose current context `errors_explained`
+#: cannot reach without changing every command's signature.
 _debug = {"on": os.environ.get("TQFLOW_DEBUG", "") not in ("", "0", "false")}
 
 
