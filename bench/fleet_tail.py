@@ -25,7 +25,7 @@ def _seconds(iso: str) -> float:
 def idle_after_first_drain(storage, batch: str) -> tuple[float, float, int]:
     """Worker-seconds the fleet spent after every item but the failing one was done, the wall
     time the batch took, and how many workers ran."""
-    from tqflow.engine.outputs import outputs_prefix
+    from tqflow.engine.layout import outputs_prefix
     from tqflow.engine.reports import read_reports
 
     records = storage.get_json_many(list(storage.list(outputs_prefix(batch))))

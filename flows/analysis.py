@@ -22,8 +22,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.artifacts import artifact_key
+from tqflow.engine.layout import analysis_plot_path, analysis_table_path, outputs_prefix
 from tqflow.engine.messages import check_batch
-from tqflow.engine.outputs import outputs_prefix
 from tqflow.results_summary import summarise
 from tqflow.results_table import build_results_table, output_paths
 
@@ -50,7 +50,7 @@ def analyse(storage: CloudFilesStorage, batch: str) -> Analysis | None:
     paths = output_paths(storage, batch)
     if not paths:
         return None
-    table_path = f"{batch}/analysis/results.parquet"
+    table_path = analysis_table_path(batch)
     notes = []
     with tempfile.TemporaryDirectory(prefix="tqflow-analysis-") as folder:
         table = build_results_table(storage, paths, folder)
@@ -72,7 +72,7 @@ def analyse(storage: CloudFilesStorage, batch: str) -> Analysis | None:
         )
     plot_path = None
     if summary.png is not None:
-        plot_path = f"{batch}/analysis/summary.png"
+        plot_path = analysis_plot_path(batch)
         storage.put(plot_path, summary.png, content_type="image/png")
     return Analysis(
         table.rows, table_path, plot_path, summary.png, summary.rows, notes + summary.notes

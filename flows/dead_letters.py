@@ -16,8 +16,8 @@ from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.artifacts import artifact_key
 from tqflow.engine.contracts import DeadLetter
+from tqflow.engine.layout import error_path
 from tqflow.engine.messages import TaskMessage, check_batch, decode
-from tqflow.engine.outputs import error_path
 from tqflow.errors import MessageError
 
 

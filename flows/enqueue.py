@@ -24,8 +24,8 @@ from blocks.queues import QueueParameter, TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.allowed_modules import record_batch_function
+from tqflow.engine.layout import enqueued_prefix, output_path, outputs_prefix
 from tqflow.engine.messages import resolve, task_messages
-from tqflow.engine.outputs import output_path, outputs_prefix
 from tqflow.errors import BadArgumentsError, EnqueueInterruptedError, ItemSourceError
 from tqflow.items import Items, exact_column, from_values, read_file
 
@@ -72,7 +72,7 @@ class SentRecord:
 
     def __init__(self, storage: CloudFilesStorage, batch: str, queue_name: str):
         self.storage = storage
-        self.prefix = f"{batch}/enqueued/{queue_name}/"
+        self.prefix = enqueued_prefix(batch, queue_name)
 
     def keys(self) -> set[str]:
         paths = [p for p in self.storage.list(self.prefix) if p.endswith(".txt")]

@@ -27,9 +27,9 @@ from flows.cli.options import Target
 from flows.enqueue import ItemSource, enqueue
 from tqflow.artifacts import artifact_key
 from tqflow.dashboard import BatchDashboard
+from tqflow.engine.layout import errors_prefix, outputs_prefix
 from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
-from tqflow.engine.outputs import outputs_prefix
 from tqflow.engine.reports import BatchTally, batch_tally, read_reports
 from tqflow.errors import BadArgumentsError, BatchTimeLimitError, DeadLettersError, WorkersLostError
 from tqflow.fleet.base import Fleet
@@ -262,7 +262,7 @@ def pipeline(
             f"{progress.dead_lettered} of {total} items of batch {batch!r} ended in the "
             f"dead-letter queue of {queue.queue_name!r}. See why with "
             f"`tqflow dead-letters list {flags}` (tracebacks in "
-            f"{storage.url(f'{batch}/errors/')}); after fixing the cause, send them back with "
+            f"{storage.url(errors_prefix(batch))}); after fixing the cause, send them back with "
             f"`tqflow dead-letters redrive {flags}` and run them with `tqflow work {flags}` "
             "or this pipeline again"
         )

@@ -33,7 +33,7 @@ def task_queue_bodies(folder: Path, tasks: list) -> list[str]:
 
 def write_outputs(storage, results: dict[str, object], batch: str = "b") -> None:
     """One worker output per key of ``results``, as a worker writes it."""
-    from tqflow.engine.outputs import output_path
+    from tqflow.engine.layout import output_path
 
     for key, result in results.items():
         storage.put_json(

@@ -23,8 +23,8 @@ from tests.cave_service import (
     cave_registrations,
 )
 from tests.helpers import enqueue
+from tqflow.engine.layout import output_path
 from tqflow.engine.options import WorkerOptions
-from tqflow.engine.outputs import output_path
 from tqflow.engine.worker import Worker
 from tqflow.errors import CAVEQueryError, CredentialsError
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from flows.enqueue import ItemSource, done_outputs, enqueue_items
-from tqflow.engine.outputs import output_path
+from tqflow.engine.layout import output_path
 from tqflow.errors import BadArgumentsError, ItemSourceError, MessageTooLargeError
 
 

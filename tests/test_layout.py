@@ -119,3 +119,35 @@ def test_every_tqflow_error_is_defined_in_the_errors_module():
         if cls.__module__ != "tqflow.errors" and not cls.__module__.startswith("tests"):
             elsewhere.append(f"{cls.__module__}.{cls.__qualname__}")
     assert not elsewhere, f"define these in tqflow/errors.py: {elsewhere}"
+
+
+#: A batch folder's subfolders and files: named in `tqflow.engine.layout` only.
+BATCH_FOLDER_PARTS = (
+    "/outputs/",
+    "/errors/",
+    "/workers/",
+    "/analysis/",
+    "/enqueued/",
+    "/batch.json",
+)
+LAYOUT = ENGINE / "layout.py"
+
+
+def _spelled_out_batch_paths(path: Path) -> list[str]:
+    """f-strings of ``path`` that build a batch-folder path themselves (``f"{batch}/outputs/"``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(
+                part.value if isinstance(part, ast.Constant) else "{}" for part in node.values
+            )
+            if any(part in text for part in BATCH_FOLDER_PARTS) and text.startswith("{}"):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text}")
+    return found
+
+
+def test_only_the_layout_module_spells_out_a_batch_folders_paths():
+    sources = [p for package in PROJECT_PACKAGES for p in (ROOT / package).rglob("*.py")]
+    found = [hit for p in sources if p != LAYOUT for hit in _spelled_out_batch_paths(p)]
+    assert not found, found
+    assert _spelled_out_batch_paths(LAYOUT)  # the check sees what it looks for

@@ -13,7 +13,7 @@ from flows.dead_letters import dead_letters
 from flows.pipeline import pipeline
 from flows.worker import worker
 from tests.helpers import both_backends, enqueue, runs, sqs_only
-from tqflow.engine.outputs import output_path
+from tqflow.engine.layout import output_path
 from tqflow.errors import DeadLettersError
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

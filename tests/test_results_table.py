@@ -7,7 +7,7 @@ import pytest
 
 from blocks import CloudFilesStorage
 from tests.helpers import write_outputs
-from tqflow.engine.outputs import output_path
+from tqflow.engine.layout import output_path
 from tqflow.results_table import build_results_table, output_paths
 
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tests.helpers import enqueue, run_worker
-from tqflow.engine.outputs import output_path
+from tqflow.engine.layout import output_path
 from tqflow.engine.reports import BatchTally
 from tqflow.errors import ResourcePlanError
 from tqflow.gke import right_size

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from tests.helpers import child_env, enqueue
-from tqflow.engine.outputs import output_path
+from tqflow.engine.layout import output_path
 
 
 @pytest.fixture

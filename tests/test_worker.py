@@ -7,7 +7,7 @@ import time
 from functools import partial
 
 from tests.helpers import enqueue, run_worker, runs, wait_until
-from tqflow.engine.outputs import output_path
+from tqflow.engine.layout import output_path
 
 
 def test_worker_writes_every_output_and_empties_the_queue(queue_factory, storage):

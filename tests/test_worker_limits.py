@@ -20,9 +20,9 @@ from blocks import CloudFilesStorage, LocalTaskQueue
 from flows.enqueue import enqueue_items
 from tests.helpers import child_env, enqueue, run_worker
 from tqflow.engine import process as worker_process
+from tqflow.engine.layout import error_path
 from tqflow.engine.lease_keeper import LeaseKeeper
 from tqflow.engine.options import WorkerOptions
-from tqflow.engine.outputs import error_path
 from tqflow.engine.worker import Worker
 
 

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tqflow.engine.contracts import StorageReader
-from tqflow.engine.outputs import key_of_output, outputs_prefix
+from tqflow.engine.layout import key_of_output, outputs_prefix
 
 #: Output records read and converted at a time.
 CHUNK_ROWS = 20_000

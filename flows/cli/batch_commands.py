@@ -240,7 +240,7 @@ def status(
 ) -> None:
     """Show the queue (with its dead-letter queue) and what the batch's workers did."""
     from tqflow.dashboard import failure_lines, resource_lines
-    from tqflow.engine.outputs import outputs_prefix
+    from tqflow.engine.layout import outputs_prefix
     from tqflow.engine.reports import batch_tally, read_reports
 
     q, storage, batch = target.queue(must_exist=True), target.storage(), target.batch
@@ -298,7 +298,7 @@ def analyze(target: Target) -> None:
     """Collect the batch's outputs into <batch>/analysis/results.parquet."""
     from flows.analysis import analysis
     from flows.cli import prefect_api
-    from tqflow.engine.outputs import outputs_prefix
+    from tqflow.engine.layout import outputs_prefix
 
     batch, storage = target.batch, target.storage()
     prefect_api.prepare()

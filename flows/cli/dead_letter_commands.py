@@ -10,6 +10,7 @@ from rich.table import Table
 
 from flows.cli.app import console, dead_app
 from flows.cli.options import Target, target_options
+from tqflow.engine.layout import errors_prefix
 
 
 @dead_app.command("list")
@@ -45,7 +46,7 @@ def dead_letters_list(
     console().print(table)
     flags = target.flags()
     console().print(
-        f"tracebacks: {storage.url(f'{batch}/errors/')}<key>.json; after fixing the cause: "
+        f"tracebacks: {storage.url(errors_prefix(batch))}<key>.json; after fixing the cause: "
         f"`tqflow dead-letters redrive {flags}`",
         soft_wrap=True,
     )

@@ -9,8 +9,8 @@ import json
 from blocks import CAVECredentials
 from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
+from tqflow.engine.layout import error_path, output_path
 from tqflow.engine.messages import decode
-from tqflow.engine.outputs import error_path, output_path
 from tqflow.errors import MessageError
 
 GOOD = scaled(20, 500)

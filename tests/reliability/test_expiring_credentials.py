@@ -14,7 +14,7 @@ from blocks import CloudFilesStorage
 from tests.conftest import sqs_credentials
 from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
-from tqflow.engine.outputs import outputs_prefix
+from tqflow.engine.layout import outputs_prefix
 
 ITEMS = scaled(12, 200)
 

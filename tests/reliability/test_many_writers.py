@@ -8,7 +8,7 @@ import pytest
 from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
 from tests.tasks import executions
-from tqflow.engine.outputs import outputs_prefix
+from tqflow.engine.layout import outputs_prefix
 
 WORKERS = 4
 #: moto's server slows as its queue grows (~150 sends/s at 500 messages), so fewer on SQS.

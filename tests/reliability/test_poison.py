@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.helpers import enqueue
-from tqflow.engine.outputs import error_path, output_path
+from tqflow.engine.layout import error_path, output_path
 
 
 def test_poison_task_is_dead_lettered_after_exactly_max_receive_count_with_every_traceback(

@@ -25,7 +25,7 @@ from blocks import LocalTaskQueue
 from flows.worker import worker
 from tests.helpers import enqueue, wait_until
 from tests.reliability.conftest import scaled
-from tqflow.engine.outputs import outputs_prefix
+from tqflow.engine.layout import outputs_prefix
 
 ITEMS = scaled(400, 1_500)
 OUTAGE_SECONDS = scaled(5, 10)

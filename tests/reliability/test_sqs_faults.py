@@ -15,8 +15,8 @@ from tests.helpers import enqueue, sqs_only
 from tests.reliability.conftest import scaled
 from tests.sqs_faults import SQSFaults
 from tests.tasks import executions
+from tqflow.engine.layout import outputs_prefix
 from tqflow.engine.options import WorkerOptions
-from tqflow.engine.outputs import outputs_prefix
 from tqflow.engine.worker import Worker
 from tqflow.errors import QueueError
 

@@ -16,7 +16,7 @@ from tests.conftest import service_account_info
 from tests.helpers import enqueue, wait_until
 from tests.reliability.conftest import scaled
 from tests.services import StorageEmulator, TcpProxy
-from tqflow.engine.outputs import outputs_prefix
+from tqflow.engine.layout import outputs_prefix
 
 BUCKET = "outage-bucket"
 ITEMS = scaled(80, 600)

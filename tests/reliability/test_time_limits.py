@@ -7,7 +7,7 @@ import time
 
 from flows.enqueue import enqueue_items
 from tests.reliability.conftest import scaled
-from tqflow.engine.outputs import error_path, output_path
+from tqflow.engine.layout import error_path, output_path
 
 ITEMS = scaled(6, 60)
 HUNG = scaled([2], [3, 17, 41])

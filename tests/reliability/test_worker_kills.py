@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import enqueue, runs, wait_until
 from tests.reliability.conftest import scaled
 from tests.tasks import executions
-from tqflow.engine.outputs import output_path, outputs_prefix
+from tqflow.engine.layout import output_path, outputs_prefix
 
 KILLS = 20
 #: Enough work that every victim is killed mid-batch: each runs at most ~0.3 s of 20 ms tasks

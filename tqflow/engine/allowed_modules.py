@@ -19,15 +19,12 @@ import threading
 from typing import Iterable
 
 from tqflow.engine.contracts import Storage
+from tqflow.engine.layout import batch_record_path
 from tqflow.engine.messages import TaskMessage
 from tqflow.errors import CorruptFileError, TaskNotAllowedError
 
 #: Always allowed: tqflow's example tasks.
 BUILT_IN = ("tqflow.examples",)
-
-
-def batch_record_path(batch: str) -> str:
-    return f"{batch}/batch.json"
 
 
 def record_batch_function(storage: Storage, batch: str, fn: str) -> str:

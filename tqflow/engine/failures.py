@@ -18,9 +18,10 @@ import traceback
 from typing import Any, Callable, Optional
 
 from tqflow.engine.contracts import Lease, Queue, Storage
+from tqflow.engine.layout import error_path
 from tqflow.engine.lease_keeper import LeaseKeeper
 from tqflow.engine.messages import TaskMessage, item_key
-from tqflow.engine.outputs import error_path, failed_attempt
+from tqflow.engine.outputs import failed_attempt
 from tqflow.engine.retries import retry_delay
 from tqflow.engine.stats import Outcome
 from tqflow.engine.task_resources import TaskResources

@@ -1,9 +1,5 @@
-"""Where a batch's files live in storage, and what an output record holds.
-
-<batch>/outputs/<key>.json   the task's return value and what produced it; also the
-                             "done" marker that makes re-runs skip the item
-<batch>/errors/<key>.json    every failed attempt of the task, with its traceback
-"""
+"""What an output record (``<batch>/outputs/<key>.json``) and a failed attempt hold, and how a
+task's return value is made storable. Where they live: `tqflow.engine.layout`."""
 
 from __future__ import annotations
 
@@ -14,23 +10,6 @@ from typing import Any
 
 from tqflow.engine.messages import TaskMessage
 from tqflow.errors import ResultNotJSONError
-
-
-def output_path(batch: str, key: str) -> str:
-    return f"{batch}/outputs/{key}.json"
-
-
-def error_path(batch: str, key: str) -> str:
-    return f"{batch}/errors/{key}.json"
-
-
-def outputs_prefix(batch: str) -> str:
-    return f"{batch}/outputs/"
-
-
-def key_of_output(path: str) -> str:
-    """The item key from an output path (``<batch>/outputs/<key>.json``)."""
-    return path.rsplit("/", 1)[-1].removesuffix(".json")
 
 
 def now_iso() -> str:

@@ -24,14 +24,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from tqflow.engine.contracts import Storage, StorageReader
+from tqflow.engine.layout import report_path, reports_prefix
 from tqflow.engine.outputs import now_iso
 from tqflow.engine.stats import Outcome
 from tqflow.engine.task_resources import TaskResources
-
-
-def reports_prefix(batch: str) -> str:
-    return f"{batch}/workers/"
-
 
 #: Keys kept per error type, and the length of its example traceback.
 ERROR_KEYS = 5
@@ -201,9 +197,7 @@ class WorkerReports:
             ]
         for record in records:
             try:
-                self.storage.put_json(
-                    f"{reports_prefix(record['batch'])}{self.report}.json", record
-                )
+                self.storage.put_json(report_path(record["batch"], self.report), record)
             except Exception as exc:  # a report is a summary: it never stops the work
                 with self._lock:
                     self._changed.add(record["batch"])  # written next time

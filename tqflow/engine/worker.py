@@ -39,10 +39,11 @@ from typing import Any, Callable, Optional
 from tqflow.engine.allowed_modules import AllowedModules
 from tqflow.engine.contracts import CAVESource, Lease, Queue, Storage
 from tqflow.engine.failures import Failures
+from tqflow.engine.layout import output_path
 from tqflow.engine.lease_keeper import LeaseKeeper
 from tqflow.engine.messages import TaskMessage, bind, decode, resolve
 from tqflow.engine.options import WorkerOptions
-from tqflow.engine.outputs import output_path, output_record, storable_result
+from tqflow.engine.outputs import output_record, storable_result
 from tqflow.engine.reports import WorkerReports
 from tqflow.engine.retries import RetryRule, retry_delay
 from tqflow.engine.stats import Outcome, StopReason, WorkerStats

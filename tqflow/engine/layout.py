@@ -1,0 +1,61 @@
+"""Where a batch's files live in storage: every path of a batch folder is named here, and
+everything else asks this module.
+
+<batch>/batch.json                       the task functions the batch runs (workers run only
+                                         those, or allowed modules: `allowed_modules`)
+<batch>/enqueued/<queue>/<step>.txt      the keys an enqueue sent to a queue that cannot
+                                         deduplicate, so a re-run sends only what is missing
+<batch>/outputs/<key>.json               the task's return value and what produced it; also the
+                                         "done" marker that makes re-runs skip the item
+<batch>/errors/<key>.json                every failed attempt of the task, with its traceback
+<batch>/workers/<report>.json            what each worker did for the batch (`reports`)
+<batch>/analysis/results.parquet         the analysis: one row per output
+<batch>/analysis/summary.png             and its plot
+"""
+
+from __future__ import annotations
+
+
+def batch_record_path(batch: str) -> str:
+    return f"{batch}/batch.json"
+
+
+def enqueued_prefix(batch: str, queue_name: str) -> str:
+    return f"{batch}/enqueued/{queue_name}/"
+
+
+def outputs_prefix(batch: str) -> str:
+    return f"{batch}/outputs/"
+
+
+def output_path(batch: str, key: str) -> str:
+    return f"{outputs_prefix(batch)}{key}.json"
+
+
+def key_of_output(path: str) -> str:
+    """The item key from an output path (``<batch>/outputs/<key>.json``)."""
+    return path.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def errors_prefix(batch: str) -> str:
+    return f"{batch}/errors/"
+
+
+def error_path(batch: str, key: str) -> str:
+    return f"{errors_prefix(batch)}{key}.json"
+
+
+def reports_prefix(batch: str) -> str:
+    return f"{batch}/workers/"
+
+
+def report_path(batch: str, report: str) -> str:
+    return f"{reports_prefix(batch)}{report}.json"
+
+
+def analysis_table_path(batch: str) -> str:
+    return f"{batch}/analysis/results.parquet"
+
+
+def analysis_plot_path(batch: str) -> str:
+    return f"{batch}/analysis/summary.png"
