@@ -186,3 +186,18 @@ def test_a_corrupt_batch_record_dead_letters_at_once_and_a_new_enqueue_mends_it(
     enqueue_items(queue, storage, "tests.tasks:square", range(3), "b")  # writes it anew
     assert queue.redrive() == 3
     assert run_worker(queue, storage)["succeeded"] == 3
+
+
+def test_the_worker_log_writes_to_the_stderr_of_the_moment_not_the_one_it_was_made_with(capsys):
+    # The handler is made once per process, by whichever run comes first; a redirect that has
+    # ended since (a test's capture) must not keep the worker's lines.
+    import contextlib
+    import io
+    import logging
+
+    from tqflow.engine.process import log_to_stderr
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        log_to_stderr()
+    logging.getLogger("tqflow.worker").warning("a line after the redirect ended")
+    assert "a line after the redirect ended" in capsys.readouterr().err

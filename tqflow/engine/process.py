@@ -174,13 +174,27 @@ def spawn(
     return process
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted: a handler
+    holding the stream it was made with kept writing to a redirect that had ended (a test's
+    capture, so a later test in the same process saw none of the worker's lines)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # StreamHandler.__init__ sets it; the current stderr is always used
+
+
 def log_to_stderr(level: int = logging.INFO) -> logging.Logger:
     """Send tqflow's log records to stderr (once per process) and return the worker's logger.
     Prefect configures the root logger when it is imported (at WARNING), so
     ``logging.basicConfig`` would do nothing here."""
     logger = logging.getLogger("tqflow")
     if not any(getattr(h, "tqflow_stderr", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.tqflow_stderr = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
