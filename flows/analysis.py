@@ -26,6 +26,7 @@ from tqflow.engine.layout import analysis_plot_path, analysis_table_path, output
 from tqflow.engine.messages import check_batch
 from tqflow.results_summary import summarise
 from tqflow.results_table import build_results_table, output_paths
+from tqflow.shard_index import ShardIndex
 
 #: Plots up to this size are embedded in the markdown artifact; larger ones are linked.
 _EMBED_LIMIT_BYTES = 200_000
@@ -53,7 +54,11 @@ def analyse(storage: CloudFilesStorage, batch: str) -> Analysis | None:
     table_path = analysis_table_path(batch)
     notes = []
     with tempfile.TemporaryDirectory(prefix="tqflow-analysis-") as folder:
-        table = build_results_table(storage, paths, folder)
+        shards = ShardIndex.build(storage, batch, folder)
+        try:
+            table = build_results_table(storage, paths, folder, shards=shards)
+        finally:
+            shards.close()
         with open(table.path, "rb") as f:
             storage.put(table_path, f.read())
         summary = summarise(table, batch)

@@ -5,8 +5,9 @@ fields (or one ``result`` column when the result is not a dict), then ``task_sec
 ``task_attempt`` and ``task_worker``. A result field named like one of those (`OWN_COLUMNS`) is
 kept as ``result.<name>`` beside it, so a result never replaces the key that joins it to its item.
 
-Chunks of ``chunk_rows`` records are read in parallel (`CloudFilesStorage.get_json_many`),
-turned into Arrow columns and written as parts to a local folder; the parts are then joined
+Chunks of ``chunk_rows`` records are taken from the batch's shards where they hold them
+(`tqflow.shard_index`: a thousand records a request) and read in parallel from the outputs
+otherwise (`CloudFilesStorage.get_json_many`), turned into Arrow columns and written as parts to a local folder; the parts are then joined
 into one file under one schema: a column missing from a part is null there; a column that is
 int in one part and float in another is float, unless its integers are too large for a float
 to hold exactly (root IDs), when it is JSON text; a column whose values mix kinds (numbers and
@@ -27,8 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tqflow.engine.contracts import StorageReader
+from tqflow.engine.contracts import JSONFiles, StorageReader
 from tqflow.engine.layout import key_of_output, outputs_prefix
+from tqflow.shard_index import ShardIndex
 
 #: Output records read and converted at a time.
 CHUNK_ROWS = 20_000
@@ -72,16 +74,21 @@ def output_paths(storage: StorageReader, batch: str) -> list[str]:
 
 
 def build_results_table(
-    storage: StorageReader, paths: list[str], folder: str, chunk_rows: int = CHUNK_ROWS
+    storage: StorageReader,
+    paths: list[str],
+    folder: str,
+    chunk_rows: int = CHUNK_ROWS,
+    shards: ShardIndex | None = None,
 ) -> ResultsTable:
-    """Write the records at ``paths`` into ``<folder>/results.parquet``."""
+    """Write the records at ``paths`` into ``<folder>/results.parquet``, each from ``shards``
+    when they hold its key, else from its output."""
     parts_folder = tempfile.mkdtemp(prefix="parts-", dir=folder)
     parts: list[str] = []
     wide: set[str] = set()
     left_out: dict[str, str] = {}
     left_out_count = 0
     for number, chunk in enumerate(_chunks(paths, chunk_rows)):
-        records = storage.get_json_many(chunk)
+        records = _records(storage, chunk, shards)
         bad = {path: f"not valid JSON ({why})" for path, why in records.corrupt.items()}
         rows = []
         for path in chunk:
@@ -109,6 +116,15 @@ def build_results_table(
             os.unlink(part)
     os.rmdir(parts_folder)
     return ResultsTable(path, rows_written, schema, left_out, left_out_count)
+
+
+def _records(storage: StorageReader, paths: list[str], shards: ShardIndex | None) -> JSONFiles:
+    """The records at ``paths``: the shards' where they have the key, the rest read."""
+    held = shards.records([key_of_output(p) for p in paths]) if shards is not None else {}
+    unheld = [p for p in paths if key_of_output(p) not in held]
+    records = storage.get_json_many(unheld) if unheld else JSONFiles()
+    records.update((p, held[key_of_output(p)]) for p in paths if key_of_output(p) in held)
+    return records
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

@@ -7,6 +7,9 @@ everything else asks this module.
                                          deduplicate, so a re-run sends only what is missing
 <batch>/outputs/<key>.json               the task's return value and what produced it; also the
                                          "done" marker that makes re-runs skip the item
+<batch>/shards/<writer>-<n>.json        the same output records, many to a file, as each
+                                         worker wrote them (`shards`): what the analysis reads
+                                         first, one request per thousand outputs
 <batch>/errors/<key>.json                every failed attempt of the task, with its traceback
 <batch>/workers/<report>.json            what each worker did for the batch (`reports`)
 <batch>/analysis/results.parquet         the analysis: one row per output
@@ -35,6 +38,14 @@ def output_path(batch: str, key: str) -> str:
 def key_of_output(path: str) -> str:
     """The item key from an output path (``<batch>/outputs/<key>.json``)."""
     return path.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def shards_prefix(batch: str) -> str:
+    return f"{batch}/shards/"
+
+
+def shard_path(batch: str, writer: str, number: int) -> str:
+    return f"{shards_prefix(batch)}{writer}-{number:06d}.json"
 
 
 def errors_prefix(batch: str) -> str:

@@ -46,6 +46,7 @@ from tqflow.engine.options import WorkerOptions
 from tqflow.engine.outputs import output_record, storable_result
 from tqflow.engine.reports import WorkerReports
 from tqflow.engine.retries import RetryRule, retry_delay
+from tqflow.engine.shards import ShardWriter
 from tqflow.engine.stats import Outcome, StopReason, WorkerStats
 from tqflow.engine.task_resources import ResourceMeter, TaskResources
 from tqflow.engine.time_limit import AsyncExceptionTimeLimit, TimeLimit, deadline
@@ -105,6 +106,7 @@ class Worker:
         self.stats = WorkerStats()
         self.meter = ResourceMeter()
         self.reports = WorkerReports(storage, self.name, self.options.report_seconds, self.log)
+        self.shards = ShardWriter(storage, self.name, self.log)
         self.cave = cave
         self._cave_client: Any = None
         # python-task-queue RegisteredTask classes register on import; the modules named to
@@ -180,6 +182,8 @@ class Worker:
                         break
                     lease = self._next_lease(keeper)
                     if lease is None:
+                        if idle_since is None:
+                            self.shards.flush()  # the analysis may run while the queue is empty
                         idle_since = idle_since or time.monotonic()
                         empty_polls += 1
                         if empty_polls >= 2 and (
@@ -212,6 +216,7 @@ class Worker:
             finally:
                 self.time_limit.close()
             # Leases still buffered are released when the keeper exits.
+        self.shards.flush()
         if self.stop.is_set():
             self.stats.stop_reason = StopReason.STOPPED
         self.stats.elapsed_seconds = time.monotonic() - started
@@ -349,6 +354,7 @@ class Worker:
                 resources=used.as_dict(),
             )
             self.storage.put_json(out, record)
+            self.shards.add(message.batch, record)
         except TaskTimeoutError:
             self.time_limit.disarm()  # raised while the task was being ended: end it now
             self.stats.timed_out += 1
