@@ -25,6 +25,7 @@ SCENARIOS = {
     "prefect": "bench.prefect_bench",
     "scale": "bench.scale",
     "scale-cloud": "bench.scale_cloud",
+    "cloud-latency": "bench.cloud_latency",
     "resume": "bench.resume",
     "fleet-scale": "bench.fleet_scale",
     "fleet-tail": "bench.fleet_tail",

@@ -1,0 +1,221 @@
+"""Scenario: a batch's outputs in a bucket 30 ms away. fake-gcs-server (concurrent, in memory)
+behind `tests/http_proxy.py`, which delays every request by 0 or 30 ms; at 10^4 and 10^5
+outputs, side by side:
+
+- **analysis**: every output into one table, as the code before shards did it (list the
+  outputs, read each one) and as it does now (list the outputs, read the shards, read one by
+  one only what no shard holds); seconds, GCS requests per item, and the 30 ms / 0 ms ratio
+  (1.0: latency hidden). 10^6 is extrapolated along the measured slope from 10^4 to 10^5;
+- **resume check**: the listing of the outputs that an enqueue's skip check and the analysis
+  start with;
+- **status**: `read_reports` of a batch with 1,000 worker reports, what `tqflow status` and
+  each dashboard update read.
+
+The outputs, shards and reports are written straight to fake-gcs-server first (not timed).
+Each measurement runs in a fresh process, so no client keeps a connection to the last proxy.
+
+    python -m bench.run cloud-latency            # 10^4 and 10^5 (~25 minutes on 2 cores)
+    python -m bench.run cloud-latency --quick    # 2,000
+    python -m bench.cloud_latency 10000          # these sizes only; writes nothing
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+SIZES = (10_000, 100_000)
+QUICK_SIZES = (2_000,)
+DELAYS = (0.0, 0.03)
+REPORTS = 1_000
+BUCKET = "tqflow-bench"
+#: Threads the setup writes with, straight to the server.
+SETUP_THREADS = 40
+
+
+def _cloudfiles(folder: str, threads: int) -> Any:
+    from cloudfiles import CloudFiles
+    from google.auth.credentials import AnonymousCredentials
+
+    return CloudFiles(
+        f"gs://{BUCKET}/{folder}", secrets=AnonymousCredentials(), num_threads=threads
+    )
+
+
+def write_batch(endpoint: str, folder: str, n: int) -> None:
+    """``n`` outputs as a worker writes them, their shards, and `REPORTS` worker reports."""
+    from tqflow.engine.layout import output_path, report_path, shard_path
+    from tqflow.engine.messages import TaskMessage
+    from tqflow.engine.outputs import output_record
+    from tqflow.engine.shards import RECORDS_PER_SHARD
+
+    os.environ["STORAGE_EMULATOR_HOST"] = endpoint
+    cf = _cloudfiles(folder, SETUP_THREADS)
+    records = []
+    for i in range(n):
+        key = str(864691135000000000 + i)
+        message = TaskMessage(fn="tqflow.examples:skeleton_stats", key=key, batch="b", kwargs={})
+        result = {"root_id": int(key), "cable_length": i * 1.5, "branch_points": i % 97}
+        records.append(output_record(message, result, attempt=1, seconds=0.2, worker="w"))
+    files = [(output_path("b", r["key"]), json.dumps(r).encode()) for r in records]
+    for number, start in enumerate(range(0, n, RECORDS_PER_SHARD)):
+        shard = {"records": records[start : start + RECORDS_PER_SHARD]}
+        files.append((shard_path("b", "w", number), json.dumps(shard).encode()))
+    report = {"worker": "w", "batch": "b", "counts": {"succeeded": n // REPORTS}}
+    for r in range(REPORTS):
+        files.append((report_path("b", f"w{r}"), json.dumps({**report, "report": r}).encode()))
+    cf.puts(files, content_type="application/json", compress=None)
+
+
+def measure(endpoint: str, folder: str, counts_url: str) -> dict[str, float]:
+    """In this process: the analysis before and after shards, the listing, the status read;
+    the requests the proxy forwarded for the analysis with shards."""
+    import httpx
+
+    from blocks.storage import CloudFilesStorage
+    from tqflow.engine.reports import read_reports
+    from tqflow.results_table import build_results_table, output_paths
+    from tqflow.shard_index import ShardIndex
+
+    os.environ["STORAGE_EMULATOR_HOST"] = endpoint
+    storage = CloudFilesStorage(cloudpath=f"gs://{BUCKET}/{folder}")
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as local:
+        started = time.perf_counter()
+        paths = output_paths(storage, "b")
+        figures["list_seconds"] = time.perf_counter() - started
+        httpx.post(counts_url.replace("counts", "reset"), timeout=60)
+        started = time.perf_counter()
+        paths = output_paths(storage, "b")
+        shards = ShardIndex.build(storage, "b", local)
+        table = build_results_table(storage, paths, local, shards=shards)
+        figures["analysis_seconds"] = time.perf_counter() - started
+        counts = httpx.get(counts_url, timeout=60).json()["forwarded"]
+        figures["analysis_requests"] = sum(counts.values())
+        assert table.rows == len(paths), (table.rows, len(paths))
+        shards.close()
+        os.unlink(table.path)
+        started = time.perf_counter()
+        before = build_results_table(storage, output_paths(storage, "b"), local)
+        figures["analysis_before_seconds"] = time.perf_counter() - started
+        assert before.rows == len(paths)
+    started = time.perf_counter()
+    reports = read_reports(storage, "b")
+    figures["status_seconds"] = time.perf_counter() - started
+    assert len(reports) == REPORTS
+    return figures
+
+
+def run(runs: int = 1, quick: bool = False, sizes: tuple[int, ...] | None = None) -> list[dict]:
+    """``runs`` is the other scenarios' knob: each size runs once."""
+    from tests.services import FakeGCS, http_proxy
+
+    sizes = sizes or (QUICK_SIZES if quick else SIZES)
+    by: dict[tuple[int, float], dict[str, float]] = {}
+    with FakeGCS(BUCKET) as gcs:
+        for n in sizes:
+            folder = uuid.uuid4().hex[:8]
+            _in_process("write", gcs.endpoint, folder, str(n))
+            for delay in DELAYS:
+                with http_proxy(gcs.endpoint, delay_seconds=delay) as proxy:
+                    counts = f"{proxy.endpoint}/__proxy__/counts"
+                    by[n, delay] = json.loads(
+                        _in_process("measure", proxy.endpoint, folder, counts)
+                    )
+    return rows_from(by, sizes)
+
+
+def rows_from(by: dict[tuple[int, float], dict[str, float]], sizes: tuple[int, ...]) -> list[dict]:
+    fast_delay, slow_delay = DELAYS
+    ms = f"{slow_delay * 1000:.0f} ms"
+    rows: list[dict[str, Any]] = []
+    for n in sizes:
+        slow, fast = by[n, slow_delay], by[n, fast_delay]
+        hidden = slow["analysis_seconds"] / fast["analysis_seconds"]
+        rows += [
+            {
+                "measure": f"{n:,} outputs at {ms}: analysis before shards / now",
+                "value": f"{slow['analysis_before_seconds']:.1f} / {slow['analysis_seconds']:.1f}"
+                f" ({slow['analysis_before_seconds'] / slow['analysis_seconds']:.1f}x)",
+                "unit": "s",
+            },
+            {
+                "measure": f"{n:,} outputs: analysis now, {ms} / 0 ms",
+                "value": f"{hidden:.2f} ({slow['analysis_seconds']:.1f} / "
+                f"{fast['analysis_seconds']:.1f} s)",
+                "unit": "",
+                "target": "<= 1.5 (latency hidden)",
+                "met": hidden <= 1.5,
+            },
+            {
+                "measure": f"{n:,} outputs: GCS requests per item, analysis now",
+                "value": round(slow["analysis_requests"] / n, 4),
+                "unit": "requests",
+            },
+            {
+                "measure": f"{n:,} outputs at {ms}: listing them (the resume check's read)",
+                "value": round(slow["list_seconds"], 1),
+                "unit": "s",
+                "target": "<= 30 s at 10^5",
+                "met": slow["list_seconds"] <= 30 if n >= 100_000 else None,
+            },
+            {
+                "measure": f"{REPORTS:,} worker reports at {ms}: status / a dashboard update",
+                "value": round(slow["status_seconds"], 2),
+                "unit": "s",
+                "target": "<= 2 s",
+                "met": slow["status_seconds"] <= 2,
+            },
+        ]
+    if len(sizes) >= 2:
+        small, large = sizes[0], sizes[-1]
+        rise = by[large, slow_delay]["analysis_seconds"] - by[small, slow_delay]["analysis_seconds"]
+        slope = rise / (large - small)
+        at_million = by[large, slow_delay]["analysis_seconds"] + slope * (1_000_000 - large)
+        rows.append(
+            {
+                "measure": f"10^6 outputs at {ms}: analysis now, extrapolated along the slope "
+                f"from {small:,} to {large:,} ({slope * 1000:.2f} ms an item)",
+                "value": round(at_million),
+                "unit": "s",
+                "target": "<= 180 s",
+                "met": at_million <= 180,
+            }
+        )
+    return rows
+
+
+def _in_process(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.cloud_latency", "--step", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed:\n{result.stderr[-3000:]}")
+    return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--step"]:
+        step, endpoint, folder, extra = sys.argv[2:6]
+        import logging
+
+        logging.getLogger("tqflow").setLevel(logging.WARNING)
+        if step == "write":
+            write_batch(endpoint, folder, int(extra))
+        else:
+            print(json.dumps(measure(endpoint, folder, extra)))
+    else:
+        from bench.run import table
+
+        rows = run(sizes=tuple(int(a) for a in sys.argv[1:]) or None)
+        print(table([{"scenario": "cloud-latency", **row} for row in rows]))
