@@ -335,6 +335,23 @@ class CloudFilesStorage(WritableFileSystem):
                 f"cannot read {self.url(path)}: {type(exc).__name__}: {exc}"
             ) from exc
 
+    def read_url(self, url: str) -> bytes | None:
+        """The content of a file anywhere else (``gs://``, ``s3://`` or ``file://`` URL), e.g.
+        a batch's items file; ``None`` if it does not exist. A URL of this block's protocol is
+        read with its credentials (and S3 endpoint); another protocol with cloud-files' own."""
+        scheme, sep, rest = url.partition("://")
+        folder, slash, name = url.rpartition("/")
+        if scheme not in ("gs", "s3", "file") or not sep or not slash or not rest or not name:
+            raise StorageError(
+                f"{url!r} is not a file URL tqflow reads: give gs://bucket/path/file, "
+                "s3://bucket/path/file or file:///path/file"
+            )
+        if scheme == self.cloudpath.partition("://")[0]:
+            there = self.model_copy(update={"cloudpath": folder})
+        else:
+            there = CloudFilesStorage(cloudpath=folder)
+        return there.get(name)
+
     def get_json(self, path: str) -> Any:
         """The JSON at ``path``, or ``None`` if it does not exist. `CorruptFileError` if it
         is not JSON."""

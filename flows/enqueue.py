@@ -27,7 +27,7 @@ from tqflow.engine.allowed_modules import record_batch_function
 from tqflow.engine.layout import enqueued_prefix, output_path, outputs_prefix
 from tqflow.engine.messages import resolve, task_messages
 from tqflow.errors import BadArgumentsError, EnqueueInterruptedError, ItemSourceError
-from tqflow.items import Items, exact_column, from_values, read_file
+from tqflow.items import Items, ItemsFile, exact_column, from_values, read_file, read_items_file
 
 #: Items from which the resume check lists the batch's outputs instead of checking each.
 LIST_OUTPUTS_FROM = 1_000
@@ -108,7 +108,9 @@ class ItemSource(BaseModel):
         default=None,
         description=(
             "Or a file of items: .txt (one per line), .csv / .tsv / .parquet (a column), "
-            ".jsonl (a value, or with column an object, per line) or .json (an array)."
+            ".jsonl (a value, or with column an object, per line) or .json (an array); a "
+            "local path, or a gs:// / s3:// URL read with the storage block's credentials "
+            "(what a deployment's run on a cluster can reach)."
         ),
     )
     column: Optional[str] = Field(
@@ -144,8 +146,13 @@ class ItemSource(BaseModel):
             )
         return self
 
-    def read(self, cave: Optional[CAVECredentials] = None) -> Items:
-        """The items, read exactly (`tqflow.items`); ``cave`` is needed for a ``cave_query``."""
+    def read(
+        self,
+        cave: Optional[CAVECredentials] = None,
+        storage: Optional[CloudFilesStorage] = None,
+    ) -> Items:
+        """The items, read exactly (`tqflow.items`); ``cave`` is needed for a ``cave_query``,
+        ``storage`` (whose credentials read it) for an ``items_file`` at a gs:// / s3:// URL."""
         if self.items is not None:
             return from_values(self.items, "items", lambda i: f"items[{i}]")
         if self.cave_query is not None:
@@ -168,7 +175,17 @@ class ItemSource(BaseModel):
             return from_values(
                 _generated(self.items_from), source, lambda i: f"item {i + 1} of {source}"
             )
+        if "://" in self.items_file:
+            return read_items_file(self._download(self.items_file, storage), self.column)
         return read_file(Path(self.items_file).expanduser(), self.column)
+
+    @staticmethod
+    def _download(url: str, storage: Optional[CloudFilesStorage]) -> ItemsFile:
+        reader = storage or CloudFilesStorage(cloudpath="file:///")
+        content = reader.read_url(url)
+        if content is None:
+            raise ItemSourceError(f"items file {url} does not exist")
+        return ItemsFile(url, content)
 
 
 def _generated(items_from: str) -> Iterable[Any]:
@@ -321,7 +338,7 @@ def enqueue(
     storage = load_block(storage, CloudFilesStorage)
     cave = load_block(cave, CAVECredentials) if cave is not None else None
     logger = get_run_logger()
-    found = source.read(cave)
+    found = source.read(cave, storage)
     if found.report():
         logger.warning(found.report())
     result = enqueue_items(

@@ -23,10 +23,12 @@ refused, naming them. Lists given in Python (``items=[...]``) keep their strings
 from __future__ import annotations
 
 import decimal
+import io
 import json
 import math
 import re
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Optional
 
 from tqflow.errors import ItemSourceError
@@ -192,66 +194,92 @@ def exact_column(values: Iterable[Any], source: str, first_line: int = 1) -> Ite
 
 
 def read_file(path: Path, column: Optional[str]) -> Items:
-    """Items from a file in one of the `SUFFIXES` formats; ``column`` names the column of a
-    table or the key of JSON-lines objects, and is refused where it has no meaning."""
+    """Items from a local file in one of the `SUFFIXES` formats (`read_items_file`)."""
     if path.is_dir():
         raise ItemSourceError(f"items file {path} is a folder: give the file of items")
     if not path.is_file():
         raise ItemSourceError(f"items file {path} does not exist")
-    suffix = path.suffix.lower()
+    return read_items_file(ItemsFile(str(path), path.read_bytes()), column)
+
+
+@dataclass(frozen=True)
+class ItemsFile:
+    """An items file: its name as messages show it (a path, or a gs:// / s3:// URL) and its
+    content."""
+
+    name: str
+    content: bytes = field(repr=False)
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.name).suffix.lower()
+
+    @property
+    def basename(self) -> str:
+        return PurePosixPath(self.name).name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def read_items_file(file: ItemsFile, column: Optional[str]) -> Items:
+    """Items from a file in one of the `SUFFIXES` formats, wherever it was read from;
+    ``column`` names the column of a table or the key of JSON-lines objects, and is refused
+    where it has no meaning."""
+    suffix = file.suffix
     reader = _READERS.get(suffix)
     if reader is None:
         formats = "; ".join(f"{s} ({what})" for s, what in SUFFIXES.items())
         raise ItemSourceError(
-            f"items file {path} is not a format tqflow reads (suffix {suffix or 'none'!r}): "
+            f"items file {file} is not a format tqflow reads (suffix {suffix or 'none'!r}): "
             f"give {formats}"
         )
     if column is not None and suffix in (".txt", ".json"):
         raise ItemSourceError(
-            f"--column / column={column!r} has no meaning for {path}, a {suffix} file "
+            f"--column / column={column!r} has no meaning for {file}, a {suffix} file "
             f"({SUFFIXES[suffix]}): leave it out, or give a table (.csv, .tsv, .parquet) or "
             ".jsonl of objects"
         )
-    return reader(path, column)
+    return reader(file, column)
 
 
-def _read_text(path: Path, column: Optional[str]) -> Items:
+def _read_text(file: ItemsFile, column: Optional[str]) -> Items:
     values, empty, last = [], [], 0
-    for number, line in enumerate(_utf8(path).splitlines(), start=1):
+    for number, line in enumerate(_utf8(file).splitlines(), start=1):
         if line.strip().startswith("#"):
             continue
-        value = _text(line, f"{path} line {number}")
+        value = _text(line, f"{file} line {number}")
         if value is _EMPTY:
             empty.append(number)
             continue
         values.append(value)
         last = number
     # Blank lines after the last item are the end of the file, not empty cells.
-    return Items(values, str(path), [n for n in empty if n < last])
+    return Items(values, str(file), [n for n in empty if n < last])
 
 
-def _utf8(path: Path) -> str:
+def _utf8(file: ItemsFile) -> str:
     try:
-        return path.read_bytes().decode("utf-8-sig")
+        return file.content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ItemSourceError(_not_utf8(path, exc)) from None
+        raise ItemSourceError(_not_utf8(file, exc)) from None
 
 
-def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+def _not_utf8(file: ItemsFile, exc: UnicodeDecodeError) -> str:
     return (
-        f"items file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+        f"items file {file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
         f"{exc.start:,}; written as Latin-1 or Windows-1252?): save it as UTF-8, e.g. "
-        f"`iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}`"
+        f"`iconv -f latin1 -t utf-8 {file.basename} > utf8-{file.basename}`"
     )
 
 
-def _read_table(path: Path, column: Optional[str]) -> Items:
+def _read_table(file: ItemsFile, column: Optional[str]) -> Items:
     import pandas as pd
 
     try:
         frame = pd.read_csv(
-            path,
-            sep="\t" if path.suffix.lower() == ".tsv" else ",",
+            io.BytesIO(file.content),
+            sep="\t" if file.suffix == ".tsv" else ",",
             dtype=str,
             keep_default_na=False,
             skip_blank_lines=False,
@@ -260,22 +288,22 @@ def _read_table(path: Path, column: Optional[str]) -> Items:
         )
     except pd.errors.EmptyDataError:
         raise ItemSourceError(
-            f"{path} is empty: a table of items needs a header line naming its columns, "
+            f"{file} is empty: a table of items needs a header line naming its columns, "
             "e.g. 'root_id', then one item per line"
         ) from None
     except UnicodeDecodeError as exc:
-        raise ItemSourceError(_not_utf8(path, exc)) from None
+        raise ItemSourceError(_not_utf8(file, exc)) from None
     except pd.errors.ParserError as exc:
-        raise ItemSourceError(f"{path} is not a readable table ({exc})") from None
+        raise ItemSourceError(f"{file} is not a readable table ({exc})") from None
     named = column is not None
-    column = _pick_column(path, [str(c) for c in frame.columns], column)
+    column = _pick_column(file, [str(c) for c in frame.columns], column)
     if not named and _value_like(column):
         raise ItemSourceError(
-            f"{path} has no header line: its first line ({column!r}) is an item, not a column "
+            f"{file} has no header line: its first line ({column!r}) is an item, not a column "
             "name, and would be dropped. Add a header line naming the column (e.g. 'root_id'), "
             "or give the items as a .txt file, one per line"
         )
-    return exact_column(frame[column].tolist(), f"{path} column {column}", first_line=2)
+    return exact_column(frame[column].tolist(), f"{file} column {column}", first_line=2)
 
 
 def _value_like(name: str) -> bool:
@@ -287,23 +315,23 @@ def _value_like(name: str) -> bool:
     return isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())
 
 
-def _read_parquet(path: Path, column: Optional[str]) -> Items:
+def _read_parquet(file: ItemsFile, column: Optional[str]) -> Items:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(io.BytesIO(file.content))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ItemSourceError(f"{path} is not a readable Parquet file ({exc})") from None
-    column = _pick_column(path, list(schema.names), column)
-    array = pq.read_table(path, columns=[column]).column(column)
-    return exact_column(array.to_pylist(), f"{path} column {column}")
+        raise ItemSourceError(f"{file} is not a readable Parquet file ({exc})") from None
+    column = _pick_column(file, list(schema.names), column)
+    array = pq.read_table(io.BytesIO(file.content), columns=[column]).column(column)
+    return exact_column(array.to_pylist(), f"{file} column {column}")
 
 
-def _read_json_lines(path: Path, column: Optional[str]) -> Items:
+def _read_json_lines(file: ItemsFile, column: Optional[str]) -> Items:
     values, empty, last = [], [], 0
-    for number, line in enumerate(_utf8(path).splitlines(), start=1):
-        where = f"{path} line {number}"
+    for number, line in enumerate(_utf8(file).splitlines(), start=1):
+        where = f"{file} line {number}"
         if not line.strip():
             empty.append(number)
             continue
@@ -329,24 +357,24 @@ def _read_json_lines(path: Path, column: Optional[str]) -> Items:
             continue
         values.append(item)
         last = number
-    source = f"{path} key {column}" if column else str(path)
+    source = f"{file} key {column}" if column else str(file)
     return Items(values, source, [n for n in empty if n < last])
 
 
-def _read_json(path: Path, column: Optional[str]) -> Items:
+def _read_json(file: ItemsFile, column: Optional[str]) -> Items:
     try:
-        value = json.loads(_utf8(path))
+        value = json.loads(_utf8(file))
     except ValueError as exc:
-        raise ItemSourceError(f"{path} is not JSON ({exc})") from None
+        raise ItemSourceError(f"{file} is not JSON ({exc})") from None
     if not isinstance(value, list):
         raise ItemSourceError(
-            f"{path} holds a JSON {type(value).__name__}, not an array of items: write "
+            f"{file} holds a JSON {type(value).__name__}, not an array of items: write "
             "[864691135000000001, ...], or one item per line in a .jsonl file"
         )
-    return from_values(value, str(path), lambda i: f"{path} element {i + 1}")
+    return from_values(value, str(file), lambda i: f"{file} element {i + 1}")
 
 
-_READERS: dict[str, Callable[[Path, Optional[str]], Items]] = {
+_READERS: dict[str, Callable[[ItemsFile, Optional[str]], Items]] = {
     ".txt": _read_text,
     ".csv": _read_table,
     ".tsv": _read_table,
@@ -356,14 +384,14 @@ _READERS: dict[str, Callable[[Path, Optional[str]], Items]] = {
 }
 
 
-def _pick_column(path: Path, columns: list[str], column: Optional[str]) -> str:
+def _pick_column(file: ItemsFile, columns: list[str], column: Optional[str]) -> str:
     if column is None:
         if len(columns) != 1:
             raise ItemSourceError(
-                f"{path} has columns {columns}: name the one holding the items "
+                f"{file} has columns {columns}: name the one holding the items "
                 "(column=... / --column)"
             )
         return columns[0]
     if column not in columns:
-        raise ItemSourceError(f"{path} has no column {column!r}; it has {columns}")
+        raise ItemSourceError(f"{file} has no column {column!r}; it has {columns}")
     return column

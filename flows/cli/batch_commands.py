@@ -6,7 +6,6 @@ import contextlib
 import json
 import signal
 import threading
-from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
 import typer
@@ -99,8 +98,10 @@ def enqueue_command(
     target: Target,
     fn: str = typer.Argument(..., help="Task function, package.module:function."),
     items: Optional[List[str]] = typer.Option(None, "--item", help="An item (repeatable)."),
-    items_file: Optional[Path] = typer.Option(
-        None, help="File of items: .txt, .csv, .tsv, .parquet, .jsonl or .json."
+    items_file: Optional[str] = typer.Option(
+        None,
+        help="File of items: .txt, .csv, .tsv, .parquet, .jsonl or .json; a path, or a gs:// "
+        "or s3:// URL (read with the storage block's credentials).",
     ),
     column: Optional[str] = typer.Option(
         None, help="Column of the items file (key of .jsonl objects; of --cave-table)."
@@ -151,11 +152,13 @@ def enqueue_command(
     queue, storage = target.queue(), target.storage()
     found = ItemSource(
         items=[parse_item(i, f"--item #{n}") for n, i in enumerate(items, 1)] if items else None,
-        items_file=str(items_file) if items_file else None,
+        items_file=items_file,
         column=column if cave_table is None else None,
         items_from=items_from,
         cave_query=cave_query,
-    ).read(load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None)
+    ).read(
+        load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None, storage
+    )
     if found.report():
         console(stderr=True).print(f"[yellow]{found.report()}[/yellow]", soft_wrap=True)
     with _stop_on_signals() as stop:
