@@ -143,3 +143,49 @@ def test_a_python_task_queue_queue_without_dead_letter_queue_drains_and_keeps_wh
     assert json.loads(record["body"]) == json.loads(gone)  # the message itself, kept
     assert "attach_dead_letter_queue()" in record["advice"]
     assert "cannot import module 'gone.module'" in record["attempts"][-1]["error"]
+
+
+def _calls_of(queue) -> list[str]:
+    """The SQS operations ``queue``'s client sends from now on, in order."""
+    calls: list[str] = []
+    queue._client().meta.events.register(
+        "before-call.sqs.*", lambda model, **_: calls.append(model.name)
+    )
+    return calls
+
+
+@sqs_only
+def test_a_whole_dead_letter_queue_goes_back_in_one_message_move_task(queue_factory):
+    queue = queue_factory(max_receive_count=1)
+    bodies = [f"body-{i}" for i in range(230)]
+    queue.send(bodies)
+    while leases := queue.receive(max_messages=10):
+        for lease in leases:
+            queue.dead_letter(lease, "a bug, since fixed")
+    assert queue.counts().dead == 230
+    calls = _calls_of(queue)
+
+    assert queue.redrive() == 230
+
+    assert calls.count("StartMessageMoveTask") == 1
+    assert "ReceiveMessage" not in calls and "SendMessageBatch" not in calls
+    back = []
+    while leases := queue.receive(max_messages=10):
+        back += leases
+        queue.ack(leases)
+    assert sorted(lease.body for lease in back) == sorted(bodies)  # each once
+    assert {lease.receive_count for lease in back} == {1}
+    assert queue.counts().dead == 0
+
+
+@sqs_only
+def test_a_batchs_dead_letters_are_still_moved_one_by_one(queue_factory):
+    # SQS's move takes a whole queue; picking a batch's messages needs their bodies
+    queue = queue_factory(max_receive_count=1)
+    queue.send(["a", "b"])
+    for lease in queue.receive(max_messages=2):
+        queue.dead_letter(lease, "bug")
+    calls = _calls_of(queue)
+    assert queue.redrive(select=lambda body: body == "a") == 1
+    assert "StartMessageMoveTask" not in calls
+    assert [d.body for d in queue.dead_letters()] == ["b"]

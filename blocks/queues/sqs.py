@@ -39,6 +39,9 @@ _BATCH = 10
 _BATCH_BYTES = 262_144
 _MAX_WAIT = 20
 _MAX_VISIBILITY = 43_200
+#: Error codes of an SQS endpoint without StartMessageMoveTask (an older stand-in): redrive
+#: then moves the messages itself.
+_MOVE_UNSUPPORTED = ("InvalidAction", "NotImplemented", "InternalFailure", "InternalError")
 _NOT_OURS = {"ReceiptHandleIsInvalid", "AWS.SimpleQueueService.ReceiptHandleIsInvalid"}
 
 #: Message attributes a message dead-lettered by a worker carries.
@@ -471,6 +474,10 @@ class SQSTaskQueue(TaskQueue):
     def redrive(
         self, limit: int | None = None, select: Optional[Callable[[str], bool]] = None
     ) -> int:
+        if limit is None and select is None:
+            moved = self._move_dead_letter_queue()
+            if moved is not None:
+                return moved
         moved = 0
         passed: list[Lease] = []
         while limit is None or moved < limit:
@@ -492,6 +499,41 @@ class SQSTaskQueue(TaskQueue):
                 lambda lease: {"VisibilityTimeout": 0},
             )
         return moved
+
+    def _move_dead_letter_queue(self) -> int | None:
+        """The whole dead-letter queue moved back by SQS itself (StartMessageMoveTask: one
+        call, and SQS moves up to 500 messages a second, instead of a receive, a send and a
+        delete for every 10); ``None`` where the SQS endpoint lacks the call."""
+        client = self._client()
+        source, destination = (
+            client.get_queue_attributes(QueueUrl=self._url(name), AttributeNames=["QueueArn"])[
+                "Attributes"
+            ]["QueueArn"]
+            for name in (self.dlq_name, self.queue_name)
+        )
+        try:
+            client.start_message_move_task(SourceArn=source, DestinationArn=destination)
+        except ClientError as exc:
+            if _code(exc) in _MOVE_UNSUPPORTED or exc.response.get("ResponseMetadata", {}).get(
+                "HTTPStatusCode"
+            ) in (404, 501):
+                return None
+            raise QueueError(
+                f"SQS refused to move the dead letters of {self.dlq_name!r} back "
+                f"({_code(exc)}: {exc}); a move already running must end first (SQS console)"
+            ) from exc
+        waited = 0
+        while True:
+            [task] = client.list_message_move_tasks(SourceArn=source, MaxResults=1)["Results"]
+            if task["Status"] == "COMPLETED":
+                return int(task.get("ApproximateNumberOfMessagesMoved", 0))
+            if task["Status"] in ("FAILED", "CANCELLED", "CANCELLING"):
+                raise QueueError(
+                    f"moving the dead letters of {self.dlq_name!r} back ended "
+                    f"{task['Status']}: {task.get('FailureReason', 'no reason given')}"
+                )
+            time.sleep(min(5.0, 0.5 * 2**waited))
+            waited += 1
 
     def purge(self, dead_letters: bool = False) -> None:
         client = self._client()
