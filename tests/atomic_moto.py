@@ -25,7 +25,6 @@ Run as a script: ``python tests/atomic_moto.py -H 127.0.0.1 -p PORT`` (moto_serv
 from __future__ import annotations
 
 import threading
-
 import time
 import uuid
 
