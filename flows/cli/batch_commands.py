@@ -156,9 +156,7 @@ def enqueue_command(
         column=column if cave_table is None else None,
         items_from=items_from,
         cave_query=cave_query,
-    ).read(
-        load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None, storage
-    )
+    ).read(load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None, storage)
     if found.report():
         console(stderr=True).print(f"[yellow]{found.report()}[/yellow]", soft_wrap=True)
     with _stop_on_signals() as stop:
