@@ -163,3 +163,15 @@ def test_running_a_finished_enqueue_again_queues_nothing(target, tmp_path):
         )
         assert run.returncode == 0 and expected in run.stdout, run.stdout + run.stderr
     assert sum(live_keys(queue).values()) == 100
+
+
+def test_the_sent_record_reads_its_steps_and_those_earlier_versions_wrote(storage):
+    from flows.enqueue import SentRecord
+    from tqflow.engine.layout import enqueued_prefix
+
+    record = SentRecord(storage, "b", "q")
+    storage.put(enqueued_prefix("b", "q") + "00000000000000000001-old.txt", b"1\n2\n")
+    record.add(["3", "4"])
+    record.add(["5"])
+    storage.put(enqueued_prefix("b", "q") + "00000000000000000009-bad.json", b'{"keys": [')
+    assert record.keys() == {"1", "2", "3", "4", "5"}
