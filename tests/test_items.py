@@ -263,13 +263,13 @@ def test_kwargs_that_name_the_item_parameter_are_refused_naming_it(queue_factory
         BadArgumentsError,
         match=r"kwargs set 'x', the parameter of tests.tasks:square that takes each item",
     ):
-        enqueue_items(queue, storage, "tests.tasks:square", [1, 2], "b", {"x": 5})
+        enqueue_items(queue, storage, "tests.tasks:square", [1, 2], "b", kwargs={"x": 5})
     assert queue.counts().pending == 0
 
 
 def test_item_and_kwargs_reach_the_task_unshifted(queue_factory, storage):
     queue = queue_factory()
-    enqueue_items(queue, storage, "tests.tasks:power", [3], "b", {"exponent": 2})
+    enqueue_items(queue, storage, "tests.tasks:power", [3], "b", kwargs={"exponent": 2})
     [lease] = queue.receive()
     assert json.loads(lease.body)["kwargs"] == {"base": 3, "exponent": 2}
 

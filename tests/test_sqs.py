@@ -29,7 +29,7 @@ def test_a_300_kib_task_is_refused_at_enqueue_naming_the_item(queue_factory, sto
             "tests.tasks:tracked",
             ["big-one"],
             "b",
-            {"log_dir": "x" * 300 * 1024},
+            kwargs={"log_dir": "x" * 300 * 1024},
         )
     assert queue.counts().pending == 0
 

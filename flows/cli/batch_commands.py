@@ -167,7 +167,7 @@ def enqueue_command(
                 fn,
                 found,
                 target.batch,
-                fixed,
+                kwargs=fixed,
                 overwrite=overwrite,
                 requeue=requeue,
                 stop=stop,

@@ -23,7 +23,7 @@ def test_a_hung_task_is_stopped_at_its_time_limit_retried_then_dead_lettered(
         "tests.tasks:sleeps_on",
         range(ITEMS),
         "b",
-        {"slow": HUNG},
+        kwargs={"slow": HUNG},
         task_timeout_seconds=2,
     )
     started = time.monotonic()
