@@ -402,6 +402,19 @@ class CloudFilesStorage(WritableFileSystem):
                 f"cannot check files in {self.cloudpath}: {type(exc).__name__}: {exc}"
             ) from exc
 
+    def delete(self, path: str) -> None:
+        """Remove ``path``; one that does not exist is no error."""
+        if self.is_local:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._local_path(path))
+            return
+        try:
+            self._cloudfiles().delete(path)
+        except Exception as exc:
+            raise StorageError(
+                f"cannot delete {self.url(path)}: {type(exc).__name__}: {exc}"
+            ) from exc
+
     def list(self, prefix: str = "") -> Iterator[str]:
         """Paths under ``prefix``, relative to the folder."""
         if self.is_local:

@@ -30,7 +30,7 @@ from tqflow.dashboard import BatchDashboard
 from tqflow.engine.layout import errors_prefix, outputs_prefix
 from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
-from tqflow.engine.reports import BatchTally, batch_tally, read_reports
+from tqflow.engine.reports import BatchTally, batch_tally, read_reports, report_seconds_for
 from tqflow.errors import BadArgumentsError, BatchTimeLimitError, DeadLettersError, WorkersLostError
 from tqflow.fleet.base import Fleet
 from tqflow.fleet.deployment import DeploymentFleet
@@ -140,7 +140,11 @@ def pipeline(
             "must be at least 1"
         )
     options = WorkerOptions.of(
-        {"idle_seconds": 5.0, "wait_for_in_flight": False},
+        {
+            "idle_seconds": 5.0,
+            "wait_for_in_flight": False,
+            "report_seconds": report_seconds_for(most),
+        },
         **(worker_options.model_dump(exclude_unset=True) if worker_options else {}),
         default_batch=batch,
         overwrite=overwrite,

@@ -126,6 +126,7 @@ BATCH_FOLDER_PARTS = (
     "/outputs/",
     "/errors/",
     "/workers/",
+    "/workers-digest.json",
     "/analysis/",
     "/enqueued/",
     "/batch.json",

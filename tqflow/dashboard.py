@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from tqflow.artifacts import artifact_key
-from tqflow.engine.contracts import StorageReader
+from tqflow.engine.contracts import BatchFolder
 from tqflow.engine.reports import BatchTally, batch_tally, read_reports
 from tqflow.errors import ResourcePlanError
 from tqflow.fleet.monitor import Progress
@@ -209,7 +209,7 @@ class BatchDashboard:
     def __init__(
         self,
         batch: str,
-        storage: StorageReader,
+        storage: BatchFolder,
         why_workers_died: Callable[[BatchTally], list[str]],
         workers_lost: Callable[[], int],
         logger: logging.Logger | logging.LoggerAdapter,

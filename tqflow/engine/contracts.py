@@ -93,6 +93,8 @@ class Storage(Protocol):
 
     def put_json(self, path: str, value: Any) -> None: ...
 
+    def delete(self, path: str) -> None: ...
+
 
 class JSONFiles(dict):
     """Files read at once: ``{path: value}`` for each that exists and is JSON; ``corrupt``
@@ -116,3 +118,7 @@ class CAVESource(Protocol):
     """Where a worker gets its one CAVE client (`blocks.CAVECredentials`)."""
 
     def get_client(self) -> Any: ...
+
+
+class BatchFolder(StorageReader, Storage, Protocol):
+    """A batch's folder read and written by one reader: the worker reports and their digest."""

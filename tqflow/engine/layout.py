@@ -11,7 +11,9 @@ everything else asks this module.
                                          worker wrote them (`shards`): what the analysis reads
                                          first, one request per thousand outputs
 <batch>/errors/<key>.json                every failed attempt of the task, with its traceback
-<batch>/workers/<report>.json            what each worker did for the batch (`reports`)
+<batch>/workers/<report>~<n>.json        what each worker did for the batch (`reports`), its
+                                         n-th version: a new name each time it changes
+<batch>/workers-digest.json              the reports a reader last read, for the next one
 <batch>/analysis/results.parquet         the analysis: one row per output
 <batch>/analysis/summary.png             and its plot
 """
@@ -60,8 +62,22 @@ def reports_prefix(batch: str) -> str:
     return f"{batch}/workers/"
 
 
-def report_path(batch: str, report: str) -> str:
-    return f"{reports_prefix(batch)}{report}.json"
+def report_path(batch: str, report: str, version: int) -> str:
+    return f"{reports_prefix(batch)}{report}~{version:08d}.json"
+
+
+def report_version(path: str) -> tuple[str, int]:
+    """``(report, version)`` of a report's path; a name without a version (written before
+    reports had them) is version 0."""
+    stem = path.rsplit("/", 1)[-1].removesuffix(".json")
+    report, tilde, version = stem.rpartition("~")
+    if not tilde or not version.isdigit():
+        return stem, 0
+    return report, int(version)
+
+
+def reports_digest_path(batch: str) -> str:
+    return f"{batch}/workers-digest.json"
 
 
 def analysis_table_path(batch: str) -> str:

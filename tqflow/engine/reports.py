@@ -1,4 +1,4 @@
-"""What each worker tells about each batch it works on: ``<batch>/workers/<report>.json``.
+"""What each worker tells about each batch it works on: ``<batch>/workers/<report>~<n>.json``.
 
 A worker keeps one tally per batch (tasks succeeded, skipped as already done, failed and
 retried, dead-lettered; wall and CPU seconds; a histogram of the tasks' peak RSS, from which
@@ -11,7 +11,9 @@ OOM kill) loses at most its last ``report_seconds`` of counts, and its report ne
 ended: that is how a lost worker shows.
 
 The report's name is the worker's name (host and pid) plus a random suffix, so a pid reused
-by a later worker never overwrites an earlier worker's report.
+by a later worker never overwrites an earlier worker's report; each rewrite is a new version
+with a name of its own (the last one deleted), so a reader never reads a name twice
+(`read_reports` keeps what it read in the batch's digest).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from tqflow.engine.contracts import Storage, StorageReader
-from tqflow.engine.layout import report_path, reports_prefix
+from tqflow.engine.contracts import BatchFolder, Storage
+from tqflow.engine.layout import report_path, report_version, reports_digest_path, reports_prefix
 from tqflow.engine.outputs import now_iso
 from tqflow.engine.stats import Outcome
 from tqflow.engine.task_resources import TaskResources
@@ -120,6 +122,19 @@ class BatchTally:
         return self.peak_rss_max
 
 
+#: Report writes a second the whole fleet makes at most (`report_seconds_for`).
+FLEET_REPORT_WRITES_PER_SECOND = 10.0
+#: And how often a worker writes its report at least, in a small fleet.
+REPORT_SECONDS = 10.0
+
+
+def report_seconds_for(workers: int) -> float:
+    """How often each of ``workers`` workers rewrites its report: every `REPORT_SECONDS`,
+    slower as the fleet grows, so the fleet writes at most `FLEET_REPORT_WRITES_PER_SECOND`
+    and a reader finds few changed since it last read (every 100 s at 1,000 workers)."""
+    return max(REPORT_SECONDS, workers / FLEET_REPORT_WRITES_PER_SECOND)
+
+
 class WorkerReports:
     """A worker's tallies, written by a background thread every ``report_seconds`` while
     they change (so a worker deep in a long task still reports), and once more by `close`."""
@@ -139,6 +154,8 @@ class WorkerReports:
         self.started_at = now_iso()
         self._tallies: dict[str, BatchTally] = {}
         self._changed: set[str] = set()
+        #: Each batch's report's last version written, and its path.
+        self._written: dict[str, tuple[int, str]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -196,12 +213,22 @@ class WorkerReports:
                 for batch in batches
             ]
         for record in records:
+            batch = record["batch"]
+            version, before = self._written.get(batch, (0, ""))
+            path = report_path(batch, self.report, version + 1)
             try:
-                self.storage.put_json(report_path(record["batch"], self.report), record)
+                self.storage.put_json(path, record)
             except Exception as exc:  # a report is a summary: it never stops the work
                 with self._lock:
-                    self._changed.add(record["batch"])  # written next time
+                    self._changed.add(batch)  # written next time
                 self.log.warning("could not write worker %s's report: %s", self.worker, exc)
+                continue
+            self._written[batch] = (version + 1, path)
+            if before:  # readers take the latest version; an old one left behind costs a read
+                try:
+                    self.storage.delete(before)
+                except Exception as exc:
+                    self.log.debug("could not delete %s: %s", before, exc)
 
 
 class Reports(list):
@@ -224,14 +251,53 @@ class Reports(list):
         )
 
 
-def read_reports(storage: StorageReader, batch: str) -> Reports:
-    """Every worker report of ``batch`` that can be read; the others are named in the
-    result's ``unreadable``, never fatal."""
-    paths = [p for p in storage.list(reports_prefix(batch)) if p.endswith(".json")]
-    found = storage.get_json_many(paths)
-    readable = [r for r in found.values() if isinstance(r, dict)]
-    odd = [p for p, r in found.items() if not isinstance(r, dict)]
-    return Reports(readable, [*found.corrupt, *odd])
+def read_reports(storage: BatchFolder, batch: str) -> Reports:
+    """Every worker report of ``batch`` that can be read (its latest version); the others are
+    named in the result's ``unreadable``, never fatal.
+
+    A report's every version has a name of its own, so a name read once never needs reading
+    again: the reports last read are kept in the batch's digest, and only the names it lacks
+    are read (at 1,000 workers in a bucket 30 ms away, reading all took seconds). The digest is
+    a cache: any reader may write it, and a missing or damaged one only costs reads."""
+    digest = _digest(storage, batch)
+    latest = _latest(storage.list(reports_prefix(batch)))
+    found = storage.get_json_many([p for p in latest if p not in digest])
+    if any(p not in digest and p not in found and p not in found.corrupt for p in latest):
+        # a version listed, then replaced by a newer one before it was read: list again
+        latest = _latest(storage.list(reports_prefix(batch)))
+        newer = storage.get_json_many([p for p in latest if p not in digest and p not in found])
+        found.update(newer)
+        found.corrupt.update(newer.corrupt)
+    reports = {p: digest[p] if p in digest else found.get(p) for p in latest}
+    unreadable = [*found.corrupt, *(p for p, r in found.items() if not isinstance(r, dict))]
+    kept = {p: r for p, r in reports.items() if isinstance(r, dict)}
+    if set(kept) != set(digest):
+        try:
+            storage.put_json(reports_digest_path(batch), {"reports": kept})
+        except Exception:  # a cache: the next reader reads a little more
+            pass
+    return Reports(kept.values(), unreadable)
+
+
+def _latest(paths: Iterable[str]) -> list[str]:
+    """The latest version of each report among ``paths``."""
+    best: dict[str, tuple[int, str]] = {}
+    for path in paths:
+        if not path.endswith(".json"):
+            continue
+        report, version = report_version(path)
+        if report not in best or version > best[report][0]:
+            best[report] = (version, path)
+    return sorted(path for _, path in best.values())
+
+
+def _digest(storage: BatchFolder, batch: str) -> dict[str, dict[str, Any]]:
+    try:
+        digest = storage.get_json(reports_digest_path(batch))
+    except Exception:  # damaged, or unreadable now: read the reports themselves
+        return {}
+    reports = digest.get("reports") if isinstance(digest, dict) else None
+    return {p: r for p, r in (reports or {}).items() if isinstance(r, dict)}
 
 
 def batch_tally(reports: Iterable[dict[str, Any]]) -> BatchTally:
