@@ -25,8 +25,9 @@ from blocks.queues import QueueParameter, TaskQueue
 from blocks.specs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.allowed_modules import record_batch_function
+from tqflow.engine.calls import resolve
 from tqflow.engine.layout import enqueued_prefix, output_path, outputs_prefix
-from tqflow.engine.messages import resolve, task_messages
+from tqflow.engine.messages import task_messages
 from tqflow.errors import BadArgumentsError, EnqueueInterruptedError, ItemSourceError
 from tqflow.items import Items, ItemsFile, exact_column, from_values, read_file, read_items_file
 

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.helpers import task_queue_bodies
-from tqflow.engine.messages import TaskMessage, bind, decode, item_key, resolve, task_messages
+from tqflow.engine.calls import bind, resolve
+from tqflow.engine.messages import TaskMessage, decode, item_key, task_messages
 from tqflow.errors import (
     BadArgumentsError,
     MessageTooLargeError,
@@ -165,7 +166,7 @@ def test_unregistered_task_queue_class_names_the_fix():
 
 
 def test_a_parameter_named_storage_is_injected_only_when_annotated_so():
-    from tqflow.engine.messages import resolve
+    from tqflow.engine.calls import resolve
 
     injected = {"storage": lambda: "THE-WORKERS-STORAGE"}
     own = TaskMessage(fn="tests.tasks:takes_its_own_storage", key="k", batch="b", args=("a.txt",))

@@ -138,7 +138,7 @@ class WorkerOptions(BaseModel):
     def import_code(self) -> None:
         """Import the modules and the retry rule these options name, so that a name that does
         not import fails where the options are given, naming it, not in every worker."""
-        from tqflow.engine.messages import import_module, resolve
+        from tqflow.engine.calls import import_module, resolve
 
         for module in self.import_modules:
             import_module(module, "import_modules (--import-module)")

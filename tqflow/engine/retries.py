@@ -31,7 +31,7 @@ class RetryRule:
     of a `RetryWhen`."""
 
     def __init__(self, retry_when: Optional[str] = None) -> None:
-        from tqflow.engine.messages import resolve
+        from tqflow.engine.calls import resolve
 
         self.retry_when: Optional[RetryWhen] = (
             resolve(retry_when, "retry_when rule") if retry_when else None

@@ -37,11 +37,12 @@ from collections import Counter, deque
 from typing import Any, Callable, Optional
 
 from tqflow.engine.allowed_modules import AllowedModules
+from tqflow.engine.calls import bind, resolve
 from tqflow.engine.contracts import CAVESource, Lease, Queue, Storage
 from tqflow.engine.failures import Failures
 from tqflow.engine.layout import output_path
 from tqflow.engine.lease_keeper import LeaseKeeper
-from tqflow.engine.messages import TaskMessage, bind, decode, resolve
+from tqflow.engine.messages import TaskMessage, decode
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.outputs import output_record, storable_result
 from tqflow.engine.reports import WorkerReports
