@@ -175,11 +175,11 @@ def _dead_letters(folder: Path, n: int) -> dict[str, Any]:
 
 def _analysis(folder: Path, n: int) -> dict[str, Any]:
     """The `analysis` flow's work, without the Prefect artifacts."""
-    from flows.analysis import analyse
+    from flows.analysis import analyze_batch
 
     _, storage = _blocks(folder)
     started = time.perf_counter()
-    done = analyse(storage, BATCH)
+    done = analyze_batch(storage, BATCH)
     return {"seconds": time.perf_counter() - started, "rows": done.items if done else 0}
 
 

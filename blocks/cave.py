@@ -19,7 +19,7 @@ from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from blocks.specs import block_slug
+from blocks.slugs import block_slug
 from tqflow.errors import CAVEQueryError, CredentialsError
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from prefect_aws import AwsCredentials
 from prefect_gcp import GcpCredentials
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from blocks.specs import referable_by
+from blocks.slugs import referable_by
 from tqflow.engine.contracts import JSONFiles
 from tqflow.errors import CorruptFileError, CredentialsError, StorageError
 

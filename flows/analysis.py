@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from blocks.specs import load_block
+from blocks.slugs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.artifacts import artifact_key
 from tqflow.engine.layout import analysis_plot_path, analysis_table_path, outputs_prefix
@@ -34,7 +34,7 @@ _EMBED_LIMIT_BYTES = 200_000
 
 @dataclass
 class Analysis:
-    """What `analyse` wrote: the table, the plot (when one could be drawn), the summary
+    """What `analyze_batch` wrote: the table, the plot (when one could be drawn), the summary
     statistics, and notes on what was left out."""
 
     items: int
@@ -45,7 +45,7 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
 
 
-def analyse(storage: CloudFilesStorage, batch: str) -> Analysis | None:
+def analyze_batch(storage: CloudFilesStorage, batch: str) -> Analysis | None:
     """Write ``<batch>/analysis/results.parquet`` and ``summary.png``; ``None`` when the batch
     has no outputs."""
     paths = output_paths(storage, batch)
@@ -95,7 +95,7 @@ def analysis(storage: Union[CloudFilesStorage, str], batch: str) -> dict[str, An
     logger = get_run_logger()
     check_batch(batch)
     storage = load_block(storage, CloudFilesStorage)
-    done = analyse(storage, batch)
+    done = analyze_batch(storage, batch)
     if done is None:
         logger.warning(
             "batch %s has no outputs under %s", batch, storage.url(outputs_prefix(batch))

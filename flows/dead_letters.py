@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.queues import QueueParameter, TaskQueue
-from blocks.specs import load_block
+from blocks.slugs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.artifacts import artifact_key
 from tqflow.engine.contracts import DeadLetter

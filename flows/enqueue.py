@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from blocks.cave import CAVECredentials, CAVETableQuery
 from blocks.queues import QueueParameter, TaskQueue
-from blocks.specs import load_block
+from blocks.slugs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.allowed_modules import record_batch_function
 from tqflow.engine.calls import resolve

@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 
 from blocks.cave import CAVECredentials, CAVETableQuery
 from blocks.queues import QueueParameter, TaskQueue
-from blocks.specs import block_slug, load_block
+from blocks.slugs import block_slug, load_block
 from blocks.storage import CloudFilesStorage
 from flows.analysis import analysis
 from flows.cli.options import Target
@@ -34,7 +34,7 @@ from tqflow.engine.reports import BatchTally, batch_tally, read_reports, report_
 from tqflow.errors import BadArgumentsError, BatchTimeLimitError, DeadLettersError, WorkersLostError
 from tqflow.fleet.base import Fleet
 from tqflow.fleet.deployment import DeploymentFleet
-from tqflow.fleet.endings import explain
+from tqflow.fleet.endings import why_ended
 from tqflow.fleet.local import LocalFleet
 from tqflow.fleet.monitor import Progress, watch
 from tqflow.fleet.sizing import DeadlineSizer
@@ -198,7 +198,7 @@ def pipeline(
     )
 
     def why_workers_died(tally: BatchTally) -> list[str]:
-        return explain(fleet.endings, batch, tally, options.memory_limit_mib)
+        return why_ended(fleet.endings, batch, tally, options.memory_limit_mib)
 
     board = BatchDashboard(
         batch,

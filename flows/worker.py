@@ -23,7 +23,7 @@ from prefect.artifacts import create_table_artifact
 
 from blocks.cave import CAVECredentials
 from blocks.queues import QueueParameter, TaskQueue
-from blocks.specs import load_block
+from blocks.slugs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.process import log_to_stderr, run_worker, stop_on_signals

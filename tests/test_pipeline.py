@@ -267,7 +267,7 @@ def _load_by_slug_in_a_new_process(slug: str, kind: str) -> list[str]:
         "import sys\n"
         "import blocks\n"
         "from prefect.blocks.core import Block\n"
-        "from blocks.specs import load_block\n"
+        "from blocks.slugs import load_block\n"
         f"block = load_block({slug!r}, {kind})\n"
         "print(type(block).__name__, 'prefect_kubernetes' in sys.modules)\n"
     )

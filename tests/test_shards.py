@@ -11,7 +11,7 @@ import signal
 
 import pyarrow.parquet as pq
 
-from flows.analysis import analyse
+from flows.analysis import analyze_batch
 from tests.helpers import enqueue, run_worker, wait_until
 from tqflow.engine.layout import (
     analysis_table_path,
@@ -31,7 +31,7 @@ def shard_records(storage, batch: str = "b") -> list[dict]:
 
 
 def analysed_rows(storage, batch: str = "b") -> dict[str, dict]:
-    analyse(storage, batch)
+    analyze_batch(storage, batch)
     local = storage.cloudpath.removeprefix("file://")
     table = pq.read_table(os.path.join(local, analysis_table_path(batch))).to_pylist()
     keys = [row["key"] for row in table]

@@ -8,7 +8,7 @@ import pytest
 
 from tqflow.engine.reports import BatchTally
 from tqflow.engine.task_resources import TaskResources
-from tqflow.fleet.endings import Cause, Ending, explain, of_process, of_run
+from tqflow.fleet.endings import Cause, Ending, of_process, of_run, why_ended
 
 GiB = 2**30
 
@@ -72,7 +72,7 @@ def test_oom_kills_are_explained_with_the_batch_peaks_and_the_limit():
     for peak in [1.0] * 99 + [2.3]:
         tally.measure(TaskResources(1.0, 0.5, int(peak * GiB), GiB // 2))
     endings = Counter({Ending(Cause.OOM_KILLED, "over"): 2, Ending(Cause.KILLED, "SIGKILL"): 1})
-    lines = explain(endings, "b", tally, 2048)
+    lines = why_ended(endings, "b", tally, 2048)
     assert lines[0].startswith("2 OOMKilled: the batch's p99 task peak is 1.0")
     assert "(max 2.30 GiB) against a 2.00 GiB limit" in lines[0]
     assert "`tqflow plan-resources --from-batch b`" in lines[0]
@@ -83,7 +83,7 @@ def test_endings_without_advice_show_what_was_observed():
     endings = Counter(
         {Ending(Cause.EXITED, "exit code 1"): 2, Ending(Cause.EXITED, "exit code 2"): 1}
     )
-    assert explain(endings, "b") == ["3 exited (exit code 1; exit code 2): see the worker's log"]
+    assert why_ended(endings, "b") == ["3 exited (exit code 1; exit code 2): see the worker's log"]
 
 
 def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect_api, tmp_path):
@@ -144,4 +144,4 @@ def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect
     assert ending.cause is Cause.EVICTED and ending.detail.endswith(
         "status code 137. (pod: Evicted)"
     )
-    assert explain(fleet.endings, "b")[0].startswith("1 evicted: the node ran short of memory")
+    assert why_ended(fleet.endings, "b")[0].startswith("1 evicted: the node ran short of memory")

@@ -23,7 +23,7 @@ from typing import Callable, ClassVar, Iterable, Sequence
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from blocks.specs import referable_by
+from blocks.slugs import referable_by
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 from tqflow.errors import LeaseLostError, MessageTooLargeError
 

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from flows.cli.app import app, console
-from flows.cli.options import Target, load_block, target_options, worker_options
+from flows.cli.options import Target, load_block_option, target_options, worker_options
 from tqflow.engine.options import WorkerOptions
 from tqflow.errors import CLIInputError, EnqueueInterruptedError, QueueUnreachableError
 
@@ -156,7 +156,10 @@ def enqueue_command(
         column=column if cave_table is None else None,
         items_from=items_from,
         cave_query=cave_query,
-    ).read(load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None, storage)
+    ).read(
+        load_block_option(cave_block, CAVECredentials, "--cave-block") if cave_block else None,
+        storage,
+    )
     if found.report():
         console(stderr=True).print(f"[yellow]{found.report()}[/yellow]", soft_wrap=True)
     with _stop_on_signals() as stop:
@@ -220,7 +223,7 @@ def work(
 
     target.check_writable()
     queue = target.queue(must_exist=True)
-    cave = load_block(cave_block, CAVECredentials, "--cave-block") if cave_block else None
+    cave = load_block_option(cave_block, CAVECredentials, "--cave-block") if cave_block else None
     options = WorkerOptions.of(options, default_batch=target.batch)
     stats = run_worker(queue, target.storage(), options, cave=cave, log=log_to_stderr())
     console().print_json(json.dumps(stats.as_dict()))

@@ -49,7 +49,7 @@ class Target:
         """The target that reaches ``queue`` again from the command line: its saved block, or
         its name (and, for a local queue, the folder its file is in)."""
         from blocks.queues.local import LocalTaskQueue
-        from blocks.specs import block_slug
+        from blocks.slugs import block_slug
 
         slug = block_slug(queue)
         if slug is not None:
@@ -64,7 +64,7 @@ class Target:
         from blocks.queues.base import TaskQueue
 
         if self.queue_block:
-            found = load_block(self.queue_block, TaskQueue, "--queue-block")
+            found = load_block_option(self.queue_block, TaskQueue, "--queue-block")
         else:
             from blocks.queues.local import LocalTaskQueue
 
@@ -87,7 +87,7 @@ class Target:
         from blocks.storage import CloudFilesStorage
 
         if self.storage_block:
-            return load_block(self.storage_block, CloudFilesStorage, "--storage-block")
+            return load_block_option(self.storage_block, CloudFilesStorage, "--storage-block")
         return CloudFilesStorage(cloudpath=f"file://{self.folder()}")
 
     def folder(self, writable: bool = False) -> Path:
@@ -142,13 +142,13 @@ def data_folder(data: Path, writable: bool = False) -> Path:
     return data
 
 
-def load_block(slug_and_name: str, kind: Any, option: str) -> Any:
+def load_block_option(slug_and_name: str, kind: Any, option: str) -> Any:
     """The saved block ``slug_and_name`` of type ``kind``; errors name ``option``."""
     import blocks  # noqa: F401  (registers tqflow's block types)
-    from blocks.specs import load_block as load
+    from blocks.slugs import load_block
 
     try:
-        return load(slug_and_name, kind)
+        return load_block(slug_and_name, kind)
     except ValueError as exc:
         raise CLIInputError(f"{option}: {exc}") from None
 

@@ -1,5 +1,5 @@
 """How workers end, as a typed `Ending` (a `Cause` and a detail), and why they died, grouped,
-each cause with the next step (`explain`).
+each cause with the next step (`why_ended`).
 
 An ending is classified once, where it is observed: a local process's exit code or signal
 (`of_process`, with ``OOMKilled`` when the local fleet killed it over ``memory_limit_mib``), a
@@ -152,7 +152,7 @@ ADVICE = {
 }
 
 
-def explain(
+def why_ended(
     endings: Counter[Ending],
     batch: str,
     tally: Optional[BatchTally] = None,
