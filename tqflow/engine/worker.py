@@ -51,6 +51,7 @@ from tqflow.engine.shards import ShardWriter
 from tqflow.engine.stats import Outcome, StopReason, WorkerStats
 from tqflow.engine.task_resources import ResourceMeter, TaskResources
 from tqflow.engine.time_limit import AsyncExceptionTimeLimit, TimeLimit, deadline
+from tqflow.engine.unreachable import QueueReach
 from tqflow.errors import BadArgumentsError, MessageError, QueueUnreachableError, TaskTimeoutError
 
 logger = logging.getLogger("tqflow.worker")
@@ -117,8 +118,9 @@ class Worker:
         )
         self._buffer: deque[Lease] = deque()
         self._busy = False  # a task or a receive is running: a stop interrupts it
-        self._unreachable_since: float | None = None
-        self._unreachable_errors = 0
+        self._reach = QueueReach(
+            queue.queue_name, self.options.queue_unreachable_seconds, self.stop, self.log
+        )
         self._failures_since_progress: Counter[str] = Counter()
 
     def _injected(self) -> dict[str, Callable[[], Any]]:
@@ -253,36 +255,6 @@ class Worker:
                 return None
             self._buffer.extend(leases)
         return self._buffer.popleft()
-
-    def _reach(self, call: Callable[..., Any], **kwargs: Any) -> Any:
-        """``call(**kwargs)`` on the queue; while the queue cannot be reached, wait and return
-        ``None``, and raise `QueueUnreachableError` once that has lasted
-        ``queue_unreachable_seconds``."""
-        try:
-            result = call(**kwargs)
-        except Exception as exc:
-            now = time.monotonic()
-            if self._unreachable_since is None:
-                self._unreachable_since = now
-            self._unreachable_errors += 1
-            down = now - self._unreachable_since
-            if down >= self.options.queue_unreachable_seconds:
-                raise QueueUnreachableError(
-                    f"queue {self.queue.queue_name!r} unreachable for {down:.0f} s "
-                    f"(queue_unreachable_seconds={self.options.queue_unreachable_seconds:g}); last "
-                    f"error: {type(exc).__name__}: {exc}"
-                ) from exc
-            self.log.warning(
-                "queue %s unreachable for %.0f s (%s: %s); trying again",
-                self.queue.queue_name,
-                down,
-                type(exc).__name__,
-                exc,
-            )
-            self.stop.wait(min(10.0, 0.5 * 2 ** min(self._unreachable_errors, 5)))
-            return None
-        self._unreachable_since, self._unreachable_errors = None, 0
-        return result
 
     def _prefetch(self) -> int:
         """Messages to lease per receive: enough to cover ``prefetch_seconds`` of work at the
