@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from blocks.slugs import referable_by
 from tqflow.engine.contracts import JSONFiles
+from tqflow.engine.retries import retry_delay
 from tqflow.errors import CorruptFileError, CredentialsError, StorageError
 
 _clients = threading.local()
@@ -271,7 +272,9 @@ class CloudFilesStorage(WritableFileSystem):
     ) -> None:
         """Write ``content`` to ``path``, replacing it. A reader sees the old or the new
         content, never a part; transient failures are retried for about half a minute."""
-        pauses = [0.5 * 2**i for i in range(self.write_retries)]
+        pauses = [
+            retry_delay(i + 1, base_seconds=0.5, max_seconds=60) for i in range(self.write_retries)
+        ]
         for attempt, pause in enumerate((*pauses, None)):
             try:
                 if self.is_local:

@@ -32,6 +32,7 @@ from pydantic import Field
 
 from blocks.queues.base import SQS_DOCUMENTATION_URL, TaskQueue
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
+from tqflow.engine.retries import retry_delay
 from tqflow.errors import LeaseLostError, NoDeadLetterQueueError, QueueConfigError, QueueError
 
 #: SQS's limits: entries per batch request, bytes per batch, longest long poll, longest lease.
@@ -555,7 +556,9 @@ def _code(exc: ClientError) -> str:
 
 
 def _backoff(attempt: int) -> None:
-    time.sleep(min(10.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    """A pause before retrying a batch's failed entries: the one backoff rule, jittered."""
+    pause = retry_delay(attempt + 1, base_seconds=0.05, max_seconds=10.0)
+    time.sleep(pause * (0.5 + random.random()))
 
 
 def _seconds(value: float) -> int:
