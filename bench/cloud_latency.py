@@ -1,5 +1,5 @@
 """Scenario: a batch's outputs in a bucket 30 ms away. fake-gcs-server (concurrent, in memory)
-behind `tests/http_proxy.py`, which delays every request by 0 or 30 ms; at 10^4 and 10^5
+behind `tests/support/http_proxy.py`, which delays every request by 0 or 30 ms; at 10^4 and 10^5
 outputs, side by side:
 
 - **analysis**: every output into one table, as the code before shards did it (list the
@@ -129,7 +129,7 @@ def measure(endpoint: str, folder: str, counts_url: str) -> dict[str, float]:
 
 def run(runs: int = 1, quick: bool = False, sizes: tuple[int, ...] | None = None) -> list[dict]:
     """``runs`` is the other scenarios' knob: each size runs once."""
-    from tests.services import FakeGCS, http_proxy
+    from tests.support.services import FakeGCS, http_proxy
 
     sizes = sizes or (QUICK_SIZES if quick else SIZES)
     by: dict[tuple[int, float], dict[str, float]] = {}

@@ -1,5 +1,5 @@
 """What the benchmarks share: timing, medians, child environments; the local servers are the
-tests' own (`tests.services`)."""
+tests' own (`tests.support.services`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from tests import services
-from tests.services import moto_server  # noqa: F401  (re-exported for the benchmarks)
+from tests.support.services import moto_server  # noqa: F401  (re-exported for the benchmarks)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,7 +40,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 @contextlib.contextmanager
 def prefect_server(home: Path) -> Iterator[str]:
-    """``prefect server start`` on 127.0.0.1 with its own database (`tests.services`); yields
+    """``prefect server start`` on 127.0.0.1 with its own database (`tests.support.services`); yields
     its API URL and points this process's Prefect client at it."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

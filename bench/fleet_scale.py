@@ -2,7 +2,7 @@
 fleet before it: the Prefect API requests it sends to launch runs and to watch them.
 
 Both fleets run inside a real flow run (the pipeline's place) and talk to the server through a
-counting proxy (`tests.services.http_proxy`); the runs are of a real deployment, moved through
+counting proxy (`tests.support.services.http_proxy`); the runs are of a real deployment, moved through
 their states without pods (Running, then a tenth Completed) by a stand-in for the work
 pool that talks to the server directly, so the proxy counts only the fleet's own requests.
 

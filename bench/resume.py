@@ -32,7 +32,7 @@ SIGNALS = {"SIGINT": signal.SIGINT, "SIGKILL": signal.SIGKILL}
 
 
 def measure(backend: str, signame: str, n: int, moto: str | None) -> dict[str, Any]:
-    from tests.helpers import wait_until
+    from tests.support.helpers import wait_until
     from tests.test_enqueue_resume import enqueue_command, live_keys, make_target
 
     step = STEPS[backend]

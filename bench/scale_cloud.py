@@ -35,7 +35,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from bench.common import moto_server
-from tests.services import StorageEmulator
+from tests.support.services import StorageEmulator
 
 SIZES = (1_000, 2_000)
 QUICK_SIZES = (500,)
@@ -76,7 +76,7 @@ def _blocks(moto: str, n: int) -> tuple[Any, Any]:
 
     from blocks import CloudFilesStorage
     from blocks.queues.sqs import SQSTaskQueue
-    from tests.conftest import service_account_info
+    from tests.support.cloud import service_account_info
 
     credentials = AwsCredentials(
         aws_access_key_id="bench-key-id",

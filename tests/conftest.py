@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,8 +22,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from blocks import CloudFilesStorage, LocalTaskQueue  # noqa: E402
 from blocks.queues.base import TaskQueue  # noqa: E402
-from tests.helpers import REPO  # noqa: E402,F401  (tests import it from here too)
-from tests.services import (  # noqa: E402,F401
+from tests.support.cloud import GCS_BUCKET, service_account_info, sqs_credentials  # noqa: E402
+from tests.support.helpers import REPO  # noqa: E402
+from tests.support.readme import RECIPE_HEADING, readme_block  # noqa: E402
+from tests.support.services import (  # noqa: E402,F401
     StorageEmulator,
     free_port,
     moto_server,
@@ -41,19 +42,6 @@ def moto_endpoint() -> Iterator[str]:
     """A moto server on 127.0.0.1: SQS over real HTTP, stopped with its process group."""
     with moto_server() as endpoint:
         yield endpoint
-
-
-def sqs_credentials(endpoint: str):
-    """AwsCredentials for the moto server (SQS and S3 alike)."""
-    from prefect_aws import AwsCredentials
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    return AwsCredentials(
-        aws_access_key_id="testing-key-id",
-        aws_secret_access_key="testing-secret-key",
-        region_name="us-east-1",
-        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint),
-    )
 
 
 @pytest.fixture(params=QUEUE_BACKENDS)
@@ -90,9 +78,6 @@ def storage(tmp_path) -> CloudFilesStorage:
     return CloudFilesStorage(cloudpath=f"file://{tmp_path / 'storage'}")
 
 
-GCS_BUCKET = "tqflow-test-bucket"
-
-
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[str]:
     """gcp-storage-emulator on 127.0.0.1 with one bucket; google-cloud-storage (and so
@@ -109,29 +94,6 @@ def gcs_emulator() -> Iterator[str]:
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
         emulator.stop()
-
-
-def service_account_info() -> dict[str, str]:
-    """A made-up service account with a freshly generated RSA key: enough for prefect-gcp's
-    `GcpCredentials` and google-auth to build credentials offline. It grants nothing."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    return {
-        "type": "service_account",
-        "project_id": "tqflow-test",
-        "private_key_id": uuid.uuid4().hex,
-        "private_key": pem,
-        "client_email": "tqflow-test@tqflow-test.iam.gserviceaccount.com",
-        "client_id": "1",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }
 
 
 @pytest.fixture
@@ -171,9 +133,9 @@ def log_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def forked_workers(tmp_path) -> Iterator[Any]:
-    """Worker processes forked warm (`tests.forked_workers`); killed at the test's end if
+    """Worker processes forked warm (`tests.support.forked_workers`); killed at the test's end if
     still running."""
-    from tests.forked_workers import ForkedWorkers
+    from tests.support.forked_workers import ForkedWorkers
 
     workers = ForkedWorkers(tmp_path)
     yield workers
@@ -191,17 +153,6 @@ def prefect_api():
 
 
 # -- the README's process-pool recipe: one Prefect server, process worker and deployments ---------
-
-RECIPE_HEADING = "### Without a cluster: the same fan-out on a process pool"
-
-
-def readme_block(heading: str) -> str:
-    """The first ```bash block after ``heading`` in README.md, as written there."""
-    text = (REPO / "README.md").read_text()
-    after = text[text.index(heading) :]
-    match = re.search(r"```bash\n(.*?)```", after, re.S)
-    assert match, f"no bash block under {heading!r} in README.md"
-    return match.group(1)
 
 
 @pytest.fixture(scope="session")

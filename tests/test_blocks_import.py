@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from blocks import CAVECredentials
 from flows.cli import app
-from tests.conftest import service_account_info
+from tests.support.cloud import service_account_info
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """`CAVECredentials`, the CAVE item source and the CAVE example task, against caveclient's own
-mock of the CAVE services (see tests/cave_service.py)."""
+mock of the CAVE services (see tests/support/cave_service.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import responses
 
 from blocks import CAVECredentials, CAVETableQuery, CloudFilesStorage, LocalTaskQueue
 from flows.enqueue import ItemSource
-from tests.cave_service import (
+from tests.support.cave_service import (
     DATASTACK,
     QUERY_URL,
     SERVER,
@@ -22,7 +22,7 @@ from tests.cave_service import (
     authorizations,
     cave_registrations,
 )
-from tests.helpers import enqueue
+from tests.support.helpers import enqueue
 from tqflow.engine.layout import output_path
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.worker import Worker

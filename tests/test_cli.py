@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from blocks import CloudFilesStorage, LocalTaskQueue
 from flows.cli import app
-from tests.helpers import enqueue, run_worker
+from tests.support.helpers import enqueue, run_worker
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from blocks import CloudFilesStorage, LocalTaskQueue
 from flows.cli import app
-from tests.helpers import enqueue, run_worker
+from tests.support.helpers import enqueue, run_worker
 
 BIN = Path(sys.executable).parent
 
@@ -238,7 +238,7 @@ def test_debug_shows_the_traceback_of_the_installed_command(tmp_path):
     ids=lambda c: c[0],
 )
 def test_an_unreachable_prefect_api_is_one_line_naming_it(tmp_path, command):
-    from tests.services import free_port
+    from tests.support.services import free_port
 
     url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
     result = subprocess.run(

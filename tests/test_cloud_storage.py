@@ -10,8 +10,8 @@ import pytest
 
 from blocks import CloudFilesStorage
 from flows.analysis import analysis
-from tests.conftest import GCS_BUCKET, service_account_info, sqs_credentials
-from tests.helpers import enqueue, run_worker
+from tests.support.cloud import GCS_BUCKET, service_account_info, sqs_credentials
+from tests.support.helpers import enqueue, run_worker
 from tqflow.errors import StorageError
 
 

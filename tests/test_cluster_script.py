@@ -1,6 +1,6 @@
 """deployments/gke/make_cluster.sh as a lab engineer runs it on a new Google Cloud project, with
 recording stand-ins for gcloud, kubectl, gke-gcloud-auth-plugin and helm on PATH
-(`tests/cloud_cli.py`): every call uses flags the real commands have, a second run creates
+(`tests/support/cloud_cli.py`): every call uses flags the real commands have, a second run creates
 nothing, and a missing tool stops it before anything is changed."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.helpers import REPO
 
 SCRIPT = REPO / "deployments/gke/make_cluster.sh"
 TOOLS = ("gcloud", "kubectl", "gke-gcloud-auth-plugin", "helm")
@@ -91,7 +91,7 @@ def cloud(tmp_path):
         stub = bin_dir / tool
         stub.write_text(
             f'#!/bin/sh\nCLOUD_CLI_TOOL={tool} exec "{sys.executable}" '
-            f'"{REPO / "tests/cloud_cli.py"}" "$@"\n'
+            f'"{REPO / "tests/support/cloud_cli.py"}" "$@"\n'
         )
         stub.chmod(0o755)
     env = {

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.helpers import runs
+from tests.support.helpers import REPO, runs
 from tqflow.examples import demo_root_ids
 
 # One server, one deploy: keep these tests on one xdist worker (make test uses --dist loadgroup).
@@ -392,7 +391,7 @@ def test_a_deployment_mode_pipeline_completes_through_an_api_that_throttles(depl
     every item is done once, and no worker run is launched twice."""
     from prefect.client.schemas.actions import WorkPoolCreate
 
-    from tests.services import http_proxy, start, stop_process
+    from tests.support.services import http_proxy, start, stop_process
 
     env, batch, log_dir = deployed, "e2e-throttled", tmp_path / "runs"
     log_dir.mkdir()

@@ -38,7 +38,13 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_items_from_an_importable_generator():
-    assert ItemSource(items_from="tests.enqueue_sources:five_roots").read() == [10, 11, 12, 13, 14]
+    assert ItemSource(items_from="tests.support.enqueue_sources:five_roots").read() == [
+        10,
+        11,
+        12,
+        13,
+        14,
+    ]
 
 
 def test_two_explicit_sources_are_refused():
@@ -53,7 +59,9 @@ def test_no_source_at_all_is_refused():
 
 def test_explicit_items_replace_the_default_generator():
     # a deployment's default items_from does not stand in the way of a run's own items
-    assert ItemSource(items=[7], items_from="tests.enqueue_sources:five_roots").read() == [7]
+    assert ItemSource(items=[7], items_from="tests.support.enqueue_sources:five_roots").read() == [
+        7
+    ]
 
 
 def test_items_with_outputs_are_skipped_and_duplicates_dropped(queue_factory, storage):

@@ -16,8 +16,8 @@ from typing import Optional
 import pytest
 
 from blocks import CloudFilesStorage, LocalTaskQueue
-from tests.conftest import sqs_credentials
-from tests.helpers import child_env, wait_until
+from tests.support.cloud import sqs_credentials
+from tests.support.helpers import child_env, wait_until
 from tqflow.engine.messages import decode
 
 #: Enough steps that an interrupt lands mid-send on a busy machine too: the local queue sends a

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tests.helpers import enqueue
+from tests.support.helpers import enqueue
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.worker import Worker
 

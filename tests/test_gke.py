@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.conftest import REPO
+from tests.support.helpers import REPO
 from tqflow.errors import ResourcePlanError
 from tqflow.gke.job_template import base_job_template
 from tqflow.gke.resources import Machine, plan

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.services import prefect_server
+from tests.support.helpers import REPO
+from tests.support.services import prefect_server
 from tqflow.gke.job_template import NAMESPACE, base_job_template
 from tqflow.gke.resources import Machine, plan
 
@@ -246,7 +246,7 @@ def helm_steps(tmp_path):
         stub = bin_dir / tool
         stub.write_text(
             f'#!/bin/sh\nCLOUD_CLI_TOOL={tool} exec "{sys.executable}" '
-            f'"{REPO / "tests/cloud_cli.py"}" "$@"\n'
+            f'"{REPO / "tests/support/cloud_cli.py"}" "$@"\n'
         )
         stub.chmod(0o755)
     env = {

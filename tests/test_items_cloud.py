@@ -10,7 +10,7 @@ import pytest
 
 from flows.enqueue import ItemSource
 from flows.pipeline import pipeline
-from tests.conftest import GCS_BUCKET
+from tests.support.cloud import GCS_BUCKET
 from tqflow.engine.layout import output_path
 from tqflow.errors import ItemSourceError
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from blocks import LocalTaskQueue
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 from tqflow.errors import LeaseLostError
 
 pytestmark = pytest.mark.parametrize("backend", ["local"], indirect=True)

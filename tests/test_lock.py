@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.support.helpers import REPO
 
 UV = Path(sys.executable).parent / "uv"
 

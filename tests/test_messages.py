@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.helpers import task_queue_bodies
+from tests.support.helpers import task_queue_bodies
 from tqflow.engine.calls import bind, resolve
 from tqflow.engine.messages import TaskMessage, decode, item_key, task_messages
 from tqflow.errors import (

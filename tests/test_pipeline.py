@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows.dead_letters import dead_letters
 from flows.pipeline import pipeline
 from flows.worker import worker
-from tests.helpers import both_backends, enqueue, runs, sqs_only
+from tests.support.helpers import both_backends, enqueue, runs, sqs_only
 from tqflow.engine.layout import output_path
 from tqflow.errors import DeadLettersError
 
@@ -261,7 +261,7 @@ def _load_by_slug_in_a_new_process(slug: str, kind: str) -> list[str]:
 
     from prefect.settings import PREFECT_API_URL
 
-    from tests.helpers import child_env
+    from tests.support.helpers import child_env
 
     code = (
         "import sys\n"

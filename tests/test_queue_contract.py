@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 from tqflow.errors import LeaseLostError, MessageTooLargeError, QueueConfigError
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RECIPE_HEADING, REPO
+from tests.support.helpers import REPO
+from tests.support.readme import RECIPE_HEADING
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from blocks import CloudFilesStorage
-from tests.helpers import write_outputs
+from tests.support.helpers import write_outputs
 from tqflow.results_summary import summarise
 from tqflow.results_table import build_results_table, output_paths
 

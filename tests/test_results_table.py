@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from blocks import CloudFilesStorage
-from tests.helpers import write_outputs
+from tests.support.helpers import write_outputs
 from tqflow.engine.layout import output_path
 from tqflow.results_table import build_results_table, output_paths
 

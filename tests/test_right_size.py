@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.helpers import enqueue, run_worker
+from tests.support.helpers import enqueue, run_worker
 from tqflow.engine.layout import output_path
 from tqflow.engine.reports import BatchTally
 from tqflow.errors import ResourcePlanError

@@ -12,7 +12,7 @@ import signal
 import pyarrow.parquet as pq
 
 from flows.analysis import analyze_batch
-from tests.helpers import enqueue, run_worker, wait_until
+from tests.support.helpers import enqueue, run_worker, wait_until
 from tqflow.engine.layout import (
     analysis_table_path,
     output_path,

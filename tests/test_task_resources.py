@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.helpers import enqueue, run_worker
+from tests.support.helpers import enqueue, run_worker
 from tqflow.engine.layout import error_path, output_path
 from tqflow.engine.reports import batch_tally, read_reports
 from tqflow.engine.task_resources import _Sampler

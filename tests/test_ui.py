@@ -22,7 +22,7 @@ from typing import Iterator
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import REPO
+from tests.support.helpers import REPO
 
 # pytest-timeout counts fixture setup: the first test to need the session's `recipe` (its own
 # server, deploy and a 200-item run, 250 s on a quiet machine) pays for it, whichever that is.

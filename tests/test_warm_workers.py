@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers import child_env, enqueue
+from tests.support.helpers import child_env, enqueue
 from tqflow.engine.layout import output_path
 
 

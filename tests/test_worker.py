@@ -6,7 +6,7 @@ import json
 import time
 from functools import partial
 
-from tests.helpers import enqueue, run_worker, runs, wait_until
+from tests.support.helpers import enqueue, run_worker, runs, wait_until
 from tqflow.engine.layout import output_path
 
 

@@ -96,7 +96,7 @@ def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect
     from prefect.events import emit_event
     from prefect.states import Crashed
 
-    from tests.helpers import wait_until
+    from tests.support.helpers import wait_until
     from tqflow.fleet.deployment import DeploymentFleet, _pod_reasons
 
     @flow(name="worker")

@@ -3,7 +3,7 @@ the task, the queue unreachable, retry rules, allowed modules, the lease keeper'
 scenarios that mix them into batches (hung tasks, bad messages, shutdown, ``os:system``, expiring
 keys) are in tests/reliability/.
 
-Worker processes are real (`tests.forked_workers`: the process entry, its signal handlers);
+Worker processes are real (`tests.support.forked_workers`: the process entry, its signal handlers);
 some time-limit tests run one worker in the test's own thread, where no handler is installed
 and the limit is enforced by an asynchronous exception instead.
 """
@@ -18,7 +18,7 @@ import pytest
 
 from blocks import CloudFilesStorage, LocalTaskQueue
 from flows.enqueue import enqueue_items
-from tests.helpers import child_env, enqueue, run_worker
+from tests.support.helpers import child_env, enqueue, run_worker
 from tqflow.engine import process as worker_process
 from tqflow.engine.layout import error_path
 from tqflow.engine.lease_keeper import LeaseKeeper
@@ -132,8 +132,8 @@ def test_a_storage_error_that_no_retry_fixes_is_raised_on_the_first_attempt(tmp_
 
 def test_a_queue_unreachable_past_the_bound_stops_the_worker_with_exit_code_3(storage):
     from blocks import SQSTaskQueue
-    from tests.conftest import sqs_credentials
-    from tests.services import free_port
+    from tests.support.cloud import sqs_credentials
+    from tests.support.services import free_port
 
     # Nothing listens on the endpoint; one attempt per request, so the bound is what is tested.
     queue = SQSTaskQueue(

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.worker import worker
-from tests.helpers import enqueue, run_worker
+from tests.support.helpers import enqueue, run_worker
 from tqflow.engine.options import WorkerOptions
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers import enqueue, run_worker, wait_until
+from tests.support.helpers import enqueue, run_worker, wait_until
 from tqflow.engine.reports import batch_tally, read_reports
 
 

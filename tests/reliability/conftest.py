@@ -8,7 +8,7 @@ Figures: each scenario calls ``figure(...)`` with what it measured (trials, item
 duplicated, dead-lettered, recovery time). They are appended as JSON lines to the file named by
 ``TQFLOW_RELIABILITY_FIGURES`` when it is set, and go nowhere otherwise.
 
-Worker processes come from the ``forked_workers`` fixture (`tests.forked_workers`): real
+Worker processes come from the ``forked_workers`` fixture (`tests.support.forked_workers`): real
 processes, forked warm, so that killing 20 of them costs seconds.
 """
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 from blocks import CAVECredentials
-from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
+from tests.support.helpers import enqueue
 from tqflow.engine.layout import error_path, output_path
 from tqflow.engine.messages import decode
 from tqflow.errors import MessageError

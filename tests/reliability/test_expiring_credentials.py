@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from blocks import CloudFilesStorage
-from tests.conftest import sqs_credentials
-from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
+from tests.support.cloud import sqs_credentials
+from tests.support.helpers import enqueue
 from tqflow.engine.layout import outputs_prefix
 
 ITEMS = scaled(12, 200)

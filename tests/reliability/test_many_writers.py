@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import enqueue
 from tests.reliability.conftest import scaled
+from tests.support.helpers import enqueue
 from tests.tasks import executions
 from tqflow.engine.layout import outputs_prefix
 
@@ -36,7 +36,7 @@ def test_four_workers_run_every_task_and_none_twice_while_its_lease_holds(
     assert set(ran) == set(range(n)) and outputs == n
     # Second deliveries while a lease holds (leases here outlast the batch, so any second delivery
     # counts): the local queue takes the write lock for every receive, and the moto server the
-    # tests start receives atomically (tests/atomic_moto.py), so a duplicate on either is
+    # tests start receives atomically (tests/support/atomic_moto.py), so a duplicate on either is
     # tqflow's. Amazon SQS itself may deliver "occasionally more than one copy"; that costs one
     # existence check and is not what this measures.
     assert twice == 0

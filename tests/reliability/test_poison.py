@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers import enqueue
+from tests.support.helpers import enqueue
 from tqflow.engine.layout import error_path, output_path
 
 

@@ -23,8 +23,8 @@ from prefect.server.api.server import SubprocessASGIServer
 
 from blocks import LocalTaskQueue
 from flows.worker import worker
-from tests.helpers import enqueue, wait_until
 from tests.reliability.conftest import scaled
+from tests.support.helpers import enqueue, wait_until
 from tqflow.engine.layout import outputs_prefix
 
 ITEMS = scaled(400, 1_500)

@@ -19,8 +19,8 @@ from prefect_gcp import GcpCredentials
 from blocks import CAVECredentials, CloudFilesStorage
 from blocks.queues.sqs import SQSTaskQueue
 from flows.pipeline import pipeline
-from tests.cave_service import DATASTACK, SERVER, cave_registrations
-from tests.conftest import GCS_BUCKET, service_account_info
+from tests.support.cave_service import DATASTACK, SERVER, cave_registrations
+from tests.support.cloud import GCS_BUCKET, service_account_info
 from tqflow.errors import DeadLettersError
 
 

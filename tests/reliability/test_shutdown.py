@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import child_env, enqueue, runs, wait_until
+from tests.support.helpers import child_env, enqueue, runs, wait_until
 from tqflow.engine import process as worker_process
 
 BIN = Path(sys.executable).parent
@@ -92,7 +92,7 @@ def test_one_ctrl_c_of_the_demo_releases_every_lease_and_the_same_command_then_f
     the command ends at once with what to do, and running it again finishes the batch
     without waiting for leases or re-running anything that has an output."""
     from blocks import LocalTaskQueue
-    from tests.terminal import Terminal
+    from tests.support.terminal import Terminal
 
     data, items = tmp_path / "data", 300
     command = [str(BIN / "tqflow"), "demo", "--items", str(items), "--nodes", "20000"]

@@ -1,7 +1,7 @@
 """Reliability: SQS refusing calls (throttling, 500, 503) and failing single entries of batch
 calls (SendMessageBatch, ReceiveMessage, DeleteMessageBatch, ChangeMessageVisibilityBatch) —
 nothing lost, nothing duplicated at enqueue. The faults are injected into real HTTP calls to the
-moto server (`tests.sqs_faults`)."""
+moto server (`tests.support.sqs_faults`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from collections import Counter
 import pytest
 
 from blocks.queues.sqs import SQSTaskQueue
-from tests.helpers import enqueue, sqs_only
 from tests.reliability.conftest import scaled
-from tests.sqs_faults import SQSFaults
+from tests.support.helpers import enqueue, sqs_only
+from tests.support.sqs_faults import SQSFaults
 from tests.tasks import executions
 from tqflow.engine.layout import outputs_prefix
 from tqflow.engine.options import WorkerOptions

@@ -12,10 +12,10 @@ import pytest
 from prefect_gcp import GcpCredentials
 
 from blocks import CloudFilesStorage
-from tests.conftest import service_account_info
-from tests.helpers import enqueue, wait_until
 from tests.reliability.conftest import scaled
-from tests.services import StorageEmulator, TcpProxy
+from tests.support.cloud import service_account_info
+from tests.support.helpers import enqueue, wait_until
+from tests.support.services import StorageEmulator, TcpProxy
 from tqflow.engine.layout import outputs_prefix
 
 BUCKET = "outage-bucket"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.helpers import enqueue
+from tests.support.helpers import enqueue
 
 
 def test_a_message_naming_os_system_is_dead_lettered_not_run(

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.helpers import enqueue, runs, wait_until
 from tests.reliability.conftest import scaled
+from tests.support.helpers import enqueue, runs, wait_until
 from tests.tasks import executions
 from tqflow.engine.layout import output_path, outputs_prefix
 

@@ -13,7 +13,7 @@ import pytest
 from blocks.queues.base import TaskQueue
 from tqflow.engine.messages import task_messages
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: Runs a test that builds its queue with `queue_factory` on the SQS backend only. Direct
 #: parametrisation, so it also overrides a module's own ``backend`` fixture.
@@ -47,9 +47,9 @@ def enqueue(queue: TaskQueue, fn: str, items, batch: str = "b", **kwargs: Any) -
 
 
 def run_worker(queue, storage, timeout: float = 120, **options: Any) -> dict[str, Any]:
-    """Run one worker process (forked warm, `tests.forked_workers`) to its end; return its
+    """Run one worker process (forked warm, `tests.support.forked_workers`) to its end; return its
     stats."""
-    from tests.forked_workers import ForkedWorkers
+    from tests.support.forked_workers import ForkedWorkers
 
     options.setdefault("idle_seconds", 0.2)
     with tempfile.TemporaryDirectory() as folder:

@@ -19,7 +19,7 @@ the source queue's visible messages, attributes kept and receive counts starting
 answers the source's most recent task with its status and counts. A task here finishes before
 its start call answers (SQS's run in the background at up to 500 messages a second).
 
-Run as a script: ``python tests/atomic_moto.py -H 127.0.0.1 -p PORT`` (moto_server's options).
+Run as a script: ``python tests/support/atomic_moto.py -H 127.0.0.1 -p PORT`` (moto_server's options).
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
     """A moto server on 127.0.0.1 (SQS and S3 over real HTTP), its SQS receives made atomic
-    (`tests/atomic_moto.py` says why); yields its endpoint URL."""
+    (`tests/support/atomic_moto.py` says why); yields its endpoint URL."""
     port = free_port()
     script = Path(__file__).with_name("atomic_moto.py")
     process = start([sys.executable, str(script), "-H", "127.0.0.1", "-p", str(port)])
@@ -378,7 +378,7 @@ def prefect_server(home: Path, env: Optional[dict[str, str]] = None) -> Iterator
 
 
 class HttpProxy:
-    """`tests/http_proxy.py` in front of a service: its endpoint, and the requests it has
+    """`tests/support/http_proxy.py` in front of a service: its endpoint, and the requests it has
     counted (forwarded and throttled, by method and path)."""
 
     def __init__(self, port: int) -> None:

@@ -1,7 +1,7 @@
 """An HTTP proxy in front of a stand-in, adding what the stand-in is too kind to show: a cloud's
 latency, a rate limit's 429s, and a count of the requests a client sends.
 
-    python tests/http_proxy.py --upstream http://127.0.0.1:4200 --port 5000 \\
+    python tests/support/http_proxy.py --upstream http://127.0.0.1:4200 --port 5000 \\
         [--delay-seconds 0.03] [--throttle-share 0.2] [--retry-after 1]
 
 - every request waits ``--delay-seconds`` before it is forwarded (a bucket 30 ms away);
@@ -12,7 +12,7 @@ latency, a rate limit's 429s, and a count of the requests a client sends.
   path (UUIDs and object names replaced by ``{id}``), and the service's failed answers by
   status; ``POST /__proxy__/reset`` zeroes them.
 
-Started and stopped by `tests.services.http_proxy`, like every other service.
+Started and stopped by `tests.support.services.http_proxy`, like every other service.
 """
 
 from __future__ import annotations
