@@ -17,6 +17,7 @@ from functools import partial
 from typing import Iterator
 
 from bench.common import moto_server
+from tests.support.cloud import sqs_credentials
 
 
 @contextlib.contextmanager
@@ -39,18 +40,6 @@ def counting_sqs_requests() -> Iterator[Counter]:
         BaseClient._make_api_call = original
 
 
-def _credentials(endpoint: str):
-    from prefect_aws import AwsCredentials
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    return AwsCredentials(
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-        region_name="us-east-1",
-        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint),
-    )
-
-
 def tqflow_sqs(endpoint: str, n: int) -> dict:
     from blocks import CloudFilesStorage
     from blocks.queues.sqs import SQSTaskQueue
@@ -60,7 +49,7 @@ def tqflow_sqs(endpoint: str, n: int) -> dict:
 
     queue = SQSTaskQueue(
         queue_name=f"bench-{uuid.uuid4().hex[:8]}",
-        aws_credentials=_credentials(endpoint),
+        aws_credentials=sqs_credentials(endpoint),
         wait_seconds=1,
     )
     queue.ensure()
@@ -90,7 +79,7 @@ def taskqueue_sqs(endpoint: str, n: int) -> dict:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     name = f"bench-tq-{uuid.uuid4().hex[:8]}"
-    _credentials(endpoint).get_client("sqs").create_queue(QueueName=name)
+    sqs_credentials(endpoint).get_client("sqs").create_queue(QueueName=name)
     queue = TaskQueue(
         f"sqs://{name}", region_name="us-east-1", endpoint_url=endpoint, progress=False
     )

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import cloud_cli
 from tests.support.helpers import REPO
 
 SCRIPT = REPO / "deployments/gke/make_cluster.sh"
@@ -87,13 +87,7 @@ def cloud(tmp_path):
     state.mkdir()
     for utility in UTILITIES:
         (bin_dir / utility).symlink_to(shutil.which(utility))
-    for tool in TOOLS:
-        stub = bin_dir / tool
-        stub.write_text(
-            f'#!/bin/sh\nCLOUD_CLI_TOOL={tool} exec "{sys.executable}" '
-            f'"{REPO / "tests/support/cloud_cli.py"}" "$@"\n'
-        )
-        stub.chmod(0o755)
+    cloud_cli.install(bin_dir, TOOLS)
     env = {
         "PATH": str(bin_dir),
         "CLOUD_CLI_STATE": str(state),

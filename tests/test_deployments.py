@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.helpers import REPO, runs
+from tests.support.readme import guide_blocks, run_bash
 from tqflow.examples import demo_root_ids
 
 # One server, one deploy: keep these tests on one xdist worker (make test uses --dist loadgroup).
@@ -74,19 +75,10 @@ def deployed(recipe) -> dict[str, str]:
         "--base-job-template",
         str(REPO / "deployments/gke/base-job-template.json"),
     )
-    guide = (REPO / "deployments/gke/README.md").read_text()
-    section = guide[guide.index("## 7. Size and deploy") :]
-    deploy = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    env = {**recipe, "TQFLOW_IMAGE": IMAGE, "PATH": f"{BIN}{os.pathsep}{recipe['PATH']}"}
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", deploy],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    [deploy] = guide_blocks("## 7. Size and deploy")
+    run_bash(
+        deploy, {**recipe, "TQFLOW_IMAGE": IMAGE, "PATH": f"{BIN}{os.pathsep}{recipe['PATH']}"}
     )
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return recipe
 
 

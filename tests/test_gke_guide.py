@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import sys
 import threading
 import uuid
@@ -23,39 +22,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import cloud_cli
 from tests.support.helpers import REPO
+from tests.support.readme import guide_blocks, run_bash
 from tests.support.services import prefect_server
 from tqflow.gke.job_template import NAMESPACE, base_job_template
 from tqflow.gke.resources import Machine, plan
 
-GUIDE = REPO / "deployments/gke/README.md"
 BIN = Path(sys.executable).parent
 IMAGE = "us-west1-docker.pkg.dev/my-project/tqflow/worker@sha256:" + "1" * 64
 #: The GKE deployments of prefect.yaml, all of which the guide deploys.
 GKE_DEPLOYMENTS = {"pipeline-gke", "worker-gke", "analysis", "dead-letters"}
 #: The flow parameters that name a block.
 BLOCK_PARAMETERS = ("queue", "storage", "cave")
-
-
-def guide_blocks(heading: str, language: str = "bash") -> list[str]:
-    """The fenced blocks of one section of the guide (from ``heading`` to the next ``## ``)."""
-    text = GUIDE.read_text()
-    section = text[text.index(heading) + len(heading) :]
-    section = section[: section.find("\n## ")] if "\n## " in section else section
-    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
-
-
-def bash(script: str, env: dict[str, str], cwd: Path = REPO) -> str:
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, f"{script}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
 
 
 # -- the guide's own steps on a server with basic auth ----------------------------------------------
@@ -110,7 +89,7 @@ def guided(tmp_path_factory):
             ("deploy", deploy),
         ]:
             with_server = {**env, "PREFECT_API_URL": server["PREFECT_API_URL"]}
-            outputs[name] = bash(script, with_server)
+            outputs[name] = run_bash(script, with_server)
         yield {**env, "PREFECT_API_URL": server["PREFECT_API_URL"], "password": password}
 
 
@@ -242,13 +221,7 @@ def helm_steps(tmp_path):
     bin_dir, state = tmp_path / "bin", tmp_path / "state"
     bin_dir.mkdir()
     state.mkdir()
-    for tool in ("helm", "kubectl"):
-        stub = bin_dir / tool
-        stub.write_text(
-            f'#!/bin/sh\nCLOUD_CLI_TOOL={tool} exec "{sys.executable}" '
-            f'"{REPO / "tests/support/cloud_cli.py"}" "$@"\n'
-        )
-        stub.chmod(0o755)
+    cloud_cli.install(bin_dir, ("helm", "kubectl"))
     env = {
         "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
         "CLOUD_CLI_STATE": str(state),
@@ -258,8 +231,8 @@ def helm_steps(tmp_path):
     assert shutil.which("openssl", path=env["PATH"]), "the guide's step 3 uses openssl"
     server = guide_blocks("## 3. The Prefect server")[0]
     worker = guide_blocks("## 5. Work pool and Prefect worker")[1]
-    bash(server, env)
-    bash(worker, env)
+    run_bash(server, env)
+    run_bash(worker, env)
     return [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
 
 

@@ -25,6 +25,16 @@ def resource(args: list[str]) -> tuple[str, str] | None:
     return None
 
 
+def install(bin_dir: Path, tools: tuple[str, ...]) -> None:
+    """Put a stand-in for each of ``tools`` in ``bin_dir`` (to go first, or alone, on PATH)."""
+    for tool in tools:
+        stub = bin_dir / tool
+        stub.write_text(
+            f'#!/bin/sh\nCLOUD_CLI_TOOL={tool} exec "{sys.executable}" "{__file__}" "$@"\n'
+        )
+        stub.chmod(0o755)
+
+
 def main() -> int:
     tool = os.environ["CLOUD_CLI_TOOL"]
     args = sys.argv[1:]
