@@ -8,6 +8,7 @@ the batch are skipped, so re-running a batch resumes it. Every message is built 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -65,6 +66,10 @@ class EnqueueResult:
         if self.empty_cells:
             parts.append(f"{self.empty_cells:,} empty cells skipped")
         return "; ".join(parts)
+
+
+#: An ``items`` parameter larger than this (as JSON) is said to belong in a file.
+LARGE_ITEMS_PARAMETER_BYTES = 1_000_000
 
 
 class SentRecord:
@@ -171,7 +176,16 @@ class ItemSource(BaseModel):
         """The items, read exactly (`tqflow.items`); ``cave`` is needed for a ``cave_query``,
         ``storage`` (whose credentials read it) for an ``items_file`` at a gs:// / s3:// URL."""
         if self.items is not None:
-            return from_values(self.items, "items", lambda i: f"items[{i}]")
+            items = from_values(self.items, "items", lambda i: f"items[{i}]")
+            size = len(json.dumps(self.items, default=str))
+            if size > LARGE_ITEMS_PARAMETER_BYTES:
+                items.notes.append(
+                    f"items=[...] is {size / 1e6:.1f} MB of flow-run parameters "
+                    f"({len(items):,} items): every run stores and sends them, and Prefect's "
+                    "API refuses a request past its size limit; put them in a file and pass "
+                    "items_file (a path, or a gs:// / s3:// URL for a deployment's run)"
+                )
+            return items
         if self.cave_query is not None:
             if cave is None:
                 raise ItemSourceError(

@@ -65,3 +65,10 @@ def test_a_pipeline_run_reads_its_items_from_a_gs_file(gcs_storage, tmp_path, pr
     assert (summary["queued"], summary["done"]) == (12, 12)
     for i in range(12):
         assert gcs_storage.get_json(output_path("from-gs", str(i)))["result"] == i * i
+
+
+def test_a_parameter_list_of_a_megabyte_and_more_says_to_use_a_file():
+    big = ItemSource(items=ROOT_IDS).read()  # 100,000 18-digit IDs: ~2 MB of JSON
+    assert list(big) == ROOT_IDS
+    assert "put them in a file and pass items_file" in big.report()
+    assert ItemSource(items=ROOT_IDS[:1000]).read().report() == ""

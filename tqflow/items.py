@@ -66,14 +66,20 @@ class Items(list):
         self.source = source
         #: Line (text, CSV, JSON lines) or row (Parquet) numbers of empty cells, 1-based.
         self.empty_lines = list(empty_lines)
+        #: Other things worth a warning, one sentence each.
+        self.notes: list[str] = []
 
     def report(self) -> str:
-        """One sentence on what was skipped, or '' when nothing was."""
-        if not self.empty_lines:
-            return ""
-        shown = ", ".join(map(str, self.empty_lines[:10]))
-        more = f" and {len(self.empty_lines) - 10:,} more" if len(self.empty_lines) > 10 else ""
-        return f"{self.source}: {len(self.empty_lines):,} empty cells skipped (lines {shown}{more})"
+        """What was skipped and what is worth a warning, or '' when nothing is."""
+        said = list(self.notes)
+        if self.empty_lines:
+            shown = ", ".join(map(str, self.empty_lines[:10]))
+            more = f" and {len(self.empty_lines) - 10:,} more" if len(self.empty_lines) > 10 else ""
+            said.insert(
+                0,
+                f"{self.source}: {len(self.empty_lines):,} empty cells skipped (lines {shown}{more})",
+            )
+        return "; ".join(said)
 
 
 def parse_item(text: str, where: str = "the item") -> Any:
