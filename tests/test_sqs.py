@@ -189,3 +189,26 @@ def test_a_batchs_dead_letters_are_still_moved_one_by_one(queue_factory):
     assert queue.redrive(select=lambda body: body == "a") == 1
     assert "StartMessageMoveTask" not in calls
     assert [d.body for d in queue.dead_letters()] == ["b"]
+
+
+def test_an_sqs_endpoint_without_message_move_tasks_gets_its_dead_letters_moved_one_by_one():
+    # moto as shipped lacks StartMessageMoveTask (a 500): redrive falls back, nothing lost
+    from tests.support.services import moto_server
+
+    with moto_server(as_shipped=True) as endpoint:
+        queue = SQSTaskQueue(
+            queue_name="shipped",
+            aws_credentials=sqs_credentials(endpoint),
+            max_receive_count=1,
+            max_attempts=1,  # botocore would retry moto's 500 seven times first, ~40 s
+        )
+        queue.ensure()
+        queue.send(["a", "b", "c"])
+        for lease in queue.receive(max_messages=3):
+            queue.dead_letter(lease, "bug")
+        calls = _calls_of(queue)
+        assert queue.redrive() == 3
+        assert "StartMessageMoveTask" in calls and "SendMessageBatch" in calls
+        back = queue.receive(max_messages=10)
+        assert sorted(lease.body for lease in back) == ["a", "b", "c"]
+        assert queue.counts().dead == 0

@@ -40,9 +40,9 @@ _BATCH = 10
 _BATCH_BYTES = 262_144
 _MAX_WAIT = 20
 _MAX_VISIBILITY = 43_200
-#: Error codes of an SQS endpoint without StartMessageMoveTask (an older stand-in): redrive
-#: then moves the messages itself.
-_MOVE_UNSUPPORTED = ("InvalidAction", "NotImplemented", "InternalFailure", "InternalError")
+#: Error codes of an SQS-compatible endpoint without StartMessageMoveTask: redrive then moves
+#: the messages itself (moto as shipped answers 500 with an HTML page, code "500").
+_MOVE_UNSUPPORTED = ("InvalidAction", "UnknownOperationException", "NotImplemented")
 _NOT_OURS = {"ReceiptHandleIsInvalid", "AWS.SimpleQueueService.ReceiptHandleIsInvalid"}
 
 #: Message attributes a message dead-lettered by a worker carries.
@@ -515,26 +515,26 @@ class SQSTaskQueue(TaskQueue):
         try:
             client.start_message_move_task(SourceArn=source, DestinationArn=destination)
         except ClientError as exc:
-            if _code(exc) in _MOVE_UNSUPPORTED or exc.response.get("ResponseMetadata", {}).get(
-                "HTTPStatusCode"
-            ) in (404, 501):
-                return None
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if _code(exc) in _MOVE_UNSUPPORTED or status >= 500 or status == 404:
+                return None  # the message-by-message path moves them just as surely
             raise QueueError(
                 f"SQS refused to move the dead letters of {self.dlq_name!r} back "
                 f"({_code(exc)}: {exc}); a move already running must end first (SQS console)"
             ) from exc
-        waited = 0
+        polls = 0
         while True:
-            [task] = client.list_message_move_tasks(SourceArn=source, MaxResults=1)["Results"]
-            if task["Status"] == "COMPLETED":
-                return int(task.get("ApproximateNumberOfMessagesMoved", 0))
-            if task["Status"] in ("FAILED", "CANCELLED", "CANCELLING"):
+            polls += 1
+            tasks = client.list_message_move_tasks(SourceArn=source, MaxResults=1)["Results"]
+            status = tasks[0]["Status"] if tasks else "RUNNING"  # not listed yet
+            if status == "COMPLETED":
+                return int(tasks[0].get("ApproximateNumberOfMessagesMoved", 0))
+            if status in ("FAILED", "CANCELLED", "CANCELLING"):
                 raise QueueError(
-                    f"moving the dead letters of {self.dlq_name!r} back ended "
-                    f"{task['Status']}: {task.get('FailureReason', 'no reason given')}"
+                    f"moving the dead letters of {self.dlq_name!r} back ended {status}: "
+                    f"{tasks[0].get('FailureReason', 'no reason given')}"
                 )
-            time.sleep(min(5.0, 0.5 * 2**waited))
-            waited += 1
+            time.sleep(retry_delay(polls, base_seconds=0.5, max_seconds=5.0))
 
     def purge(self, dead_letters: bool = False) -> None:
         client = self._client()

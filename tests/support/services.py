@@ -125,12 +125,17 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
+def moto_server(as_shipped: bool = False) -> Iterator[str]:
     """A moto server on 127.0.0.1 (SQS and S3 over real HTTP), its SQS receives made atomic
-    (`tests/support/atomic_moto.py` says why); yields its endpoint URL."""
+    and the message-move calls added (`tests/support/atomic_moto.py` says why); with
+    ``as_shipped``, moto's own server, as an SQS-compatible endpoint without those calls.
+    Yields its endpoint URL."""
     port = free_port()
-    script = Path(__file__).with_name("atomic_moto.py")
-    process = start([sys.executable, str(script), "-H", "127.0.0.1", "-p", str(port)])
+    if as_shipped:
+        command = [str(BIN / "moto_server")]
+    else:
+        command = [sys.executable, str(Path(__file__).with_name("atomic_moto.py"))]
+    process = start([*command, "-H", "127.0.0.1", "-p", str(port)])
     try:
         wait_for_port(port, process)
         yield f"http://127.0.0.1:{port}"
