@@ -5,6 +5,9 @@ The contract (DESIGN.md, "Worker loop"):
 - The output record is written *before* the message is acknowledged, so an acknowledged task
   always has its output; a crash in between only re-runs a task whose output exists, and the
   next worker skips it.
+- The output record is also kept for the batch's next shard (`tqflow.engine.shards`: up to
+  1,000 records a file, written when full, when the queue is found empty, and at the end),
+  which is what the analysis reads; the output stays the truth.
 - An item whose output exists is skipped (and acknowledged) unless ``overwrite``.
 - Leases are extended in the background while a task runs (`LeaseKeeper`).
 - A task that raises is retried by the queue, and a message no retry can fix is dead-lettered
