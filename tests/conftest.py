@@ -26,6 +26,7 @@ from tests.support.cloud import GCS_BUCKET, service_account_info, sqs_credential
 from tests.support.helpers import REPO  # noqa: E402
 from tests.support.readme import RECIPE_HEADING, readme_block  # noqa: E402
 from tests.support.services import (  # noqa: E402,F401
+    FakeGCS,
     StorageEmulator,
     free_port,
     moto_server,
@@ -105,6 +106,21 @@ def gcs_storage(gcs_emulator) -> CloudFilesStorage:
         cloudpath=f"gs://{GCS_BUCKET}/{uuid.uuid4().hex[:10]}",
         gcp_credentials=GcpCredentials(service_account_info=service_account_info()),
     )
+
+
+@pytest.fixture(scope="session")
+def fake_gcs() -> Iterator[FakeGCS]:
+    """fake-gcs-server on 127.0.0.1 with one bucket: the GCS stand-in that honours a listing's
+    ``startOffset`` / ``endOffset`` (gcp-storage-emulator ignores them)."""
+    with FakeGCS("tqflow-fake-gcs") as gcs:
+        yield gcs
+
+
+@pytest.fixture
+def fake_gcs_storage(fake_gcs, monkeypatch) -> CloudFilesStorage:
+    """A gs:// folder of its own on fake-gcs-server, which this test's clients talk to."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs.endpoint)
+    return CloudFilesStorage(cloudpath=f"gs://{fake_gcs.bucket}/{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture

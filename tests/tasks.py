@@ -163,7 +163,7 @@ def environment(x: int, name: str) -> dict:
 def aws_key_in_use(x: int, storage: "CloudFilesStorage") -> str:  # noqa: F821
     """The AWS access key id the worker's storage writes with at this moment (its cloud-files
     client's copy, refreshed as the keys near their expiry)."""
-    return storage._cloudfiles().secrets["AWS_ACCESS_KEY_ID"]
+    return storage._client().cloudfiles().secrets["AWS_ACCESS_KEY_ID"]
 
 
 def allocates(x: int, mib: int, cpu_seconds: float = 0.0) -> int:

@@ -122,7 +122,7 @@ def test_task_whose_output_cannot_be_written_is_never_acknowledged(queue_factory
 
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("storage cannot create folders under a file")
-    broken = CloudFilesStorage(cloudpath=f"file://{not_a_folder}", write_retries=0)
+    broken = CloudFilesStorage(cloudpath=f"file://{not_a_folder}")
     queue = queue_factory(max_receive_count=2)
     enqueue(queue, "tests.tasks:square", [3])
     # idle 2 s: the retry comes back after its delay, which a loaded moto can stretch past 0.2 s

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -19,6 +18,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 from prefect.filesystems import LocalFileSystem
 from pydantic import Field
 
+from blocks.clients import PerProcessClients
 from blocks.queues.base import SQS_DOCUMENTATION_URL, TaskQueue
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 from tqflow.errors import LeaseLostError, QueueConfigError, QueueError
@@ -65,7 +65,7 @@ CREATE INDEX IF NOT EXISTS dead_letters_by_dedup_id ON dead_letters (queue, dedu
 _SEND_CHUNK = 5_000
 
 #: Connections are per process and per thread; sqlite3 connections must not cross either.
-_connections = threading.local()
+_connections: PerProcessClients[sqlite3.Connection] = PerProcessClients()
 
 
 class LocalTaskQueue(TaskQueue):
@@ -114,16 +114,8 @@ class LocalTaskQueue(TaskQueue):
     # -- connection -----------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        cache = getattr(_connections, "by_path", None)
-        if cache is None or getattr(_connections, "pid", None) != os.getpid():
-            cache = _connections.by_path = {}
-            _connections.pid = os.getpid()
         path = str(Path(self.path).expanduser().resolve())
-        conn = cache.get(path)
-        if conn is None:
-            conn = _open(path)
-            cache[path] = conn
-        return conn
+        return _connections.get(path, lambda: _open(path))
 
     def _write(self) -> "_Transaction":
         return _Transaction(self._connection())
