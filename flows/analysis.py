@@ -48,14 +48,15 @@ class Analysis:
 def analyze_batch(storage: CloudFilesStorage, batch: str) -> Analysis | None:
     """Write ``<batch>/analysis/results.parquet`` and ``summary.png``; ``None`` when the batch
     has no outputs."""
-    paths = output_paths(storage, batch)
-    if not paths:
-        return None
     table_path = analysis_table_path(batch)
     notes = []
     with tempfile.TemporaryDirectory(prefix="tqflow-analysis-") as folder:
         shards = ShardIndex.build(storage, batch, folder)
         try:
+            # The shards' keys tell where to cut the outputs' listing into parallel ranges.
+            paths = output_paths(storage, batch, shards.keys())
+            if not paths:
+                return None
             table = build_results_table(storage, paths, folder, shards=shards)
         finally:
             shards.close()

@@ -238,11 +238,11 @@ def done_outputs(
 
     From ``list_from`` items on, the batch's outputs are listed (GCS and S3 answer a list with
     up to 1,000 keys; S3 checks one key per request, GCS 100 per batch request) instead of
-    checked one by one."""
+    checked one by one: in parallel ranges cut at the keys' quantiles, for a large batch."""
     paths = [output_path(batch, key) for key in keys]
     if len(paths) < list_from:
         return {path for path, exists in storage.exists_many(paths).items() if exists}
-    listed = set(storage.list(outputs_prefix(batch)))
+    listed = set(storage.list(outputs_prefix(batch), expected=paths))
     return {path for path in paths if path in listed}
 
 

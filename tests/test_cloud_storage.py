@@ -1,10 +1,14 @@
-"""`CloudFilesStorage` on gs:// (gcp-storage-emulator) and s3:// (moto server), with the
-credentials of prefect-gcp and prefect-aws blocks."""
+"""`CloudFilesStorage` on gs:// (gcp-storage-emulator, and fake-gcs-server where a listing's
+offsets matter) and s3:// (moto server), with the credentials of prefect-gcp and prefect-aws
+blocks."""
 
 from __future__ import annotations
 
 import io
+import uuid
+from urllib.parse import quote
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -27,6 +31,56 @@ def test_listing_and_parallel_reads_on_every_protocol(any_storage):
     paths = [f"b/outputs/{i}.json" for i in range(7)]
     assert sorted(any_storage.list("b/outputs/")) == paths[:5]
     assert any_storage.get_json_many(paths) == {paths[i]: {"i": i} for i in range(5)}
+
+
+@pytest.mark.parametrize("protocol", ["gs", "s3"])
+def test_a_listing_cut_into_parallel_ranges_lists_every_name_once(protocol, request):
+    storage = request.getfixturevalue({"gs": "fake_gcs_storage", "s3": "s3_storage"}[protocol])
+    names = [f"b/outputs/{i:03d}.json" for i in range(100)]
+    for name in names:
+        storage.put_json(name, {})
+    # 40,000 expected names, so the listing is cut in four ranges; each cut falls on a name
+    # that exists (the expected names are 80 of them, repeated), the hardest place for a
+    # range's bound. Names outside the expected ones are listed too.
+    expected = names[10:90] * 500
+    listed = list(storage.list("b/outputs/", expected=expected))
+    assert sorted(listed) == names
+
+
+def test_the_listing_stand_in_lists_what_fake_gcs_server_lists(fake_gcs, monkeypatch):
+    # bench/cloud_latency.py lists through the proxy's index (a bucket's pace, where
+    # fake-gcs-server's own listing slows with the bucket): it must answer what the server
+    # does, also after writes and deletes through the proxy.
+    from tests.support.services import http_proxy
+
+    # A bucket of its own: cloud-files keeps one client per bucket, made for the endpoint of
+    # its time, and this one's is the proxy's.
+    bucket = f"tqflow-listing-{uuid.uuid4().hex[:8]}"
+    bucket_url = f"{fake_gcs.endpoint}/storage/v1/b"
+    httpx.post(bucket_url, params={"project": "t"}, json={"name": bucket}).raise_for_status()
+    names = [f"b/outputs/{i:04d}.json" for i in range(2_500)]  # three pages
+    with http_proxy(fake_gcs.endpoint, gcs=fake_gcs, list_seconds_per_name=0) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+        storage = CloudFilesStorage(cloudpath=f"gs://{bucket}/f", num_threads=3)
+        storage._client().cloudfiles().puts([(name, b"{}") for name in names], compress=None)
+        assert sorted(storage.list("b/")) == names  # the index made
+        storage.put_json("b/reports/w.json", {})
+        # (cloud-files deletes on GCS through the batch API, which fake-gcs-server lacks)
+        gone = quote(f"f/{names[7]}", safe="")
+        httpx.delete(f"{proxy.endpoint}/storage/v1/b/{bucket}/o/{gone}").raise_for_status()
+        listed = sorted(storage.list("b/"))
+        ranged = sorted(storage.list("b/outputs/", expected=names * 8))
+        indexed = proxy.counts()["forwarded"][f"GET /storage/v1/b/{bucket}/o"]
+    served, token = [], ""
+    while True:  # fake-gcs-server's own listing
+        page = httpx.get(f"{bucket_url}/{bucket}/o", params={"prefix": "f/b/", "pageToken": token})
+        served += [item["name"].removeprefix("f/") for item in page.json().get("items", [])]
+        token = page.json().get("nextPageToken")
+        if not token:
+            break
+    assert listed == sorted(served) == sorted([*names[:7], *names[8:], "b/reports/w.json"])
+    assert ranged == listed[:-1]
+    assert indexed >= 4  # the pages came through the proxy
 
 
 def test_a_corrupt_file_costs_only_itself_on_every_protocol(any_storage):
@@ -145,9 +199,9 @@ def test_blocks_with_different_secrets_on_one_folder_never_share_a_client():
             gcp_credentials=GcpCredentials(service_account_info=info),
         )
 
-    first = gcs()._cloudfiles()
-    assert gcs()._cloudfiles() is first  # equal blocks: one client per process
-    assert gcs(private_key_id="another-key")._cloudfiles() is not first  # a secret inside a secret
+    first = gcs()._client()
+    assert gcs()._client() is first  # equal blocks: one client per process
+    assert gcs(private_key_id="another-key")._client() is not first  # a secret inside a secret
 
 
 def test_credentials_for_another_protocol_are_refused():

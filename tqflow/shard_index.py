@@ -78,6 +78,10 @@ class ShardIndex:
                 found[key] = json.loads(record)
         return found
 
+    def keys(self) -> list[str]:
+        """Every key a shard holds, sorted."""
+        return [key for (key,) in self._db.execute("SELECT key FROM records ORDER BY key")]
+
     def close(self) -> None:
         self._db.close()
 

@@ -2,11 +2,15 @@
 latency, a rate limit's 429s, and a count of the requests a client sends.
 
     python tests/support/http_proxy.py --upstream http://127.0.0.1:4200 --port 5000 \\
-        [--delay-seconds 0.03] [--throttle-share 0.2] [--retry-after 1]
+        [--delay-seconds 0.03] [--throttle-share 0.2] [--retry-after 1] \\
+        [--gcs-folder /tmp/fake-gcs-x --list-seconds-per-name 0.00027]
 
 - every request waits ``--delay-seconds`` before it is forwarded (a bucket 30 ms away);
 - a ``--throttle-share`` of requests is answered ``429 Too Many Requests`` with
   ``Retry-After`` instead of being forwarded (Prefect Cloud over its rate limit);
+- with ``--gcs-folder`` (fake-gcs-server's filesystem root) it answers GCS object listings
+  itself, at a bucket's pace: ``--list-seconds-per-name`` for each name listed, on top of the
+  delay (`gcs_listing.py`);
 - WebSockets (Prefect's events) are passed through, neither delayed nor throttled;
 - ``GET /__proxy__/counts`` answers the requests forwarded and throttled so far, by method and
   path (UUIDs and object names replaced by ``{id}``), and the service's failed answers by
@@ -24,10 +28,12 @@ import random
 import re
 from collections import Counter
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import uvicorn
 import websockets
+from gcs_listing import BucketIndex, answers_itself  # beside this script
 
 #: Headers that belong to one connection, not to the message: never forwarded.
 HOP_BY_HOP = {
@@ -42,6 +48,8 @@ HOP_BY_HOP = {
     "host",
     "content-length",
 }
+#: A GCS bucket's objects: listed with GET, written with POST / PUT / PATCH / DELETE.
+_GCS_OBJECTS = re.compile(r"^(?:/upload)?/storage/v1/b/([^/]+)/o(?:/|$)")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -53,9 +61,19 @@ def kind_of(method: str, path: str) -> str:
 
 
 class Proxy:
-    def __init__(self, upstream: str, delay: float, throttle_share: float, retry_after: int):
+    def __init__(
+        self,
+        upstream: str,
+        delay: float,
+        throttle_share: float,
+        retry_after: int,
+        gcs_folder: str | None = None,
+        list_seconds_per_name: float = 0.0,
+    ):
         self.upstream = upstream.rstrip("/")
         self.delay, self.throttle_share, self.retry_after = delay, throttle_share, retry_after
+        self.gcs_folder, self.list_seconds_per_name = gcs_folder, list_seconds_per_name
+        self.indexes: dict[str, BucketIndex] = {}
         self.forwarded: Counter[str] = Counter()
         self.throttled: Counter[str] = Counter()
         #: Answers of the service that were not a success, by request and status.
@@ -105,6 +123,8 @@ class Proxy:
         self.forwarded[kind] += 1
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.gcs_folder and await self.gcs_listing(scope, send):
+            return
         headers = [
             (k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in HOP_BY_HOP
         ]
@@ -129,6 +149,28 @@ class Proxy:
             if k.lower() not in HOP_BY_HOP
         ]
         await _respond(send, response.status_code, out, raw)
+
+    async def gcs_listing(self, scope: dict[str, Any], send: Any) -> bool:
+        """Answer a GCS listing from the bucket's index; note a write. ``True`` if answered."""
+        found = _GCS_OBJECTS.match(scope["path"])
+        if found is None:
+            if scope["path"].startswith("/batch/"):  # deletes in a batch: any bucket
+                for index in self.indexes.values():
+                    index.changed()
+            return False
+        bucket = found.group(1)
+        index = self.indexes.setdefault(bucket, BucketIndex(f"{self.gcs_folder}/{bucket}"))
+        if scope["method"] != "GET":
+            index.changed()
+            return False
+        params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        if not scope["path"].endswith("/o") or not answers_itself(params):
+            return False
+        page = index.page(bucket, params)
+        await asyncio.sleep(self.list_seconds_per_name * len(page["items"]))
+        body = json.dumps(page).encode()
+        await _respond(send, 200, [(b"content-type", b"application/json")], body)
+        return True
 
     async def control(self, method: str, path: str, send: Any) -> None:
         if path == "/__proxy__/counts":
@@ -209,8 +251,17 @@ def main() -> None:
     parser.add_argument("--delay-seconds", type=float, default=0.0)
     parser.add_argument("--throttle-share", type=float, default=0.0)
     parser.add_argument("--retry-after", type=int, default=1)
+    parser.add_argument("--gcs-folder")
+    parser.add_argument("--list-seconds-per-name", type=float, default=0.0)
     args = parser.parse_args()
-    proxy = Proxy(args.upstream, args.delay_seconds, args.throttle_share, args.retry_after)
+    proxy = Proxy(
+        args.upstream,
+        args.delay_seconds,
+        args.throttle_share,
+        args.retry_after,
+        args.gcs_folder,
+        args.list_seconds_per_name,
+    )
     uvicorn.run(
         proxy,
         host="127.0.0.1",

@@ -109,7 +109,10 @@ class JSONFiles(dict):
 class StorageReader(Protocol):
     """A batch's folder as the analysis reads it: listed, then read in parallel."""
 
-    def list(self, prefix: str = "") -> Iterator[str]: ...
+    def list(self, prefix: str = "", *, expected: Sequence[str] = ()) -> Iterator[str]:
+        """Paths under ``prefix``; ``expected`` (paths the caller expects there) only lets
+        the listing run in parallel ranges."""
+        ...
 
     def get_json_many(self, paths: Iterable[str]) -> JSONFiles: ...
 
