@@ -10,6 +10,9 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Optional
+
+from cloudfiles import CloudFiles
 
 
 def square(x: int) -> int:
@@ -107,6 +110,12 @@ def takes_its_own_storage(path: str, storage: str = "gs://theirs") -> str:
     """A python-task-queue style function whose own ``storage`` argument is a string: tqflow
     must not replace it (it is not annotated as CloudFilesStorage)."""
     return f"{storage}/{path}"
+
+
+def reads_with_cloudfiles(path: str, storage: Optional[CloudFiles] = None) -> str:
+    """A python-task-queue style function that takes cloud-files' own client, which has every
+    member of tqflow's storage contract: tqflow must not hand it the worker's storage."""
+    return "no client" if storage is None else storage.cloudpath
 
 
 def sleeps_on(x: int, slow: list[int], seconds: float = 3600.0) -> int:

@@ -165,6 +165,14 @@ def test_unregistered_task_queue_class_names_the_fix():
         decode('{"payload": {"class": "NeverDefinedTask", "a": 1}, "queueName": "q"}')
 
 
+def test_a_cloudfiles_client_parameter_keeps_its_own_argument():
+    # cloud-files' CloudFiles has every member of tqflow's storage contract; a
+    # python-task-queue function that takes one must not get the worker's storage.
+    message = TaskMessage(fn="tests.tasks:reads_with_cloudfiles", key="k", batch="b", args=("a",))
+    bound = bind(resolve(message.fn), message, {"storage": lambda: "THE-WORKERS-STORAGE"})
+    assert "storage" not in bound.arguments
+
+
 def test_a_parameter_named_storage_is_injected_only_when_annotated_so():
     from tqflow.engine.calls import resolve
 

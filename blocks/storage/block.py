@@ -89,7 +89,9 @@ class CloudFilesStorage(WritableFileSystem):
         ),
     )
     num_threads: int = Field(
-        default=20, ge=1, description="Threads cloud-files uses for parallel reads."
+        default=20,
+        ge=1,
+        description="Threads for parallel reads, and ranges a large listing is cut into.",
     )
     gcp_credentials: Optional[GcpCredentials] = Field(
         default=None,

@@ -107,6 +107,10 @@ def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
 
 #: What a task may ask the worker for, by annotating a parameter with the type's name:
 #: ``storage: CloudFilesStorage`` (the worker's storage), ``cave: CAVEclient`` (its CAVE client).
+#: Names, not the engine's protocols: cloud-files' own ``CloudFiles`` has every member of
+#: `Storage`, so a structural match would replace a python-task-queue function's own
+#: ``storage: CloudFiles`` argument; and caveclient's ``CAVEclient`` is a factory whose clients
+#: are not its instances. The names work for string annotations that cannot be resolved too.
 INJECTED_TYPES = {"storage": ("CloudFilesStorage",), "cave": ("CAVEclient", "CAVEclientFull")}
 
 
