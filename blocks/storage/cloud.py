@@ -12,6 +12,7 @@ the work is shared.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -125,11 +126,14 @@ def _gcs_lister(folder: CloudFolder, credentials: Any) -> Callable[..., Iterator
     from google.cloud import storage
 
     project, found = google_credentials(folder.bucket)
-    bucket = storage.Client(credentials=credentials or found, project=project).bucket(folder.bucket)
     key = folder.key_prefix
+    buckets = threading.local()  # a client per thread: google-cloud-storage's are not shared
 
     def names(prefix: str, start: Optional[str], end: Optional[str]) -> Iterator[str]:
-        blobs = bucket.list_blobs(
+        if not hasattr(buckets, "bucket"):
+            client = storage.Client(credentials=credentials or found, project=project)
+            buckets.bucket = client.bucket(folder.bucket)
+        blobs = buckets.bucket.list_blobs(
             prefix=key + prefix,
             start_offset=key + start if start else None,
             end_offset=key + end if end else None,
