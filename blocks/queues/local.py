@@ -1,10 +1,8 @@
 """`LocalTaskQueue`: the SQS contract on one SQLite file, for machines with no cloud.
 
-One file can hold several named queues. Many processes may send, receive and acknowledge at
-once: SQLite in WAL mode lets readers run beside the single writer, and every state change is one
-``BEGIN IMMEDIATE`` transaction, so a message is leased by exactly one receiver at a time.
-Durability is WAL with ``synchronous=NORMAL``: a crashed process loses nothing it committed; a
-power cut may lose the last transactions, which at-least-once delivery then re-runs or re-sends.
+Many processes may send, receive and acknowledge at once: every state change is one
+``BEGIN IMMEDIATE`` transaction, so a message is leased by exactly one receiver at a time. The
+file itself (schema, WAL, durability) is `blocks.queues.sqlite_file`'s.
 """
 
 from __future__ import annotations
@@ -20,45 +18,9 @@ from pydantic import Field
 
 from blocks.clients import PerProcessClients
 from blocks.queues.base import SQS_DOCUMENTATION_URL, TaskQueue
+from blocks.queues.sqlite_file import open_queue_file
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 from tqflow.errors import LeaseLostError, QueueConfigError, QueueError
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS queues (
-    name TEXT PRIMARY KEY,
-    max_receive_count INTEGER NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    body TEXT NOT NULL,
-    visible_at REAL NOT NULL,
-    receive_count INTEGER NOT NULL DEFAULT 0,
-    receipt TEXT,
-    sent_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages (queue, visible_at);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY,
-    queue TEXT NOT NULL,
-    body TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    receive_count INTEGER NOT NULL,
-    sent_at REAL NOT NULL,
-    dead_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dead_letters_by_queue ON dead_letters (queue, id);
-"""
-
-#: Deduplication: a message sent with a dedup id is not sent again while a message with that id
-#: is live in the queue or in its dead-letter queue. Added to files made before it existed.
-_DEDUP_SCHEMA = """
-CREATE UNIQUE INDEX IF NOT EXISTS messages_by_dedup_id ON messages (queue, dedup_id)
-    WHERE dedup_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS dead_letters_by_dedup_id ON dead_letters (queue, dedup_id)
-    WHERE dedup_id IS NOT NULL;
-"""
 
 #: Rows per insert transaction: large enough for speed, small enough that receivers are not
 #: locked out for long while a big batch is sent.
@@ -115,7 +77,7 @@ class LocalTaskQueue(TaskQueue):
 
     def _connection(self) -> sqlite3.Connection:
         path = str(Path(self.path).expanduser().resolve())
-        return _connections.get(path, lambda: _open(path))
+        return _connections.get(path, lambda: open_queue_file(path))
 
     def _write(self) -> "_Transaction":
         return _Transaction(self._connection())
@@ -369,60 +331,6 @@ class _Transaction:
             self.conn.execute("COMMIT")
         else:
             self.conn.execute("ROLLBACK")
-
-
-#: Seconds `_open` keeps trying to set up a queue file another process is setting up too.
-OPEN_SECONDS = 60.0
-
-
-def _open(path: str) -> sqlite3.Connection:
-    """Open (creating if missing) the queue database at ``path``. A file that is not one, or
-    a folder that cannot hold it, is a `QueueError` naming the path and the fix."""
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise QueueError(
-            f"cannot make the folder of the local queue {path} ({exc.strerror}): give a folder "
-            "that can be created and written"
-        ) from None
-    deadline = time.monotonic() + OPEN_SECONDS
-    while True:
-        conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            _add_dedup_ids(conn)
-            return conn
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            # Two processes setting up a new file at once: while it is still in rollback-journal
-            # mode, SQLite answers one of them "locked" at once, without waiting (a lock upgrade
-            # that would deadlock). The set-up is idempotent: try again.
-            if "locked" in str(exc) and time.monotonic() < deadline:
-                time.sleep(0.05)
-                continue
-            # disk full, or locked for good: not the file's fault
-            raise QueueError(f"cannot open the local queue {path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise QueueError(
-                f"{path} is not a tqflow queue database ({exc}): move it away (a new queue is then "
-                "made there) or point the queue at another path"
-            ) from None
-
-
-def _add_dedup_ids(conn: sqlite3.Connection) -> None:
-    """Give both tables their ``dedup_id`` column (files made before it have none)."""
-    for table in ("messages", "dead_letters"):
-        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        if "dedup_id" not in columns:
-            try:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN dedup_id TEXT")
-            except sqlite3.OperationalError as exc:  # another process added it meanwhile
-                if "duplicate column" not in str(exc):
-                    raise
-    conn.executescript(_DEDUP_SCHEMA)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

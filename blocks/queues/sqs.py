@@ -6,7 +6,7 @@ Reliability over python-task-queue's SQS client, for the same message format:
   are retried alone with backoff, and a batch that succeeded is never sent again; a permanent
   failure raises naming the item keys, after every other batch is sent. Whole requests
   (throttling, 5xx, dropped connections) are retried by botocore alone (standard mode): one
-  retry layer per call;
+  retry layer per call (the requests themselves: `blocks.queues.sqs_requests`);
 - the receive count (``ApproximateReceiveCount``) is read on every receive;
 - the dead-letter queue and its redrive policy are created by `ensure()`, not by hand;
 - SQS bills per request: receives take up to 10 messages, acknowledgements and lease
@@ -19,35 +19,30 @@ The endpoint comes from the `AwsCredentials` block's ``aws_client_parameters.end
 from __future__ import annotations
 
 import json
-import math
-import random
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 from prefect_aws import AwsCredentials
 from pydantic import Field
 
 from blocks.queues.base import SQS_DOCUMENTATION_URL, TaskQueue
+from blocks.queues.sqs_requests import (
+    BATCH,
+    REASON_ATTRIBUTE,
+    RECEIVES_ATTRIBUTE,
+    error_code,
+    move_messages,
+    per_receipt,
+    receive_dead,
+    send_all,
+    whole_seconds,
+)
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
-from tqflow.engine.retries import retry_delay
 from tqflow.errors import LeaseLostError, NoDeadLetterQueueError, QueueConfigError, QueueError
 
-#: SQS's limits: entries per batch request, bytes per batch, longest long poll, longest lease.
-_BATCH = 10
-_BATCH_BYTES = 262_144
+#: The longest long poll SQS allows.
 _MAX_WAIT = 20
-_MAX_VISIBILITY = 43_200
-#: Error codes of an SQS-compatible endpoint without StartMessageMoveTask: redrive then moves
-#: the messages itself (moto as shipped answers 500 with an HTML page, code "500").
-_MOVE_UNSUPPORTED = ("InvalidAction", "UnknownOperationException", "NotImplemented")
-_NOT_OURS = {"ReceiptHandleIsInvalid", "AWS.SimpleQueueService.ReceiptHandleIsInvalid"}
-
-#: Message attributes a message dead-lettered by a worker carries.
-REASON_ATTRIBUTE = "tqflow-reason"
-RECEIVES_ATTRIBUTE = "tqflow-receive-count"
 
 _queue_urls: dict[tuple, str] = {}
 _queue_urls_lock = threading.Lock()
@@ -147,7 +142,10 @@ class SQSTaskQueue(TaskQueue):
             try:
                 url = client.get_queue_url(QueueName=name)["QueueUrl"]
             except ClientError as exc:
-                if _code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+                if error_code(exc) in (
+                    "AWS.SimpleQueueService.NonExistentQueue",
+                    "QueueDoesNotExist",
+                ):
                     raise QueueError(
                         f"SQS queue {name!r} does not exist at {client.meta.endpoint_url}: "
                         "create it with queue.ensure() (or run the enqueue flow, which does)"
@@ -179,9 +177,9 @@ class SQSTaskQueue(TaskQueue):
             self._client().create_queue(
                 QueueName=self.queue_name,
                 Attributes={
-                    "VisibilityTimeout": str(_seconds(self.lease_seconds)),
+                    "VisibilityTimeout": str(whole_seconds(self.lease_seconds)),
                     "MessageRetentionPeriod": str(self.message_retention_seconds),
-                    "ReceiveMessageWaitTimeSeconds": str(_seconds(self.wait_seconds)),
+                    "ReceiveMessageWaitTimeSeconds": str(whole_seconds(self.wait_seconds)),
                     "RedrivePolicy": json.dumps(policy),
                 },
             )
@@ -251,66 +249,29 @@ class SQSTaskQueue(TaskQueue):
         return self._send_to(self._url(self.queue_name), bodies, delay_seconds)
 
     def _send_to(
-        self, url: str, bodies: list[str], delay_seconds: float = 0, attributes=None
+        self,
+        url: str,
+        bodies: list[str],
+        delay_seconds: float = 0,
+        attributes: Optional[list[dict[str, Any]]] = None,
     ) -> int:
-        batches = list(_batches(bodies))
-        failures: list[str] = []
-        errors: list[str] = []
-        with ThreadPoolExecutor(max_workers=min(self.send_threads, max(1, len(batches)))) as pool:
-            for failed, error in pool.map(
-                lambda batch: self._send_batch(url, batch, delay_seconds, attributes), batches
-            ):
-                failures.extend(failed)
-                if error:
-                    errors.append(error)
-        if failures:
-            cause = f" (last error: {errors[-1]})" if errors else ""
-            raise QueueError(
-                f"{len(failures)} of {len(bodies)} messages could not be sent to "
-                f"{self.queue_name!r}{cause}; items: {', '.join(_item_keys(failures)[:20])}. "
-                "The rest were sent; re-run the enqueue, which skips nothing that is not done"
-            )
-        return len(bodies)
-
-    def _send_batch(
-        self, url: str, batch: list[str], delay_seconds: float, attributes: Optional[list]
-    ) -> tuple[list[str], str]:
-        """Send one batch; retry only the entries that failed. Return the bodies that could
-        not be sent, and why the request itself failed if it did (after botocore's retries),
-        so that the error names the items."""
-        client = self._client()
-        pending = {str(i): body for i, body in enumerate(batch)}
-        refused: list[str] = []
-        for attempt in range(1, self.max_attempts + 1):
-            entries = []
-            for entry_id, body in pending.items():
-                entry: dict[str, Any] = {"Id": entry_id, "MessageBody": body}
-                if delay_seconds:
-                    entry["DelaySeconds"] = _seconds(delay_seconds)
-                if attributes is not None:
-                    entry["MessageAttributes"] = attributes[int(entry_id)]
-                entries.append(entry)
-            # botocore has retried the request itself; what is left are entries it failed.
-            try:
-                response = client.send_message_batch(QueueUrl=url, Entries=entries)
-            except (ClientError, BotoCoreError) as exc:
-                return refused + list(pending.values()), f"{type(exc).__name__}: {exc}"
-            for ok in response.get("Successful", []):
-                pending.pop(ok["Id"], None)
-            for failed in response.get("Failed", []):
-                if failed.get("SenderFault"):  # the entry itself is wrong: retrying won't help
-                    refused.append(pending.pop(failed["Id"]))
-            if not pending:
-                break
-            _backoff(attempt)
-        return refused + list(pending.values()), ""
+        return send_all(
+            self._client(),
+            url,
+            self.queue_name,
+            bodies,
+            max_attempts=self.max_attempts,
+            threads=self.send_threads,
+            delay_seconds=delay_seconds,
+            attributes=attributes,
+        )
 
     def _receive(self, max_messages: int, lease_seconds: float, wait_seconds: float) -> list[Lease]:
         response = self._client().receive_message(
             QueueUrl=self._url(self.queue_name),
-            MaxNumberOfMessages=max(1, min(_BATCH, max_messages)),
-            VisibilityTimeout=_seconds(lease_seconds),
-            WaitTimeSeconds=min(_MAX_WAIT, _seconds(wait_seconds)),
+            MaxNumberOfMessages=max(1, min(BATCH, max_messages)),
+            VisibilityTimeout=whole_seconds(lease_seconds),
+            WaitTimeSeconds=min(_MAX_WAIT, whole_seconds(wait_seconds)),
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
         return [
@@ -335,7 +296,7 @@ class SQSTaskQueue(TaskQueue):
             "change_message_visibility_batch",
             self._url(self.queue_name),
             leases,
-            lambda lease: {"VisibilityTimeout": _seconds(seconds)},
+            lambda lease: {"VisibilityTimeout": whole_seconds(seconds)},
         )
 
     def release(self, lease: Lease) -> None:
@@ -352,32 +313,15 @@ class SQSTaskQueue(TaskQueue):
         leases: Sequence[Lease],
         extra: Callable[[Lease], dict] = lambda lease: {},
     ) -> list[Lease]:
-        """Run a per-receipt batch operation 10 at a time, retrying transient entry failures;
-        return the leases whose receipt is no longer valid."""
-        method = getattr(self._client(), operation)
-        lost: list[Lease] = []
-        for start in range(0, len(leases), _BATCH):
-            pending = {str(i): lease for i, lease in enumerate(leases[start : start + _BATCH])}
-            for attempt in range(1, self.max_attempts + 1):
-                entries = [
-                    {"Id": i, "ReceiptHandle": lease.receipt, **extra(lease)}
-                    for i, lease in pending.items()
-                ]
-                response = method(QueueUrl=url, Entries=entries)
-                for ok in response.get("Successful", []):
-                    pending.pop(ok["Id"], None)
-                for failed in response.get("Failed", []):
-                    if failed.get("Code") in _NOT_OURS or failed.get("SenderFault"):
-                        lost.append(pending.pop(failed["Id"]))
-                if not pending:
-                    break
-                if attempt == self.max_attempts:
-                    raise QueueError(
-                        f"{operation} kept failing for {len(pending)} messages of "
-                        f"{self.queue_name!r}: {response.get('Failed')}"
-                    )
-                _backoff(attempt)
-        return lost
+        return per_receipt(
+            self._client(),
+            operation,
+            url,
+            self.queue_name,
+            leases,
+            max_attempts=self.max_attempts,
+            extra=extra,
+        )
 
     def dead_letter(self, lease: Lease, reason: str) -> bool:
         if not self._dead_letter_queue_exists():
@@ -436,53 +380,28 @@ class SQSTaskQueue(TaskQueue):
     def _receive_dead(
         self, limit: int, lease_seconds: int, select: Optional[Callable[[str], bool]] = None
     ) -> tuple[list[tuple[Lease, str]], list[Lease]]:
-        """Up to ``limit`` dead letters whose body ``select`` accepts (all without it), held
-        for ``lease_seconds``; and the leases of those passed over, held too so that one pass
-        does not see them twice (the caller makes them visible again)."""
-        client, url = self._client(), self._url(self.dlq_name)
-        found: dict[str, tuple[Lease, str]] = {}
-        passed: dict[str, Lease] = {}
-        empty = 0
-        while len(found) < limit and empty < 2:
-            response = client.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=min(_BATCH, limit - len(found)),
-                VisibilityTimeout=lease_seconds,
-                WaitTimeSeconds=0,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
-                MessageAttributeNames=[REASON_ATTRIBUTE, RECEIVES_ATTRIBUTE],
-            )
-            messages = response.get("Messages", [])
-            empty = 0 if messages else empty + 1
-            for m in messages:
-                attributes = m.get("MessageAttributes", {})
-                reason = attributes.get(REASON_ATTRIBUTE, {}).get("StringValue") or (
-                    f"received {self.max_receive_count} times without being acknowledged "
-                    f"(max_receive_count={self.max_receive_count}; moved by the redrive policy)"
-                )
-                # The DLQ's own receive count counts peeks too: report the task's receives.
-                receives = int(
-                    attributes.get(RECEIVES_ATTRIBUTE, {}).get("StringValue")
-                    or self.max_receive_count
-                )
-                lease = Lease(m["MessageId"], m["ReceiptHandle"], m["Body"], receives)
-                if select is None or select(lease.body):
-                    found.setdefault(m["MessageId"], (lease, reason))
-                else:
-                    passed[m["MessageId"]] = lease
-        return list(found.values()), list(passed.values())
+        return receive_dead(
+            self._client(),
+            self._url(self.dlq_name),
+            limit,
+            lease_seconds,
+            max_receive_count=self.max_receive_count,
+            select=select,
+        )
 
     def redrive(
         self, limit: int | None = None, select: Optional[Callable[[str], bool]] = None
     ) -> int:
         if limit is None and select is None:
-            moved = self._move_dead_letter_queue()
+            client = self._client()
+            dead, live = self._url(self.dlq_name), self._url(self.queue_name)
+            moved = move_messages(client, dead, live, self.dlq_name)
             if moved is not None:
                 return moved
         moved = 0
         passed: list[Lease] = []
         while limit is None or moved < limit:
-            want = _BATCH if limit is None else min(_BATCH, limit - moved)
+            want = BATCH if limit is None else min(BATCH, limit - moved)
             chosen, skipped = self._receive_dead(want, lease_seconds=60, select=select)
             passed.extend(skipped)
             leases = [lease for lease, _ in chosen]
@@ -501,41 +420,6 @@ class SQSTaskQueue(TaskQueue):
             )
         return moved
 
-    def _move_dead_letter_queue(self) -> int | None:
-        """The whole dead-letter queue moved back by SQS itself (StartMessageMoveTask: one
-        call, and SQS moves up to 500 messages a second, instead of a receive, a send and a
-        delete for every 10); ``None`` where the SQS endpoint lacks the call."""
-        client = self._client()
-        source, destination = (
-            client.get_queue_attributes(QueueUrl=self._url(name), AttributeNames=["QueueArn"])[
-                "Attributes"
-            ]["QueueArn"]
-            for name in (self.dlq_name, self.queue_name)
-        )
-        try:
-            client.start_message_move_task(SourceArn=source, DestinationArn=destination)
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            if _code(exc) in _MOVE_UNSUPPORTED or status >= 500 or status == 404:
-                return None  # the message-by-message path moves them just as surely
-            raise QueueError(
-                f"SQS refused to move the dead letters of {self.dlq_name!r} back "
-                f"({_code(exc)}: {exc}); a move already running must end first (SQS console)"
-            ) from exc
-        polls = 0
-        while True:
-            polls += 1
-            tasks = client.list_message_move_tasks(SourceArn=source, MaxResults=1)["Results"]
-            status = tasks[0]["Status"] if tasks else "RUNNING"  # not listed yet
-            if status == "COMPLETED":
-                return int(tasks[0].get("ApproximateNumberOfMessagesMoved", 0))
-            if status in ("FAILED", "CANCELLED", "CANCELLING"):
-                raise QueueError(
-                    f"moving the dead letters of {self.dlq_name!r} back ended {status}: "
-                    f"{tasks[0].get('FailureReason', 'no reason given')}"
-                )
-            time.sleep(retry_delay(polls, base_seconds=0.5, max_seconds=5.0))
-
     def purge(self, dead_letters: bool = False) -> None:
         client = self._client()
         names = [self.queue_name] + ([self.dlq_name] if dead_letters else [])
@@ -543,49 +427,9 @@ class SQSTaskQueue(TaskQueue):
             try:
                 client.purge_queue(QueueUrl=self._url(name))
             except ClientError as exc:
-                if "PurgeQueueInProgress" not in _code(exc):
+                if "PurgeQueueInProgress" not in error_code(exc):
                     raise
                 raise QueueError(
                     f"SQS allows one purge of {name!r} per 60 seconds and one is in progress; "
                     "try again in a minute"
                 ) from None
-
-
-def _code(exc: ClientError) -> str:
-    return exc.response.get("Error", {}).get("Code", "")
-
-
-def _backoff(attempt: int) -> None:
-    """A pause before retrying a batch's failed entries: the one backoff rule, jittered."""
-    pause = retry_delay(attempt + 1, base_seconds=0.05, max_seconds=10.0)
-    time.sleep(pause * (0.5 + random.random()))
-
-
-def _seconds(value: float) -> int:
-    """SQS takes whole seconds: round a lease up so it is never shorter than asked."""
-    return max(0, min(_MAX_VISIBILITY, math.ceil(value)))
-
-
-def _batches(bodies: list[str]) -> Iterable[list[str]]:
-    """At most 10 bodies and 256 KiB per batch."""
-    batch: list[str] = []
-    size = 0
-    for body in bodies:
-        n = len(body.encode("utf-8"))
-        if batch and (len(batch) == _BATCH or size + n > _BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(body)
-        size += n
-    if batch:
-        yield batch
-
-
-def _item_keys(bodies: list[str]) -> list[str]:
-    keys = []
-    for body in bodies:
-        try:
-            keys.append(str(json.loads(body).get("key")))
-        except (ValueError, AttributeError):
-            keys.append(repr(body[:40]))
-    return keys
