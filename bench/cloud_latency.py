@@ -17,7 +17,7 @@ Google's 300 s for 10^6 in one sequence of pages); at 10^4 and 10^5 outputs, sid
 The outputs, shards and reports are written straight to fake-gcs-server first (not timed).
 Each measurement runs in a fresh process, so no client keeps a connection to the last proxy.
 
-    python -m bench.run cloud-latency            # 10^4 and 10^5 (~25 minutes on 2 cores)
+    python -m bench.run cloud-latency            # 10^4 and 10^5 (~14 minutes on 2 cores)
     python -m bench.run cloud-latency --quick    # 2,000
     python -m bench.cloud_latency 10000          # these sizes only; writes nothing
 """
