@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tqflow.engine.contracts import JSONFiles, StorageReader
-from tqflow.engine.layout import key_of_output, output_path, outputs_prefix
+from tqflow.engine.layout import OutputPaths, key_of_output, outputs_prefix
 from tqflow.shard_index import ShardIndex
 
 #: Output records read and converted at a time.
@@ -69,8 +69,7 @@ class ResultsTable:
 def output_paths(storage: StorageReader, batch: str, keys: Sequence[str] = ()) -> list[str]:
     """The batch's output records, sorted by item key. ``keys``: items expected to have one
     (e.g. those the shards hold), which let a bucket's listing run in parallel ranges."""
-    expected = [output_path(batch, key) for key in keys]
-    listed = storage.list(outputs_prefix(batch), expected=expected)
+    listed = storage.list(outputs_prefix(batch), expected=OutputPaths(batch, keys))
     paths = [p for p in listed if p.endswith(".json")]
     paths.sort(key=key_of_output)
     return paths

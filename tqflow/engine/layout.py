@@ -20,6 +20,8 @@ everything else asks this module.
 
 from __future__ import annotations
 
+from typing import Sequence, overload
+
 
 def batch_record_path(batch: str) -> str:
     return f"{batch}/batch.json"
@@ -35,6 +37,28 @@ def outputs_prefix(batch: str) -> str:
 
 def output_path(batch: str, key: str) -> str:
     return f"{outputs_prefix(batch)}{key}.json"
+
+
+class OutputPaths(Sequence[str]):
+    """The output paths of ``keys``, each made when it is read: a listing that only samples
+    them (`CloudFilesStorage.list`'s ``expected``) costs no million strings."""
+
+    def __init__(self, batch: str, keys: Sequence[str]) -> None:
+        self.batch, self.keys = batch, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [output_path(self.batch, key) for key in self.keys[index]]
+        return output_path(self.batch, self.keys[index])
 
 
 def key_of_output(path: str) -> str:
