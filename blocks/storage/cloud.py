@@ -62,8 +62,8 @@ class CloudFolder:
     def list(self, prefix: str, split_at: Sequence[str] = ()) -> Iterator[str]:
         """Paths under ``prefix``; with ``split_at`` (sorted paths), the ranges between them
         listed at once, in order."""
-        lister = self._client().range_lister(self)
-        if not split_at or lister is None:
+        lister = self._client().range_lister(self) if split_at else None
+        if lister is None:
             yield from self.cloudfiles().list(prefix)
             return
         bounds: list[Optional[str]] = [None, *split_at, None]
