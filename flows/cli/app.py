@@ -5,7 +5,7 @@ commands themselves are registered by the ``*_commands`` modules beside this one
 from __future__ import annotations
 
 import functools
-import os
+import inspect
 import sqlite3
 from typing import Any, Callable, Optional, TypeVar
 
@@ -19,13 +19,6 @@ def console(stderr: bool = False) -> Console:
     """A console sized when it prints: rich reads ``COLUMNS`` when a Console is made, so one
     made at import keeps whatever width the importing process had."""
     return Console(stderr=stderr)
-
-
-#: ``--debug`` / ``TQFLOW_DEBUG=1``: show tracebacks instead of one-sentence errors. Set by the
-#: root callback on every invocation. It lives here, not on the command line's context, because
-#: typer 0.29 runs commands in its own vendored click, whose current context `errors_explained`
-#: cannot reach without changing every command's signature.
-_debug = {"on": os.environ.get("TQFLOW_DEBUG", "") not in ("", "0", "false")}
 
 
 def explain(exc: BaseException) -> Optional[str]:
@@ -74,18 +67,32 @@ def errors_explained(command: F) -> F:
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
+        context: typer.Context = kwargs.pop(_CONTEXT)
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
             message = explain(exc)
-            if message is None or _debug["on"]:
+            if message is None or context.find_root().params.get("debug"):
                 raise
             console(stderr=True).print(f"[red]error:[/red] {message}", soft_wrap=True)
             raise typer.Exit(1) from None
 
+    # typer hands a parameter annotated `typer.Context` the command line's context, through
+    # which the root's --debug is read: the command's own parameters, and this one.
+    signature = inspect.signature(command, eval_str=True)
+    context = inspect.Parameter(
+        _CONTEXT, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context, default=None
+    )
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), context]
+    )
     return run  # type: ignore[return-value]
+
+
+#: The name `errors_explained` gives the context it asks typer for.
+_CONTEXT = "_tqflow_context"
 
 
 class _Commands(typer.Typer):
@@ -118,7 +125,7 @@ def _options(
         False, "--debug", envvar="TQFLOW_DEBUG", help="Show the traceback of an error."
     ),
 ) -> None:
-    _debug["on"] = debug
+    """(``--debug`` is read from the context by `errors_explained`.)"""
 
 
 def main() -> None:
