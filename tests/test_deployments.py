@@ -87,9 +87,11 @@ def client(env):
     """A client of the e2e server (its own, never the throttling proxy's); the session's own test
     server stays the default."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL
 
-    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+    from tests.support.helpers import prefect_settings
+
+    with prefect_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
         with get_client(sync_client=True) as c:
             yield c
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.support import cloud_cli
-from tests.support.helpers import REPO
+from tests.support.helpers import REPO, prefect_settings
 from tests.support.readme import guide_blocks, run_bash
 from tests.support.services import prefect_server
 from tqflow.gke.job_template import NAMESPACE, base_job_template
@@ -96,7 +96,7 @@ def guided(tmp_path_factory):
 def read(guided, what: str):
     """``read_deployments`` / ``read_work_pools`` of the guide's server, as the guide's user."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
     async def go():
         async with get_client() as client:
@@ -106,7 +106,7 @@ def read(guided, what: str):
         PREFECT_API_URL: guided["PREFECT_API_URL"],
         PREFECT_API_AUTH_STRING: f"admin:{guided['password']}",
     }
-    with temporary_settings(updates=settings):
+    with prefect_settings(settings):
         return asyncio.run(go())
 
 
@@ -143,7 +143,7 @@ def test_the_worker_deployment_is_sized_for_the_pipelines_processes_per_run(guid
 @pytest.mark.slow
 def test_every_block_a_gke_deployment_names_is_one_the_guide_created(guided):
     from prefect.blocks.core import Block
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
     slugs = {
         value
@@ -158,7 +158,7 @@ def test_every_block_a_gke_deployment_names_is_one_the_guide_created(guided):
         PREFECT_API_URL: guided["PREFECT_API_URL"],
         PREFECT_API_AUTH_STRING: f"admin:{guided['password']}",
     }
-    with temporary_settings(updates=settings):
+    with prefect_settings(settings):
         for slug in slugs:
             block = Block.load(slug)
             if slug.startswith("cloud-files-storage/"):
@@ -313,7 +313,7 @@ def test_a_worker_job_gets_the_auth_string_only_as_a_secret_reference(monkeypatc
     request.getfixturevalue("prefect_api")
     from kubernetes_asyncio.client import ApiClient, Configuration
     from prefect.client.schemas.objects import FlowRun
-    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING
     from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
 
     auth_string = f"admin:{secrets.token_hex(16)}"
@@ -334,7 +334,7 @@ def test_a_worker_job_gets_the_auth_string_only_as_a_secret_reference(monkeypatc
             worker = KubernetesWorker(work_pool_name="tqflow-gke")
             await worker._create_job(configuration, client)
 
-    with temporary_settings(updates={PREFECT_API_AUTH_STRING: auth_string}):
+    with prefect_settings({PREFECT_API_AUTH_STRING: auth_string}):
         asyncio.run(submit())
     [job] = api.jobs
     env = job["spec"]["template"]["spec"]["containers"][0]["env"]

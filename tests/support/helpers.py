@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -76,3 +77,26 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, every: float
             return value
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(every)
+
+
+@contextlib.contextmanager
+def prefect_settings(updates: dict[Any, Any]) -> Iterator[None]:
+    """Prefect's ``temporary_settings`` for a test that talks to a server of its own (or with
+    other credentials). Prefect's events and API-log workers are per process and keep the API
+    of the moment they started: one started in here would send every later event of this test
+    process to this server, long stopped by then (each try ~7 s, so a later test's event waited
+    behind dozens). They are drained on the way in and out, so each starts anew where it is."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import temporary_settings
+
+    def drain() -> None:
+        EventsWorker.drain_all(timeout=60)
+        APILogWorker.drain_all(timeout=60)
+
+    drain()
+    with temporary_settings(updates=updates):
+        try:
+            yield
+        finally:
+            drain()
