@@ -85,7 +85,8 @@ def deployed(recipe) -> dict[str, str]:
 @contextlib.contextmanager
 def client(env):
     """A client of the e2e server (its own, never the throttling proxy's); the session's own test
-    server stays the default."""
+    server stays the default. Inside, the process's settings point at the e2e server too (blocks
+    saved there go to it)."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 

@@ -119,17 +119,14 @@ def shot(page, name: str) -> None:
 
 
 def latest_run(env: dict[str, str], deployment: str, started_after: float):
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
-    from prefect.settings import PREFECT_API_URL
 
-    from tests.support.helpers import prefect_settings
-
-    with prefect_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
-            )
+    # A client of the recipe's server by its URL: the process's settings stay the session's.
+    with SyncPrefectClient(env["PREFECT_API_URL"]) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
+        )
     runs = [r for r in runs if r.created and r.created.timestamp() >= started_after]
     return max(runs, key=lambda r: r.created) if runs else None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -91,8 +92,12 @@ def prefect_settings(updates: dict[Any, Any]) -> Iterator[None]:
     from prefect.settings import temporary_settings
 
     def drain() -> None:
-        EventsWorker.drain_all(timeout=60)
-        APILogWorker.drain_all(timeout=60)
+        # In a thread of its own: with an event loop running here (Playwright's sync API runs
+        # one), drain_all returns a coroutine instead of draining.
+        for worker in (EventsWorker, APILogWorker):
+            thread = threading.Thread(target=worker.drain_all, kwargs={"timeout": 60})
+            thread.start()
+            thread.join()
 
     drain()
     with temporary_settings(updates=updates):
