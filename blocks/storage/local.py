@@ -13,8 +13,6 @@ import os
 import threading
 from typing import Iterable, Iterator, Sequence
 
-from tqflow.errors import StorageError
-
 #: Folders known to exist, so a write does not try to make its folder every time.
 _made_folders: set[str] = set()
 
@@ -58,10 +56,6 @@ class LocalFolder:
                 return f.read()
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise StorageError(
-                f"cannot read file://{self._path(path)}: {type(exc).__name__}: {exc}"
-            ) from exc
 
     def get_many(self, paths: Iterable[str]) -> Iterator[tuple[str, bytes]]:
         # One after another: reading in threads was 2-4x slower on the 2-core machine of

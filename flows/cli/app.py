@@ -67,14 +67,14 @@ def errors_explained(command: F) -> F:
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
-        context: typer.Context = kwargs.pop(_CONTEXT)
+        context: Optional[typer.Context] = kwargs.pop(_CONTEXT, None)  # None: a direct call
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
             message = explain(exc)
-            if message is None or context.find_root().params.get("debug"):
+            if message is None or (context and context.find_root().params.get("debug")):
                 raise
             console(stderr=True).print(f"[red]error:[/red] {message}", soft_wrap=True)
             raise typer.Exit(1) from None
