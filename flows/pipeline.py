@@ -1,17 +1,17 @@
-"""The ``pipeline`` flow: enqueue -> fan-out -> monitor -> analysis.
+"""The ``pipeline`` flow: enqueue -> fan-out -> analysis.
 
 With the default blocks it is the embedded pipeline: a local SQLite queue, a local folder, and
 local worker processes. With an ``SQSTaskQueue``, a ``gs://`` storage block and
 ``mode="deployment"`` it is the GKE setup, unchanged: worker runs of a deployment, each with
-``processes_per_run`` worker processes in its pod, watched with a constant number of requests
-per poll whatever their number (`tqflow.fleet.deployment`). ``workers="auto"`` sizes the fleet
-to finish within ``finish_within_seconds`` (`tqflow.fleet.sizing`).
+``processes_per_run`` worker processes in its pod (`tqflow.fleet.deployment`). The fan-out is
+the batch controller's (`tqflow.fleet.controller`): this flow checks its parameters, builds
+everything a worker needs before the first message is sent, and turns the controller's typed
+outcome into its state.
 """
 
 from __future__ import annotations
 
-import math
-import os
+import time
 from typing import Any, Literal, Optional, Union
 
 from prefect import flow, get_run_logger
@@ -23,27 +23,29 @@ from blocks.queues import QueueParameter, TaskQueue
 from blocks.slugs import block_slug, load_block
 from blocks.storage import CloudFilesStorage
 from flows.analysis import analysis
-from flows.cli.options import Target
 from flows.enqueue import ItemSource, enqueue
 from tqflow.artifacts import artifact_key
 from tqflow.dashboard import BatchDashboard
+from tqflow.engine.drain import DrainBoard
 from tqflow.engine.layout import errors_prefix, outputs_prefix
 from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
-from tqflow.engine.reports import BatchTally, batch_tally, read_reports, report_seconds_for
-from tqflow.errors import BadArgumentsError, BatchTimeLimitError, DeadLettersError, WorkersLostError
+from tqflow.engine.reports import batch_tally, read_reports, report_seconds_for
+from tqflow.errors import (
+    BadArgumentsError,
+    BatchTimeLimitError,
+    DeadLettersError,
+    WorkersCannotStartError,
+    WorkersLostError,
+)
+from tqflow.fleet.api_budget import BudgetSetting
 from tqflow.fleet.base import Fleet
-from tqflow.fleet.deployment import DeploymentFleet
-from tqflow.fleet.endings import why_ended
+from tqflow.fleet.controller import BatchController, BatchOutcome, Ended, PipelineStart
+from tqflow.fleet.deployment import DeploymentFleet, batch_tag
 from tqflow.fleet.local import LocalFleet
-from tqflow.fleet.monitor import Progress, watch
-from tqflow.fleet.sizing import DeadlineSizer
+from tqflow.fleet.plan import FanOutPlan
+from tqflow.fleet.progress import Progress
 
-#: The most worker processes ``workers="auto"`` runs without ``max_workers``: on this machine,
-#: one per core; on a work pool, this many.
-AUTO_MOST_DEPLOYMENT_WORKERS = 100
-#: How often a deployment-mode pipeline looks at its queue and its runs, by default.
-DEPLOYMENT_POLL_SECONDS = 10.0
 #: Tasks of earlier runs' reports before their mean task time sizes an ``"auto"`` fleet.
 PRIOR_TASKS = 10
 
@@ -75,6 +77,7 @@ def pipeline(
     overwrite: bool = False,
     analyze: bool = True,
     poll_seconds: Optional[float] = None,
+    api_budget: BudgetSetting = None,
 ) -> dict[str, Any]:
     """Run one batch end to end and return its summary.
 
@@ -105,9 +108,11 @@ def pipeline(
         processes_per_run: In deployment mode, worker processes in each worker run (pod):
             1,000 workers are 1,000 / this many runs (`tqflow plan-resources` proposes it).
         start_timeout_seconds: In deployment mode, a worker run not started this long after
-            it was created (no node, quota, image pull) is cancelled and replaced.
+            it was launched is waiting for capacity (no node, the project's quota): the fleet
+            goes on with what started and launches no more; if none started, or the image
+            cannot be pulled, the batch stops, saying why.
         time_limit_seconds: Stop the batch (workers release what they hold) and fail if it
-            is not done after this long.
+            is not done this long after the pipeline started.
         worker_options: How each worker runs (`WorkerOptions`: idle time, prefetch, retry
             backoff, allowed modules). Left-out fields keep their defaults, but idle_seconds
             is 5 (the enqueue has finished before workers start) and wait_for_in_flight is
@@ -117,9 +122,12 @@ def pipeline(
             and dead-lettered after the queue's max receive count.
         overwrite: Re-run items whose output exists.
         analyze: Run the analysis flow at the end.
-        poll_seconds: How often the monitor reads the queue's counts and the fleet's runs
-            (default 1 s in local mode; 10 s in deployment mode, a few requests a minute
+        poll_seconds: How often the controller reads the queue's counts and the fleet's
+            runs (default 1 s in local mode; 10 s in deployment mode, a few requests a minute
             against Prefect Cloud's rate limits).
+        api_budget: Prefect API requests a minute the batch's launches may spend, its worker
+            runs' own calls included: a Prefect Cloud plan (``hobby``, ``starter``, ``team``,
+            ``pro``) or a number; none on a self-hosted server.
     """
     logger = get_run_logger()
     check_batch(batch)
@@ -130,20 +138,23 @@ def pipeline(
         items_from=items_from,
         cave_query=cave_query,
     )
-    processes = processes_per_run if mode == "deployment" else 1
-    if poll_seconds is None:
-        poll_seconds = DEPLOYMENT_POLL_SECONDS if mode == "deployment" else 1.0
-    most = _most_workers(workers, finish_within_seconds, max_workers, mode)
-    if tasks_per_worker < 1 or processes < 1:
-        raise BadArgumentsError(
-            f"tasks_per_worker={tasks_per_worker}, processes_per_run={processes_per_run}: both "
-            "must be at least 1"
-        )
+    plan = FanOutPlan.of(
+        workers=workers,
+        finish_within_seconds=finish_within_seconds,
+        max_workers=max_workers,
+        mode=mode,
+        tasks_per_worker=tasks_per_worker,
+        processes_per_run=processes_per_run,
+        start_timeout_seconds=start_timeout_seconds,
+        time_limit_seconds=time_limit_seconds,
+        poll_seconds=poll_seconds,
+        api_budget=api_budget,
+    )
     options = WorkerOptions.of(
         {
             "idle_seconds": 5.0,
             "wait_for_in_flight": False,
-            "report_seconds": report_seconds_for(most),
+            "report_seconds": report_seconds_for(plan.most_workers),
         },
         **(worker_options.model_dump(exclude_unset=True) if worker_options else {}),
         default_batch=batch,
@@ -155,8 +166,11 @@ def pipeline(
     cave = load_block(cave, CAVECredentials) if cave is not None else None
     if cave is not None:
         cave.get_client()  # a refused token fails here, not in every worker
+    # Everything a worker needs, built and checked before the first message is sent.
+    fleet = _fleet(plan, queue, storage, cave, options, batch, worker_deployment)
     queue.ensure()
-    dead_before = queue.counts().dead
+    run_key = str(flow_run.id)
+    start = PipelineStart.of(storage, batch, run_key, queue.counts().dead, time.time())
     queued = enqueue(
         fn=fn,
         queue=queue,
@@ -172,127 +186,103 @@ def pipeline(
     # had queued — not the queue's count, which on SQS lags up to a minute and includes other
     # batches: a stale zero would start no worker.
     total = queued["queued"] + queued["already_queued"]
-    units = math.ceil(most / processes)  # the fleet's largest size, in runs (or processes)
-    tasks_per_unit = tasks_per_worker * processes if mode == "deployment" else 1
-    start = min(units, math.ceil(total / tasks_per_unit))
-    sizer = None
-    if workers == "auto":
-        assert finish_within_seconds is not None  # checked by _most_workers
-        sizer = DeadlineSizer(
-            total, finish_within_seconds, units, processes, _mean_task_seconds(storage, batch)
-        )
-        start = min(start, sizer.initial())
-    fleet = _fleet(
-        mode, queue, storage, cave, options, worker_deployment, processes, start_timeout_seconds
-    )
     logger.info(
-        "batch %s: %d tasks to run (%d skipped as done); starting %d %s workers",
+        "batch %s: %d tasks to run (%d skipped as done), at most %d %s workers",
         batch,
         total,
         queued["skipped_done"],
-        start * processes,
+        plan.most_workers,
         mode,
     )
+    board = BatchDashboard(batch, storage, logger, options.memory_limit_mib)
     progress_id = create_progress_artifact(
         progress=0.0, key=artifact_key(batch, "progress"), description=f"Batch {batch}"
     )
 
-    def why_workers_died(tally: BatchTally) -> list[str]:
-        return why_ended(fleet.endings, batch, tally, options.memory_limit_mib)
-
-    board = BatchDashboard(
-        batch,
-        storage,
-        why_workers_died,
-        lambda: fleet.lost,
-        logger,
-        projected_finish=(lambda p: sizer.projected_finish(p, p.workers_running))
-        if sizer
-        else None,
-    )
-
-    def report(progress: Progress) -> None:
+    def report(progress: Progress, fleet: Fleet) -> None:
         update_progress_artifact(
             progress_id, 100.0 * progress.fraction, description=progress.line()
         )
-        board.update(progress)
+        board.update(progress, fleet)
 
-    fleet.launch(start)
-    try:
-        progress = watch(
-            queue,
-            fleet,
-            total=total,
-            dead_before=dead_before,
-            workers=max(1, units),
-            tasks_per_unit=tasks_per_unit,
-            log=logger,
-            on_progress=report,
-            poll_seconds=poll_seconds,
-            time_limit_seconds=time_limit_seconds,
-            sizer=sizer,
-        )
-    except (WorkersLostError, BatchTimeLimitError) as exc:
-        why = why_workers_died(batch_tally(read_reports(storage, batch)))
-        raise type(exc)(f"{exc}. {' '.join(why)}".rstrip(". ") + ".") from None
-    finally:
-        fleet.stop()
+    outcome = BatchController(
+        queue,
+        fleet,
+        plan.sizer(total, _mean_task_seconds(storage, batch) if plan.deadline_seconds else None),
+        plan.settings(options.report_seconds, options.idle_seconds),
+        batch=batch,
+        total=total,
+        start=start,
+        reports=storage,
+        log=logger,
+        on_progress=report,
+    ).run()
     reports = read_reports(storage, batch)  # the workers' last reports
     if reports.warning():
         logger.warning(reports.warning())
     tally = batch_tally(reports)
-    board.finish(progress, tally)
-    why = why_workers_died(tally)
+    board.finish(outcome.progress, fleet, tally)
+    why = board.why_workers_died(fleet, tally)
     for line in why:
         logger.warning("workers lost: %s", line)
+    _fail_unless_drained(outcome, why, plan.time_limit_seconds)
     summary: dict[str, Any] = {
         "batch": batch,
         "queued": queued["queued"],
         "skipped_done": queued["skipped_done"],
-        **{k: v for k, v in progress.as_dict().items() if k != "pending"},
-        "workers_launched": fleet.launched * processes,
-        "workers_lost": fleet.lost,
-        "worker_endings": {f"{e.cause.value}: {e.detail}": n for e, n in fleet.endings.items()},
+        **{k: v for k, v in outcome.progress.as_dict().items() if k != "pending"},
+        "workers_launched": outcome.launched * plan.processes,
+        "workers_adopted": outcome.adopted * plan.processes,
+        "workers_lost": outcome.lost,
+        "worker_endings": {f"{e.cause.value}: {e.detail}": n for e, n in outcome.endings.items()},
         "why_workers_died": why,
         "outputs": storage.url(outputs_prefix(batch)),
     }
-    if sizer is not None:
-        summary["fleet_size_over_time"] = sizer.history[:: max(1, len(sizer.history) // 200)]
+    if plan.deadline_seconds is not None:
+        summary["fleet_size_over_time"] = outcome.sizes[:: max(1, len(outcome.sizes) // 200)]
     if analyze:
         summary["analysis"] = analysis(storage=storage, batch=batch)
-    if progress.dead_lettered:
-        flags = Target.of_queue(queue, batch).flags()
+    dead = outcome.progress.dead_lettered
+    if dead:
+        flags = queue.command_flags(batch)
         raise DeadLettersError(
-            f"{progress.dead_lettered} of {total} items of batch {batch!r} ended in the "
-            f"dead-letter queue of {queue.queue_name!r}. See why with "
-            f"`tqflow dead-letters list {flags}` (tracebacks in "
-            f"{storage.url(errors_prefix(batch))}); after fixing the cause, send them back with "
-            f"`tqflow dead-letters redrive {flags}` and run them with `tqflow work {flags}` "
-            "or this pipeline again"
+            f"{dead} of {total} items of batch {batch!r} ended in the dead-letter queue of "
+            f"{queue.queue_name!r}. See why with `tqflow dead-letters list {flags}` "
+            f"(tracebacks in {storage.url(errors_prefix(batch))}); after fixing the cause, send "
+            f"them back with `tqflow dead-letters redrive {flags}` and run them with "
+            f"`tqflow work {flags}` or this pipeline again"
         )
     return summary
 
 
-def _most_workers(
-    workers: Union[int, str], finish_within: Optional[float], max_workers: Optional[int], mode: str
-) -> int:
-    """The most worker processes the batch may have at once."""
-    if workers == "auto":
-        if not finish_within or finish_within <= 0:
-            raise BadArgumentsError(
-                "workers='auto' sizes the fleet to a deadline: give finish_within_seconds, e.g. "
-                "3600 to finish within an hour"
-            )
-        if max_workers is not None and max_workers < 1:
-            raise BadArgumentsError(f"max_workers={max_workers}: give at least 1")
-        default = (os.cpu_count() or 2) if mode == "local" else AUTO_MOST_DEPLOYMENT_WORKERS
-        return max_workers or default
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise BadArgumentsError(
-            f"workers={workers!r}: give a number of workers (at least 1), or 'auto' with "
-            "finish_within_seconds"
+def _fail_unless_drained(
+    outcome: BatchOutcome, why: list[str], time_limit_seconds: Optional[float]
+) -> None:
+    """The flow's failure for a batch that ended otherwise than drained."""
+    line = outcome.progress.line()
+    died = f" {' '.join(why)}".rstrip(". ") + "." if why else ""
+    if outcome.ended is Ended.TIME_LIMIT:
+        raise BatchTimeLimitError(
+            f"the batch passed its time limit of {time_limit_seconds or 0:,.0f} s with "
+            f"{outcome.progress.pending:,} tasks not done ({line}); its workers are stopped and "
+            "release what they hold. Run it again to go on (nothing done is run again), or "
+            f"give it more time or workers.{died}"
         )
-    return workers
+    if outcome.ended is Ended.WORKERS_LOST:
+        raise WorkersLostError(
+            f"{outcome.progress.pending:,} messages remain but workers keep ending "
+            f"({outcome.lost} lost, {outcome.lost_charged} of them not preempted); see the "
+            f"worker logs.{died}"
+        )
+    if outcome.ended is Ended.CANNOT_START:
+        raise WorkersCannotStartError(
+            f"no worker could start ({outcome.reason or 'no reason given by the cluster'}): "
+            "for an image that cannot be pulled, check the deployment's image and the nodes' "
+            "access to its registry; for runs no worker picked up, start a worker of the work "
+            "pool; for capacity, the project's quota and the node pool's size "
+            "(`kubectl get events -n tqflow`). The queued tasks wait: run the pipeline again "
+            "once it is fixed"
+        )
 
 
 def _mean_task_seconds(storage: CloudFilesStorage, batch: str) -> Optional[float]:
@@ -304,17 +294,17 @@ def _mean_task_seconds(storage: CloudFilesStorage, batch: str) -> Optional[float
 
 
 def _fleet(
-    mode: str,
+    plan: FanOutPlan,
     queue: TaskQueue,
     storage: CloudFilesStorage,
     cave: Optional[CAVECredentials],
     options: WorkerOptions,
+    batch: str,
     worker_deployment: str,
-    processes: int,
-    start_timeout_seconds: float,
 ) -> Fleet:
-    if mode == "local":
-        return LocalFleet(queue, storage, options, cave)
+    board = DrainBoard(storage, batch)
+    if plan.mode == "local":
+        return LocalFleet(queue, storage, options, cave, drain_board=board)
     parameters: dict[str, Any] = {
         "queue": _slug(queue),
         "storage": _slug(storage),
@@ -326,9 +316,11 @@ def _fleet(
         worker_deployment,
         parameters,
         run_key=str(flow_run.id),
+        batch_tag=batch_tag(queue.queue_name, batch),
         parent_flow_run_id=flow_run.id,
-        processes=processes,
-        start_timeout_seconds=start_timeout_seconds,
+        processes=plan.processes,
+        start_timeout_seconds=plan.start_timeout_seconds,
+        drain_board=board,
     )
 
 

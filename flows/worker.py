@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
 
 from blocks.cave import CAVECredentials
 from blocks.queues import QueueParameter, TaskQueue
@@ -29,6 +30,7 @@ from tqflow.engine.options import WorkerOptions
 from tqflow.engine.process import log_to_stderr, run_worker, stop_on_signals
 from tqflow.engine.stats import Outcome, StopReason
 from tqflow.errors import BadArgumentsError, QueueUnreachableError
+from tqflow.fleet.deployment import FLEET_TAG_PREFIX
 from tqflow.fleet.processes import run_processes
 
 #: Counters summed over a run's processes.
@@ -61,6 +63,8 @@ def worker(
     storage = load_block(storage, CloudFilesStorage)
     cave = load_block(cave, CAVECredentials) if cave is not None else None
     options = options or WorkerOptions()
+    if options.unit is None and _fleet_unit() is not None:
+        options = WorkerOptions.of(options, unit=_fleet_unit())
     if processes == 1:
         stats = run_worker(
             queue, storage, options, cave=cave, log=log_to_stderr(), progress_log=logger
@@ -95,3 +99,12 @@ def worker(
             "could not publish the worker-stats artifact (%s: %s)", type(exc).__name__, exc
         )
     return {**{name: sum(r.get(name) or 0 for r in rows) for name in _SUMMED}, "processes": rows}
+
+
+def _fleet_unit() -> Optional[str]:
+    """This run's id when a pipeline's fleet launched it (its tag says so): its workers are
+    that unit (their reports name it, and the pipeline drains them by it)."""
+    tags = flow_run.tags or []
+    if flow_run.id and any(str(tag).startswith(FLEET_TAG_PREFIX) for tag in tags):
+        return str(flow_run.id)
+    return None

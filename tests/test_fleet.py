@@ -151,21 +151,32 @@ class InfrastructureThatSkipsTheFirstRun:
             self._stop.wait(0.2)
 
 
-@pytest.mark.usefixtures("prefect_api")
-def test_a_run_left_scheduled_past_its_start_timeout_is_replaced_and_named(queue_factory, storage):
+def _deployment_of_saved_blocks(queue, storage) -> tuple[str, str]:
+    """A ``worker`` deployment and the test's blocks saved under one new name."""
     import uuid
 
     from prefect.client.orchestration import get_client
 
-    from flows.pipeline import pipeline
     from flows.worker import worker
 
     name = f"never-{uuid.uuid4().hex[:8]}"
-    queue, storage = queue_factory(), storage
     queue.save(name)
     storage.save(name)
     with get_client(sync_client=True) as client:
         deployment = client.create_deployment(flow_id=client.create_flow(worker), name=name)
+    return name, deployment
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_run_waiting_past_its_start_timeout_is_waited_for_not_replaced(queue_factory, storage):
+    """A run no node takes is waiting for capacity, not lost: an identical run would wait too.
+    The batch goes on with the run that started, and the one still waiting is cancelled when
+    the batch is done."""
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import pipeline
+
+    name, deployment = _deployment_of_saved_blocks(queue_factory(), storage)
     with InfrastructureThatSkipsTheFirstRun(deployment) as infrastructure:
         summary = pipeline(
             fn="tests.tasks:square",
@@ -175,19 +186,50 @@ def test_a_run_left_scheduled_past_its_start_timeout_is_replaced_and_named(queue
             items=list(range(20)),
             mode="deployment",
             worker_deployment=f"worker/{name}",
-            workers=1,
+            workers=2,
+            tasks_per_worker=10,
             start_timeout_seconds=3,
             worker_options={"idle_seconds": 0.5},
             poll_seconds=0.3,
             analyze=False,
         )
     assert summary["done"] == 20
-    assert len(infrastructure.ran) == 1  # the replacement did the batch
+    assert len(infrastructure.ran) == 1  # the run that started did the batch
+    assert (summary["workers_launched"], summary["workers_lost"]) == (2, 0)
+    assert summary["waiting_reason"] == "Scheduled: no worker of the work pool has picked them up"
     with get_client(sync_client=True) as client:
         skipped = client.read_flow_run(infrastructure.skipped)
     assert skipped.state.is_cancelled()
-    [line] = summary["why_workers_died"]
-    assert line.startswith("1 never started (Scheduled 0 min): cancelled and replaced"), line
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_fleet_of_which_no_run_starts_stops_the_batch_saying_why(queue_factory, storage):
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import pipeline
+    from tqflow.errors import WorkersCannotStartError
+
+    queue = queue_factory()
+    name, deployment = _deployment_of_saved_blocks(queue, storage)
+    with InfrastructureThatSkipsTheFirstRun(deployment) as infrastructure:
+        with pytest.raises(WorkersCannotStartError, match="no worker of the work pool has"):
+            pipeline(
+                fn="tests.tasks:square",
+                queue=f"local-task-queue/{name}",
+                storage=f"cloud-files-storage/{name}",
+                batch="never",
+                items=list(range(5)),
+                mode="deployment",
+                worker_deployment=f"worker/{name}",
+                workers=1,
+                start_timeout_seconds=2,
+                poll_seconds=0.3,
+                analyze=False,
+            )
+    assert infrastructure.ran == []
+    assert queue.counts().visible == 5  # the tasks wait for a fleet that can start
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(infrastructure.skipped).state.is_cancelled()
 
 
 @pytest.mark.usefixtures("prefect_api")

@@ -111,9 +111,10 @@ def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect
         "worker/worker-evicted",
         {"queue": "local-task-queue/evicted", "storage": "cloud-files-storage/evicted"},
         run_key="evicted",
+        batch_tag="tqflow-batch-evicted.b",
     )
     fleet.launch(1)
-    assert fleet.running() == 1  # scheduled: not ended
+    assert fleet.observe().starting == 1  # scheduled: not ended
     with get_client(sync_client=True) as client:
         [run] = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
@@ -139,7 +140,7 @@ def test_a_deployment_runs_ending_carries_what_the_pod_observer_reported(prefect
         )
         wait_until(lambda: _pod_reasons(client, [run]), timeout=120)
 
-    assert fleet.running() == 0
+    assert fleet.observe().live == 0
     [ending] = fleet.endings
     assert ending.cause is Cause.EVICTED and ending.detail.endswith(
         "status code 137. (pod: Evicted)"

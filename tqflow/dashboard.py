@@ -3,7 +3,7 @@ and what the tasks used. `BatchDashboard` publishes it as a markdown artifact in
 while the pipeline watches the batch drain, re-rendered every few seconds; ``tqflow status``
 prints its failure and resource sections in the terminal.
 
-Everything comes from what is cheap to read at any size: the queue's counts, the monitor's
+Everything comes from what is cheap to read at any size: the queue's counts, the controller's
 progress, the fleet's endings, and the workers' reports (`tqflow.engine.reports`), never the
 outputs themselves.
 """
@@ -15,13 +15,15 @@ import io
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from tqflow.artifacts import artifact_key
 from tqflow.engine.contracts import BatchFolder
 from tqflow.engine.reports import BatchTally, batch_tally, read_reports
 from tqflow.errors import ResourcePlanError
-from tqflow.fleet.monitor import Progress
+from tqflow.fleet.base import Fleet
+from tqflow.fleet.endings import why_ended
+from tqflow.fleet.progress import Progress
 from tqflow.gke.right_size import PRICES_AS_OF, BatchUsage, cheapest
 
 #: Points of the throughput plot kept; older ones are thinned out, so memory is flat.
@@ -30,27 +32,15 @@ SERIES_POINTS = 400
 
 @dataclass
 class Snapshot:
-    """What the dashboard shows, at one moment."""
+    """What the dashboard shows, at one moment: the controller's progress, and what the
+    fleet and the workers' reports add to it."""
 
     batch: str
-    total: int
-    done: int
-    in_flight: int
-    waiting: int
-    dead_lettered: int
-    elapsed_seconds: float
-    tasks_per_second: float
-    eta_seconds: Optional[float]
-    workers_running: int
-    workers_lost: int
+    progress: Progress
+    workers_lost: int = 0
     why_workers_died: list[str] = field(default_factory=list)
     tally: BatchTally = field(default_factory=BatchTally)
     finished: bool = False
-    #: With a fleet sized to a deadline: the size it wants, the deadline and the finish it
-    #: projects (seconds from the start).
-    workers_wanted: Optional[int] = None
-    deadline_seconds: Optional[float] = None
-    projected_finish_seconds: Optional[float] = None
 
 
 class Throughput:
@@ -86,31 +76,41 @@ class Throughput:
 
 
 def markdown(snapshot: Snapshot, png: Optional[bytes] = None) -> str:
-    s = snapshot
+    s, p = snapshot, snapshot.progress
     state = "finished" if s.finished else "running"
-    percent = 100.0 * (s.done + s.dead_lettered) / s.total if s.total else 100.0
-    eta = _duration(s.eta_seconds) if s.eta_seconds is not None else "—"
+    eta = _duration(p.eta_seconds) if p.eta_seconds is not None else "—"
+    stale = (
+        " (the queue or the Prefect API is not answering: last known figures)" if p.stale else ""
+    )
     lines = [
         f"# Batch {s.batch} ({state})",
         "",
         "| done | in flight | waiting | dead-lettered | failed attempts | total |",
         "|---:|---:|---:|---:|---:|---:|",
-        f"| {s.done:,} | {s.in_flight:,} | {s.waiting:,} | {s.dead_lettered:,} | "
-        f"{s.tally.failed:,} | {s.total:,} |",
+        f"| {p.done:,} | {p.in_flight:,} | {p.waiting:,} | {p.dead_lettered:,} | "
+        f"{s.tally.failed:,} | {p.total:,} |",
         "",
-        f"**{percent:.1f}%** after {_duration(s.elapsed_seconds)}, "
-        f"{s.tasks_per_second:,.1f} tasks/s, ETA {eta}",
+        f"**{100.0 * p.fraction:.1f}%** after {_duration(p.elapsed_seconds)}, "
+        f"{p.tasks_per_second:,.1f} tasks/s, ETA {eta}{stale}",
         "",
     ]
     if png is not None:
         lines += [f"![throughput](data:image/png;base64,{base64.b64encode(png).decode()})", ""]
-    lines += [f"## Workers: {s.workers_running} running, {s.workers_lost} lost", ""]
-    if s.deadline_seconds is not None:
+    starting = f", {p.workers_starting} starting" if p.workers_starting else ""
+    lines += [f"## Workers: {p.workers_running} running{starting}, {s.workers_lost} lost", ""]
+    if p.workers_waiting:
+        lines += [
+            f"{p.workers_running} of {p.workers_running + p.workers_starting} scheduled: "
+            f"{p.workers_waiting} have waited past the start timeout ({p.waiting_reason}); "
+            "the batch goes on with the capacity it got and launches no more.",
+            "",
+        ]
+    if p.deadline_seconds is not None:
         projected = (
-            _duration(s.projected_finish_seconds) if s.projected_finish_seconds is not None else "—"
+            _duration(p.projected_finish_seconds) if p.projected_finish_seconds is not None else "—"
         )
         lines += [
-            f"Sized to finish within {_duration(s.deadline_seconds)}: {s.workers_wanted} "
+            f"Sized to finish within {_duration(p.deadline_seconds)}: {p.workers_wanted} "
             f"workers wanted, projected finish after {projected}{_projected_cost(s)}.",
             "",
         ]
@@ -177,7 +177,7 @@ def _projected_cost(s: Snapshot) -> str:
     """The whole batch's cost on GKE at the measured use, or '' before any task is measured."""
     try:
         usage = BatchUsage.of(s.tally, batch="")
-        plan = cheapest(usage, items=max(1, s.total), within_hours=24)
+        plan = cheapest(usage, items=max(1, s.progress.total), within_hours=24)
     except ResourcePlanError:
         return ""
     return f", projected cost ${plan.cost_on_demand:,.2f} on demand (${plan.cost_spot:,.2f} spot)"
@@ -203,73 +203,64 @@ DASHBOARD_SECONDS = 5.0
 class BatchDashboard:
     """The batch's dashboard artifact (key ``<batch>-dashboard``): made once, then updated in
     place at most every `DASHBOARD_SECONDS` while the batch drains, and once at its end. A
-    failure to publish is logged and never stops the batch. ``why_workers_died(tally)`` and
-    ``workers_lost()`` come from the fleet; ``projected_finish(progress)`` from a sizer."""
+    failure to publish is logged and never stops the batch. It reads the controller's
+    progress and the fleet's endings; ``memory_limit_mib`` is the workers' limit, for the
+    advice on OOM kills."""
 
     def __init__(
         self,
         batch: str,
         storage: BatchFolder,
-        why_workers_died: Callable[[BatchTally], list[str]],
-        workers_lost: Callable[[], int],
         logger: logging.Logger | logging.LoggerAdapter,
-        projected_finish: Optional[Callable[[Progress], Optional[float]]] = None,
+        memory_limit_mib: Optional[int] = None,
     ) -> None:
         self.batch, self.storage, self.logger = batch, storage, logger
-        self.why_workers_died, self.workers_lost = why_workers_died, workers_lost
-        self.projected_finish = projected_finish
+        self.memory_limit_mib = memory_limit_mib
         self.throughput = Throughput()
         self.artifact_id: Any = None
         self.last = float("-inf")
 
-    def update(self, progress: Progress) -> None:
+    def update(self, progress: Progress, fleet: Fleet) -> None:
         """While the batch drains: publish if `DASHBOARD_SECONDS` have passed."""
         self.throughput.add(progress.elapsed_seconds, progress.done)
         if time.monotonic() - self.last < DASHBOARD_SECONDS:
             return
         self.last = time.monotonic()
-        self._publish(progress)
+        self._publish(progress, fleet)
 
-    def finish(self, progress: Progress, tally: BatchTally) -> None:
-        """Once, at the end, with the batch's final tally (the monitor's last poll, which
+    def finish(self, progress: Progress, fleet: Fleet, tally: BatchTally) -> None:
+        """Once, at the end, with the batch's final tally (the controller's last look, which
         gave ``progress``, is already in the throughput)."""
-        self._publish(progress, tally, finished=True)
+        self._publish(progress, fleet, tally, finished=True)
+
+    def why_workers_died(self, fleet: Fleet, tally: BatchTally) -> list[str]:
+        return why_ended(fleet.endings, self.batch, tally, self.memory_limit_mib)
 
     def _publish(
-        self, progress: Progress, tally: Optional[BatchTally] = None, finished: bool = False
+        self,
+        progress: Progress,
+        fleet: Fleet,
+        tally: Optional[BatchTally] = None,
+        finished: bool = False,
     ) -> None:
         try:
             if tally is None:
                 tally = batch_tally(read_reports(self.storage, self.batch))
-            self._write(progress, tally, finished)
+            snapshot = Snapshot(
+                batch=self.batch,
+                progress=progress,
+                workers_lost=fleet.lost,
+                why_workers_died=self.why_workers_died(fleet, tally),
+                tally=tally,
+                finished=finished,
+            )
+            self._write(markdown(snapshot, self.throughput.png(self.batch)))
         except Exception as exc:
             self.logger.warning("could not publish the dashboard of %s: %s", self.batch, exc)
 
-    def _write(self, progress: Progress, tally: BatchTally, finished: bool) -> None:
+    def _write(self, text: str) -> None:
         from prefect.artifacts import create_markdown_artifact
 
-        snapshot = Snapshot(
-            batch=self.batch,
-            total=progress.total,
-            done=progress.done,
-            in_flight=progress.in_flight,
-            waiting=max(0, progress.pending - progress.in_flight),
-            dead_lettered=progress.dead_lettered,
-            elapsed_seconds=progress.elapsed_seconds,
-            tasks_per_second=progress.tasks_per_second,
-            eta_seconds=progress.eta_seconds,
-            workers_running=progress.workers_running,
-            workers_lost=self.workers_lost(),
-            why_workers_died=self.why_workers_died(tally),
-            tally=tally,
-            finished=finished,
-            workers_wanted=progress.workers_wanted,
-            deadline_seconds=progress.deadline_seconds,
-            projected_finish_seconds=(
-                self.projected_finish(progress) if self.projected_finish else None
-            ),
-        )
-        text = markdown(snapshot, self.throughput.png(self.batch))
         if self.artifact_id is None:
             self.artifact_id = create_markdown_artifact(
                 key=artifact_key(self.batch, "dashboard"),

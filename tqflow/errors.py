@@ -129,6 +129,11 @@ class WorkersLostError(TqflowError):
     """Workers keep ending without finishing the queue."""
 
 
+class WorkersCannotStartError(TqflowError):
+    """No worker of the batch's fleet could start: an image that cannot be pulled, runs no
+    worker of the pool picks up, no capacity within the start timeout."""
+
+
 class BatchTimeLimitError(TqflowError):
     """A batch passed the time limit it was given before its queue was drained."""
 

@@ -23,7 +23,7 @@ from typing import Callable, ClassVar, Iterable, Sequence
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from blocks.slugs import referable_by
+from blocks.slugs import block_slug, referable_by
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 from tqflow.errors import LeaseLostError, MessageTooLargeError
 
@@ -186,6 +186,17 @@ class TaskQueue(Block, ABC):
     #: Longest dead-letter reason kept with the message; the whole text is in the item's
     #: error record.
     max_reason_chars: ClassVar[int] = 10_000
+
+    def command_flags(self, batch: str) -> str:
+        """The ``tqflow`` command-line options that reach ``batch`` on this queue again, for
+        the hints a flow's error gives: its saved block, else its name."""
+        slug = block_slug(self)
+        if slug is not None:
+            return f"--batch {batch} --queue-block {slug}"
+        return f"--batch {batch} --queue {self.queue_name}{self._folder_flag()}"
+
+    def _folder_flag(self) -> str:
+        return ""
 
     def fit_reason(self, reason: str, body: str) -> str:
         """``reason`` cut to at most `max_reason_chars` and to fit beside ``body`` in one

@@ -84,6 +84,13 @@ class LocalTaskQueue(TaskQueue):
 
     # -- contract -------------------------------------------------------------------------
 
+    def _folder_flag(self) -> str:
+        """``--data`` unless the queue's file is the command line's default one."""
+        folder = Path(self.path).expanduser().resolve().parent
+        if folder == Path("tqflow-data").resolve():
+            return ""
+        return f" --data {folder}"
+
     def exists(self) -> bool:
         if not Path(self.path).expanduser().is_file():
             return False

@@ -44,21 +44,6 @@ class Target:
     def __post_init__(self) -> None:
         check_batch(self.batch)  # before anything is read, written or run
 
-    @classmethod
-    def of_queue(cls, queue: Any, batch: str) -> "Target":
-        """The target that reaches ``queue`` again from the command line: its saved block, or
-        its name (and, for a local queue, the folder its file is in)."""
-        from blocks.queues.local import LocalTaskQueue
-        from blocks.slugs import block_slug
-
-        slug = block_slug(queue)
-        if slug is not None:
-            return cls(batch=batch, queue_block=slug)
-        data = DEFAULT_DATA
-        if isinstance(queue, LocalTaskQueue):
-            data = Path(queue.path).expanduser().resolve().parent
-        return cls(batch=batch, data=data, queue_name=queue.queue_name)
-
     def queue(self, must_exist: bool = False) -> Any:
         """The saved queue block named by --queue-block, or the embedded SQLite queue."""
         from blocks.queues.base import TaskQueue

@@ -3,8 +3,9 @@ everything else asks this module.
 
 <batch>/batch.json                       the task functions the batch runs (workers run only
                                          those, or allowed modules: `allowed_modules`)
-<batch>/enqueued/<queue>/<step>.txt      the keys an enqueue sent to a queue that cannot
+<batch>/enqueued/<queue>/<step>.json     the keys an enqueue sent to a queue that cannot
                                          deduplicate, so a re-run sends only what is missing
+                                         (earlier versions wrote <step>.txt, still read)
 <batch>/outputs/<key>.json               the task's return value and what produced it; also the
                                          "done" marker that makes re-runs skip the item
 <batch>/shards/<writer>-<n>.json        the same output records, many to a file, as each
@@ -14,6 +15,10 @@ everything else asks this module.
 <batch>/workers/<report>~<n>.json        what each worker did for the batch (`reports`), its
                                          n-th version: a new name each time it changes
 <batch>/workers-digest.json              the reports a reader last read, for the next one
+<batch>/fleet/drain.json                 the fleet units the pipeline shrank by: their workers
+                                         finish their task and take no more (`drain`)
+<batch>/pipelines/<run>.json             when a pipeline run started, and the dead letters
+                                         before it, for its retries (`tqflow.fleet.controller`)
 <batch>/analysis/results.parquet         the analysis: one row per output
 <batch>/analysis/summary.png             and its plot
 """
@@ -86,6 +91,18 @@ def reports_prefix(batch: str) -> str:
     return f"{batch}/workers/"
 
 
+def report_name(worker: str, unit: str | None) -> str:
+    """A report's name: the worker's (unique), then ``@<unit>`` when it belongs to a fleet
+    unit, so that a listing of the reports tells each unit's signs of life (`unit_of_report`)."""
+    return worker if unit is None else f"{worker}@{unit}"
+
+
+def unit_of_report(report: str) -> str | None:
+    """The fleet unit a report's name (`report_version`'s first part) names, if any."""
+    _, at, unit = report.rpartition("@")
+    return unit if at else None
+
+
 def report_path(batch: str, report: str, version: int) -> str:
     return f"{reports_prefix(batch)}{report}~{version:08d}.json"
 
@@ -102,6 +119,14 @@ def report_version(path: str) -> tuple[str, int]:
 
 def reports_digest_path(batch: str) -> str:
     return f"{batch}/workers-digest.json"
+
+
+def drain_path(batch: str) -> str:
+    return f"{batch}/fleet/drain.json"
+
+
+def pipeline_run_path(batch: str, run: str) -> str:
+    return f"{batch}/pipelines/{run}.json"
 
 
 def analysis_table_path(batch: str) -> str:

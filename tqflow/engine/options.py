@@ -7,11 +7,15 @@ added here, once, and reaches every way a worker is started.
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tqflow.engine.messages import check_batch
+
+#: A unit's name: part of a report's file name (`tqflow.engine.layout.report_name`).
+_UNIT = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class WorkerOptions(BaseModel):
@@ -130,10 +134,30 @@ class WorkerOptions(BaseModel):
         ),
     )
 
+    unit: Optional[str] = Field(
+        default=None,
+        description=(
+            "The fleet unit this worker belongs to (a worker run's id, a local worker's "
+            "number), set by the pipeline's fleet: the worker's report names it and is "
+            "rewritten every report_seconds while the worker lives (the pipeline's sign of "
+            "life), and the worker drains when the pipeline's fleet shrinks by its unit."
+        ),
+    )
+
     @field_validator("default_batch")
     @classmethod
     def _batch_names_a_folder(cls, value: str) -> str:
         return check_batch(value)  # BadArgumentsError, raised through pydantic as it is
+
+    @field_validator("unit")
+    @classmethod
+    def _unit_names_a_file(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not _UNIT.fullmatch(value):
+            raise ValueError(
+                f"unit={value!r}: give letters, digits, '.', '_' or '-' (at most 64): it is "
+                "part of the worker's report's name"
+            )
+        return value
 
     def import_code(self) -> None:
         """Import the modules and the retry rule these options name, so that a name that does

@@ -26,7 +26,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from tqflow.engine.contracts import BatchFolder, Storage
-from tqflow.engine.layout import report_path, report_version, reports_digest_path, reports_prefix
+from tqflow.engine.layout import (
+    report_name,
+    report_path,
+    report_version,
+    reports_digest_path,
+    reports_prefix,
+)
 from tqflow.engine.outputs import now_iso
 from tqflow.engine.stats import Outcome
 from tqflow.engine.task_resources import TaskResources
@@ -137,7 +143,12 @@ def report_seconds_for(workers: int) -> float:
 
 class WorkerReports:
     """A worker's tallies, written by a background thread every ``report_seconds`` while
-    they change (so a worker deep in a long task still reports), and once more by `close`."""
+    they change (so a worker deep in a long task still reports), and once more by `close`.
+
+    A worker of a fleet unit (``unit``) names it in its report's name and rewrites its
+    ``heartbeat_batch``'s report every ``report_seconds`` whether it changed or not, from the
+    start: a new version is its sign of life, which the pipeline reads from a listing alone
+    (a unit whose reports stop is lost, even if its run never says it ended)."""
 
     def __init__(
         self,
@@ -145,10 +156,14 @@ class WorkerReports:
         worker: str,
         report_seconds: float,
         log: logging.Logger | logging.LoggerAdapter,
+        *,
+        unit: str | None = None,
+        heartbeat_batch: str | None = None,
     ) -> None:
         self.storage = storage
         self.worker = worker
-        self.report = f"{worker}-{uuid.uuid4().hex[:8]}"
+        self.report = report_name(f"{worker}-{uuid.uuid4().hex[:8]}", unit)
+        self.heartbeat_batch = heartbeat_batch
         self.report_seconds = report_seconds
         self.log = log
         self.started_at = now_iso()
@@ -159,6 +174,8 @@ class WorkerReports:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
+        if heartbeat_batch is not None:
+            self._tallies[heartbeat_batch] = BatchTally()
 
     def count(
         self,
@@ -181,6 +198,8 @@ class WorkerReports:
             self._changed.add(batch)
 
     def start(self) -> None:
+        if self.heartbeat_batch is not None:
+            self._write(None)  # alive before its first task ends
         self._thread = threading.Thread(target=self._run, name="tqflow-reports", daemon=True)
         self._thread.start()
 
@@ -199,6 +218,8 @@ class WorkerReports:
     def _write(self, ended: str | None) -> None:
         with self._lock:
             batches = list(self._tallies) if ended is not None else list(self._changed)
+            if self.heartbeat_batch is not None and self.heartbeat_batch not in batches:
+                batches.append(self.heartbeat_batch)
             self._changed.clear()
             records = [
                 {

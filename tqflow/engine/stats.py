@@ -28,8 +28,11 @@ class StopReason(str, Enum):
     IDLE = "idle"
     MAX_TASKS = "max_tasks"
     MAX_SECONDS = "max_seconds"
-    #: Told to stop: SIGTERM (spot preemption, eviction, a fleet shrinking), SIGINT.
+    #: Told to stop: SIGTERM (spot preemption, eviction), SIGINT.
     STOPPED = "stopped"
+    #: Its fleet shrank and named its unit: it finished its task and took no more
+    #: (`tqflow.engine.drain`).
+    DRAINED = "drained"
     #: The queue could not be reached for ``queue_unreachable_seconds``.
     QUEUE_UNREACHABLE = "queue_unreachable"
 
@@ -37,7 +40,12 @@ class StopReason(str, Enum):
     def finished_its_work(self) -> bool:
         """Whether the worker ended for a reason of its own, not because it was stopped or
         could not go on."""
-        return self in (StopReason.IDLE, StopReason.MAX_TASKS, StopReason.MAX_SECONDS)
+        return self in (
+            StopReason.IDLE,
+            StopReason.MAX_TASKS,
+            StopReason.MAX_SECONDS,
+            StopReason.DRAINED,
+        )
 
 
 @dataclass

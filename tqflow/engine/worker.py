@@ -20,7 +20,8 @@ The contract (DESIGN.md, "Worker loop"):
   held lease is released at once.
 - The loop ends when the queue stays empty for ``idle_seconds`` (two readings of its counts in
   a row: nothing visible, and with ``wait_for_in_flight`` nothing in flight or delayed either),
-  or after ``max_tasks`` / ``max_seconds``.
+  after ``max_tasks`` / ``max_seconds``, or between two tasks when its fleet unit is told to
+  drain (`tqflow.engine.drain`).
 
 Logs: every message's failure goes to ``log`` (the process's stderr: a pod's own log); the
 ``progress_log`` (a worker flow run's log, in the Prefect API) gets the start, a line every
@@ -42,6 +43,7 @@ from typing import Any, Callable, Optional
 from tqflow.engine.allowed_modules import AllowedModules
 from tqflow.engine.calls import bind, resolve
 from tqflow.engine.contracts import CAVESource, Lease, Queue, Storage
+from tqflow.engine.drain import DrainNotice
 from tqflow.engine.failures import Failures
 from tqflow.engine.layout import output_path
 from tqflow.engine.lease_keeper import LeaseKeeper
@@ -110,7 +112,20 @@ class Worker:
         self.name = f"{socket.gethostname()}-{os.getpid()}"
         self.stats = WorkerStats()
         self.meter = ResourceMeter()
-        self.reports = WorkerReports(storage, self.name, self.options.report_seconds, self.log)
+        unit, batch = self.options.unit, self.options.default_batch
+        self.reports = WorkerReports(
+            storage,
+            self.name,
+            self.options.report_seconds,
+            self.log,
+            unit=unit,
+            heartbeat_batch=batch if unit is not None else None,
+        )
+        self.drain = (
+            DrainNotice(storage, batch, unit, self.options.report_seconds, self.log)
+            if unit is not None
+            else None
+        )
         self.shards = ShardWriter(storage, self.name, self.log)
         self.cave = cave
         self._cave_client: Any = None
@@ -232,6 +247,8 @@ class Worker:
         return self.stats
 
     def _limit_reached(self, started: float) -> StopReason | None:
+        if self.drain is not None and self.drain.requested():
+            return StopReason.DRAINED
         if self.options.max_tasks is not None and self.stats.processed >= self.options.max_tasks:
             return StopReason.MAX_TASKS
         if (

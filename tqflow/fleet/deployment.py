@@ -1,47 +1,88 @@
 """`DeploymentFleet`: workers as flow runs of a ``worker`` deployment (a GKE work pool in
 production), with requests to the Prefect API that do not grow with the number of runs.
 
+- **One fleet per batch**: every run carries the batch's tag (``tqflow-batch-<queue>.<batch>``)
+  beside its pipeline run's (``tqflow-fleet-<run>``). A retried or re-run pipeline adopts the
+  batch's live runs instead of launching a second fleet beside them (`adopt`, and again every
+  `ADOPT_SECONDS`).
 - **Launching**: the deployment is read once, one placeholder task run links every worker run
   to the pipeline run as its subflow (one request per fleet, where `run_deployment` makes one
-  per run), and runs are created ``launch_concurrency`` at a time on Prefect Cloud, one at a
-  time on a self-hosted server (SQLite takes one write at a time), each with an idempotency key
-  (``<run_key>-worker-<n>``), so a pipeline run that is retried gets its runs back instead of
-  launching them twice. Prefect's client waits out a 429 for as long as its Retry-After says.
-- **Watching**: each poll reads only the fleet's runs (tagged ``tqflow-fleet-<run_key>``)
-  that ended since the last poll, and those that have not started within
-  ``start_timeout_seconds``: two requests whatever the fleet's size, plus one for the stats of
-  the runs that completed and one for the pod events of the runs that were lost, when there
-  are any. A lost run is found in the poll it ends.
-- **Never started**: a run still Scheduled, Late or Pending ``start_timeout_seconds`` after it
-  was created (no node: the project's quota, the pool's max nodes; an image that cannot be
-  pulled) is cancelled and counted lost as `Cause.NEVER_STARTED`, so the monitor replaces it.
+  per run), and runs are created ``launch_concurrency`` at a time (default: 8 on Prefect Cloud,
+  one at a time on a self-hosted server, whose SQLite takes one write at a time), each with an
+  idempotency key (``<run>-<fleet>-worker-<n>``): a create whose answer was lost is sent again
+  with the same key by the next launch, and finds its run instead of making a second one.
+- **Watching**: each look reads, among the runs it knows by id, those in a final state and
+  those not started: two requests whatever the fleet's size (more only past 200 of either),
+  plus one for the stats of the runs that completed and one per 16 lost or waiting runs for
+  their pod events. No offsets into a growing set are trusted (answers are deduplicated by id,
+  and a run missed is found on the next look) and no clock is compared with the server's.
+- **Waiting is not lost**: a run not started ``start_timeout_seconds`` after its launch is
+  *waiting* for capacity (no node, the project's quota); it is not cancelled nor replaced, and
+  the pod observer's diagnosis says why. One that cannot start however long it waits (an image
+  that cannot be pulled, a pod that crash-loops) is reported as ``cannot_start``.
+- **Cancelling** never forces a state: a run that already ended keeps its final state.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Optional
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
 
-from tqflow.fleet.base import Fleet
-from tqflow.fleet.endings import Cause, Ending, of_run, of_stop_reason
+from tqflow.engine.drain import DrainBoard
+from tqflow.fleet.base import Fleet, FleetView
+from tqflow.fleet.clock import Clock
+from tqflow.fleet.endings import Ending, of_run, of_stop_reason
 
 #: The states of a run that has not started yet, and those of a run that has ended.
 _NOT_STARTED = ("SCHEDULED", "PENDING")
 _FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-#: Runs whose end time is this close to the newest end seen are read again (clocks differ).
-_END_MARGIN = dt.timedelta(seconds=120)
 #: The API's largest page.
 _PAGE = 200
+#: How often the batch's live runs are read by its tag, to adopt those another controller
+#: of the batch launched meanwhile.
+ADOPT_SECONDS = 300.0
+#: How often the pod events of waiting runs are read again.
+WAITING_REASON_SECONDS = 60.0
+#: What prefect-kubernetes's pod observer diagnoses that no wait cures.
+CANNOT_START = ("ImagePullError", "CrashLoopBackOff")
+
+
+#: Every run a fleet launches carries ``<prefix><pipeline run>``: the worker flow knows by it
+#: that its workers are a fleet's unit.
+FLEET_TAG_PREFIX = "tqflow-fleet-"
+
+
+def batch_tag(queue_name: str, batch: str) -> str:
+    """The tag every worker run of a batch carries, whoever launched it."""
+    return f"tqflow-batch-{queue_name}.{batch}"
+
+
+@dataclass
+class _Run:
+    #: When this fleet launched or adopted it (the fleet's clock, never the server's).
+    since: float
+    started: bool = False
+    stopping: bool = False
+    #: Looks in a row that did not find it among the runs not started.
+    not_seen_waiting: int = 0
+    state_name: str = ""
+
+
+def _prefect_client() -> AbstractContextManager[Any]:
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
 
 
 class DeploymentFleet(Fleet):
     """Workers as runs of the deployment ``flow-name/deployment-name``, ``processes`` worker
     processes in each. ``parameters`` name saved blocks by slug (no secret travels as a
-    flow-run parameter); ``parent_flow_run_id``, the pipeline run whose subflows they are."""
+    flow-run parameter); ``parent_flow_run_id``, the pipeline run whose subflows they are;
+    ``client``, how to open a Prefect client (a stand-in API in the simulated day)."""
 
     def __init__(
         self,
@@ -49,12 +90,16 @@ class DeploymentFleet(Fleet):
         parameters: dict[str, Any],
         run_key: str,
         *,
+        batch_tag: str,
         parent_flow_run_id: Optional[str] = None,
         processes: int = 1,
         start_timeout_seconds: float = 900.0,
-        launch_concurrency: int = 8,
+        launch_concurrency: Optional[int] = None,
+        drain_board: Optional[DrainBoard] = None,
+        clock: Optional[Clock] = None,
+        client: Callable[[], AbstractContextManager[Any]] = _prefect_client,
     ) -> None:
-        super().__init__()
+        super().__init__(clock)
         self.deployment = deployment
         self.parameters = {**parameters, "processes": processes}
         self.run_key = run_key
@@ -62,38 +107,77 @@ class DeploymentFleet(Fleet):
         self.processes_per_unit = processes
         self.start_timeout_seconds = start_timeout_seconds
         self.launch_concurrency = launch_concurrency
-        self.tag = f"tqflow-fleet-{run_key}"
+        self.drain_board = drain_board
+        self._client = client
+        self.tag = f"{FLEET_TAG_PREFIX}{run_key}"
+        self.batch_tag = batch_tag
+        self._fleet_id = uuid.uuid4().hex[:8]
         self._deployment_id: Any = None
         self._parent_task_run_id: Any = None
         self._next_index = 0
-        #: Runs launched and not yet seen ended: id -> when it was created.
-        self._live: dict[Any, dt.datetime] = {}
+        #: Indices whose create raised: sent again, with the same key, by the next launch.
+        self._unanswered: list[int] = []
+        self._live: dict[Any, _Run] = {}
         self._ended: set[Any] = set()
-        self._stopping: set[Any] = set()
-        self._newest_end: Optional[dt.datetime] = None
-        self._last_poll = 0.0
-        #: Runs created at a time (`_prepare`).
-        self._concurrency = 1
+        self._next_adopt = float("-inf")
+        self._waiting_reasons: dict[Any, str] = {}
+        self._next_waiting_read = float("-inf")
 
-    # -- launching ------------------------------------------------------------------------------
+    # -- adopting and launching -----------------------------------------------------------------
+
+    def adopt(self) -> int:
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+        )
+
+        with self._client() as client:
+            self._prepare(client)
+            chosen = FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment_id]),
+                tags=FlowRunFilterTags(all_=[self.batch_tag]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=list(_FINAL))),
+            )
+            found = _pages(client, chosen)
+        self._next_adopt = self.clock.monotonic() + ADOPT_SECONDS
+        adopted = 0
+        for run in found:
+            if run.id in self._live or run.id in self._ended:
+                continue
+            self._live[run.id] = _Run(
+                since=self.clock.monotonic(), started=_state(run) not in _NOT_STARTED
+            )
+            adopted += 1
+        self.adopted += adopted
+        return adopted
 
     def launch(self, n: int) -> None:
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
+        if n <= 0:
+            return
+        with self._client() as client:
             self._prepare(client)
-            while n > 0:
-                indices = list(range(self._next_index, self._next_index + n))
-                self._next_index += n
-                runs = self._create_all(client, indices)
-                for run in runs:
-                    if run.state is not None and run.state.is_final():
-                        # an earlier attempt of this pipeline run launched and finished it
-                        self._ended.add(run.id)
-                        continue
-                    self._live[run.id] = run.created or dt.datetime.now(dt.timezone.utc)
-                    self.launched += 1
-                    n -= 1
+            retried, self._unanswered = self._unanswered[:n], self._unanswered[n:]
+            fresh = list(range(self._next_index, self._next_index + n - len(retried)))
+            self._next_index += len(fresh)
+            answers = self._create_all(client, retried + fresh)
+        failure: Optional[BaseException] = None
+        for index, answer in answers:
+            if isinstance(answer, Exception):
+                self._unanswered.append(index)
+                failure = failure or answer
+                continue
+            if answer.id in self._live or answer.id in self._ended:
+                continue  # a create sent again found the run it had made
+            if answer.state is not None and answer.state.is_final():
+                self._ended.add(answer.id)
+                continue
+            self._live[answer.id] = _Run(since=self.clock.monotonic())
+            self.launched += 1
+        if failure is not None:
+            raise failure
 
     def _prepare(self, client: Any) -> None:
         """Once per fleet: the deployment, and the task run its runs are subflows of."""
@@ -103,12 +187,12 @@ class DeploymentFleet(Fleet):
         from prefect.client.base import ServerType
         from prefect.states import Running
 
-        # Prefect Cloud takes concurrent writes. A self-hosted server on SQLite takes one at a
-        # time and answers more with 503s, which Prefect's client retries after backing off
-        # seconds: 200 runs took 20 s created one at a time, 60 to 100 s two to eight at a time.
-        if client.server_type == ServerType.CLOUD:
-            self._concurrency = self.launch_concurrency
-        self._deployment_id = client.read_deployment_by_name(self.deployment).id
+        if self.launch_concurrency is None:
+            # Prefect Cloud takes concurrent writes. A self-hosted server on SQLite takes one at
+            # a time and answers more with 503s, which Prefect's client retries after backing
+            # off seconds: 200 runs took 20 s one at a time, 60 to 100 s two to eight at a time.
+            self.launch_concurrency = 8 if client.server_type == ServerType.CLOUD else 1
+        deployment_id = client.read_deployment_by_name(self.deployment).id
         if self.parent_flow_run_id is not None:
             placeholder = Task(name=f"{self.deployment} runs", fn=lambda: None)
             self._parent_task_run_id = client.create_task_run(
@@ -117,74 +201,88 @@ class DeploymentFleet(Fleet):
                 dynamic_key=self.tag,
                 state=Running(),
             ).id
+        self._deployment_id = deployment_id
 
-    def _create_all(self, client: Any, indices: list[int]) -> list[Any]:
-        with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
-            return list(pool.map(lambda i: self._create(client, i), indices))
+    def _create_all(self, client: Any, indices: list[int]) -> list[tuple[int, Any]]:
+        def create(index: int) -> tuple[int, Any]:
+            try:
+                return index, client.create_flow_run_from_deployment(
+                    self._deployment_id,
+                    parameters=self.parameters,
+                    tags=[self.tag, self.batch_tag],
+                    idempotency_key=f"{self.run_key}-{self._fleet_id}-worker-{index}",
+                    parent_task_run_id=self._parent_task_run_id,
+                )
+            except Exception as exc:
+                return index, exc
 
-    def _create(self, client: Any, index: int) -> Any:
-        return client.create_flow_run_from_deployment(
-            self._deployment_id,
-            parameters=self.parameters,
-            tags=[self.tag],
-            idempotency_key=f"{self.run_key}-worker-{index}",
-            parent_task_run_id=self._parent_task_run_id,
-        )
+        with ThreadPoolExecutor(max_workers=self.launch_concurrency or 1) as pool:
+            return list(pool.map(create, indices))
 
     # -- watching -------------------------------------------------------------------------------
 
-    def running(self) -> int:
+    def observe(self) -> FleetView:
+        if self._live and self.clock.monotonic() >= self._next_adopt:
+            self.adopt()
         if not self._live:
-            return 0
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
-            self._cancel_unstarted(client)
-            ended = self._runs_ended_since_last_poll(client)
-            if ended:
-                self._record_ends(client, ended)
-        self._last_poll = time.monotonic()
-        return len(self._live)
-
-    def _runs_ended_since_last_poll(self, client: Any) -> list[Any]:
+            return FleetView()
         from prefect.client.schemas.filters import (
             FlowRunFilter,
-            FlowRunFilterEndTime,
             FlowRunFilterId,
             FlowRunFilterState,
             FlowRunFilterStateType,
-            FlowRunFilterTags,
         )
 
-        final = FlowRunFilterState(type=FlowRunFilterStateType(any_=list(_FINAL)))
-        if self._newest_end is None or time.monotonic() - self._last_poll > 60:
-            # first look, or a long pause since the last one: read the live runs by id
-            chosen = FlowRunFilter(id=FlowRunFilterId(any_=list(self._live)), state=final)
-        else:
-            chosen = FlowRunFilter(
-                tags=FlowRunFilterTags(all_=[self.tag]),
-                state=final,
-                end_time=FlowRunFilterEndTime(after_=self._newest_end - _END_MARGIN),
+        def among_live(types: Iterable[str]) -> Any:
+            return FlowRunFilter(
+                id=FlowRunFilterId(any_=list(self._live)),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types))),
             )
-        runs = [r for r in _pages(client, chosen) if r.id in self._live]
-        for run in runs:
-            if run.end_time is not None and (
-                self._newest_end is None or run.end_time > self._newest_end
-            ):
-                self._newest_end = run.end_time
-        if self._newest_end is None:
-            self._newest_end = dt.datetime.now(dt.timezone.utc)
-        return runs
+
+        with self._client() as client:
+            ended = _pages(client, among_live(_FINAL))
+            not_started = {r.id: r for r in _pages(client, among_live(_NOT_STARTED))}
+            if ended:
+                self._record_ends(client, [r for r in ended if r.id in self._live])
+            now = self.clock.monotonic()
+            for run_id, run in self._live.items():
+                if run_id in not_started:
+                    run.not_seen_waiting = 0
+                    run.state_name = not_started[run_id].state.name
+                elif not run.started:
+                    # Started when two looks in a row did not find it waiting: a page of
+                    # waiting runs that shifted under the reader cannot start one.
+                    run.not_seen_waiting += 1
+                    run.started = run.not_seen_waiting >= 2
+            waiting = [
+                not_started[i]
+                for i, run in self._live.items()
+                if not run.started
+                and not run.stopping
+                and i in not_started
+                and now - run.since >= self.start_timeout_seconds
+            ]
+            reason, cannot_start = self._why_waiting(client, waiting, now)
+        live = [(i, r) for i, r in self._live.items()]
+        return FleetView(
+            starting=sum(1 for _, r in live if not r.started and not r.stopping),
+            running=sum(1 for _, r in live if r.started and not r.stopping),
+            stopping=sum(1 for _, r in live if r.stopping),
+            waiting=len(waiting),
+            waiting_reason=reason,
+            cannot_start=cannot_start,
+            running_units=frozenset(str(i) for i, r in live if r.started and not r.stopping),
+        )
 
     def _record_ends(self, client: Any, runs: list[Any]) -> None:
         completed = [r for r in runs if r.state.is_completed()]
         rows = _stats_rows(client, [r.id for r in completed]) if completed else {}
-        lost = [r for r in runs if not r.state.is_completed() and r.id not in self._stopping]
+        lost = [r for r in runs if not r.state.is_completed() and not self._live[r.id].stopping]
         pods = _pod_reasons(client, lost) if lost else {}
         for run in runs:
-            self._live.pop(run.id, None)
+            stopped = self._live.pop(run.id).stopping
             self._ended.add(run.id)
-            stopped = run.id in self._stopping
+            self._waiting_reasons.pop(run.id, None)
             if run.state.is_completed():
                 stats = rows.get(run.id, [])
                 endings = [e for e in map(_ending_of_row, stats) if e is not None]
@@ -194,102 +292,113 @@ class DeploymentFleet(Fleet):
                 endings = [of_run(run.state.type.value, message, pods.get(run.id))]
             self._record_end(stats, endings, stopped)
 
-    def _cancel_unstarted(self, client: Any) -> None:
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterExpectedStartTime,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-            FlowRunFilterTags,
-        )
-
-        now = dt.datetime.now(dt.timezone.utc)
-        started_before = now - dt.timedelta(seconds=self.start_timeout_seconds)
-        chosen = FlowRunFilter(
-            tags=FlowRunFilterTags(all_=[self.tag]),
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(_NOT_STARTED))),
-            expected_start_time=FlowRunFilterExpectedStartTime(before_=started_before),
-        )
-        for run in _pages(client, chosen):
-            if run.id not in self._live:
-                continue
-            waited = (now - (run.expected_start_time or run.created or now)).total_seconds()
-            self._cancel(client, run)
-            self._live.pop(run.id, None)
-            self._ended.add(run.id)
-            detail = f"{run.state.name} {waited / 60:.0f} min"
-            self._record_end([], [Ending(Cause.NEVER_STARTED, detail)], False)
+    def _why_waiting(self, client: Any, waiting: list[Any], now: float) -> tuple[str, str]:
+        """What keeps the waiting runs from starting, in one phrase, and the reason none can
+        start if the pod observer diagnosed one that waiting does not cure."""
+        if not waiting:
+            self._waiting_reasons.clear()
+            return "", ""
+        if now >= self._next_waiting_read:
+            self._next_waiting_read = now + WAITING_REASON_SECONDS
+            asked = waiting[:_RUNS_PER_EVENTS_PAGE]  # a sample tells the cluster's reason
+            self._waiting_reasons.update(_pod_reasons(client, asked))
+        reasons = [self._waiting_reasons.get(r.id) for r in waiting]
+        known = [r for r in reasons if r]
+        fatal = next((r for r in known if r.split(".")[0] in CANNOT_START), "")
+        if known:
+            reason = max(set(known), key=known.count)
+        elif all(_state(r) == "SCHEDULED" for r in waiting):
+            reason = "Scheduled: no worker of the work pool has picked them up"
+        else:
+            reason = "Pending: no pod event yet"
+        return reason, fatal
 
     # -- stopping -------------------------------------------------------------------------------
 
-    @property
-    def stopping(self) -> int:
-        return sum(1 for run_id in self._live if run_id in self._stopping)
+    def shrink(self, n: int) -> int:
+        """Stop ``n`` active runs: those not started yet first (cancelled: nothing to lose),
+        then the newest running ones, drained through the board (their workers finish their
+        task), or cancelled without a board."""
+        active = [(i, r) for i, r in self._live.items() if not r.stopping]
+        active.sort(key=lambda ir: (ir[1].started, -ir[1].since))
+        chosen = active[: max(0, n)]
+        to_drain = [i for i, r in chosen if r.started and self.drain_board is not None]
+        if to_drain:
+            assert self.drain_board is not None
+            self.drain_board.drain(str(i) for i in to_drain)
+        cancel = [i for i, _ in chosen if i not in to_drain]
+        if cancel:
+            with self._client() as client:
+                for run_id in cancel:
+                    self._cancel(client, run_id)
+        for _, run in chosen:
+            run.stopping = True
+        return len(chosen)
 
-    def shrink(self, n: int) -> None:
-        """Cancel ``n`` runs, those not started yet first: their workers get SIGTERM, release
-        their leases and complete."""
-        if n <= 0 or not self._live:
+    def declare_lost(self, units: Iterable[str], ending: Ending) -> None:
+        silent = [i for i in self._live if str(i) in set(units)]
+        if not silent:
             return
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-        with get_client(sync_client=True) as client:
-            live = _pages(client, FlowRunFilter(id=FlowRunFilterId(any_=list(self._live))))
-            live = [r for r in live if r.id not in self._stopping and not r.state.is_final()]
-            live.sort(key=lambda r: (r.state.type.value not in _NOT_STARTED, r.created))
-            for run in live[:n]:
-                self._stopping.add(run.id)
-                self._cancel(client, run)
+        with self._client() as client:
+            for run_id in silent:
+                self._cancel(client, run_id)
+        for run_id in silent:
+            self._live.pop(run_id)
+            self._ended.add(run_id)
+            self._record_end([], [ending], False)
 
     def stop(self) -> None:
         """Cancel every run still live, and end the placeholder task run."""
-        from prefect.client.orchestration import get_client
-        from prefect.states import Completed
+        try:
+            with self._client() as client:
+                runs = list(self._live)
+                for run_id in runs:
+                    self._live[run_id].stopping = True
+                with ThreadPoolExecutor(max_workers=self.launch_concurrency or 1) as pool:
+                    list(pool.map(lambda run_id: self._cancel(client, run_id), runs))
+                if self._parent_task_run_id is not None:
+                    from prefect.states import Completed
 
-        with get_client(sync_client=True) as client:
-            runs = list(self._live)
-            self._stopping.update(runs)
-            with ThreadPoolExecutor(max_workers=self.launch_concurrency) as pool:
-                list(pool.map(lambda run_id: self._cancel(client, run_id), runs))
-            if self._parent_task_run_id is not None:
-                try:
                     client.set_task_run_state(self._parent_task_run_id, Completed(), force=True)
-                except Exception:  # only the UI's picture of it is left Running
-                    pass
+        except Exception:  # the API is down: the runs end on their own once drained
+            pass
 
     @staticmethod
-    def _cancel(client: Any, run: Any) -> None:
-        """Scheduled: cancelled at once; otherwise cancelling, so that its worker stops the
-        run's infrastructure (the worker in it gets SIGTERM and releases its leases)."""
-        from prefect.states import Cancelled, Cancelling
+    def _cancel(client: Any, run_id: Any) -> None:
+        """Cancelling, so that its worker stops the run's infrastructure (the workers in it get
+        SIGTERM and release their leases); the server makes a run that has none yet Cancelled,
+        and refuses to change one that already ended."""
+        from prefect.states import Cancelling
 
-        run_id = getattr(run, "id", run)
-        state = getattr(run, "state", None)
-        scheduled = state is not None and state.type.value == "SCHEDULED"
         try:
-            client.set_flow_run_state(
-                run_id, Cancelled() if scheduled else Cancelling(), force=True
-            )
-        except Exception:  # it ended meanwhile, or the API is down: its own end says how
+            client.set_flow_run_state(run_id, Cancelling(), force=False)
+        except Exception:  # the API is down: its own end says how it ended
             pass
 
 
+def _state(run: Any) -> str:
+    return run.state.type.value if run.state is not None else "SCHEDULED"
+
+
 def _pages(client: Any, flow_run_filter: Any) -> list[Any]:
-    """Every flow run the filter selects, a page of `_PAGE` at a time."""
+    """Every flow run the filter selects, a page of `_PAGE` at a time, each once: a run that
+    moved between pages is either read twice (kept once) or missed (read on the next look)."""
     from prefect.client.schemas.sorting import FlowRunSort
 
-    found: list[Any] = []
+    found: dict[Any, Any] = {}
+    offset = 0
     while True:
         page = client.read_flow_runs(
             flow_run_filter=flow_run_filter,
             sort=FlowRunSort.ID_DESC,
             limit=_PAGE,
-            offset=len(found),
+            offset=offset,
         )
-        found += page
+        offset += len(page)
+        for run in page:
+            found.setdefault(run.id, run)
         if len(page) < _PAGE:
-            return found
+            return list(found.values())
 
 
 def _stats_rows(client: Any, run_ids: list[Any]) -> dict[Any, list[dict[str, Any]]]:
@@ -324,6 +433,8 @@ def _stats_rows(client: Any, run_ids: list[Any]) -> dict[Any, list[dict[str, Any
 
 def _ending_of_row(row: dict[str, Any]) -> Optional[Ending]:
     """A worker process's ending, as its run's stats artifact says."""
+    from tqflow.fleet.endings import Cause
+
     if row.get("ending"):
         try:
             return Ending(Cause(row["ending"]), row.get("ending_detail") or "")
@@ -339,10 +450,11 @@ _RUNS_PER_EVENTS_PAGE = 16
 
 
 def _pod_reasons(client: Any, runs: Iterable[Any]) -> dict[Any, str]:
-    """Why each run's pod ended, as prefect-kubernetes's pod observer reported it: its
-    diagnosis (``OOMKilled``, ``Evicted``, ``Unschedulable.InsufficientResources``, ...), else
-    the container's terminated reason (``OOMKilled``, ``Error``); the latest event first.
-    Nothing where no observer reports (a process pool) or the events cannot be read."""
+    """Why each run's pod ended or waits, as prefect-kubernetes's pod observer reported it:
+    its diagnosis (``OOMKilled``, ``Evicted``, ``Unschedulable.InsufficientResources``,
+    ``ImagePullError``, ...), else the container's terminated reason (``OOMKilled``,
+    ``Error``); the latest event first. Nothing where no observer reports (a process pool) or
+    the events cannot be read."""
     runs = list(runs)
     reasons: dict[Any, str] = {}
     for start in range(0, len(runs), _RUNS_PER_EVENTS_PAGE):
@@ -359,11 +471,12 @@ def _pod_reasons_of(client: Any, runs: list[Any]) -> dict[Any, str]:
     )
 
     by_resource = {f"prefect.flow-run.{run.id}": run.id for run in runs}
-    since = min(run.created for run in runs if run.created is not None)
+    created = [run.created for run in runs if run.created is not None]
+    occurred = EventOccurredFilter(since=min(created)) if created else EventOccurredFilter()
     try:
         page = client.read_events(
             EventFilter(
-                occurred=EventOccurredFilter(since=since),
+                occurred=occurred,
                 event=EventNameFilter(prefix=["prefect.kubernetes.pod."]),
                 related=EventRelatedFilter(id=list(by_resource)),
             ),

@@ -8,8 +8,9 @@ prefect-kubernetes's pod observer reported about its pod (`of_run`: the containe
 reason such as ``OOMKilled``, or a diagnosis such as ``Evicted`` or ``Unschedulable``).
 Without an observer, Prefect's state says "Flow run infrastructure exited with non-zero status
 code 137": 137 is 128 + SIGKILL, which on a pod with a memory limit is nearly always the OOM
-killer. A run cancelled because it never started is recorded as `Cause.NEVER_STARTED` by the
-fleet that cancelled it.
+killer. A unit whose workers stopped reporting (`Cause.SILENT`: a run left Running after its pod
+vanished, a hung process) is recorded so by the controller that found it. A run that waits for
+a node is not lost: it is waiting (`tqflow.fleet.base.FleetView`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Cause(str, Enum):
     EVICTED = "evicted"
     PREEMPTED = "preempted or stopped (SIGTERM)"
     UNSCHEDULABLE = "unschedulable"
-    NEVER_STARTED = "never started"
+    SILENT = "silent (no report)"
     KILLED = "killed (SIGKILL)"
     QUEUE_UNREACHABLE = "queue unreachable"
     STUCK_TASK = "a task would not stop"
@@ -133,9 +134,10 @@ ADVICE = {
         "the pods ask for more than a node can give: size them with "
         "`tqflow plan-resources --machine-type <the node pool's type>`"
     ),
-    Cause.NEVER_STARTED: (
-        "cancelled and replaced: no node could take them (the project's CPU quota, the node "
-        "pool's max nodes) or the image could not be pulled; see `kubectl get events -n tqflow`"
+    Cause.SILENT: (
+        "their workers stopped writing their reports, though their runs had not ended (a pod "
+        "that vanished with its run left Running, a process hung outside any task): cancelled "
+        "and replaced; their leases end and their tasks run again"
     ),
     Cause.KILLED: (
         "killed from outside (kill -9, or the machine's OOM killer: see `dmesg`); their tasks "

@@ -38,7 +38,7 @@ def run_processes(
     fleet.launch(processes)
     replaced, lost_seen = 0, 0
     while True:
-        running = fleet.running()
+        running = fleet.observe().live
         if stop.is_set():
             fleet.stop()
             break
