@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, child_env
-from tests import services
+from tests.support import services
 
 SIZES = (10, 100, 1_000)
 QUICK_SIZES = (10, 100)
@@ -72,6 +72,13 @@ class PerRunFleet:
                     alive.append(run)
         self._runs = alive
         return len(alive)
+
+
+def _live(fleet: Any) -> int:
+    """Runs not ended, as either fleet counts them (one look)."""
+    if isinstance(fleet, PerRunFleet):
+        return fleet.running()
+    return fleet.observe().live
 
 
 def _requests(proxy: services.HttpProxy) -> tuple[int, Counter]:
@@ -129,7 +136,13 @@ def measure(kind: str, n: int, server_url: str, proxy: services.HttpProxy, deplo
         if kind == "before":
             fleet: Any = PerRunFleet("worker/bench", parameters, key)
         else:
-            fleet = DeploymentFleet("worker/bench", parameters, key, parent_flow_run_id=flow_run.id)
+            fleet = DeploymentFleet(
+                "worker/bench",
+                parameters,
+                key,
+                batch_tag=f"tqflow-batch-bench.{key}",
+                parent_flow_run_id=flow_run.id,
+            )
         proxy.reset()
         started = time.perf_counter()
         fleet.launch(n)
@@ -137,21 +150,21 @@ def measure(kind: str, n: int, server_url: str, proxy: services.HttpProxy, deplo
         found["launch_requests"], found["launch_kinds"] = _requests(proxy)
         live = _live_run_ids(server_url, deployment)
         _move(server_url, live, Running)
-        fleet.running()  # the first look after the launch
+        _live(fleet)  # the first look after the launch
         polls = []
         for _ in range(3):
             proxy.reset()
-            assert fleet.running() == n
+            assert _live(fleet) == n
             polls.append(_requests(proxy)[0])
         found["poll_requests"] = max(polls)
         ended = live[: max(1, n // 10)]
         _move(server_url, ended, Completed)
         proxy.reset()
-        running = fleet.running()
+        running = _live(fleet)
         found["poll_with_ends_requests"] = _requests(proxy)[0]
         found["found_ended"] = n - running
         _move(server_url, live, Completed)  # the rest, so the next size starts clean
-        fleet.running()
+        _live(fleet)
 
     pipeline_run()
     return found

@@ -30,6 +30,7 @@ SCENARIOS = {
     "fleet-scale": "bench.fleet_scale",
     "fleet-tail": "bench.fleet_tail",
     "fleet-deadline": "bench.fleet_deadline",
+    "fleet-day": "bench.fleet_day",
 }
 
 
