@@ -35,6 +35,63 @@ def test_by_default_a_worker_waits_while_another_holds_a_message(queue_factory, 
     assert stats.stop_reason == "max_seconds"
 
 
+def test_a_drained_worker_finishes_its_task_and_takes_no_more(queue_factory, storage, log_dir):
+    from tqflow.engine.drain import DrainBoard
+
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:tracked", range(6), log_dir=str(log_dir), seconds=0.3)
+    options = WorkerOptions(unit="u-1", report_seconds=0.1, prefetch=1, default_batch="b")
+    worker = Worker(queue, storage, options)
+    DrainBoard(storage, "b").drain(["u-2"])  # another unit's drain is not this one's
+    threading.Timer(0.5, lambda: DrainBoard(storage, "b").drain(["u-1", "u-2"])).start()
+    stats = worker.run()
+    assert stats.stop_reason == "drained" and 1 <= stats.outcomes["succeeded"] < 6
+    counts = queue.counts()
+    assert counts.in_flight == 0  # the prefetched leases were released
+    assert counts.visible == 6 - stats.outcomes["succeeded"]
+    assert len(list(log_dir.glob("*.started"))) == stats.outcomes["succeeded"]  # none cut short
+
+
+def test_a_fleet_units_worker_reports_while_one_long_task_runs(queue_factory, storage, log_dir):
+    """Its report is rewritten every report_seconds whether its counts changed or not: the
+    pipeline's sign that the unit lives, read from a listing of the names alone."""
+    from tqflow.engine.layout import report_version, reports_prefix, unit_of_report
+
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:tracked", [1], log_dir=str(log_dir), seconds=2)
+    options = WorkerOptions(unit="u-7", report_seconds=0.2, idle_seconds=0, default_batch="b")
+    versions: list[int] = []
+
+    def look() -> None:
+        for path in storage.list(reports_prefix("b")):
+            report, version = report_version(path)
+            assert unit_of_report(report) == "u-7"
+            versions.append(version)
+
+    timer = threading.Timer(1.5, look)  # in the middle of the task
+    timer.start()
+    Worker(queue, storage, options).run()
+    timer.join()
+    assert versions and max(versions) >= 4, versions
+
+
+def test_shrinking_a_local_fleet_by_more_than_it_runs_stops_each_once(queue_factory, storage):
+    from tqflow.fleet.local import LocalFleet
+
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:sleeps_on", range(6), slow=list(range(6)), seconds=60)
+    fleet = LocalFleet(queue, storage, WorkerOptions(idle_seconds=30))
+    fleet.launch(3)
+    try:
+        assert fleet.shrink(5) == 3
+        view = fleet.observe()
+        assert view.running == 0 and view.stopping + fleet.stopped == 3
+        assert fleet.shrink(1) == 0  # none left to stop
+    finally:
+        fleet.stop()
+    assert fleet.stopped == 3 and fleet.lost == 0
+
+
 @pytest.mark.usefixtures("prefect_api")
 def test_workers_without_visible_work_leave_and_a_retried_item_still_completes(
     queue_factory, storage, log_dir

@@ -236,7 +236,7 @@ class BatchController:
         ended = self._end(self._counts, self._view, progress, now)
         if ended is None:
             assert progress.workers_wanted is not None
-            self._reconcile(progress.workers_wanted, self._view, now)
+            self._reconcile(progress.workers_wanted, self._view, progress.visible, now)
         return ended
 
     def _progress(self, counts: QueueCounts, view: FleetView, stale: bool) -> Progress:
@@ -314,11 +314,13 @@ class BatchController:
                 Ending(Cause.SILENT, minutes),
             )
 
-    def _reconcile(self, wanted: int, view: FleetView, now: float) -> None:
+    def _reconcile(self, wanted: int, view: FleetView, visible: int, now: float) -> None:
         self._say_waiting(view)
         if wanted > view.active:
             self._below.clear()
             if view.waiting:  # more would wait too: the fleet is the capacity it got
+                return
+            if not visible:  # a new unit would find nothing to do, and leave
                 return
             n = self.budget.launches(wanted - view.active, now)
             if n:

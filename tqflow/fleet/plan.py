@@ -99,7 +99,7 @@ class FanOutPlan:
             return DeadlineSizer(
                 total, self.deadline_seconds, self.units, self.processes, mean_task_seconds
             )
-        return FixedSizer(self.units, self.tasks_per_unit, START_SECONDS[self.mode])
+        return FixedSizer(self.units, self.tasks_per_unit, START_SECONDS[self.mode], self.processes)
 
     def settings(self, report_seconds: float, idle_seconds: float) -> FanOut:
         """The controller's settings, for workers that report every ``report_seconds`` and

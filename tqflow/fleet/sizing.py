@@ -21,6 +21,7 @@ pulling its image does no work and must not lower the rate).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections import deque
@@ -57,27 +58,67 @@ class Sizer(Protocol):
 
 
 class RateMeter:
-    """Tasks finished per second per working unit, over the last ``window_seconds``."""
+    """Tasks finished per second per working unit, over the last ``window_seconds``.
 
-    def __init__(self, window_seconds: float) -> None:
+    A unit that has just started finishes its first task only a task's time later: counted
+    as working at once, a fleet that had just grown would look slow and be grown again. So
+    the tasks finished now are set against the units that were working a task's time ago
+    (each of ``processes`` worker processes takes ``processes / rate`` seconds a task)."""
+
+    def __init__(self, window_seconds: float, processes: int = 1) -> None:
         self.window_seconds = window_seconds
-        #: (elapsed seconds, tasks finished, units working) at each look.
+        self.processes = processes
+        #: (elapsed seconds, tasks finished, units working) at each look, over the window and
+        #: as far back again as a task takes.
         self._samples: deque[tuple[float, int, int]] = deque()
+        self._task_seconds: Optional[float] = None
 
     def add(self, progress: Progress, working: int) -> None:
         finished = progress.done + progress.dead_lettered
         now = progress.elapsed_seconds
         if finished or self._samples:  # measured from the first task finished on
             self._samples.append((now, finished, working))
-        while self._samples and self._samples[0][0] < now - self.window_seconds:
+        keep = self.window_seconds + (self._task_seconds or 0.0)
+        while self._samples and self._samples[0][0] < now - keep:
             self._samples.popleft()
 
     def rate(self) -> Optional[float]:
-        if len(self._samples) < 2:
+        """The rate ``r`` at which the tasks finished match the units working ``processes / r``
+        seconds before: a longer lag counts fewer units and gives a higher rate, so there is
+        one such rate, between the rate without a lag and the rate with the longest one;
+        found by bisection."""
+        low = self._rate(lag=0.0)
+        if not low:
+            return low
+        high = self._rate(lag=self.processes / low) or low
+        for _ in range(30):
+            if high - low <= 1e-3 * low:
+                break
+            middle = (low + high) / 2
+            if (self._rate(lag=self.processes / middle) or middle) > middle:
+                low = middle
+            else:
+                high = middle
+        self._task_seconds = self.processes / low
+        return low
+
+    def _rate(self, lag: float) -> Optional[float]:
+        samples = list(self._samples)
+        if len(samples) < 2:
             return None
-        first, last = self._samples[0], self._samples[-1]
-        done = last[1] - first[1]
-        unit_seconds = sum((b[0] - a[0]) * a[2] for a, b in itertools.pairwise(self._samples))
+        now = samples[-1][0]
+        window = [s for s in samples if s[0] >= now - self.window_seconds]
+        if len(window) < 2:
+            return None
+        done = window[-1][1] - window[0][1]
+        times = [s[0] for s in samples]
+        unit_seconds = 0.0
+        for a, b in itertools.pairwise(window):
+            working = a[2]
+            if lag:  # those working a task ago, and still working
+                earlier = bisect.bisect_right(times, a[0] - lag) - 1
+                working = min(working, samples[max(0, earlier)][2])
+            unit_seconds += (b[0] - a[0]) * working
         if done < MEASURED_TASKS or unit_seconds <= 0:
             return None
         return done / unit_seconds
@@ -104,13 +145,14 @@ class FixedSizer(_History):
         most: int,
         tasks_per_unit: int,
         start_seconds: float,
+        processes: int = 1,
         window_seconds: float = WINDOW_SECONDS[1],
     ) -> None:
         super().__init__()
         self.most = most
         self.tasks_per_unit = tasks_per_unit
         self.start_seconds = start_seconds
-        self.meter = RateMeter(window_seconds)
+        self.meter = RateMeter(window_seconds, processes)
 
     def wanted(self, progress: Progress, working: int, active: int) -> int:
         self.meter.add(progress, working)
@@ -151,8 +193,10 @@ class DeadlineSizer(_History):
         self.processes = processes
         self.mean_task_seconds = mean_task_seconds
         self.window = min(max(deadline_seconds / 10, WINDOW_SECONDS[0]), WINDOW_SECONDS[1])
-        self.meter = RateMeter(self.window)
+        self.meter = RateMeter(self.window, processes)
         self._last_growth = float("-inf")
+        #: What the last growth asked for.
+        self._target = 0
         #: (elapsed seconds, units needed) over the last half window.
         self._needs: deque[tuple[float, int]] = deque()
 
@@ -169,26 +213,25 @@ class DeadlineSizer(_History):
         remaining = max(0, self.total - progress.done - progress.dead_lettered)
         rate = self.meter.rate() or self._prior_rate()
         if rate is None:
-            units = max(active, min(self.most, PROBE_UNITS))
+            self._target = max(self._target, active, min(self.most, PROBE_UNITS))
         else:
             needed = self._needed(remaining, self.deadline_seconds - now, rate)
             self._needs.append((now, needed))
             while self._needs[0][0] < now - self.window / 2:
                 self._needs.popleft()
             recent = max(n for _, n in self._needs)
-            if needed > active:  # grow now: the deadline is at stake
-                if now - self._last_growth < self.window / 4:
-                    units = active  # the last growth is still starting
-                else:
-                    # The rate is per working unit (those still starting do not lower it),
-                    # so the units needed are known at once, not found by doubling.
-                    units = needed
-                    self._last_growth = now
-            elif recent <= 0.8 * active:
-                units = recent  # fewer have done for a while: by a fifth or more
-            else:
-                units = active
-        return self._record(now, max(1, min(self.most, units)))
+            # The size decided last, which the fleet may still be launching toward (launches
+            # are paced to the API budget, and pods take minutes to start).
+            size = self._target or active
+            if needed > size and now - self._last_growth >= self.window / 4:
+                # Grow now: the deadline is at stake. The rate is per working unit (those
+                # still starting do not lower it), so the units needed are known at once.
+                self._target, self._last_growth = needed, now
+            elif recent <= 0.8 * size and now - self._last_growth >= self.window:
+                # Fewer have done for half a window, measured on the fleet the last growth
+                # made: smaller by a fifth or more.
+                self._target = recent
+        return self._record(now, max(1, min(self.most, self._target)))
 
     def projected_finish(self, progress: Progress, working: int) -> Optional[float]:
         return _projected(self.meter.rate(), progress, working)
