@@ -14,7 +14,7 @@ from flows.pipeline import pipeline
 from flows.worker import worker
 from tests.support.helpers import both_backends, enqueue, runs, sqs_only
 from tqflow.engine.layout import output_path
-from tqflow.errors import DeadLettersError
+from tqflow.errors import BadArgumentsError, DeadLettersError
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -393,3 +393,51 @@ def test_the_batch_dashboard_shows_counts_failures_and_resources(queue_factory, 
     assert "ValueError: item 4 is bad" in board or "ValueError: item 17 is bad" in board
     assert "32 tasks measured" in board  # 28 that succeeded and 4 failed attempts
     assert "![throughput](data:image/png;base64," in board
+
+
+def test_a_retried_pipeline_run_still_fails_on_its_first_attempts_dead_letters(
+    queue_factory, storage
+):
+    """A retry of a run reads the dead letters its queue held when its first attempt began,
+    not when it began itself: the first attempt's dead letters are not done."""
+    import uuid
+
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
+    name = f"retried-{uuid.uuid4().hex[:8]}"
+    queue_factory().save(name)
+    storage.save(name)
+    parameters = {
+        "fn": "tests.tasks:refuses",
+        "queue": f"local-task-queue/{name}",
+        "storage": f"cloud-files-storage/{name}",
+        "batch": "retried",
+        "items": [1, 2, 3],
+        "workers": 1,
+        "worker_options": {"idle_seconds": 0.5},
+        "poll_seconds": 0.2,
+        "analyze": False,
+    }
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(pipeline, parameters=parameters)
+    with pytest.raises(DeadLettersError, match="3 of 3 items"):
+        run_flow(pipeline, flow_run=run, parameters=parameters)
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Scheduled(), force=True)  # the UI's Retry
+    with pytest.raises(DeadLettersError, match="3 of 3 items"):
+        run_flow(pipeline, flow_run=run, parameters=parameters)
+
+
+def test_a_deployment_mode_pipeline_with_an_unsaved_block_queues_nothing(queue_factory, storage):
+    queue = queue_factory()
+    with pytest.raises(BadArgumentsError, match="must be a saved block for deployment fan-out"):
+        pipeline(
+            fn="tests.tasks:square",
+            queue=queue,
+            storage=storage,
+            batch="unsaved",
+            items=list(range(5)),
+            mode="deployment",
+        )
+    assert queue.counts().visible == 0
