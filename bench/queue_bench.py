@@ -26,7 +26,9 @@ def tqflow_insert(n: int) -> float:
     from tqflow.engine.messages import task_messages
 
     with tempfile.TemporaryDirectory() as folder:
-        queue = LocalTaskQueue(path=f"{folder}/q.sqlite", queue_name="bench")
+        queue = LocalTaskQueue(
+            path=f"{folder}/q.sqlite", queue_name="bench", allowed_modules=["bench"]
+        )
         queue.ensure()
         return timed(lambda: queue.send(m.encode() for m in task_messages(NOOP, range(n), "b")))
 
@@ -71,7 +73,9 @@ def tqflow_drain(n: int, workers: int = 2, fn: str = NOOP, kwargs: dict | None =
     from tqflow.engine.messages import task_messages
 
     with tempfile.TemporaryDirectory() as folder:
-        queue = LocalTaskQueue(path=f"{folder}/q.sqlite", queue_name="bench")
+        queue = LocalTaskQueue(
+            path=f"{folder}/q.sqlite", queue_name="bench", allowed_modules=["bench"]
+        )
         queue.ensure()
         queue.send(m.encode() for m in task_messages(fn, range(n), "b", kwargs))
         storage = CloudFilesStorage(cloudpath=f"file://{folder}/out")

@@ -16,7 +16,9 @@ def _filled_queue(folder: str, n: int, fn: str = NOOP, kwargs: dict | None = Non
     from blocks import LocalTaskQueue
     from tqflow.engine.messages import task_messages
 
-    queue = LocalTaskQueue(path=f"{folder}/q.sqlite", queue_name="bench", wait_seconds=0)
+    queue = LocalTaskQueue(
+        path=f"{folder}/q.sqlite", queue_name="bench", wait_seconds=0, allowed_modules=["bench"]
+    )
     queue.ensure()
     queue.send(m.encode() for m in task_messages(fn, range(n), "b", kwargs))
     return queue
