@@ -78,6 +78,7 @@ def pipeline(
     analyze: bool = True,
     poll_seconds: Optional[float] = None,
     api_budget: BudgetSetting = None,
+    launch_concurrency: Optional[int] = None,
 ) -> dict[str, Any]:
     """Run one batch end to end and return its summary.
 
@@ -128,6 +129,9 @@ def pipeline(
         api_budget: Prefect API requests a minute the batch's launches may spend, its worker
             runs' own calls included: a Prefect Cloud plan (``hobby``, ``starter``, ``team``,
             ``pro``) or a number; none on a self-hosted server.
+        launch_concurrency: In deployment mode, worker runs created at once (default: 8 on
+            Prefect Cloud, 1 on a self-hosted server, whose SQLite takes one write at a time; a
+            server on PostgreSQL takes more).
     """
     logger = get_run_logger()
     check_batch(batch)
@@ -149,6 +153,7 @@ def pipeline(
         time_limit_seconds=time_limit_seconds,
         poll_seconds=poll_seconds,
         api_budget=api_budget,
+        launch_concurrency=launch_concurrency,
     )
     options = WorkerOptions.of(
         {
@@ -320,6 +325,7 @@ def _fleet(
         parent_flow_run_id=flow_run.id,
         processes=plan.processes,
         start_timeout_seconds=plan.start_timeout_seconds,
+        launch_concurrency=plan.launch_concurrency,
         drain_board=board,
     )
 

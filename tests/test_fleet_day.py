@@ -104,6 +104,14 @@ def test_a_quota_below_the_fleet_is_waited_for_not_churned(caplog):
     assert "Unschedulable.InsufficientResources" in caplog.text
 
 
+def test_an_image_that_cannot_be_pulled_stops_the_batch_saying_so():
+    found = day(replace(BATCH, image_pull_error=True))
+    [outcome] = found.outcomes
+    assert (outcome.ended, outcome.reason) == (Ended.CANNOT_START, "ImagePullError")
+    assert found.world.now < 3_600  # within the start timeout's look, not a day of waiting
+    assert found.launched == [25]  # none replaced by another that would fail the same way
+
+
 @pytest.mark.parametrize("budget", [None, "hobby"])
 def test_a_launch_paced_to_a_plan_stays_within_its_requests_a_minute(budget):
     """60 runs on Prefect Cloud's Hobby plan (625 requests a minute): launched at once, their

@@ -62,6 +62,8 @@ class Scenario:
     pod_start_seconds: tuple[float, float] = (60.0, 120.0)
     cancel_seconds: float = 45.0
     quota_pods: Optional[int] = None
+    #: The image cannot be pulled: no pod ever starts.
+    image_pull_error: bool = False
     preemptions_per_pod_hour: float = 0.0
     vanish_share: float = 0.0
     stuck_cancelling_share: float = 0.0
@@ -296,7 +298,10 @@ class World:
                 self.spend(SUBMIT_REQUESTS)
                 run.state, run.name = "PENDING", "Pending"
             if run.state == "PENDING" and run.start_at is None:
-                if s.quota_pods is None or pods_up < s.quota_pods:
+                if s.image_pull_error:
+                    if not run.pod_events:
+                        run.pod_events.append("ImagePullError")
+                elif s.quota_pods is None or pods_up < s.quota_pods:
                     low, high = s.pod_start_seconds
                     run.start_at = self.now + self.random.uniform(low, high)
                     pods_up += 1

@@ -46,6 +46,7 @@ class FanOutPlan:
     start_timeout_seconds: float
     time_limit_seconds: Optional[float]
     api_requests_per_minute: Optional[int]
+    launch_concurrency: Optional[int] = None
 
     @classmethod
     def of(
@@ -61,12 +62,14 @@ class FanOutPlan:
         time_limit_seconds: Optional[float],
         poll_seconds: Optional[float],
         api_budget: BudgetSetting,
+        launch_concurrency: Optional[int] = None,
     ) -> "FanOutPlan":
         if mode not in ("local", "deployment"):
             raise BadArgumentsError(f"mode={mode!r}: give 'local' or 'deployment'")
         for name, value in (
             ("tasks_per_worker", tasks_per_worker),
             ("processes_per_run", processes_per_run),
+            ("launch_concurrency", 1 if launch_concurrency is None else launch_concurrency),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise BadArgumentsError(f"{name}={value!r}: give a whole number, at least 1")
@@ -91,6 +94,7 @@ class FanOutPlan:
             start_timeout_seconds=start_timeout_seconds,
             time_limit_seconds=time_limit_seconds,
             api_requests_per_minute=requests_per_minute(api_budget),
+            launch_concurrency=launch_concurrency,
         )
 
     def sizer(self, total: int, mean_task_seconds: Optional[float]) -> Sizer:
