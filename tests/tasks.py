@@ -7,6 +7,7 @@ item, so a test can count how often each item ran across processes.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -249,3 +250,21 @@ def refuses(x: int) -> None:
     from tqflow.errors import PermanentTaskError
 
     raise PermanentTaskError(f"item {x} cannot be done")
+
+
+class NotAnException(BaseException):
+    """Raised by a task: a ``BaseException`` that is not an ``Exception``, as python-task-queue's
+    errors are."""
+
+
+def exits_on(x: int, bad: list[int]) -> int:
+    """``x * x``, except that the items in ``bad`` call ``sys.exit(3)``."""
+    if x in bad:
+        sys.exit(3)
+    return x * x
+
+
+def raises_base_exception_on(x: int, bad: list[int]) -> int:
+    if x in bad:
+        raise NotAnException(f"item {x}")
+    return x * x

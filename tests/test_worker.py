@@ -6,8 +6,10 @@ import json
 import time
 from functools import partial
 
+import pytest
+
 from tests.support.helpers import enqueue, run_worker, runs, wait_until
-from tqflow.engine.layout import output_path
+from tqflow.engine.layout import error_path, output_path
 
 
 def test_worker_writes_every_output_and_empties_the_queue(queue_factory, storage):
@@ -201,3 +203,45 @@ def test_the_worker_log_writes_to_the_stderr_of_the_moment_not_the_one_it_was_ma
         log_to_stderr()
     logging.getLogger("tqflow.worker").warning("a line after the redirect ended")
     assert "a line after the redirect ended" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("fn", "raised"),
+    [("tests.tasks:exits_on", "SystemExit(3)"), ("tests.tasks:raises_base_exception_on", "NotAn")],
+)
+def test_a_task_that_exits_or_raises_a_base_exception_fails_and_the_worker_drains_the_rest(
+    queue_factory, storage, fn, raised
+):
+    queue = queue_factory(max_receive_count=2)
+    enqueue(queue, fn, range(6), bad=[2])
+    stats = run_worker(queue, storage, retry_base_seconds=0)
+    assert stats["stop_reason"] == "idle"  # the worker ran to the end of the queue
+    assert (stats["succeeded"], stats["failed"]) == (5, 2)  # item 2, once per receive
+    record = storage.get_json(error_path("b", "2"))
+    [first, second] = record["attempts"]
+    assert "TaskExitError" in first["error"] and raised in first["error"]
+    counts = queue.counts()
+    assert (counts.pending, counts.dead) == (0, 1)  # dead-lettered after its two receives
+
+
+def test_a_worker_runs_a_function_enqueued_into_its_batch_after_it_started(queue_factory, storage):
+    import threading
+
+    from flows.enqueue import enqueue_items
+    from tqflow.engine.options import WorkerOptions
+    from tqflow.engine.worker import Worker
+
+    queue = queue_factory(allowed_modules=[])  # only the batch's own functions may run
+    enqueue_items(queue, storage, "tests.tasks:square", [1, 2], "b")
+    worker = Worker(queue, storage, WorkerOptions(idle_seconds=60))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: storage.exists(output_path("b", "2")))  # it read the batch's record
+        enqueue_items(queue, storage, "tests.tasks:power", [3], "b", kwargs={"exponent": 3})
+        wait_until(lambda: storage.exists(output_path("b", "3")) or queue.counts().dead)
+    finally:
+        worker.request_stop()
+        thread.join(timeout=60)
+    assert queue.counts().dead == 0
+    assert storage.get_json(output_path("b", "3"))["result"] == 27

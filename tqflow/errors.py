@@ -1,9 +1,9 @@
 """tqflow's errors: one root, one subclass per area.
 
-Every error says what went wrong with which item, and what to do about it. Errors raised by
-python-task-queue subclass ``BaseException``; tqflow re-raises them as these at the call site,
-so ``except Exception`` in user code and in Prefect sees them. ``KeyboardInterrupt`` and
-``SystemExit`` always pass through.
+Every error says what went wrong with which item, and what to do about it. What a task raises
+that is not an ``Exception`` (``sys.exit()``, ``KeyboardInterrupt``, python-task-queue's errors,
+which subclass ``BaseException``) becomes a `TaskExitError` at the worker's call site: a failure
+of that task. Elsewhere ``KeyboardInterrupt`` and ``SystemExit`` pass through.
 """
 
 from __future__ import annotations
@@ -81,6 +81,11 @@ class PermanentTaskError(TqflowError):
 class ResultNotJSONError(PermanentTaskError):
     """A task returned a value that cannot be stored as JSON: it would fail the same way on
     every retry."""
+
+
+class TaskExitError(TqflowError):
+    """A task raised ``SystemExit``, ``KeyboardInterrupt`` or another ``BaseException`` of
+    its own: a failure of that task, not the end of the worker that ran it."""
 
 
 class TaskTimeoutError(TqflowError):

@@ -53,7 +53,8 @@ def module_allowed(fn: str, prefixes: Iterable[str]) -> bool:
 
 
 class AllowedModules:
-    """The rule above, for one worker; batch records are read once per batch."""
+    """The rule above, for one worker; a batch's record is read when the batch is first met,
+    and again when it does not name a message's function."""
 
     def __init__(self, prefixes: Iterable[str], storage: Storage) -> None:
         self.prefixes = tuple(p.strip() for p in (*BUILT_IN, *prefixes) if p.strip())
@@ -62,8 +63,12 @@ class AllowedModules:
         self._lock = threading.Lock()
 
     def check(self, message: TaskMessage) -> None:
-        """Raise `TaskNotAllowedError` unless the worker may run ``message.fn``."""
+        """Raise `TaskNotAllowedError` unless the worker may run ``message.fn``. A function
+        the batch's record did not name when it was read is looked for in the record once
+        more before it is refused: a function enqueued into the batch since then is allowed."""
         if module_allowed(message.fn, self.prefixes) or message.fn in self._batch(message.batch):
+            return
+        if message.fn in self._batch(message.batch, again=True):
             return
         raise TaskNotAllowedError(
             f"{message.fn} is not an allowed task function: batch {message.batch!r} was not "
@@ -72,9 +77,9 @@ class AllowedModules:
             "block's allowed_modules or pass --allow MODULE to the worker"
         )
 
-    def _batch(self, batch: str) -> frozenset[str]:
+    def _batch(self, batch: str, again: bool = False) -> frozenset[str]:
         with self._lock:
-            known = self._batches.get(batch)
+            known = None if again else self._batches.get(batch)
         if known is None:
             try:
                 record = self.storage.get_json(batch_record_path(batch)) or {}

@@ -10,8 +10,9 @@ The contract (DESIGN.md, "Worker loop"):
   which is what the analysis reads; the output stays the truth.
 - An item whose output exists is skipped (and acknowledged) unless ``overwrite``.
 - Leases are extended in the background while a task runs (`LeaseKeeper`).
-- A task that raises is retried by the queue, and a message no retry can fix is dead-lettered
-  at once (`tqflow.engine.failures`, by the rule of `tqflow.engine.retries`).
+- A task that raises is retried by the queue — whatever it raises: ``sys.exit()`` and other
+  `BaseException`s of a task are its failures (`TaskExitError`), never the worker's end — and a
+  message no retry can fix is dead-lettered at once (`tqflow.engine.failures`, by the rule of `tqflow.engine.retries`).
 - A task past its deadline is interrupted (`tqflow.engine.time_limit`, a strategy chosen when
   the worker is made) and retried like any failure.
 - Nothing that goes wrong with one message ends the loop. Only a queue unreachable for longer
@@ -57,7 +58,13 @@ from tqflow.engine.stats import Outcome, StopReason, WorkerStats
 from tqflow.engine.task_resources import ResourceMeter, TaskResources
 from tqflow.engine.time_limit import AsyncExceptionTimeLimit, TimeLimit, deadline
 from tqflow.engine.unreachable import QueueReach
-from tqflow.errors import BadArgumentsError, MessageError, QueueUnreachableError, TaskTimeoutError
+from tqflow.errors import (
+    BadArgumentsError,
+    MessageError,
+    QueueUnreachableError,
+    TaskExitError,
+    TaskTimeoutError,
+)
 
 logger = logging.getLogger("tqflow.worker")
 
@@ -314,8 +321,9 @@ class Worker:
         except MessageError as exc:
             failures.dead_letter(lease, message, exc)
             return
-        except Exception as exc:  # e.g. the CAVE client cannot be built now: may work later
-            failures.retry(lease, message or failures.unreadable(lease), exc)
+        except BaseException as exc:  # e.g. the CAVE client cannot be built now: may work later
+            failure = self._failure(exc)
+            failures.retry(lease, message or failures.unreadable(lease), failure)
             return
         out = output_path(message.batch, message.key)
         used: TaskResources | None = None
@@ -353,15 +361,35 @@ class Worker:
             self.stats.timed_out += 1
             failures.retry(lease, message, TaskTimeoutError(reason), used)
             return
-        except Exception as exc:
-            if self.retry_rule.retries(lease.receive_count, exc):
-                failures.retry(lease, message, exc, used)
+        except BaseException as exc:
+            failure = self._failure(exc)
+            if self.retry_rule.retries(lease.receive_count, failure):
+                failures.retry(lease, message, failure, used)
             else:
-                failures.dead_letter(lease, message, exc, used)
+                failures.dead_letter(lease, message, failure, used)
             return
         keeper.ack(lease)
         self._count(message, Outcome.SUCCEEDED, used)
         self.log.debug("item %s done in %.3fs", message.key, used.wall_seconds)
+
+    def _failure(self, exc: BaseException) -> Exception:
+        """What a task (its import, its call) raised, as a failure of that message: an
+        `Exception` as it is; a `SystemExit`, `KeyboardInterrupt` or other `BaseException` the
+        task raised itself (``sys.exit()`` in a task, python-task-queue's errors) as a
+        `TaskExitError` carrying it, so it is recorded, retried and dead-lettered like any
+        failure. Only the worker's own stop (its signal handler's `KeyboardInterrupt`, with
+        ``stop`` set) passes through, to end the loop."""
+        if isinstance(exc, Exception):
+            return exc
+        if isinstance(exc, KeyboardInterrupt) and self.stop.is_set():
+            raise exc
+        failure = TaskExitError(
+            f"the task raised {type(exc).__name__}({', '.join(map(repr, exc.args))}), which "
+            "would have ended the worker: a task ends by returning a result or raising an "
+            "Exception (sys.exit() in a task is taken as a failure)"
+        )
+        failure.__cause__ = exc
+        return failure.with_traceback(exc.__traceback__)
 
     # -- reporting ------------------------------------------------------------------------------
 
