@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from tests.support.fleet_day import run_day
+from tests.support.fleet_day import LOGGER, run_day
 from tests.support.sim_cluster import Scenario
 from tqflow.fleet.controller import Ended
 from tqflow.fleet.endings import Cause
@@ -32,7 +32,7 @@ def day(scenario: Scenario = BATCH, **options):
 
 
 def test_an_api_outage_of_five_minutes_cancels_no_working_run_and_loses_no_task(caplog):
-    with caplog.at_level(logging.INFO, logger="tqflow.sim"):
+    with caplog.at_level(logging.INFO, logger=LOGGER):
         found = day(replace(BATCH, api_outage=(3_600.0, 3_900.0)))
     [outcome] = found.outcomes
     assert outcome.ended is Ended.DRAINED
@@ -96,7 +96,7 @@ def test_a_run_left_running_after_its_pod_vanished_is_declared_silent_and_replac
 
 
 def test_a_quota_below_the_fleet_is_waited_for_not_churned(caplog):
-    with caplog.at_level(logging.WARNING, logger="tqflow.sim"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         found = day(replace(BATCH, quota_pods=15))
     [outcome] = found.outcomes
     assert outcome.ended is Ended.DRAINED and outcome.lost == 0

@@ -1,6 +1,7 @@
 """Where things live. The layers, each importing only those below it (DESIGN.md, "Layout"):
 ``flows`` over ``blocks`` over ``tqflow`` (fleet, GKE, the analysis) over the engine, which
-imports nothing from Prefect. ``flows/`` holds only flows and the CLI, and every error tqflow
+imports nothing from Prefect. ``flows/`` holds only flows and the CLI (which no flow imports),
+and every error tqflow
 raises on purpose is defined in ``tqflow/errors.py``."""
 
 from __future__ import annotations
@@ -75,6 +76,23 @@ def test_nothing_under_tqflow_imports_the_blocks_or_the_flows(path):
 def test_the_blocks_never_import_the_flows(path):
     wrong = [name for name in imported_modules(path) if under(name, ("flows",))]
     assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}: blocks sit below the flows"
+
+
+FLOWS = ROOT / "flows"
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in FLOWS.glob("*.py")),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_the_flows_never_import_the_command_line(path):
+    wrong = [name for name in imported_modules(path) if under(name, ("flows.cli",))]
+    assert not wrong, (
+        f"{path.relative_to(ROOT)} imports {wrong}: the command line sits above the flows it "
+        "runs (a flow's hint for the command line comes from its blocks, e.g. "
+        "TaskQueue.command_flags)"
+    )
 
 
 def test_importing_the_whole_engine_loads_no_prefect():

@@ -20,6 +20,8 @@ from tqflow.fleet.plan import FanOutPlan
 from tqflow.fleet.progress import Progress
 
 BATCH = "sim"
+#: The controllers' log (outside tqflow's own loggers, whose handlers a worker may set).
+LOGGER = "fleet_day"
 
 
 class CountSizer:
@@ -94,7 +96,7 @@ def run_day(
     """One batch through the world; an eviction restarts the pipeline after
     ``restart_after_seconds`` as a retry of the same run (or, with ``rerun``, a new run)."""
     world = World(scenario, BATCH)
-    log = log or logging.getLogger("tqflow.sim")
+    log = log or logging.getLogger(LOGGER)
     plan = FanOutPlan.of(
         workers=workers,
         finish_within_seconds=finish_within_seconds,

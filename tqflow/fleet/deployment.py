@@ -298,9 +298,10 @@ class DeploymentFleet(Fleet):
         if not waiting:
             self._waiting_reasons.clear()
             return "", ""
-        if now >= self._next_waiting_read:
+        unknown = [r for r in waiting if r.id not in self._waiting_reasons]
+        if now >= self._next_waiting_read or len(unknown) == len(waiting):
             self._next_waiting_read = now + WAITING_REASON_SECONDS
-            asked = waiting[:_RUNS_PER_EVENTS_PAGE]  # a sample tells the cluster's reason
+            asked = (unknown or waiting)[:_RUNS_PER_EVENTS_PAGE]  # a sample tells the reason
             self._waiting_reasons.update(_pod_reasons(client, asked))
         reasons = [self._waiting_reasons.get(r.id) for r in waiting]
         known = [r for r in reasons if r]
