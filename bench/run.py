@@ -31,6 +31,7 @@ SCENARIOS = {
     "fleet-tail": "bench.fleet_tail",
     "fleet-deadline": "bench.fleet_deadline",
     "fleet-day": "bench.fleet_day",
+    "enqueue-history": "bench.enqueue_history",
 }
 
 
