@@ -42,10 +42,15 @@ def timed(fn: Callable[[], object]) -> float:
 def prefect_server(home: Path) -> Iterator[str]:
     """``prefect server start`` on 127.0.0.1 with its own database (`tests.support.services`); yields
     its API URL and points this process's Prefect client at it."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL
 
+    from tests.support.helpers import prefect_settings
+
+    # Through the tests' helper, which drains Prefect's events and log workers on the way out:
+    # left pointing at this server once it stopped, they held the process at its exit for
+    # minutes, retrying hundreds of events.
     with services.prefect_server(home, env=child_env()) as env:
-        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        with prefect_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
             yield env["PREFECT_API_URL"]
 
 

@@ -191,7 +191,9 @@ def run_one_worker_flow(proxy_url: str, folder: Path) -> None:
 def run(runs: int = 1, quick: bool = False) -> list[dict]:
     from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.support.helpers import prefect_settings
 
     rows: list[dict] = []
     sizes = QUICK_SIZES if quick else SIZES
@@ -201,7 +203,7 @@ def run(runs: int = 1, quick: bool = False) -> list[dict]:
             server_url = env["PREFECT_API_URL"]
             with services.http_proxy(server_url.removesuffix("/api")) as proxy:
                 proxy_url = f"{proxy.endpoint}/api"
-                with temporary_settings(updates={PREFECT_API_URL: server_url}):
+                with prefect_settings({PREFECT_API_URL: server_url}):
 
                     @flow(name="worker")
                     def worker() -> None:
@@ -212,7 +214,7 @@ def run(runs: int = 1, quick: bool = False) -> list[dict]:
                             flow_id=client.create_flow(worker), name="bench"
                         )
                 figures: dict[tuple[str, int], dict] = {}
-                with temporary_settings(updates={PREFECT_API_URL: proxy_url}):
+                with prefect_settings({PREFECT_API_URL: proxy_url}):
                     for n in sizes:
                         for kind in ("before", "tqflow"):
                             figures[kind, n] = measure(kind, n, server_url, proxy, deployment)
