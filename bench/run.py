@@ -32,6 +32,7 @@ SCENARIOS = {
     "fleet-deadline": "bench.fleet_deadline",
     "fleet-day": "bench.fleet_day",
     "enqueue-history": "bench.enqueue_history",
+    "gcs-worker": "bench.gcs_worker",
 }
 
 

@@ -123,6 +123,24 @@ def fake_gcs_storage(fake_gcs, monkeypatch) -> CloudFilesStorage:
     return CloudFilesStorage(cloudpath=f"gs://{fake_gcs.bucket}/{uuid.uuid4().hex[:10]}")
 
 
+@pytest.fixture(scope="session")
+def gcs_stand_in(fake_gcs) -> Iterator[Any]:
+    """fake-gcs-server behind the proxy that serves GCS's batch endpoint: a stand-in that
+    answers every request cloud-files sends as GCS does (fake-gcs-server alone has no batch
+    endpoint, through which cloud-files checks one object or many, and deletes)."""
+    from tests.support.services import http_proxy
+
+    with http_proxy(fake_gcs.endpoint, gcs=fake_gcs, list_seconds_per_name=0.0) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def gcs_bucket_storage(fake_gcs, gcs_stand_in, monkeypatch) -> CloudFilesStorage:
+    """A gs:// folder of its own on `gcs_stand_in`, which this test's clients talk to."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_stand_in.endpoint)
+    return CloudFilesStorage(cloudpath=f"gs://{fake_gcs.bucket}/{uuid.uuid4().hex[:10]}")
+
+
 @pytest.fixture
 def s3_storage(moto_endpoint) -> CloudFilesStorage:
     """An s3:// folder in a new bucket on the moto server."""

@@ -22,6 +22,8 @@ from tqflow.errors import CredentialsError
 
 #: Names a listing returns a page (GCS and S3 return at most 1,000).
 PAGE_SIZE = 1000
+#: Requests in one GCS batch request (cloud-files' existence checks).
+GCS_BATCH = 100
 
 
 class CloudFolder:
@@ -54,7 +56,12 @@ class CloudFolder:
         return bool(self.cloudfiles().exists(path))
 
     def exists_many(self, paths: Iterable[str]) -> dict[str, bool]:
-        return dict(self.cloudfiles().exists(list(paths)))
+        paths = list(paths)
+        if self.scheme == "gs" and len(paths) <= GCS_BATCH:
+            # One batch request: cloud-files' thread pool would only add its polling (~100 ms
+            # a call, against 14 ms for the request itself on a stand-in at 0 ms).
+            return dict(self._client().cloudfiles(serial=True).exists(paths))
+        return dict(self.cloudfiles().exists(paths))
 
     def delete(self, path: str) -> None:
         self.cloudfiles().delete(path)
@@ -85,11 +92,13 @@ class CloudClient:
         threads: int,
     ) -> None:
         self.client_path, self.secrets, self.aws, self.threads = client_path, secrets, aws, threads
-        self._cloudfiles: Any = None
+        self._cloudfiles: dict[bool, Any] = {}
         self._aws_keys: Any = None
         self._lister: Any = None
 
-    def cloudfiles(self) -> Any:
+    def cloudfiles(self, serial: bool = False) -> Any:
+        """cloud-files' client; ``serial``, one that runs a call's requests in this thread (for
+        calls that are one request)."""
         from cloudfiles import CloudFiles
 
         if self.aws is not None:
@@ -97,13 +106,13 @@ class CloudClient:
             # near it, and cloud-files, which holds a copy, gets a client with the new ones.
             keys = self.aws.keys()
             if keys != self._aws_keys:
-                self._cloudfiles, self._aws_keys = None, keys
-        if self._cloudfiles is None:
+                self._cloudfiles, self._aws_keys = {}, keys
+        if serial not in self._cloudfiles:
             secrets = self.aws.secrets(self._aws_keys) if self.aws else self.secrets()
-            self._cloudfiles = CloudFiles(
-                self.client_path, secrets=secrets, num_threads=self.threads
+            self._cloudfiles[serial] = CloudFiles(
+                self.client_path, secrets=secrets, num_threads=0 if serial else self.threads
             )
-        return self._cloudfiles
+        return self._cloudfiles[serial]
 
     def range_lister(self, folder: CloudFolder) -> Optional[Callable[..., Iterator[str]]]:
         """``list(prefix, start, end)`` over the folder's native client; ``None`` where there

@@ -3,7 +3,7 @@ latency, a rate limit's 429s, and a count of the requests a client sends.
 
     python tests/support/http_proxy.py --upstream http://127.0.0.1:4200 --port 5000 \\
         [--delay-seconds 0.03] [--throttle-share 0.2] [--retry-after 1] \\
-        [--gcs-folder /tmp/fake-gcs-x --list-seconds-per-name 0.00027]
+        [--gcs-folder /tmp/fake-gcs-x --list-seconds-per-name 0.00027] [--gcs-batch]
 
 - every request waits ``--delay-seconds`` before it is forwarded (a bucket 30 ms away);
 - a ``--throttle-share`` of requests is answered ``429 Too Many Requests`` with
@@ -11,6 +11,11 @@ latency, a rate limit's 429s, and a count of the requests a client sends.
 - with ``--gcs-folder`` (fake-gcs-server's filesystem root) it answers GCS object listings
   itself, at a bucket's pace: ``--list-seconds-per-name`` for each name listed, on top of the
   delay (`gcs_listing.py`);
+- with ``--gcs-batch`` it answers GCS's batch endpoint (``POST /batch/storage/v1``, a
+  ``multipart/mixed`` of requests: what cloud-files sends to check or delete many objects, and
+  to check one) by sending each part to the server and packing the answers as GCS does:
+  fake-gcs-server has no such endpoint, and google-cloud-storage then fails with "Bad response:
+  not multi-part". It counts as the one request it is;
 - WebSockets (Prefect's events) are passed through, neither delayed nor throttled;
 - ``GET /__proxy__/counts`` answers the requests forwarded and throttled so far, by method and
   path (UUIDs and object names replaced by ``{id}``), and the service's failed answers by
@@ -23,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import email.parser
 import json
 import random
 import re
+import uuid
 from collections import Counter
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import uvicorn
@@ -69,10 +76,12 @@ class Proxy:
         retry_after: int,
         gcs_folder: str | None = None,
         list_seconds_per_name: float = 0.0,
+        gcs_batch: bool = False,
     ):
         self.upstream = upstream.rstrip("/")
         self.delay, self.throttle_share, self.retry_after = delay, throttle_share, retry_after
         self.gcs_folder, self.list_seconds_per_name = gcs_folder, list_seconds_per_name
+        self.gcs_batch = gcs_batch
         self.indexes: dict[str, BucketIndex] = {}
         self.forwarded: Counter[str] = Counter()
         self.throttled: Counter[str] = Counter()
@@ -125,6 +134,9 @@ class Proxy:
             await asyncio.sleep(self.delay)
         if self.gcs_folder and await self.gcs_listing(scope, send):
             return
+        if self.gcs_batch and method == "POST" and path == "/batch/storage/v1":
+            await self.gcs_batch_request(scope, body, send)
+            return
         headers = [
             (k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in HOP_BY_HOP
         ]
@@ -171,6 +183,57 @@ class Proxy:
         body = json.dumps(page).encode()
         await _respond(send, 200, [(b"content-type", b"application/json")], body)
         return True
+
+    async def gcs_batch_request(self, scope: dict[str, Any], body: bytes, send: Any) -> None:
+        """GCS's batch endpoint: each part of the ``multipart/mixed`` body is a request, sent
+        to the server at once; the answers go back as the parts of one ``multipart/mixed``."""
+        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        message = email.parser.BytesParser().parsebytes(
+            b"Content-Type: " + content_type + b"\r\nMIME-Version: 1.0\r\n\r\n" + body
+        )
+        parts = message.get_payload()
+        if not isinstance(parts, list):
+            await _respond(send, 400, [], b"proxy: a batch request that is not multipart")
+            return
+        answers = await asyncio.gather(*(self._batch_part(part) for part in parts))
+        boundary = f"batch_{uuid.uuid4().hex}"
+        out = b""
+        for content_id, response in answers:
+            out += (
+                (
+                    f"--{boundary}\r\nContent-Type: application/http\r\n"
+                    f"Content-ID: <response-{content_id.strip('<>')}>\r\n\r\n"
+                    f"HTTP/1.1 {response.status_code} {response.reason_phrase}\r\n"
+                    f"Content-Type: {response.headers.get('content-type', 'application/json')}\r\n"
+                    f"Content-Length: {len(response.content)}\r\n\r\n"
+                ).encode()
+                + response.content
+                + b"\r\n"
+            )
+        out += f"--{boundary}--\r\n".encode()
+        kind = f"multipart/mixed; boundary={boundary}".encode()
+        await _respond(send, 200, [(b"content-type", kind)], out)
+
+    async def _batch_part(self, part: Any) -> tuple[str, httpx.Response]:
+        text = part.get_payload()
+        head, _, content = text.replace("\r\n", "\n").partition("\n\n")
+        request_line, *header_lines = head.split("\n")
+        method, uri, _ = request_line.split(" ", 2)
+        target = urlsplit(uri)
+        headers = {
+            name: value
+            for name, _, value in (line.partition(": ") for line in header_lines if line)
+            if name.lower() not in HOP_BY_HOP
+        }
+        response = await self.client.request(
+            method,
+            target.path + (f"?{target.query}" if target.query else ""),
+            headers=headers,
+            content=content.encode(),
+        )
+        if response.status_code >= 400 and response.status_code != 404:
+            self.failed[f"{kind_of(method, target.path)} {response.status_code}"] += 1
+        return str(part.get("Content-ID", "")), response
 
     async def control(self, method: str, path: str, send: Any) -> None:
         if path == "/__proxy__/counts":
@@ -253,6 +316,7 @@ def main() -> None:
     parser.add_argument("--retry-after", type=int, default=1)
     parser.add_argument("--gcs-folder")
     parser.add_argument("--list-seconds-per-name", type=float, default=0.0)
+    parser.add_argument("--gcs-batch", action="store_true")
     args = parser.parse_args()
     proxy = Proxy(
         args.upstream,
@@ -261,6 +325,7 @@ def main() -> None:
         args.retry_after,
         args.gcs_folder,
         args.list_seconds_per_name,
+        args.gcs_batch,
     )
     uvicorn.run(
         proxy,

@@ -422,14 +422,15 @@ def http_proxy(
     every request by ``delay_seconds`` and answers ``throttle_share`` of them 429 with
     ``Retry-After: retry_after``; counts what it saw (`HttpProxy.counts`). In front of
     ``gcs`` (a `FakeGCS`), it answers object listings itself at a bucket's pace,
-    ``list_seconds_per_name`` for each name (`gcs_listing.py`)."""
+    ``list_seconds_per_name`` for each name (`gcs_listing.py`), and GCS's batch endpoint, which
+    fake-gcs-server lacks (each part sent to the server)."""
     port = free_port()
     script = Path(__file__).with_name("http_proxy.py")
     args = [sys.executable, str(script), "--upstream", upstream, "--port", str(port)]
     args += ["--delay-seconds", str(delay_seconds), "--throttle-share", str(throttle_share)]
     args += ["--retry-after", str(retry_after)]
     if gcs is not None:
-        args += ["--gcs-folder", str(gcs.folder)]
+        args += ["--gcs-folder", str(gcs.folder), "--gcs-batch"]
         args += ["--list-seconds-per-name", str(list_seconds_per_name)]
     process = start(args, log=log)
     try:
