@@ -23,7 +23,7 @@ NOOP = "bench.tasks:noop"
 
 def tqflow_insert(n: int) -> float:
     from blocks import LocalTaskQueue
-    from tqflow.engine.messages import task_messages
+    from tqflow.engine.batch_messages import task_messages
 
     with tempfile.TemporaryDirectory() as folder:
         queue = LocalTaskQueue(
@@ -70,7 +70,7 @@ def tqflow_drain(n: int, workers: int = 2, fn: str = NOOP, kwargs: dict | None =
     """Seconds until ``workers`` worker processes have run ``n`` tasks (their loop time)."""
     from blocks import CloudFilesStorage, LocalTaskQueue
     from tqflow.engine import process as worker_process
-    from tqflow.engine.messages import task_messages
+    from tqflow.engine.batch_messages import task_messages
 
     with tempfile.TemporaryDirectory() as folder:
         queue = LocalTaskQueue(

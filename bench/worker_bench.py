@@ -14,7 +14,7 @@ from bench.queue_bench import NOOP, tqflow_drain
 
 def _filled_queue(folder: str, n: int, fn: str = NOOP, kwargs: dict | None = None):
     from blocks import LocalTaskQueue
-    from tqflow.engine.messages import task_messages
+    from tqflow.engine.batch_messages import task_messages
 
     queue = LocalTaskQueue(
         path=f"{folder}/q.sqlite", queue_name="bench", wait_seconds=0, allowed_modules=["bench"]

@@ -16,7 +16,7 @@ from blocks.slugs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.artifacts import artifact_key
 from tqflow.engine.contracts import DeadLetter
-from tqflow.engine.layout import error_path
+from tqflow.engine.failures import read_error_record
 from tqflow.engine.messages import TaskMessage, check_batch, decode
 from tqflow.errors import MessageError
 
@@ -49,7 +49,7 @@ def describe(dead: DeadLetter, storage: Optional[CloudFilesStorage] = None) -> d
 def _last_error(storage: CloudFilesStorage, batch: str, key: str) -> Optional[str]:
     """The last line of the last failed attempt's error, from the item's error record."""
     try:
-        record = storage.get_json(error_path(batch, key))
+        record = read_error_record(storage, batch, key)
     except Exception:  # a missing or unreadable record only loses the detail
         return None
     attempts = (record or {}).get("attempts") or []

@@ -26,10 +26,14 @@ from blocks.queues import QueueParameter, TaskQueue
 from blocks.slugs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.allowed_modules import record_batch_function
+from tqflow.engine.batch_messages import task_messages
 from tqflow.engine.calls import resolve
 from tqflow.engine.layout import enqueued_prefix, output_path, outputs_prefix
-from tqflow.engine.messages import task_messages
-from tqflow.errors import BadArgumentsError, EnqueueInterruptedError, ItemSourceError
+from tqflow.errors import (
+    EnqueueInterruptedError,
+    ItemSourceError,
+    ParameterError,
+)
 from tqflow.items import Items, ItemsFile, exact_column, from_values, read_file, read_items_file
 
 #: Items from which the resume check lists the batch's outputs instead of checking each.
@@ -280,7 +284,7 @@ def enqueue_items(
     log = log or logging.getLogger("tqflow.enqueue")
     empty_cells = len(getattr(items, "empty_lines", ()))
     if task_timeout_seconds is not None and not task_timeout_seconds > 0:
-        raise BadArgumentsError(
+        raise ParameterError(
             f"task_timeout_seconds must be a positive number of seconds, not {task_timeout_seconds!r}"
         )
     # Every body is built and checked before the first is sent: bad input loses nothing. Only

@@ -32,9 +32,9 @@ from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.reports import batch_tally, read_reports, report_seconds_for
 from tqflow.errors import (
-    BadArgumentsError,
     BatchTimeLimitError,
     DeadLettersError,
+    ParameterError,
     WorkersCannotStartError,
     WorkersLostError,
 )
@@ -335,7 +335,7 @@ def _slug(block: Any) -> str:
     travels as a flow-run parameter."""
     slug = block_slug(block)
     if slug is None:
-        raise BadArgumentsError(
+        raise ParameterError(
             f"{type(block).__name__} must be a saved block for deployment fan-out: "
             "save it (block.save('name')) and pass the loaded block or its slug"
         )

@@ -29,7 +29,7 @@ from blocks.storage import CloudFilesStorage
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.process import log_to_stderr, run_worker, stop_on_signals
 from tqflow.engine.stats import Outcome, StopReason
-from tqflow.errors import BadArgumentsError, QueueUnreachableError
+from tqflow.errors import ParameterError, QueueUnreachableError
 from tqflow.fleet.deployment import FLEET_TAG_PREFIX
 from tqflow.fleet.processes import run_processes
 
@@ -58,7 +58,7 @@ def worker(
     """
     logger = get_run_logger()
     if processes < 1:
-        raise BadArgumentsError(f"processes={processes}: a worker run needs at least 1")
+        raise ParameterError(f"processes={processes}: a worker run needs at least 1")
     queue = load_block(queue, TaskQueue)
     storage = load_block(storage, CloudFilesStorage)
     cave = load_block(cave, CAVECredentials) if cave is not None else None

@@ -176,7 +176,8 @@ def test_work_takes_allow_and_task_timeout(tmp_path):
     )
     stats = json.loads(out[out.index("{") :])
     assert (stats["succeeded"], stats["timed_out"], stats["dead_lettered"]) == (1, 1, 0)
-    error = json.loads((data / "limits/errors/2.json").read_text())["attempts"][0]["error"]
+    [record] = (data / "limits/errors/2").iterdir()  # one file per failed attempt
+    error = json.loads(record.read_text())["attempt"]["error"]
     assert "timed out after 1 s" in error
 
 

@@ -95,6 +95,56 @@ def test_the_flows_never_import_the_command_line(path):
     )
 
 
+def project_modules() -> dict[str, Path]:
+    """Every module of the three packages, by dotted name."""
+    found = {}
+    for package in PROJECT_PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def project_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``path`` imports (``from package import module`` is the module's
+    import, not the package's), at module level or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            submodules = [f"{node.module}.{a.name}" for a in node.names]
+            found.update(m for m in submodules if m in modules)
+            if not all(m in modules for m in submodules):
+                found.add(node.module)
+    return found & set(modules)
+
+
+def test_no_import_runs_in_a_circle():
+    modules = project_modules()
+    graph = {name: project_imports(path, modules) - {name} for name, path in modules.items()}
+    circles = []
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            circles.append(trail[trail.index(name) :] + [name])
+            return
+        if name in done:
+            return
+        for imported in sorted(graph[name]):
+            visit(imported, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert not circles, "imports that run in a circle: " + "; ".join(
+        " -> ".join(c) for c in circles
+    )
+
+
 def test_importing_the_whole_engine_loads_no_prefect():
     modules = all_modules("tqflow.engine")
     code = (

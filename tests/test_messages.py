@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from typing import Optional
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.helpers import task_queue_bodies
+from tqflow.engine.batch_messages import task_messages
 from tqflow.engine.calls import bind, resolve
-from tqflow.engine.messages import TaskMessage, decode, item_key, task_messages
+from tqflow.engine.messages import TaskMessage, decode, item_key
 from tqflow.errors import (
     BadArgumentsError,
     MessageTooLargeError,
@@ -26,6 +28,18 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+
+
+def bind_message(message: TaskMessage, injectables: Optional[dict] = None):
+    """What the worker does with a message: its arguments bound to its function."""
+    return bind(
+        resolve(message.fn),
+        message.args,
+        message.kwargs,
+        injectables or {},
+        key=message.key,
+        fn=message.fn,
+    )
 
 
 @given(kwargs=st.dictionaries(st.text(min_size=1, max_size=10), json_values, max_size=5))
@@ -108,15 +122,15 @@ def test_unknown_function_in_a_known_module_is_named():
 def test_arguments_that_do_not_bind_are_named():
     message = TaskMessage(fn="tests.tasks:square", key="k", batch="b", kwargs={"y": 1})
     with pytest.raises(BadArgumentsError, match=r"tests.tasks:square\(x\)"):
-        bind(resolve(message.fn), message)
+        bind_message(message)
 
 
 def test_bind_injects_storage_only_when_the_function_asks_for_it():
     message = TaskMessage(fn="tests.tasks:writes_extra", key="k", batch="b", kwargs={"x": 2})
-    bound = bind(resolve(message.fn), message, {"storage": lambda: "the-storage"})
+    bound = bind_message(message, {"storage": lambda: "the-storage"})
     assert bound.arguments == {"x": 2, "storage": "the-storage"}
     square = TaskMessage(fn="tests.tasks:square", key="k", batch="b", kwargs={"x": 2})
-    assert bind(resolve(square.fn), square, {"storage": lambda: 1 / 0}).arguments == {"x": 2}
+    assert bind_message(square, {"storage": lambda: 1 / 0}).arguments == {"x": 2}
 
 
 def test_task_messages_pass_each_item_to_the_first_parameter():
@@ -141,7 +155,7 @@ def test_task_queue_queueable_body_decodes_and_runs(tmp_path):
     assert message.fn == "tests.tq_tasks:power"
     assert message.batch == "legacy"
     func = resolve(message.fn)
-    bound = bind(func, message)
+    bound = bind_message(message)
     assert func(*bound.args, **bound.kwargs) == 81
     assert message.key == decode(body).key  # deterministic
 
@@ -155,7 +169,7 @@ def test_task_queue_registered_task_body_decodes_and_runs(tmp_path):
     message = decode(body)
     assert message.fn == "tests.tq_tasks:WriteTask"
     func = resolve(message.fn)
-    bound = bind(func, message)
+    bound = bind_message(message)
     func(*bound.args, **bound.kwargs)
     assert (tmp_path / "out").read_text() == "hi"
 
@@ -169,7 +183,7 @@ def test_a_cloudfiles_client_parameter_keeps_its_own_argument():
     # cloud-files' CloudFiles has every member of tqflow's storage contract; a
     # python-task-queue function that takes one must not get the worker's storage.
     message = TaskMessage(fn="tests.tasks:reads_with_cloudfiles", key="k", batch="b", args=("a",))
-    bound = bind(resolve(message.fn), message, {"storage": lambda: "THE-WORKERS-STORAGE"})
+    bound = bind_message(message, {"storage": lambda: "THE-WORKERS-STORAGE"})
     assert "storage" not in bound.arguments
 
 
@@ -178,13 +192,10 @@ def test_a_parameter_named_storage_is_injected_only_when_annotated_so():
 
     injected = {"storage": lambda: "THE-WORKERS-STORAGE"}
     own = TaskMessage(fn="tests.tasks:takes_its_own_storage", key="k", batch="b", args=("a.txt",))
-    bound = bind(resolve(own.fn), own, injected)
+    bound = bind_message(own, injected)
     assert resolve(own.fn)(*bound.args, **bound.kwargs) == "gs://theirs/a.txt"
     positional = TaskMessage(fn=own.fn, key="k", batch="b", args=("a.txt", "s3://mine"))
-    bound = bind(resolve(own.fn), positional, injected)
+    bound = bind_message(positional, injected)
     assert bound.arguments["storage"] == "s3://mine"
     annotated = TaskMessage(fn="tests.tasks:writes_extra", key="k", batch="b", kwargs={"x": 2})
-    assert (
-        bind(resolve(annotated.fn), annotated, injected).arguments["storage"]
-        == "THE-WORKERS-STORAGE"
-    )
+    assert bind_message(annotated, injected).arguments["storage"] == "THE-WORKERS-STORAGE"

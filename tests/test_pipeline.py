@@ -14,7 +14,7 @@ from flows.pipeline import pipeline
 from flows.worker import worker
 from tests.support.helpers import both_backends, enqueue, runs, sqs_only
 from tqflow.engine.layout import output_path
-from tqflow.errors import BadArgumentsError, DeadLettersError
+from tqflow.errors import DeadLettersError, ParameterError
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -333,21 +333,21 @@ def test_an_unsafe_batch_name_is_refused_as_a_batch_name_by_flows_and_worker(
     queue_factory, storage
 ):
     from tqflow.engine.options import WorkerOptions
-    from tqflow.errors import BadArgumentsError
+    from tqflow.errors import ParameterError
 
     queue = queue_factory()
-    with pytest.raises(BadArgumentsError, match="batch name 'a/b' cannot name a folder"):
+    with pytest.raises(ParameterError, match="batch name 'a/b' cannot name a folder"):
         run_pipeline(queue, storage, fn="tests.tasks:square", batch="a/b", items=[1])
-    with pytest.raises(BadArgumentsError, match="batch name '../x' cannot name a folder"):
+    with pytest.raises(ParameterError, match="batch name '../x' cannot name a folder"):
         WorkerOptions(default_batch="../x")
     assert queue.counts().pending == 0
 
 
 def test_zero_workers_is_refused_before_anything_is_queued(queue_factory, storage):
-    from tqflow.errors import BadArgumentsError
+    from tqflow.errors import ParameterError
 
     queue = queue_factory()
-    with pytest.raises(BadArgumentsError, match="workers=0"):
+    with pytest.raises(ParameterError, match="workers=0"):
         run_pipeline(queue, storage, fn="tests.tasks:square", batch="b", items=[1], workers=0)
     assert queue.counts().pending == 0
 
@@ -431,7 +431,7 @@ def test_a_retried_pipeline_run_still_fails_on_its_first_attempts_dead_letters(
 
 def test_a_deployment_mode_pipeline_with_an_unsaved_block_queues_nothing(queue_factory, storage):
     queue = queue_factory()
-    with pytest.raises(BadArgumentsError, match="must be a saved block for deployment fan-out"):
+    with pytest.raises(ParameterError, match="must be a saved block for deployment fan-out"):
         pipeline(
             fn="tests.tasks:square",
             queue=queue,

@@ -142,7 +142,7 @@ def test_a_python_task_queue_queue_without_dead_letter_queue_drains_and_keeps_wh
     record = storage.get_json(record_path)
     assert json.loads(record["body"]) == json.loads(gone)  # the message itself, kept
     assert "attach_dead_letter_queue()" in record["advice"]
-    assert "cannot import module 'gone.module'" in record["attempts"][-1]["error"]
+    assert "cannot import module 'gone.module'" in record["attempt"]["error"]
 
 
 def _calls_of(queue) -> list[str]:

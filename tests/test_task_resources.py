@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from tests.support.helpers import enqueue, run_worker
-from tqflow.engine.layout import error_path, output_path
+from tqflow.engine.failures import read_error_record
+from tqflow.engine.layout import output_path
 from tqflow.engine.reports import batch_tally, read_reports
 from tqflow.engine.task_resources import _Sampler
 
@@ -42,7 +43,7 @@ def test_a_failed_attempt_records_what_it_used(queue_factory, storage):
     queue = queue_factory(max_receive_count=1)
     enqueue(queue, "tests.tasks:allocates_then_fails", [7], mib=200, cpu_seconds=0.4)
     run_worker(queue, storage)
-    (attempt,) = storage.get_json(error_path("b", "7"))["attempts"]
+    (attempt,) = read_error_record(storage, "b", "7")["attempts"]
     resources = attempt["resources"]
     assert 170 <= increment_mib(resources) <= 230, resources
     assert resources["cpu_seconds"] >= 0.35, resources

@@ -9,7 +9,8 @@ from functools import partial
 import pytest
 
 from tests.support.helpers import enqueue, run_worker, runs, wait_until
-from tqflow.engine.layout import error_path, output_path
+from tqflow.engine.failures import read_error_record
+from tqflow.engine.layout import output_path
 
 
 def test_worker_writes_every_output_and_empties_the_queue(queue_factory, storage):
@@ -55,21 +56,32 @@ def test_unrunnable_messages_go_to_the_dead_letter_queue_at_once_and_the_worker_
             "this is not json",
             json.dumps({"fn": "no_such_package.tasks:f", "kwargs": {}, "key": "u", "batch": "b"}),
             json.dumps({"fn": "tests.tasks:square", "kwargs": {"y": 1}, "key": "w", "batch": "b"}),
-            json.dumps(
-                {"fn": "tests.tasks:needs_cave", "kwargs": {"x": 1}, "key": "c", "batch": "b"}
-            ),
         ]
     )
     enqueue(queue, "tests.tasks:square", [5])
     stats = run_worker(queue, storage)
-    assert (stats["dead_lettered"], stats["succeeded"]) == (4, 1)
+    assert (stats["dead_lettered"], stats["succeeded"]) == (3, 1)
     reasons = sorted(d.reason for d in queue.dead_letters())
     assert all(d.receive_count == 1 for d in queue.dead_letters())
     assert any(r.startswith("UndecodableMessageError: the body is not JSON") for r in reasons)
     assert any("cannot import module 'no_such_package.tasks'" in r for r in reasons)
     assert any("do not fit tests.tasks:square(x)" in r for r in reasons)
-    assert any("no CAVE block" in r for r in reasons)
     assert storage.get_json(output_path("b", "5"))["result"] == 25
+
+
+def test_a_task_that_asks_for_what_its_worker_lacks_is_retried_not_dead_lettered_at_once(
+    queue_factory, storage
+):
+    # The message is fine: a worker given a CAVE block runs it. Retried like any failure, it
+    # reaches the dead-letter queue after max_receive_count receives, its reason recorded.
+    queue = queue_factory(max_receive_count=2)
+    enqueue(queue, "tests.tasks:needs_cave", [1])
+    stats = run_worker(queue, storage, retry_base_seconds=0)
+    assert (stats["failed"], stats["dead_lettered"]) == (2, 0)
+    assert queue.counts().dead == 1
+    errors = [a["error"] for a in read_error_record(storage, "b", "1")["attempts"]]
+    assert errors and all(e.startswith("WorkerConfigError:") for e in errors)
+    assert "no CAVE block" in errors[0]
 
 
 def test_task_can_write_large_results_through_the_injected_storage(queue_factory, storage):
@@ -217,7 +229,7 @@ def test_a_task_that_exits_or_raises_a_base_exception_fails_and_the_worker_drain
     stats = run_worker(queue, storage, retry_base_seconds=0)
     assert stats["stop_reason"] == "idle"  # the worker ran to the end of the queue
     assert (stats["succeeded"], stats["failed"]) == (5, 2)  # item 2, once per receive
-    record = storage.get_json(error_path("b", "2"))
+    record = read_error_record(storage, "b", "2")
     [first, second] = record["attempts"]
     assert "TaskExitError" in first["error"] and raised in first["error"]
     counts = queue.counts()
@@ -245,3 +257,68 @@ def test_a_worker_runs_a_function_enqueued_into_its_batch_after_it_started(queue
         thread.join(timeout=60)
     assert queue.counts().dead == 0
     assert storage.get_json(output_path("b", "3"))["result"] == 27
+
+
+def test_two_attempts_of_one_item_failing_at_the_same_instant_both_leave_their_record(
+    queue_factory, storage
+):
+    import logging
+    import threading
+
+    from tqflow.engine.batch_messages import task_messages
+    from tqflow.engine.contracts import Lease
+    from tqflow.engine.failures import Failures
+    from tqflow.engine.messages import decode
+
+    class InStep:
+        """The test's storage, the calls of two threads taken in step: both have read before
+        either writes, as two workers failing the same item at once may."""
+
+        def __init__(self, storage) -> None:
+            self.storage, self.step = storage, threading.Barrier(2, timeout=5)
+
+        def __getattr__(self, name):
+            return getattr(self.storage, name)
+
+        def _in_step(self) -> None:
+            try:
+                self.step.wait()
+            except threading.BrokenBarrierError:
+                pass
+
+        def get_json(self, path):
+            self._in_step()
+            return self.storage.get_json(path)
+
+        def put_json(self, path, value):
+            self._in_step()
+            return self.storage.put_json(path, value)
+
+    [body] = [m.encode() for m in task_messages("tests.tasks:square", [7], "b")]
+    message = decode(body)
+    failures = Failures(
+        queue_factory(),
+        InStep(storage),
+        None,
+        lambda *_: None,
+        logging.getLogger("t"),
+        worker="w",
+        default_batch="b",
+        retry_base_seconds=0,
+    )
+    threads = [
+        threading.Thread(
+            target=failures.record,
+            args=(message, Lease(f"m{n}", f"r{n}", body, n), ValueError(f"attempt {n}"), ""),
+        )
+        for n in (1, 2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    record = read_error_record(storage, "b", "7")
+    assert sorted(a["error"] for a in record["attempts"]) == [
+        "ValueError: attempt 1",
+        "ValueError: attempt 2",
+    ]

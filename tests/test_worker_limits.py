@@ -20,7 +20,7 @@ from blocks import CloudFilesStorage, LocalTaskQueue
 from flows.enqueue import enqueue_items
 from tests.support.helpers import child_env, enqueue, run_worker
 from tqflow.engine import process as worker_process
-from tqflow.engine.layout import error_path
+from tqflow.engine.failures import read_error_record
 from tqflow.engine.lease_keeper import LeaseKeeper
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.worker import Worker
@@ -34,7 +34,7 @@ def backend() -> str:
 
 
 def _error_record(storage: CloudFilesStorage, key: str, batch: str = "b") -> dict:
-    return storage.get_json(error_path(batch, key))
+    return read_error_record(storage, batch, key)
 
 
 # -- 1. time limits -------------------------------------------------------------------------------

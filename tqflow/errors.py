@@ -68,6 +68,16 @@ class MessageTooLargeError(MessageError):
     """A message body is over the queue backend's size limit."""
 
 
+class ParameterError(TqflowError):
+    """A parameter of a flow, a command or a worker that cannot be used as given (a batch name
+    that cannot name a folder, a number of workers below one): refused before anything starts."""
+
+
+class WorkerConfigError(TqflowError):
+    """A worker lacks what a task asks of it (a ``cave`` client without a CAVE block): the
+    message is fine, and is retried (another worker may have it), never dead-lettered at once."""
+
+
 class ItemSourceError(TqflowError):
     """The work items cannot be read from the given source (missing file, no such column, a
     column whose values were already rounded, two sources at once)."""

@@ -46,7 +46,7 @@ def dead_letters_list(
     console().print(table)
     flags = target.flags()
     console().print(
-        f"tracebacks: {storage.url(errors_prefix(batch))}<key>.json; after fixing the cause: "
+        f"tracebacks: {storage.url(errors_prefix(batch))}<key>/; after fixing the cause: "
         f"`tqflow dead-letters redrive {flags}`",
         soft_wrap=True,
     )

@@ -9,7 +9,8 @@ import json
 from blocks import CAVECredentials
 from tests.reliability.conftest import scaled
 from tests.support.helpers import enqueue
-from tqflow.engine.layout import error_path, output_path
+from tqflow.engine.failures import read_error_record
+from tqflow.engine.layout import output_path
 from tqflow.engine.messages import decode
 from tqflow.errors import MessageError
 
@@ -65,7 +66,7 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason_and_the_work
     assert len(dead) == len(BAD) + 2, sorted(map(str, dead))
     for key, why in BAD.items():
         assert dead[key].reason  # a permanent failure's own text, or "received N times"
-        record = storage.get_json(error_path("b", key))
+        record = read_error_record(storage, "b", key)
         assert why in record["attempts"][-1]["error"], (key, record["attempts"][-1]["error"][:300])
         assert TOKEN not in json.dumps(record)
     # cut to fit beside its body in one SQS message (256 KiB), whole in the error record
@@ -73,7 +74,7 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason_and_the_work
         dead["9003"].reason.startswith("PermanentTaskError: zzz")
         and len(dead["9003"].reason) < 200 * 1024
     )
-    assert len(storage.get_json(error_path("b", "9003"))["attempts"][0]["error"]) > 300 * 1024
+    assert len(read_error_record(storage, "b", "9003")["attempts"][0]["error"]) > 300 * 1024
     assert all(TOKEN not in d.reason for d in dead.values())
     figure(
         "11. Bad messages among good ones",

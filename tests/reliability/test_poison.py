@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tests.support.helpers import enqueue
-from tqflow.engine.layout import error_path, output_path
+from tqflow.engine.failures import read_error_record
+from tqflow.engine.layout import output_path
 
 
 def test_poison_task_is_dead_lettered_after_exactly_max_receive_count_with_every_traceback(
@@ -17,7 +18,7 @@ def test_poison_task_is_dead_lettered_after_exactly_max_receive_count_with_every
     (dead,) = queue.dead_letters()
     assert "max_receive_count=3" in dead.reason
     assert dead.receive_count == 3
-    errors = storage.get_json(error_path("b", "13"))
+    errors = read_error_record(storage, "b", "13")
     assert [a["attempt"] for a in errors["attempts"]] == [1, 2, 3]
     assert all("ValueError: item 13 is bad" in a["traceback"] for a in errors["attempts"])
     assert not storage.exists(output_path("b", "13"))

@@ -7,7 +7,8 @@ import time
 
 from flows.enqueue import enqueue_items
 from tests.reliability.conftest import scaled
-from tqflow.engine.layout import error_path, output_path
+from tqflow.engine.failures import read_error_record
+from tqflow.engine.layout import output_path
 
 ITEMS = scaled(6, 60)
 HUNG = scaled([2], [3, 17, 41])
@@ -38,7 +39,7 @@ def test_a_hung_task_is_stopped_at_its_time_limit_retried_then_dead_lettered(
     )
     assert sorted(d.receive_count for d in queue.dead_letters()) == [2] * len(HUNG)
     for key in HUNG:
-        attempts = storage.get_json(error_path("b", str(key)))["attempts"]
+        attempts = read_error_record(storage, "b", str(key))["attempts"]
         assert len(attempts) == 2 and all("timed out after 2 s" in a["error"] for a in attempts)
     assert all(storage.exists(output_path("b", str(i))) for i in range(ITEMS) if i not in HUNG)
     figure(

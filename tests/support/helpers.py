@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from blocks.queues.base import TaskQueue
-from tqflow.engine.messages import task_messages
+from tqflow.engine.batch_messages import task_messages
 
 REPO = Path(__file__).resolve().parents[2]
 

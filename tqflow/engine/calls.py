@@ -15,12 +15,9 @@ import importlib
 import inspect
 import os
 import re
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from tqflow.errors import BadArgumentsError, UnknownFunctionError
-
-if TYPE_CHECKING:
-    from tqflow.engine.messages import TaskMessage
 
 
 def resolve(fn: str, what: str = "task function") -> Callable[..., Any]:
@@ -97,7 +94,7 @@ def _registered_task_runner(cls: type) -> Callable[..., Any]:
 
 
 @functools.lru_cache(maxsize=256)
-def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+def signature_of(func: Callable[..., Any]) -> inspect.Signature | None:
     """``inspect.signature`` once per function: it costs more than a no-op task."""
     try:
         return inspect.signature(func)
@@ -119,7 +116,7 @@ def injected_parameters(func: Callable[..., Any]) -> tuple[tuple[str, str, int],
     """``(parameter, what, position)`` for each parameter of ``func`` annotated with a type the
     worker injects. Only an annotation asks: a python-task-queue function's own ``storage``
     argument is never replaced."""
-    signature = _signature(func)
+    signature = signature_of(func)
     if signature is None:
         return ()
     found = []
@@ -140,35 +137,40 @@ def injected_parameters(func: Callable[..., Any]) -> tuple[tuple[str, str, int],
 
 def bind(
     func: Callable[..., Any],
-    message: TaskMessage,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
     injectables: Mapping[str, Callable[[], Any]] = {},
+    *,
+    key: str,
+    fn: str,
 ) -> inspect.BoundArguments:
-    """Bind a message's arguments to ``func``.
+    """Bind a message's ``args`` and ``kwargs`` to ``func`` (the function ``fn`` names, for
+    item ``key``: the words of the error).
 
     A parameter annotated with a type the worker injects (`INJECTED_TYPES`) that the message
     does not set gets the object ``injectables[what]()`` makes. Raises `BadArgumentsError`
     naming the function and what is wrong.
     """
-    signature = _signature(func)
+    signature = signature_of(func)
     if signature is None:
-        return _unchecked(func, message)
-    kwargs = dict(message.kwargs)
+        return _unchecked(args, kwargs)
+    arguments = dict(kwargs)
     injected = injected_parameters(func)
     for name, what, position in injected:
-        if name not in kwargs and position >= len(message.args) and what in injectables:
-            kwargs[name] = injectables[what]()
+        if name not in arguments and position >= len(args) and what in injectables:
+            arguments[name] = injectables[what]()
     try:
-        bound = signature.bind(*message.args, **kwargs)
+        bound = signature.bind(*args, **arguments)
     except TypeError as exc:
         skip = {name for name, _, _ in injected}
         expected = ", ".join(n for n in signature.parameters if n not in skip)
         raise BadArgumentsError(
-            f"arguments of item {message.key!r} do not fit {message.fn}({expected}): {exc}"
+            f"arguments of item {key!r} do not fit {fn}({expected}): {exc}"
         ) from None
     return bound
 
 
-def _unchecked(func: Callable[..., Any], message: TaskMessage) -> inspect.BoundArguments:
+def _unchecked(args: Sequence[Any], kwargs: Mapping[str, Any]) -> inspect.BoundArguments:
     # Builtins without a signature: let the call itself check the arguments.
     sig = inspect.Signature(
         [
@@ -176,4 +178,4 @@ def _unchecked(func: Callable[..., Any], message: TaskMessage) -> inspect.BoundA
             inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
         ]
     )
-    return sig.bind(*message.args, **message.kwargs)
+    return sig.bind(*args, **kwargs)

@@ -2,8 +2,9 @@
 its error recorded either way. Never raises: nothing that goes wrong with one message stops a
 worker.
 
-- `Failures.retry`: the traceback is appended to ``<batch>/errors/<key>.json`` and the message
-  is left to come back after `retry_delay`; the queue's redrive policy moves it to the
+- `Failures.retry`: the attempt's traceback is written to ``<batch>/errors/<key>/`` (a file
+  per attempt; `read_error_record` reads them as one) and the message is left to come back
+  after `retry_delay`; the queue's redrive policy moves it to the
   dead-letter queue after ``max_receive_count`` receives (`tqflow.engine.retries`).
 - `Failures.dead_letter`: into the dead-letter queue at once, with the reason. On a queue with
   no dead-letter queue (one python-task-queue made) the message is kept, whole, in its error
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import traceback
+import uuid
 from typing import Any, Callable, Optional
 
-from tqflow.engine.contracts import Lease, Queue, Storage
-from tqflow.engine.layout import error_path
+from tqflow.engine.contracts import BatchFolder, Lease, Queue, Storage
+from tqflow.engine.layout import error_attempt_path, error_attempts_prefix, error_path
 from tqflow.engine.lease_keeper import LeaseKeeper
 from tqflow.engine.messages import TaskMessage, item_key
 from tqflow.engine.outputs import failed_attempt
@@ -162,34 +164,54 @@ class Failures:
         used: TaskResources | None = None,
         **extra: Any,
     ) -> None:
-        """Append this attempt to the item's error record, with ``extra`` fields (``None``
-        ones left out)."""
-        path = error_path(message.batch, message.key)
+        """Write this attempt's error record, with ``extra`` fields (``None`` ones left out): a
+        file of its own, so two attempts failing at once both leave theirs, each one write
+        (`read_error_record` puts an item's attempts together)."""
         attempt = failed_attempt(
             attempt=lease.receive_count, error=exc, traceback=trace, worker=self.worker
         )
         if used is not None:
             attempt["resources"] = used.as_dict()
+        record = {
+            "key": message.key,
+            "batch": message.batch,
+            "fn": message.fn,
+            "kwargs": message.kwargs,
+            "attempt": attempt,
+            **{k: v for k, v in extra.items() if v is not None},
+        }
+        writer = f"{self.worker}-{uuid.uuid4().hex[:6]}"
+        path = error_attempt_path(message.batch, message.key, lease.receive_count, writer)
         try:
-            try:
-                record = self.storage.get_json(path)
-            except CorruptFileError as corrupt:  # not the task's: start the record anew
-                self.log.warning(
-                    "%s; the error record of item %s starts anew", corrupt, message.key
-                )
-                record = None
-            record = record or {
-                "key": message.key,
-                "batch": message.batch,
-                "fn": message.fn,
-                "kwargs": message.kwargs,
-                "attempts": [],
-            }
-            record["attempts"].append(attempt)
-            record.update({k: v for k, v in extra.items() if v is not None})
             self.storage.put_json(path, record)
         except Exception as write_exc:
             self.log.warning("could not record the error of item %s: %s", message.key, write_exc)
+
+
+def read_error_record(storage: BatchFolder, batch: str, key: str) -> dict[str, Any] | None:
+    """Every failed attempt of ``key`` in ``batch``, in the order they failed, as one record:
+    ``{"key", "batch", "fn", "kwargs", "attempts": [...]}`` and the latest of the other fields;
+    the attempts of a record written before per-attempt files first. ``None`` if it never
+    failed. A file that cannot be read is left out."""
+    found = storage.get_json_many(list(storage.list(error_attempts_prefix(batch, key))))
+    records = sorted(
+        (r for r in found.values() if isinstance(r, dict) and isinstance(r.get("attempt"), dict)),
+        key=lambda r: (r["attempt"].get("attempt") or 0, str(r["attempt"].get("failed_at"))),
+    )
+    try:
+        earlier = storage.get_json(error_path(batch, key))
+    except CorruptFileError:
+        earlier = None
+    if not records and not isinstance(earlier, dict):
+        return None
+    merged: dict[str, Any] = {"key": key, "batch": batch, "attempts": []}
+    if isinstance(earlier, dict):
+        merged.update({k: v for k, v in earlier.items() if k != "attempts"})
+        merged["attempts"] += [a for a in earlier.get("attempts") or [] if isinstance(a, dict)]
+    for record in records:
+        merged.update({k: v for k, v in record.items() if k != "attempt"})
+        merged["attempts"].append(record["attempt"])
+    return merged
 
 
 def _traceback(exc: BaseException) -> str:

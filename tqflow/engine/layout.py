@@ -11,7 +11,9 @@ everything else asks this module.
 <batch>/shards/<writer>-<n>.json        the same output records, many to a file, as each
                                          worker wrote them (`shards`): what the analysis reads
                                          first, one request per thousand outputs
-<batch>/errors/<key>.json                every failed attempt of the task, with its traceback
+<batch>/errors/<key>/<n>-<writer>.json   each failed attempt of the task, with its traceback, a
+                                         file of its own (attempts failing at once lose none);
+                                         earlier versions kept them all in <batch>/errors/<key>.json
 <batch>/workers/<report>~<n>.json        what each worker did for the batch (`reports`), its
                                          n-th version: a new name each time it changes
 <batch>/workers-digest.json              the reports a reader last read, for the next one
@@ -84,7 +86,16 @@ def errors_prefix(batch: str) -> str:
 
 
 def error_path(batch: str, key: str) -> str:
+    """The one error record of ``key`` that versions before per-attempt files wrote."""
     return f"{errors_prefix(batch)}{key}.json"
+
+
+def error_attempts_prefix(batch: str, key: str) -> str:
+    return f"{errors_prefix(batch)}{key}/"
+
+
+def error_attempt_path(batch: str, key: str, attempt: int, writer: str) -> str:
+    return f"{error_attempts_prefix(batch, key)}{attempt:04d}-{writer}.json"
 
 
 def reports_prefix(batch: str) -> str:

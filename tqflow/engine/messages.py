@@ -23,12 +23,12 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
-from tqflow.engine.calls import _signature, bind, resolve
 from tqflow.errors import (
     BadArgumentsError,
     MessageTooLargeError,
+    ParameterError,
     UndecodableMessageError,
     UnknownFunctionError,
 )
@@ -122,10 +122,10 @@ def check_key(key: str) -> str:
 
 def check_batch(batch: str) -> str:
     """Return ``batch`` if it can name the batch's folder in storage, else raise
-    `BadArgumentsError` saying what a batch name may hold. The one rule for every entry point:
+    `ParameterError` saying what a batch name may hold. The one rule for every entry point:
     flows, CLI and worker."""
     if not isinstance(batch, str) or not _SAFE_KEY.match(batch):
-        raise BadArgumentsError(
+        raise ParameterError(
             f"batch name {batch!r} cannot name a folder in storage: use letters, digits, '.', "
             "'_', '=' or '-' (at most 200, starting with a letter or digit), e.g. "
             "'synapse-profiles-v2'"
@@ -182,7 +182,7 @@ def _decode_tqflow(data: dict[str, Any], default_batch: str) -> TaskMessage:
     try:
         check_key(key)
         check_batch(batch)
-    except BadArgumentsError as exc:
+    except (BadArgumentsError, ParameterError) as exc:
         raise UndecodableMessageError(str(exc)) from None
     return TaskMessage(
         fn=fn, key=key, batch=batch, kwargs=kwargs, args=tuple(args), task_timeout_seconds=timeout
@@ -235,46 +235,3 @@ def _registered_task_fn(class_name: str) -> str:
 
 def _call_key(fn: str, args: Any, kwargs: Any) -> str:
     return item_key({"fn": fn, "args": args, "kwargs": kwargs})
-
-
-def task_messages(
-    fn: str,
-    items: Iterable[Any],
-    batch: str,
-    kwargs: Mapping[str, Any] | None = None,
-    item_param: str | None = None,
-    task_timeout_seconds: float | None = None,
-) -> Iterator[TaskMessage]:
-    """One message per item: ``fn(<item_param>=item, **kwargs)``, keyed by `item_key`, with
-    the batch's time limit per task if one is given.
-
-    ``item_param`` defaults to the function's first parameter. Raises `UnknownFunctionError`
-    or `BadArgumentsError` before any message is made if ``fn`` cannot take the arguments.
-    """
-    check_batch(batch)
-    func = resolve(fn)
-    fixed = dict(kwargs or {})
-    if item_param is None:
-        signature = _signature(func)
-        params = list(signature.parameters) if signature is not None else []
-        if not params:
-            raise BadArgumentsError(f"{fn} takes no parameter for the item")
-        item_param = params[0]
-    if item_param in fixed:
-        raise BadArgumentsError(
-            f"kwargs set {item_param!r}, the parameter of {fn} that takes each item; remove "
-            f"{item_param!r} from kwargs, or name another parameter for the item (item_param)"
-        )
-    first = True
-    for item in items:
-        message = TaskMessage(
-            fn=fn,
-            key=item_key(item),
-            batch=batch,
-            kwargs={item_param: item, **fixed},
-            task_timeout_seconds=task_timeout_seconds,
-        )
-        if first:  # check the call once, with the first item, before anything is queued
-            bind(func, message, {"storage": lambda: None, "cave": lambda: None})
-            first = False
-        yield message

@@ -147,7 +147,7 @@ class WorkerOptions(BaseModel):
     @field_validator("default_batch")
     @classmethod
     def _batch_names_a_folder(cls, value: str) -> str:
-        return check_batch(value)  # BadArgumentsError, raised through pydantic as it is
+        return check_batch(value)  # ParameterError, raised through pydantic as it is
 
     @field_validator("unit")
     @classmethod

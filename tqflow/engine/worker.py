@@ -59,11 +59,11 @@ from tqflow.engine.task_resources import ResourceMeter, TaskResources
 from tqflow.engine.time_limit import AsyncExceptionTimeLimit, TimeLimit, deadline
 from tqflow.engine.unreachable import QueueReach
 from tqflow.errors import (
-    BadArgumentsError,
     MessageError,
     QueueUnreachableError,
     TaskExitError,
     TaskTimeoutError,
+    WorkerConfigError,
 )
 
 logger = logging.getLogger("tqflow.worker")
@@ -158,7 +158,7 @@ class Worker:
         """The worker's one CAVEclient, built from its CAVE block on first use."""
         if self._cave_client is None:
             if self.cave is None:
-                raise BadArgumentsError(
+                raise WorkerConfigError(
                     "the task function takes a `cave` client but this worker has no CAVE "
                     "block; pass one to the pipeline or worker (cave=CAVECredentials.load(...))"
                 )
@@ -344,7 +344,9 @@ class Worker:
             message = decode(lease.body, self.options.default_batch)
             self.allowed.check(message)
             func = resolve(message.fn)
-            bound = bind(func, message, self._injected())
+            bound = bind(
+                func, message.args, message.kwargs, self._injected(), key=message.key, fn=message.fn
+            )
         except MessageError as exc:
             failures.dead_letter(lease, message, exc)
             return

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from tqflow.errors import BadArgumentsError
+from tqflow.errors import ParameterError
 
 #: Requests a minute, every call counted, by Prefect Cloud plan (docs.prefect.io, rate limits).
 PLANS = {"hobby": 625, "starter": 1_250, "team": 2_500, "pro": 5_000}
@@ -39,13 +39,13 @@ def requests_per_minute(setting: BudgetSetting) -> Optional[int]:
         try:
             return PLANS[setting.lower()]
         except KeyError:
-            raise BadArgumentsError(
+            raise ParameterError(
                 f"api_budget={setting!r}: give a Prefect Cloud plan ({', '.join(PLANS)}), a "
                 "number of requests a minute, or nothing on a self-hosted server"
             ) from None
     value = int(setting)
     if value < 2 * RUN_REQUESTS:
-        raise BadArgumentsError(
+        raise ParameterError(
             f"api_budget={setting!r}: at least {2 * RUN_REQUESTS} requests a minute (a worker "
             f"run alone makes ~{RUN_REQUESTS})"
         )

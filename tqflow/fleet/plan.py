@@ -2,7 +2,7 @@
 the fleet's largest size in units, the sizer, and the controller's settings.
 
 Every parameter is checked here, before anything is queued, and a bad one is named with the
-fix (`BadArgumentsError`).
+fix (`ParameterError`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
-from tqflow.errors import BadArgumentsError
+from tqflow.errors import ParameterError
 from tqflow.fleet.api_budget import BudgetSetting, requests_per_minute
 from tqflow.fleet.controller import FanOut
 from tqflow.fleet.sizing import DeadlineSizer, FixedSizer, Sizer
@@ -65,14 +65,14 @@ class FanOutPlan:
         launch_concurrency: Optional[int] = None,
     ) -> "FanOutPlan":
         if mode not in ("local", "deployment"):
-            raise BadArgumentsError(f"mode={mode!r}: give 'local' or 'deployment'")
+            raise ParameterError(f"mode={mode!r}: give 'local' or 'deployment'")
         for name, value in (
             ("tasks_per_worker", tasks_per_worker),
             ("processes_per_run", processes_per_run),
             ("launch_concurrency", 1 if launch_concurrency is None else launch_concurrency),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BadArgumentsError(f"{name}={value!r}: give a whole number, at least 1")
+                raise ParameterError(f"{name}={value!r}: give a whole number, at least 1")
         for name, seconds in (
             ("start_timeout_seconds", start_timeout_seconds),
             ("time_limit_seconds", time_limit_seconds),
@@ -122,9 +122,9 @@ def _check_seconds(name: str, seconds: Optional[float]) -> None:
     if seconds is None:
         return
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise BadArgumentsError(f"{name}={seconds!r}: give a number of seconds")
+        raise ParameterError(f"{name}={seconds!r}: give a number of seconds")
     if not math.isfinite(seconds) or seconds <= 0:
-        raise BadArgumentsError(
+        raise ParameterError(
             f"{name}={seconds!r}: give a positive, finite number of seconds, or leave it out"
         )
 
@@ -135,7 +135,7 @@ def _most_workers(
     """The most worker processes the batch may have at once."""
     if workers == "auto":
         if finish_within is None:
-            raise BadArgumentsError(
+            raise ParameterError(
                 "workers='auto' sizes the fleet to a deadline: give finish_within_seconds, e.g. "
                 "3600 to finish within an hour"
             )
@@ -143,22 +143,22 @@ def _most_workers(
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
         ):
-            raise BadArgumentsError(f"max_workers={max_workers!r}: give at least 1")
+            raise ParameterError(f"max_workers={max_workers!r}: give at least 1")
         default = (os.cpu_count() or 2) if mode == "local" else AUTO_MOST_DEPLOYMENT_WORKERS
         return max_workers or default
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise BadArgumentsError(
+        raise ParameterError(
             f"workers={workers!r}: give a number of workers (at least 1), or 'auto' with "
             "finish_within_seconds"
         )
     if finish_within is not None:
-        raise BadArgumentsError(
+        raise ParameterError(
             f"finish_within_seconds={finish_within!r} sizes the fleet only with workers='auto'; "
             f"with workers={workers} it would be ignored: give workers='auto' (and max_workers), "
             "or time_limit_seconds to stop the batch after that long"
         )
     if max_workers is not None:
-        raise BadArgumentsError(
+        raise ParameterError(
             f"max_workers={max_workers!r} bounds workers='auto'; with workers={workers} the "
             "fleet has that many: leave max_workers out"
         )
