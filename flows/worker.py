@@ -27,7 +27,8 @@ from blocks.queues import QueueParameter, TaskQueue
 from blocks.slugs import load_block
 from blocks.storage import CloudFilesStorage
 from tqflow.engine.options import WorkerOptions
-from tqflow.engine.process import log_to_stderr, run_worker, stop_on_signals
+from tqflow.engine.process import log_to_stderr, run_worker
+from tqflow.engine.signals import stop_on_signals
 from tqflow.engine.stats import Outcome, StopReason
 from tqflow.errors import ParameterError, QueueUnreachableError
 from tqflow.fleet.deployment import FLEET_TAG_PREFIX

@@ -198,6 +198,9 @@ BATCH_FOLDER_PARTS = (
     "/analysis/",
     "/enqueued/",
     "/batch.json",
+    "/shards/",
+    "/fleet/",
+    "/pipelines/",
 )
 LAYOUT = ENGINE / "layout.py"
 

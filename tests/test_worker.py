@@ -322,3 +322,49 @@ def test_two_attempts_of_one_item_failing_at_the_same_instant_both_leave_their_r
         "ValueError: attempt 1",
         "ValueError: attempt 2",
     ]
+
+
+# SQS answers a delete with an ended lease's receipt handle as done (its API reference: the
+# message "might not" be deleted; moto deletes it): the local queue is the one that can refuse.
+@pytest.mark.parametrize("backend", ["local"])
+def test_a_dead_letter_whose_lease_had_ended_is_not_reported_as_moved(queue_factory, storage):
+    import logging
+
+    from tqflow.engine.failures import Failures
+    from tqflow.engine.messages import decode
+    from tqflow.errors import PermanentTaskError
+
+    queue = queue_factory(lease_seconds=0.5)
+    enqueue(queue, "tests.tasks:square", [4])
+    [mine] = queue.receive()
+    time.sleep(0.6)  # the lease ends, and another worker receives the message
+    [theirs] = wait_until(queue.receive, timeout=30)
+    counted, lines = [], []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    log = logging.getLogger(f"test-dead-letter-{id(lines)}")
+    log.addHandler(Lines())
+    failures = Failures(
+        queue,
+        storage,
+        _NoKeeper(),
+        lambda message, outcome, *_: counted.append(outcome.value),
+        log,
+        worker="w",
+        default_batch="b",
+        retry_base_seconds=0,
+    )
+    failures.dead_letter(mine, decode(mine.body), PermanentTaskError("no"))
+    assert queue.counts().dead == 0 and counted == ["failed"]
+    assert "could not be moved to the dead-letter queue" in lines[-1], lines
+    queue.release(theirs)
+
+
+class _NoKeeper:
+    """A lease keeper with nothing to keep."""
+
+    def drop(self, lease) -> None:
+        pass

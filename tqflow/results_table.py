@@ -22,12 +22,13 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tqflow.engine.chunks import chunks
 from tqflow.engine.contracts import JSONFiles, StorageReader
 from tqflow.engine.layout import OutputPaths, key_of_output, outputs_prefix
 from tqflow.shard_index import ShardIndex
@@ -89,7 +90,7 @@ def build_results_table(
     wide: set[str] = set()
     left_out: dict[str, str] = {}
     left_out_count = 0
-    for number, chunk in enumerate(_chunks(paths, chunk_rows)):
+    for number, chunk in enumerate(chunks(paths, chunk_rows)):
         records = _records(storage, chunk, shards)
         bad = {path: f"not valid JSON ({why})" for path, why in records.corrupt.items()}
         rows = []
@@ -120,18 +121,13 @@ def build_results_table(
     return ResultsTable(path, rows_written, schema, left_out, left_out_count)
 
 
-def _records(storage: StorageReader, paths: list[str], shards: ShardIndex | None) -> JSONFiles:
+def _records(storage: StorageReader, paths: Sequence[str], shards: ShardIndex | None) -> JSONFiles:
     """The records at ``paths``: the shards' where they have the key, the rest read."""
     held = shards.records([key_of_output(p) for p in paths]) if shards is not None else {}
     unheld = [p for p in paths if key_of_output(p) not in held]
     records = storage.get_json_many(unheld) if unheld else JSONFiles()
     records.update((p, held[key_of_output(p)]) for p in paths if key_of_output(p) in held)
     return records
-
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _row(record: dict[str, Any], path: str) -> dict[str, Any]:

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Any, Iterator
+from typing import Any
 
+from tqflow.engine.chunks import chunks
 from tqflow.engine.contracts import StorageReader
 from tqflow.engine.layout import shards_prefix
 
 #: Shards read at a time (each up to `tqflow.engine.shards.RECORDS_PER_SHARD` records).
 SHARDS_AT_ONCE = 100
-#: Keys looked up per query (SQLite's default limit on parameters is 32,766).
+#: Keys looked up per query: SQLite allows 999 parameters a statement before 3.32 and 32,766
+#: since; 900 fits either.
 KEYS_PER_QUERY = 900
 
 
@@ -71,7 +73,7 @@ class ShardIndex:
 
     def records(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
-        for group in _groups(keys, KEYS_PER_QUERY):
+        for group in chunks(keys, KEYS_PER_QUERY):
             marks = ",".join("?" * len(group))
             query = f"SELECT key, record FROM records WHERE key IN ({marks})"
             for key, record in self._db.execute(query, group):
@@ -84,8 +86,3 @@ class ShardIndex:
 
     def close(self) -> None:
         self._db.close()
-
-
-def _groups(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -160,7 +160,14 @@ class TaskQueue(Block, ABC):
 
     @abstractmethod
     def dead_letter(self, lease: Lease, reason: str) -> bool:
-        """Move the message to the dead-letter queue at once, keeping ``reason``."""
+        """Move the message to the dead-letter queue at once, keeping ``reason``. True when it
+        left the queue; False when it did not: on the local queue, when the lease was no longer
+        this holder's (it ended, and the message may be another worker's now), and nothing
+        moved; on SQS, when the message could not be deleted after its copy reached the
+        dead-letter queue. A delete with an earlier receive's receipt handle succeeds on SQS
+        but "might not" delete (its API reference): with a lease that ended, True may leave
+        the message to come back and be dead-lettered again, a second copy.
+        `NoDeadLetterQueueError` when there is no dead-letter queue."""
 
     @abstractmethod
     def counts(self) -> QueueCounts:

@@ -19,6 +19,7 @@ from pydantic import Field
 from blocks.clients import PerProcessClients
 from blocks.queues.base import SQS_DOCUMENTATION_URL, TaskQueue
 from blocks.queues.sqlite_file import open_queue_file
+from tqflow.engine.chunks import chunks
 from tqflow.engine.contracts import DeadLetter, Lease, QueueCounts
 from tqflow.errors import LeaseLostError, QueueConfigError, QueueError
 
@@ -131,7 +132,7 @@ class LocalTaskQueue(TaskQueue):
             raise ValueError(f"{len(ids)} dedup_ids for {len(bodies)} bodies")
         rows = list(zip(bodies, ids, strict=True))
         sent = 0
-        for chunk in _chunks(rows, _SEND_CHUNK):
+        for chunk in chunks(rows, _SEND_CHUNK):
             now = time.time()
             visible_at = now + delay_seconds
             with self._write() as db:
@@ -150,7 +151,7 @@ class LocalTaskQueue(TaskQueue):
     def _dead_ids(self, db: sqlite3.Connection, dedup_ids: list[str]) -> set[str]:
         """Which of ``dedup_ids`` wait in the dead-letter queue: one indexed query per 500."""
         dead: set[str] = set()
-        for some in _chunks(dedup_ids, 500):  # under SQLite's 999 bound parameters
+        for some in chunks(dedup_ids, 500):  # under SQLite's 999 bound parameters
             marks = ",".join("?" * len(some))
             dead.update(
                 row[0]
@@ -338,8 +339,3 @@ class _Transaction:
             self.conn.execute("COMMIT")
         else:
             self.conn.execute("ROLLBACK")
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

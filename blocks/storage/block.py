@@ -32,6 +32,7 @@ from blocks.storage.cloud import PAGE_SIZE, AwsSession, CloudClient, CloudFolder
 from blocks.storage.failures import permanent_failure
 from blocks.storage.local import LocalFolder
 from tqflow.engine.contracts import JSONFiles
+from tqflow.engine.outputs import json_default
 from tqflow.errors import CorruptFileError, CredentialsError, StorageError, TqflowError
 
 _clients: PerProcessClients[CloudClient] = PerProcessClients()
@@ -239,7 +240,7 @@ class CloudFilesStorage(WritableFileSystem):
     def put_json(self, path: str, obj: Any) -> None:
         """Write ``obj`` as JSON to ``path``. NumPy numbers and arrays are written as plain
         numbers and lists; anything else that is not JSON raises `TypeError`."""
-        content = json.dumps(obj, default=_json_default, allow_nan=True).encode("utf-8")
+        content = json.dumps(obj, default=json_default, allow_nan=True).encode("utf-8")
         self.put(path, content, content_type="application/json")
 
     # -- reading ----------------------------------------------------------------------------
@@ -355,9 +356,3 @@ def _failing_as(what: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise StorageError(f"{what}: {type(exc).__name__}: {exc}") from exc
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):  # NumPy arrays and scalars
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")

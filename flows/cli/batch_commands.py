@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import threading
-from typing import Any, Iterator, List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.table import Table
@@ -14,6 +12,7 @@ from rich.table import Table
 from flows.cli.app import app, console
 from flows.cli.options import Target, load_block_option, target_options, worker_options
 from tqflow.engine.options import WorkerOptions
+from tqflow.engine.signals import stop_on_signals
 from tqflow.errors import CLIInputError, EnqueueInterruptedError, QueueUnreachableError
 
 
@@ -162,7 +161,17 @@ def enqueue_command(
     )
     if found.report():
         console(stderr=True).print(f"[yellow]{found.report()}[/yellow]", soft_wrap=True)
-    with _stop_on_signals() as stop:
+    stop = threading.Event()
+
+    def request_stop() -> bool:
+        stop.set()
+        console(stderr=True).print(
+            "stopping after the step in progress (again to stop at once)", soft_wrap=True
+        )
+        return False  # the enqueue stops itself between steps: nothing to interrupt
+
+    at_once = "tqflow enqueue: second {signal}: stopping now; run the same enqueue again to go on"
+    with stop_on_signals(request_stop, at_once=at_once):
         try:
             result = enqueue_items(
                 queue,
@@ -181,28 +190,6 @@ def enqueue_command(
             console(stderr=True).print(f"[yellow]{exc}[/yellow]", soft_wrap=True)
             raise typer.Exit(130) from None
     console().print(result.line(), soft_wrap=True)
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """While inside (a command's own entry), the first SIGINT / SIGTERM sets the yielded event,
-    which the work checks between steps; a second one interrupts at once."""
-    stop = threading.Event()
-
-    def handle(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        console(stderr=True).print(
-            "stopping after the step in progress (again to stop at once)", soft_wrap=True
-        )
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @app.command()

@@ -225,8 +225,9 @@ def _flags(field: str) -> list[str]:
 
 
 #: `WorkerOptions` fields that get no flag: ``--batch`` sets ``default_batch``, and a fleet
-#: enforces ``memory_limit_mib`` (`tqflow work` is one worker, in this terminal).
-_NOT_WORKER_FLAGS = ("default_batch", "memory_limit_mib")
+#: enforces ``memory_limit_mib`` and names its ``unit`` (`tqflow work` is one worker, in this
+#: terminal, of no fleet).
+_NOT_WORKER_FLAGS = ("default_batch", "memory_limit_mib", "unit")
 
 
 def worker_options(**defaults: Any) -> Callable[[F], F]:

@@ -122,9 +122,17 @@ class Failures:
             return
         if moved:
             self.count(message, Outcome.DEAD_LETTERED, used, exc, trace)
-        self.log.warning(
-            "message %s moved to the dead-letter queue: %s", lease.message_id, _short(reason)
-        )
+            self.log.warning(
+                "message %s moved to the dead-letter queue: %s", lease.message_id, _short(reason)
+            )
+        else:
+            self.count(message, Outcome.FAILED, used, exc, trace)
+            self.log.warning(
+                "message %s could not be moved to the dead-letter queue: its lease had ended "
+                "(it comes back, and is dead-lettered then): %s",
+                lease.message_id,
+                _short(reason),
+            )
         if message is not None:  # an unreadable body stays, with its reason, in the DLQ only
             self.record(message, lease, exc, trace, used=used)
 

@@ -20,7 +20,7 @@ def storable_result(message: TaskMessage, result: Any) -> Any:
     """``result`` as it will be stored: JSON, with NaN and infinities as null (so the analysis
     never meets them). Raises `ResultNotJSONError` naming the call when it is not JSON."""
     try:
-        json.dumps(result, default=_json_default, allow_nan=False)
+        json.dumps(result, default=json_default, allow_nan=False)
         return result
     except ValueError:
         return _finite(result)
@@ -32,7 +32,9 @@ def storable_result(message: TaskMessage, result: Any) -> Any:
         ) from None
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """What ``json.dumps`` makes of a value it does not know: NumPy's arrays and scalars as
+    lists and numbers; anything else is refused."""
     if hasattr(obj, "tolist"):  # NumPy arrays and scalars
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
