@@ -97,6 +97,10 @@ class Storage(Protocol):
 
     def put_json(self, path: str, value: Any) -> None: ...
 
+    def put(self, path: str, content: bytes, content_type: str) -> None:
+        """Write ``content`` as it is (the worker encodes its output records itself, once)."""
+        ...
+
     def delete(self, path: str) -> None: ...
 
 

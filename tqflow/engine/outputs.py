@@ -16,14 +16,15 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def storable_result(message: TaskMessage, result: Any) -> Any:
-    """``result`` as it will be stored: JSON, with NaN and infinities as null (so the analysis
-    never meets them). Raises `ResultNotJSONError` naming the call when it is not JSON."""
+def encoded_output(message: TaskMessage, record: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """An output record (`output_record`) as it is stored, encoded once: JSON, with NaN and
+    infinities in its result as null (so the analysis never meets them), and the record that
+    holds that result. Raises `ResultNotJSONError` naming the call when it is not JSON."""
     try:
-        json.dumps(result, default=json_default, allow_nan=False)
-        return result
-    except ValueError:
-        return _finite(result)
+        return record, _ENCODER.encode(record).encode("utf-8")
+    except ValueError:  # NaN or an infinity somewhere: rare, so only then walked and again
+        record = {**record, "result": _finite(record.get("result"))}
+        return record, _ENCODER.encode(record).encode("utf-8")
     except (TypeError, RecursionError) as exc:
         raise ResultNotJSONError(
             f"the return value of {message.fn}({message.key}) cannot be stored as JSON ({exc}): "
@@ -38,6 +39,10 @@ def json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # NumPy arrays and scalars
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+#: One encoder, kept: ``json.dumps`` builds a new one on every call.
+_ENCODER = json.JSONEncoder(default=json_default, allow_nan=False)
 
 
 def _finite(value: Any) -> Any:

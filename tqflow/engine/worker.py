@@ -50,7 +50,7 @@ from tqflow.engine.layout import output_path
 from tqflow.engine.lease_keeper import LeaseKeeper
 from tqflow.engine.messages import TaskMessage, decode
 from tqflow.engine.options import WorkerOptions
-from tqflow.engine.outputs import output_record, storable_result
+from tqflow.engine.outputs import encoded_output, output_record
 from tqflow.engine.reports import WorkerReports
 from tqflow.engine.retries import RetryRule, retry_delay
 from tqflow.engine.shards import ShardWriter
@@ -378,15 +378,18 @@ class Worker:
             finally:
                 self._busy = False
                 used = self.meter.stop(start)
-            record = output_record(
+            record, content = encoded_output(
                 message,
-                storable_result(message, result),
-                attempt=lease.receive_count,
-                seconds=used.wall_seconds,
-                worker=self.name,
-                resources=used.as_dict(),
+                output_record(
+                    message,
+                    result,
+                    attempt=lease.receive_count,
+                    seconds=used.wall_seconds,
+                    worker=self.name,
+                    resources=used.as_dict(),
+                ),
             )
-            self.storage.put_json(out, record)
+            self.storage.put(out, content, "application/json")
             self.shards.add(message.batch, record)
         except TaskTimeoutError:
             self.time_limit.disarm()  # raised while the task was being ended: end it now
