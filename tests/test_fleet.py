@@ -224,6 +224,22 @@ def _deployment_of_saved_blocks(queue, storage) -> tuple[str, str]:
     return name, deployment
 
 
+def _deployment_pipeline(name: str, **parameters):
+    """The pipeline in deployment mode on the blocks and worker deployment saved as ``name``."""
+    from flows.pipeline import pipeline
+
+    return pipeline(
+        fn="tests.tasks:square",
+        queue=f"local-task-queue/{name}",
+        storage=f"cloud-files-storage/{name}",
+        mode="deployment",
+        worker_deployment=f"worker/{name}",
+        poll_seconds=0.3,
+        analyze=False,
+        **parameters,
+    )
+
+
 @pytest.mark.usefixtures("prefect_api")
 def test_a_run_waiting_past_its_start_timeout_is_waited_for_not_replaced(queue_factory, storage):
     """A run no node takes is waiting for capacity, not lost: an identical run would wait too.
@@ -231,24 +247,16 @@ def test_a_run_waiting_past_its_start_timeout_is_waited_for_not_replaced(queue_f
     the batch is done."""
     from prefect.client.orchestration import get_client
 
-    from flows.pipeline import pipeline
-
     name, deployment = _deployment_of_saved_blocks(queue_factory(), storage)
     with InfrastructureThatSkipsTheFirstRun(deployment) as infrastructure:
-        summary = pipeline(
-            fn="tests.tasks:square",
-            queue=f"local-task-queue/{name}",
-            storage=f"cloud-files-storage/{name}",
+        summary = _deployment_pipeline(
+            name,
             batch="slow-start",
             items=list(range(20)),
-            mode="deployment",
-            worker_deployment=f"worker/{name}",
             workers=2,
             tasks_per_worker=10,
             start_timeout_seconds=3,
             worker_options={"idle_seconds": 0.5},
-            poll_seconds=0.3,
-            analyze=False,
         )
     assert summary["done"] == 20
     assert len(infrastructure.ran) == 1  # the run that started did the batch
@@ -263,25 +271,14 @@ def test_a_run_waiting_past_its_start_timeout_is_waited_for_not_replaced(queue_f
 def test_a_fleet_of_which_no_run_starts_stops_the_batch_saying_why(queue_factory, storage):
     from prefect.client.orchestration import get_client
 
-    from flows.pipeline import pipeline
     from tqflow.errors import WorkersCannotStartError
 
     queue = queue_factory()
     name, deployment = _deployment_of_saved_blocks(queue, storage)
     with InfrastructureThatSkipsTheFirstRun(deployment) as infrastructure:
         with pytest.raises(WorkersCannotStartError, match="no worker of the work pool has"):
-            pipeline(
-                fn="tests.tasks:square",
-                queue=f"local-task-queue/{name}",
-                storage=f"cloud-files-storage/{name}",
-                batch="never",
-                items=list(range(5)),
-                mode="deployment",
-                worker_deployment=f"worker/{name}",
-                workers=1,
-                start_timeout_seconds=2,
-                poll_seconds=0.3,
-                analyze=False,
+            _deployment_pipeline(
+                name, batch="never", items=list(range(5)), workers=1, start_timeout_seconds=2
             )
     assert infrastructure.ran == []
     assert queue.counts().visible == 5  # the tasks wait for a fleet that can start
