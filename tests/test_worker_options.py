@@ -23,11 +23,12 @@ def test_tqflow_work_has_a_flag_for_every_worker_option_a_single_worker_uses():
     missing = [
         name
         for name in WorkerOptions.model_fields
-        if name not in ("default_batch", "memory_limit_mib")
+        if name not in ("default_batch", "memory_limit_mib", "unit")
         and "--" + name.replace("_", "-") not in out
     ]
     assert not missing, f"no tqflow work flag for {missing}"
     assert "--memory-limit-mib" not in out  # a fleet enforces it: nothing would, here
+    assert "--unit" not in out  # a fleet names its units: one worker in a terminal is none
 
 
 def test_the_worker_flow_takes_the_options_model():
