@@ -29,6 +29,7 @@ class CountSizer:
     ``ceil(visible / tasks_per_unit)`` up to the fleet's size, whatever they cost in time."""
 
     shrinks = False
+    deadline_seconds: Optional[float] = None
 
     def __init__(self, most: int, tasks_per_unit: int) -> None:
         self.most, self.tasks_per_unit = most, tasks_per_unit

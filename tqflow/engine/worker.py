@@ -142,9 +142,9 @@ class Worker:
             [*queue.allowed_modules, *self.options.allow, *self.options.import_modules], storage
         )
         self._buffer: deque[Lease] = deque()
-        #: Whether each buffered lease's output existed when it was received, by receipt:
-        #: asked once for the whole receive (`_outputs_done`).
-        self._done_at_receive: dict[str, bool] = {}
+        #: Each buffered lease's message, decoded when it was received, and whether its output
+        #: existed then (asked once for the whole receive), by receipt (`_read_receive`).
+        self._received: dict[str, tuple[TaskMessage, Optional[bool]]] = {}
         self._busy = False  # a task or a receive is running: a stop interrupts it
         self._reach = QueueReach(
             queue.queue_name, self.options.queue_unreachable_seconds, self.stop, self.log
@@ -284,31 +284,33 @@ class Worker:
             if self.stop.is_set():  # stopped during the receive: the keeper releases them
                 return None
             self._buffer.extend(leases)
-            self._done_at_receive = self._outputs_done(leases)
+            self._received = self._read_receive(leases)
         return self._buffer.popleft()
 
-    def _outputs_done(self, leases: list[Lease]) -> dict[str, bool]:
-        """Whether each lease's output exists, asked for all of a receive at once: one request
-        for ten prefetched messages, not one before each task (on GCS, its batch endpoint; a
-        trivial task paid two round trips before its ack). Only a hint: a lease it cannot
-        answer for is checked on its own before its task runs."""
-        if self.options.overwrite:
-            return {}
-        paths: dict[str, str] = {}
+    def _read_receive(self, leases: list[Lease]) -> dict[str, tuple[TaskMessage, Optional[bool]]]:
+        """Each lease's message, decoded once, and whether its output exists, asked for all of
+        a receive at once: one request for ten prefetched messages, not one before each task
+        (on GCS, its batch endpoint; a trivial task paid two round trips before its ack).
+        Only a hint: a body that does not decode is left to its task's own steps, which say
+        what is wrong, and an output not answered for is checked before its task runs."""
+        messages: dict[str, TaskMessage] = {}
         for lease in leases:
             try:
-                message = decode(lease.body, self.options.default_batch)
-            except Exception:  # the task's own steps say what is wrong with it
+                messages[lease.receipt] = decode(lease.body, self.options.default_batch)
+            except Exception:
                 continue
-            paths[lease.receipt] = output_path(message.batch, message.key)
-        if not paths:
-            return {}
-        try:
-            found = self.storage.exists_many(list(paths.values()))
-        except Exception as exc:
-            self.log.debug("could not check the outputs of a receive at once: %s", exc)
-            return {}
-        return {receipt: found[path] for receipt, path in paths.items() if path in found}
+        found: dict[str, bool] = {}
+        if messages and not self.options.overwrite:
+            try:
+                found = self.storage.exists_many(
+                    [output_path(m.batch, m.key) for m in messages.values()]
+                )
+            except Exception as exc:
+                self.log.debug("could not check the outputs of a receive at once: %s", exc)
+        return {
+            receipt: (message, found.get(output_path(message.batch, message.key)))
+            for receipt, message in messages.items()
+        }
 
     def _prefetch(self) -> int:
         """Messages to lease per receive: enough to cover ``prefetch_seconds`` of work at the
@@ -339,9 +341,11 @@ class Worker:
     def _process(self, lease: Lease, keeper: LeaseKeeper, failures: Failures) -> None:
         """Run one message to its end: acknowledged, retried or dead-lettered. Never raises
         for anything that concerns this message alone."""
-        message: TaskMessage | None = None
+        received: tuple[TaskMessage | None, bool | None] = (None, None)
+        message, done = self._received.pop(lease.receipt, received)
         try:
-            message = decode(lease.body, self.options.default_batch)
+            if message is None:
+                message = decode(lease.body, self.options.default_batch)
             self.allowed.check(message)
             func = resolve(message.fn)
             bound = bind(
@@ -358,7 +362,6 @@ class Worker:
         used: TaskResources | None = None
         reason = "timed out"
         try:
-            done = self._done_at_receive.pop(lease.receipt, None)
             if done is None and not self.options.overwrite:
                 done = self.storage.exists(out)
             if done:

@@ -83,7 +83,3 @@ class ApiBudget:
         allowed = max(0, min(wanted, int(self._tokens // RUN_REQUESTS)))
         self._tokens -= allowed * RUN_REQUESTS
         return allowed
-
-    def seconds_per_launch(self) -> float:
-        """The pace the budget keeps launches to, once its burst is spent."""
-        return 0.0 if self.per_minute is None else 60.0 * RUN_REQUESTS / self.per_minute

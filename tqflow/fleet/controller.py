@@ -116,7 +116,9 @@ class PipelineStart:
     dead_before: int
 
     @classmethod
-    def of(cls, storage: Storage, batch: str, run_key: str, dead_now: int, now: float) -> Any:
+    def of(
+        cls, storage: Storage, batch: str, run_key: str, dead_now: int, now: float
+    ) -> "PipelineStart":
         path = pipeline_run_path(batch, run_key)
         try:
             kept = storage.get_json(path)
@@ -177,6 +179,7 @@ class BatchController:
         self._logged_tenths = 0
         self._next_log = 0.0
         self._told_waiting = ""
+        self._suspected = False
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -213,6 +216,7 @@ class BatchController:
         view = self._try("the Prefect API", self.fleet.observe)
         self.budget.look(now)
         known = counts is not None and view is not None
+        self.unknown_looks += not known
         if counts is not None:
             self._counts = counts
         if view is not None:
@@ -228,7 +232,7 @@ class BatchController:
             progress.projected_finish_seconds = self.sizer.projected_finish(
                 progress, self._view.running
             )
-            progress.deadline_seconds = getattr(self.sizer, "deadline_seconds", None)
+            progress.deadline_seconds = self.sizer.deadline_seconds
         self._report(progress)
         if not known:
             return self._time_limit(progress.elapsed_seconds)
@@ -242,13 +246,12 @@ class BatchController:
     def _progress(self, counts: QueueCounts, view: FleetView, stale: bool) -> Progress:
         now = self.clock.monotonic()
         elapsed = self.clock.time() - self.start.started_at
-        provisional = progress_of(counts, self.total, self.start.dead_before, elapsed, 0.0)
-        finished = provisional.done + provisional.dead_lettered
+        progress = progress_of(counts, self.total, self.start.dead_before, elapsed)
+        finished = progress.done + progress.dead_lettered
         if self._first is None:
             self._first = (now, finished)
         seconds = now - self._first[0]
-        rate = (finished - self._first[1]) / seconds if seconds > 0 else 0.0
-        progress = progress_of(counts, self.total, self.start.dead_before, elapsed, rate)
+        progress.measured((finished - self._first[1]) / seconds if seconds > 0 else 0.0)
         progress.workers_running = view.running
         progress.workers_starting = view.starting
         progress.workers_waiting = view.waiting
@@ -290,7 +293,7 @@ class BatchController:
         if self.liveness is None or not view.running_units:
             return
         silent = self._try("the workers' reports", self.liveness.silent, view.running_units, now)
-        if self.liveness.suspect:
+        if self.liveness.suspect and not self._suspected:  # said once, until it passes
             self.log.warning(
                 "%d of %d running workers have written no report for %.0f s: more likely the "
                 "storage their reports go to than the workers; none is declared lost",
@@ -298,6 +301,7 @@ class BatchController:
                 len(view.running_units),
                 self.settings.silent_seconds,
             )
+        self._suspected = bool(self.liveness.suspect)
         if silent:
             self.log.warning(
                 "%d workers wrote no report for %.0f s though their runs have not ended: "
@@ -365,7 +369,6 @@ class BatchController:
         try:
             result = call(*args)
         except Exception as exc:
-            self.unknown_looks += 1
             if what not in self._failing:
                 self._failing[what] = self.clock.monotonic()
                 self.log.warning(

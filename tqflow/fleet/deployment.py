@@ -69,7 +69,6 @@ class _Run:
     stopping: bool = False
     #: Looks in a row that did not find it among the runs not started.
     not_seen_waiting: int = 0
-    state_name: str = ""
 
 
 def _prefect_client() -> AbstractContextManager[Any]:
@@ -248,7 +247,6 @@ class DeploymentFleet(Fleet):
             for run_id, run in self._live.items():
                 if run_id in not_started:
                     run.not_seen_waiting = 0
-                    run.state_name = not_started[run_id].state.name
                 elif not run.started:
                     # Started when two looks in a row did not find it waiting: a page of
                     # waiting runs that shifted under the reader cannot start one.
@@ -263,15 +261,16 @@ class DeploymentFleet(Fleet):
                 and now - run.since >= self.start_timeout_seconds
             ]
             reason, cannot_start = self._why_waiting(client, waiting, now)
-        live = [(i, r) for i, r in self._live.items()]
+        running = [str(i) for i, r in self._live.items() if r.started and not r.stopping]
+        stopping = sum(1 for r in self._live.values() if r.stopping)
         return FleetView(
-            starting=sum(1 for _, r in live if not r.started and not r.stopping),
-            running=sum(1 for _, r in live if r.started and not r.stopping),
-            stopping=sum(1 for _, r in live if r.stopping),
+            starting=len(self._live) - len(running) - stopping,
+            running=len(running),
+            stopping=stopping,
             waiting=len(waiting),
             waiting_reason=reason,
             cannot_start=cannot_start,
-            running_units=frozenset(str(i) for i, r in live if r.started and not r.stopping),
+            running_units=frozenset(running),
         )
 
     def _record_ends(self, client: Any, runs: list[Any]) -> None:
@@ -337,7 +336,8 @@ class DeploymentFleet(Fleet):
         return len(chosen)
 
     def declare_lost(self, units: Iterable[str], ending: Ending) -> None:
-        silent = [i for i in self._live if str(i) in set(units)]
+        units = set(units)
+        silent = [i for i in self._live if str(i) in units]
         if not silent:
             return
         with self._client() as client:

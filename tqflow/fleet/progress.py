@@ -48,6 +48,12 @@ class Progress:
         """Tasks neither done, dead-lettered nor in flight."""
         return max(0, self.pending - self.in_flight)
 
+    def measured(self, rate: float) -> None:
+        """Set the rate (tasks a second) and the finish it projects."""
+        remaining = max(0, self.total - self.done - self.dead_lettered)
+        self.tasks_per_second = round(rate, 3)
+        self.eta_seconds = round(remaining / rate, 1) if rate > 0 and remaining else None
+
     def line(self) -> str:
         eta = "-" if self.eta_seconds is None else f"{self.eta_seconds:,.0f}s"
         wanted = "" if self.workers_wanted is None else f" (wanted {self.workers_wanted})"
@@ -67,14 +73,11 @@ class Progress:
         return asdict(self)
 
 
-def progress_of(
-    counts: QueueCounts, total: int, dead_before: int, elapsed: float, rate: float
-) -> Progress:
+def progress_of(counts: QueueCounts, total: int, dead_before: int, elapsed: float) -> Progress:
     """The batch's progress from its queue's counts, ``elapsed`` seconds after the pipeline
-    started, at ``rate`` tasks a second."""
+    started; its rate is the controller's to measure (`Progress.measured`)."""
     dead = max(0, counts.dead - dead_before)
     done = max(0, total - counts.pending - dead)
-    remaining = max(0, total - done - dead)
     return Progress(
         total=total,
         done=done,
@@ -84,6 +87,6 @@ def progress_of(
         dead_lettered=dead,
         workers_running=0,
         elapsed_seconds=round(elapsed, 3),
-        tasks_per_second=round(rate, 3),
-        eta_seconds=round(remaining / rate, 1) if rate > 0 and remaining else None,
+        tasks_per_second=0.0,
+        eta_seconds=None,
     )

@@ -44,6 +44,12 @@ HISTORY_POINTS = 2_000
 class Sizer(Protocol):
     #: Whether the controller may shrink the fleet to what it recommends.
     shrinks: bool
+
+    @property
+    def deadline_seconds(self) -> Optional[float]:
+        """The batch's deadline (seconds from the pipeline's start), for a sizer that has one."""
+        ...
+
     #: Recommendations (elapsed seconds, units), thinned to `HISTORY_POINTS`.
     history: list[tuple[float, int]]
 
@@ -139,6 +145,7 @@ class FixedSizer(_History):
     """Up to ``most`` units while the visible work is worth a start of ``start_seconds``."""
 
     shrinks = False
+    deadline_seconds: Optional[float] = None
 
     def __init__(
         self,
