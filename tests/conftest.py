@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -116,11 +117,25 @@ def fake_gcs() -> Iterator[FakeGCS]:
         yield gcs
 
 
+@contextlib.contextmanager
+def _gcs_clients_for(endpoint: str, monkeypatch) -> Iterator[None]:
+    """This test's gs:// clients talk to ``endpoint``: cloud-files keeps one pool of GCS clients
+    per bucket for the process, each made with the ``STORAGE_EMULATOR_HOST`` of its first use,
+    so the pools are emptied before and after (fake-gcs-server's bucket is reached both directly
+    and through `gcs_stand_in`)."""
+    import cloudfiles
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+    cloudfiles.reset_connection_pools()
+    yield
+    cloudfiles.reset_connection_pools()
+
+
 @pytest.fixture
-def fake_gcs_storage(fake_gcs, monkeypatch) -> CloudFilesStorage:
+def fake_gcs_storage(fake_gcs, monkeypatch) -> Iterator[CloudFilesStorage]:
     """A gs:// folder of its own on fake-gcs-server, which this test's clients talk to."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs.endpoint)
-    return CloudFilesStorage(cloudpath=f"gs://{fake_gcs.bucket}/{uuid.uuid4().hex[:10]}")
+    with _gcs_clients_for(fake_gcs.endpoint, monkeypatch):
+        yield CloudFilesStorage(cloudpath=f"gs://{fake_gcs.bucket}/{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture(scope="session")
@@ -135,10 +150,10 @@ def gcs_stand_in(fake_gcs) -> Iterator[Any]:
 
 
 @pytest.fixture
-def gcs_bucket_storage(fake_gcs, gcs_stand_in, monkeypatch) -> CloudFilesStorage:
+def gcs_bucket_storage(fake_gcs, gcs_stand_in, monkeypatch) -> Iterator[CloudFilesStorage]:
     """A gs:// folder of its own on `gcs_stand_in`, which this test's clients talk to."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_stand_in.endpoint)
-    return CloudFilesStorage(cloudpath=f"gs://{fake_gcs.bucket}/{uuid.uuid4().hex[:10]}")
+    with _gcs_clients_for(gcs_stand_in.endpoint, monkeypatch):
+        yield CloudFilesStorage(cloudpath=f"gs://{fake_gcs.bucket}/{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture
