@@ -84,11 +84,11 @@ def measure(endpoint: str, folder: str, counts_url: str, n: int) -> dict[str, fl
     import httpx
 
     from blocks.storage import CloudFilesStorage
-    from flows.enqueue import done_outputs
     from tqflow.engine.layout import outputs_prefix, report_path, reports_digest_path
     from tqflow.engine.reports import read_reports
-    from tqflow.results_table import build_results_table, output_paths
-    from tqflow.shard_index import ShardIndex
+    from tqflow.enqueue import done_outputs
+    from tqflow.results.shard_index import ShardIndex
+    from tqflow.results.table import build_results_table, output_paths
 
     os.environ["STORAGE_EMULATOR_HOST"] = endpoint
     storage = CloudFilesStorage(cloudpath=f"gs://{BUCKET}/{folder}")

@@ -40,8 +40,8 @@ def drain(endpoint: str, proxy: Any, kind: str, n: int) -> dict[str, float]:
     import cloudfiles
 
     from blocks import CloudFilesStorage, LocalTaskQueue
-    from flows.enqueue import enqueue_items
     from tqflow.engine.options import WorkerOptions
+    from tqflow.enqueue import enqueue_items
 
     os.environ["STORAGE_EMULATOR_HOST"] = endpoint
     # cloud-files pools its GCS clients per process: one made for an earlier proxy's port

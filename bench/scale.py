@@ -66,7 +66,7 @@ def _blocks(folder: Path) -> tuple[Any, Any]:
 
 
 def _enqueue(folder: Path, n: int) -> dict[str, Any]:
-    from flows.enqueue import enqueue_items
+    from tqflow.enqueue import enqueue_items
 
     queue, storage = _blocks(folder)
     import bench.tasks  # noqa: F401  (imported by the enqueue otherwise: not its cost)
@@ -151,8 +151,8 @@ def _status(folder: Path, n: int) -> dict[str, Any]:
 
 def _dead_letters(folder: Path, n: int) -> dict[str, Any]:
     from blocks import LocalTaskQueue
-    from flows.dead_letters import describe, in_batch
     from tqflow.engine.messages import TaskMessage
+    from tqflow.results.dead_letters import describe, in_batch
 
     _, storage = _blocks(folder)
     dead = LocalTaskQueue(path=str(folder / "dead.sqlite"), queue_name=BATCH, wait_seconds=0)
@@ -175,7 +175,7 @@ def _dead_letters(folder: Path, n: int) -> dict[str, Any]:
 
 def _analysis(folder: Path, n: int) -> dict[str, Any]:
     """The `analysis` flow's work, without the Prefect artifacts."""
-    from flows.analysis import analyze_batch
+    from tqflow.results.analyze import analyze_batch
 
     _, storage = _blocks(folder)
     started = time.perf_counter()

@@ -97,10 +97,10 @@ def _blocks(moto: str, n: int) -> tuple[Any, Any]:
 
 def measure(n: int, moto: str, emulator: str) -> dict[str, Any]:
     """Enqueue, drain and resume-check ``n`` items; seconds and requests of each stage."""
-    from flows.enqueue import enqueue_items
     from tqflow.engine.layout import outputs_prefix
     from tqflow.engine.options import WorkerOptions
     from tqflow.engine.worker import Worker
+    from tqflow.enqueue import enqueue_items
 
     ports = {urlsplit(moto).port: "sqs", urlsplit(emulator).port: "storage"}
     queue, storage = _blocks(moto, n)

@@ -43,9 +43,9 @@ def counting_sqs_requests() -> Iterator[Counter]:
 def tqflow_sqs(endpoint: str, n: int) -> dict:
     from blocks import CloudFilesStorage
     from blocks.queues.sqs import SQSTaskQueue
-    from flows.enqueue import enqueue_items
     from tqflow.engine.options import WorkerOptions
     from tqflow.engine.worker import Worker
+    from tqflow.enqueue import enqueue_items
 
     queue = SQSTaskQueue(
         queue_name=f"bench-{uuid.uuid4().hex[:8]}",

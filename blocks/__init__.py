@@ -4,9 +4,10 @@ Importing this package registers the block types with Prefect; the ``prefect.col
 entry point makes a Prefect server in the same environment import it.
 """
 
-from blocks.cave import CAVECredentials, CAVETableQuery
+from blocks.cave import CAVECredentials
 from blocks.queues import LocalTaskQueue, SQSTaskQueue, TaskQueue
 from blocks.storage import CloudFilesStorage
+from tqflow.enqueue import CAVETableQuery
 from tqflow.errors import PermanentTaskError, TqflowError
 
 __all__ = [

@@ -17,9 +17,10 @@ from urllib.parse import urlparse
 
 from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from blocks.slugs import block_slug
+from tqflow.enqueue.source import CAVETableQuery
 from tqflow.errors import CAVEQueryError, CredentialsError
 
 if TYPE_CHECKING:
@@ -27,25 +28,6 @@ if TYPE_CHECKING:
     from caveclient import CAVEclient
 
 DEFAULT_SERVER = "https://global.daf-apis.com"
-
-
-class CAVETableQuery(BaseModel):
-    """Work items from a CAVE materialization table: the distinct values of one column of the
-    rows that pass the filters (e.g. every root ID of one cell type)."""
-
-    table: str = Field(
-        description="Materialization table or view, e.g. aibs_metamodel_celltypes_v661."
-    )
-    column: str = Field(default="pt_root_id", description="Column holding the items.")
-    filter_equal: dict[str, Any] = Field(
-        default_factory=dict, description="Column -> value the rows must equal."
-    )
-    filter_in: dict[str, list[Any]] = Field(
-        default_factory=dict, description="Column -> values the rows must be one of."
-    )
-    materialization_version: Optional[int] = Field(
-        default=None, description="Version to query; empty: the CAVE block's."
-    )
 
 
 class CAVECredentials(Block):
@@ -173,7 +155,7 @@ class CAVECredentials(Block):
         self, query: CAVETableQuery, client: Optional["CAVEclient"] = None
     ) -> "pd.Series":
         """The ``query.column`` of the rows the query selects, in table order: a batch's work
-        items, as caveclient returns them (`tqflow.items.exact_column` reads them exactly)."""
+        items, as caveclient returns them (`tqflow.enqueue.items.exact_column` reads them exactly)."""
         frame = self.query_table(
             query.table,
             filter_equal=query.filter_equal,

@@ -18,19 +18,19 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-from blocks.cave import CAVECredentials, CAVETableQuery
+from blocks.cave import CAVECredentials
 from blocks.queues import QueueParameter, TaskQueue
 from blocks.slugs import block_slug, load_block
 from blocks.storage import CloudFilesStorage
 from flows.analysis import analysis
-from flows.enqueue import ItemSource, enqueue
+from flows.enqueue import enqueue
 from tqflow.artifacts import artifact_key
-from tqflow.dashboard import BatchDashboard
 from tqflow.engine.drain import DrainBoard
 from tqflow.engine.layout import errors_prefix, outputs_prefix
 from tqflow.engine.messages import check_batch
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.reports import batch_tally, read_reports, report_seconds_for
+from tqflow.enqueue import CAVETableQuery, ItemSource
 from tqflow.errors import (
     BatchTimeLimitError,
     DeadLettersError,
@@ -41,6 +41,7 @@ from tqflow.errors import (
 from tqflow.fleet.api_budget import BudgetSetting
 from tqflow.fleet.base import Fleet
 from tqflow.fleet.controller import BatchController, BatchOutcome, Ended, PipelineStart
+from tqflow.fleet.dashboard import BatchDashboard
 from tqflow.fleet.deployment import DeploymentFleet, batch_tag
 from tqflow.fleet.local import LocalFleet
 from tqflow.fleet.plan import FanOutPlan

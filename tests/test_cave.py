@@ -13,7 +13,6 @@ import pytest
 import responses
 
 from blocks import CAVECredentials, CAVETableQuery, CloudFilesStorage, LocalTaskQueue
-from flows.enqueue import ItemSource
 from tests.support.cave_service import (
     DATASTACK,
     QUERY_URL,
@@ -26,6 +25,7 @@ from tests.support.helpers import enqueue
 from tqflow.engine.layout import output_path
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.worker import Worker
+from tqflow.enqueue import ItemSource
 from tqflow.errors import CAVEQueryError, CredentialsError
 
 SYNAPSES = pd.DataFrame(

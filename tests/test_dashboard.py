@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tqflow.dashboard import Snapshot, markdown
+from tqflow.fleet.dashboard import Snapshot, markdown
 from tqflow.fleet.progress import Progress
 
 

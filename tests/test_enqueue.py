@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from flows.enqueue import ItemSource, done_outputs, enqueue_items
 from tqflow.engine.layout import output_path
+from tqflow.enqueue import ItemSource, done_outputs, enqueue_items
 from tqflow.errors import BadArgumentsError, ItemSourceError, MessageTooLargeError
 
 

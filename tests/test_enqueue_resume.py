@@ -166,8 +166,8 @@ def test_running_a_finished_enqueue_again_queues_nothing(target, tmp_path):
 
 
 def test_the_sent_record_reads_its_steps_and_those_earlier_versions_wrote(storage):
-    from flows.enqueue import SentRecord
     from tqflow.engine.layout import enqueued_prefix
+    from tqflow.enqueue.sent_record import SentRecord
 
     record = SentRecord(storage, "b", "q")
     storage.put(enqueued_prefix("b", "q") + "00000000000000000001-old.txt", b"1\n2\n")

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from flows.enqueue import enqueue_items
 from tests.support.helpers import enqueue
 from tqflow.engine.layout import output_path
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.worker import Worker
+from tqflow.enqueue import enqueue_items
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from blocks import LocalTaskQueue
 from flows.cli import app
-from flows.enqueue import ItemSource, enqueue_items
 from tqflow.engine.messages import decode
+from tqflow.enqueue import ItemSource, enqueue_items
+from tqflow.enqueue.items import parse_item
 from tqflow.errors import BadArgumentsError, ItemSourceError, UnknownFunctionError
-from tqflow.items import parse_item
 
 #: Real-size root IDs (> 2**53): as float64 the first two are the same number, and the third
 #: becomes ...768.

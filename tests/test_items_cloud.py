@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from flows.enqueue import ItemSource
 from flows.pipeline import pipeline
 from tests.support.cloud import GCS_BUCKET
 from tqflow.engine.layout import output_path
+from tqflow.enqueue import ItemSource
 from tqflow.errors import ItemSourceError
 
 ROOT_IDS = [864691135000000000 + 7 * i for i in range(100_000)]

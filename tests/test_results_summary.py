@@ -7,8 +7,8 @@ import pytest
 
 from blocks import CloudFilesStorage
 from tests.support.helpers import write_outputs
-from tqflow.results_summary import summarise
-from tqflow.results_table import build_results_table, output_paths
+from tqflow.results.summary import summarise
+from tqflow.results.table import build_results_table, output_paths
 
 ROOT = 864691135000000000
 

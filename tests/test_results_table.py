@@ -8,7 +8,7 @@ import pytest
 from blocks import CloudFilesStorage
 from tests.support.helpers import write_outputs
 from tqflow.engine.layout import output_path
-from tqflow.results_table import build_results_table, output_paths
+from tqflow.results.table import build_results_table, output_paths
 
 
 @pytest.fixture

@@ -113,8 +113,8 @@ def test_messages_dead_lettered_before_they_ran_do_not_shorten_the_mean_task():
 
 
 def test_the_cost_so_far_is_the_worker_time_at_a_pods_share_of_its_node_price():
-    from tqflow.dashboard import cost_lines
     from tqflow.engine.task_resources import TaskResources
+    from tqflow.fleet.dashboard import cost_lines
 
     tally = BatchTally()
     for _ in range(7200):  # two worker-hours of one-second tasks at 900 MiB

@@ -1,5 +1,5 @@
 """Output records in shards (`tqflow.engine.shards`), and an analysis that reads them first
-(`tqflow.shard_index`): every item exactly once, whatever happened between a worker's outputs
+(`tqflow.results.shard_index`): every item exactly once, whatever happened between a worker's outputs
 and its shard."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import signal
 
 import pyarrow.parquet as pq
 
-from flows.analysis import analyze_batch
 from tests.support.helpers import enqueue, run_worker, wait_until
 from tqflow.engine.layout import (
     analysis_table_path,
@@ -21,6 +20,7 @@ from tqflow.engine.layout import (
     shards_prefix,
 )
 from tqflow.engine.shards import ShardWriter
+from tqflow.results.analyze import analyze_batch
 
 ITEMS = 40
 

@@ -9,13 +9,13 @@ from functools import partial
 import pytest
 
 from blocks.queues.sqs import SQSTaskQueue
-from flows.enqueue import enqueue_items
 from tests.support.cloud import sqs_credentials
 from tests.support.helpers import enqueue, run_worker, sqs_only, task_queue_bodies
 from tests.support.sqs_faults import SQSFaults
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.specs import block_from_spec, block_spec
 from tqflow.engine.worker import Worker
+from tqflow.enqueue import enqueue_items
 from tqflow.errors import QueueConfigError
 
 

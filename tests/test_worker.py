@@ -186,7 +186,7 @@ def test_an_idle_worker_does_not_end_on_one_reading_of_an_empty_queue(
 def test_a_corrupt_batch_record_dead_letters_at_once_and_a_new_enqueue_mends_it(
     queue_factory, storage
 ):
-    from flows.enqueue import enqueue_items
+    from tqflow.enqueue import enqueue_items
 
     queue = queue_factory(allowed_modules=[], max_receive_count=5)  # the batch record decides
     enqueue_items(queue, storage, "tests.tasks:square", range(3), "b")
@@ -239,9 +239,9 @@ def test_a_task_that_exits_or_raises_a_base_exception_fails_and_the_worker_drain
 def test_a_worker_runs_a_function_enqueued_into_its_batch_after_it_started(queue_factory, storage):
     import threading
 
-    from flows.enqueue import enqueue_items
     from tqflow.engine.options import WorkerOptions
     from tqflow.engine.worker import Worker
+    from tqflow.enqueue import enqueue_items
 
     queue = queue_factory(allowed_modules=[])  # only the batch's own functions may run
     enqueue_items(queue, storage, "tests.tasks:square", [1, 2], "b")

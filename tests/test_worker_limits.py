@@ -17,13 +17,13 @@ import threading
 import pytest
 
 from blocks import CloudFilesStorage, LocalTaskQueue
-from flows.enqueue import enqueue_items
 from tests.support.helpers import child_env, enqueue, run_worker
 from tqflow.engine import process as worker_process
 from tqflow.engine.failures import read_error_record
 from tqflow.engine.lease_keeper import LeaseKeeper
 from tqflow.engine.options import WorkerOptions
 from tqflow.engine.worker import Worker
+from tqflow.enqueue import enqueue_items
 
 
 @pytest.fixture

@@ -4,5 +4,6 @@
 - `tqflow.fleet`: starting workers (local processes or deployment runs) and watching a batch drain.
 - `tqflow.gke`: sizing pods for a GKE node and the work pool's job template.
 - `tqflow.errors`: every error tqflow raises on purpose.
-- `tqflow.items`: reading work items; `tqflow.examples`: example task functions.
+- `tqflow.enqueue`: queueing a batch; `tqflow.results`: reading it back (analysis, dead letters).
+- `tqflow.examples`: example task functions.
 """

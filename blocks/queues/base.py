@@ -42,7 +42,7 @@ class TaskQueue(Block, ABC):
     max_message_bytes: ClassVar[int] = 262_144
     #: Whether `send` honours ``dedup_ids``: a body whose id is live in the queue (or in its
     #: dead-letter queue) is not sent again. SQS standard queues cannot; enqueue then keeps its
-    #: own record of what was sent (`flows.enqueue`).
+    #: own record of what was sent (`tqflow.enqueue.sent_record`).
     deduplicates: ClassVar[bool] = False
     #: Longest a lease can last from its receive, extensions included (SQS: 12 hours). The
     #: local queue keeps SQS's rule, so a batch tried locally meets it as it would on SQS.

@@ -134,13 +134,13 @@ def enqueue_command(
     """Queue one task per item. Items already done, or already queued by an earlier run, are
     skipped: run it again after Ctrl-C and it queues the rest."""
     from blocks.cave import CAVECredentials
-    from flows.enqueue import ItemSource, enqueue_items
-    from tqflow.items import parse_item
+    from tqflow.enqueue import ItemSource, enqueue_items
+    from tqflow.enqueue.items import parse_item
 
     fixed = _json_object("--kwargs", kwargs)
     cave_query = None
     if cave_table is not None:
-        from blocks.cave import CAVETableQuery
+        from tqflow.enqueue import CAVETableQuery
 
         cave_query = CAVETableQuery(
             table=cave_table,
@@ -230,9 +230,9 @@ def status(
     ),
 ) -> None:
     """Show the queue (with its dead-letter queue) and what the batch's workers did."""
-    from tqflow.dashboard import failure_lines, resource_lines
     from tqflow.engine.layout import outputs_prefix
     from tqflow.engine.reports import batch_tally, read_reports
+    from tqflow.fleet.dashboard import failure_lines, resource_lines
 
     q, storage, batch = target.queue(must_exist=True), target.storage(), target.batch
     counts = q.counts()

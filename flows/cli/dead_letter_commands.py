@@ -21,7 +21,7 @@ def dead_letters_list(
 ) -> None:
     """List the batch's dead-lettered messages: item, receives, why, and the task's last
     error. On a queue named with --queue / --queue-block, only --batch's messages."""
-    from flows.dead_letters import describe, in_batch
+    from tqflow.results.dead_letters import describe, in_batch
 
     q, storage, batch = target.queue(must_exist=True), target.storage(), target.batch
     select = in_batch(batch) if target.names_queue else None
@@ -62,7 +62,7 @@ def dead_letters_redrive(
 ) -> None:
     """Move the batch's dead-lettered messages back into the queue, receive counts reset. On a
     queue named with --queue / --queue-block, only --batch's messages."""
-    from flows.dead_letters import in_batch
+    from tqflow.results.dead_letters import in_batch
 
     q = target.queue(must_exist=True)
     select = in_batch(target.batch) if target.names_queue else None

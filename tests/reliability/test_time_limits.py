@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from flows.enqueue import enqueue_items
 from tests.reliability.conftest import scaled
 from tqflow.engine.failures import read_error_record
 from tqflow.engine.layout import output_path
+from tqflow.enqueue import enqueue_items
 
 ITEMS = scaled(6, 60)
 HUNG = scaled([2], [3, 17, 41])

@@ -133,3 +133,50 @@ class CAVESource(Protocol):
 
 class BatchFolder(StorageReader, Storage, Protocol):
     """A batch's folder read and written by one reader: the worker reports and their digest."""
+
+
+class BatchStorage(BatchFolder, Protocol):
+    """A batch's folder as an enqueue and an analysis use it (`blocks.CloudFilesStorage`):
+    checked before a batch starts, read at full addresses, and its files read back."""
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the folder is on this machine's disk (``file://``)."""
+        ...
+
+    def check(self) -> None:
+        """Raise `StorageError`, naming the fix, if the folder cannot be used."""
+        ...
+
+    def url(self, path: str) -> str: ...
+
+    def get(self, path: str) -> bytes | None: ...
+
+    def read_url(self, url: str) -> bytes | None:
+        """A file anywhere else (e.g. an items file), read with this folder's credentials."""
+        ...
+
+
+class EnqueueTarget(Protocol):
+    """A queue as an enqueue sends to it (`blocks.queues.TaskQueue`)."""
+
+    queue_name: str
+    #: Whether the queue drops a message whose dedup id it holds (the local queue; not SQS).
+    deduplicates: bool
+    max_message_bytes: int
+
+    def ensure(self) -> None:
+        """Create the queue (and its dead-letter queue) if it does not exist."""
+        ...
+
+    def send(self, bodies: Iterable[str], dedup_ids: Sequence[str] | None = None) -> int:
+        """Send ``bodies``; the number sent (a deduplicating queue drops ids it holds)."""
+        ...
+
+
+class CAVETables(Protocol):
+    """Where an enqueue reads a CAVE table's column (`blocks.CAVECredentials`)."""
+
+    def query_column(self, query: Any) -> Any:
+        """The column of the rows the query (`tqflow.enqueue.CAVETableQuery`) selects."""
+        ...

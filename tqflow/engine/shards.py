@@ -6,7 +6,7 @@ still the source of truth: for resume, for `status`, for what exists) and writes
 batch, as one shard of up to `RECORDS_PER_SHARD` at a time: ``<batch>/shards/<writer>-<n>.json``,
 ``{"records": [...]}``. A shard is written when it is full, when the worker finds the queue
 empty, and when it stops. A worker killed before its shard is written loses nothing: those
-outputs are in no shard, and the analysis reads them one by one (`tqflow.shard_index`). A key
+outputs are in no shard, and the analysis reads them one by one (`tqflow.results.shard_index`). A key
 in two shards (a task run again after its lease ran out) is one row: the record that finished
 last, which is the one its output holds.
 """

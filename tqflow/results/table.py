@@ -6,7 +6,7 @@ fields (or one ``result`` column when the result is not a dict), then ``task_sec
 kept as ``result.<name>`` beside it, so a result never replaces the key that joins it to its item.
 
 Chunks of ``chunk_rows`` records are taken from the batch's shards where they hold them
-(`tqflow.shard_index`: a thousand records a request) and read in parallel from the outputs
+(`tqflow.results.shard_index`: a thousand records a request) and read in parallel from the outputs
 otherwise (`CloudFilesStorage.get_json_many`), turned into Arrow columns and written as parts to a local folder; the parts are then joined
 into one file under one schema: a column missing from a part is null there; a column that is
 int in one part and float in another is float, unless its integers are too large for a float
@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from tqflow.engine.chunks import chunks
 from tqflow.engine.contracts import JSONFiles, StorageReader
 from tqflow.engine.layout import OutputPaths, key_of_output, outputs_prefix
-from tqflow.shard_index import ShardIndex
+from tqflow.results.shard_index import ShardIndex
 
 #: Output records read and converted at a time.
 CHUNK_ROWS = 20_000

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tqflow.results_table import EXACT_FLOAT_LIMIT, ResultsTable, widest
+from tqflow.results.table import EXACT_FLOAT_LIMIT, ResultsTable, widest
 
 #: Histograms drawn at most; ``task_attempt`` (small integers) is never one of them.
 PLOT_COLUMNS = 6
