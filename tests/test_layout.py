@@ -174,6 +174,19 @@ def test_flows_package_holds_only_flows_and_the_cli():
         assert own_flows, f"{name} defines no @flow: it belongs in tqflow/, not flows/"
 
 
+#: The modules at ``tqflow/``'s top: what every room shares. The rest lives in a room named
+#: for its concern (engine, enqueue, results, fleet, gke).
+TQFLOW_TOP_MODULES = {"__init__", "errors", "examples", "artifacts"}
+
+
+def test_tqflow_keeps_its_modules_in_rooms_named_for_their_concern():
+    loose = {p.stem for p in TQFLOW.glob("*.py")} - TQFLOW_TOP_MODULES
+    assert not loose, (
+        f"tqflow/{sorted(loose)[0]}.py lies loose: put it in the package of its concern "
+        "(tqflow/enqueue, tqflow/results, tqflow/fleet, ...)"
+    )
+
+
 def test_every_tqflow_error_is_defined_in_the_errors_module():
     from tqflow.errors import TqflowError
 
