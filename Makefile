@@ -28,7 +28,7 @@ $(INSTALLED): pyproject.toml uv.lock
 	@touch $(INSTALLED)
 
 demo: $(INSTALLED)
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/tqflow demo
+	$(VENV)/bin/tqflow demo
 
 # Three test processes on 2 cores: at two, the CPU sat idle 29% of the run, waiting on servers and
 # subprocesses; three took 20% less time (DESIGN.md, facts).

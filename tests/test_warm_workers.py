@@ -3,13 +3,18 @@ the worker its fleet would have started with ``subprocess``."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
-from tests.support.helpers import child_env, enqueue
+from tests.support.helpers import child_env, enqueue, wait_until
 from tqflow.engine.layout import output_path
 
 
@@ -80,3 +85,100 @@ def test_a_worker_whose_server_died_is_seen_to_end_and_the_next_start_brings_a_n
     orphan.kill()
     assert orphan.wait(timeout=30) == EXIT_STATUS_LOST  # its end is seen, not waited on for ever
     assert forked_workers.run(queue, storage)["stop_reason"] == "idle"  # a new server
+
+
+def importing_the_worker(server_pid: int) -> bool:
+    """The warm-worker server is importing the worker (pydantic's compiled core is loaded, its
+    signal handling set before that) and has forked nothing yet."""
+    proc = Path(f"/proc/{server_pid}")
+    try:
+        importing = "_pydantic_core" in (proc / "maps").read_text()
+        children = (proc / "task" / str(server_pid) / "children").read_text().split()
+    except OSError:
+        return False
+    return importing and not children
+
+
+def children_of(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
+@pytest.fixture
+def fresh_server() -> Iterator[Any]:
+    """A warm-worker server of the test's own, cold (its first request waits for the import),
+    closed at the end (its workers stopped first)."""
+    from tqflow.fleet.warm_workers import WarmWorkerServer
+
+    server = WarmWorkerServer()
+    yield server
+    process = server._process
+    if process is not None:
+        for pid in children_of(process.pid) if process.poll() is None else []:
+            os.kill(int(pid), signal.SIGKILL)
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(timeout=60)
+
+
+def test_a_stop_signal_to_the_server_before_it_forks_starts_no_worker(
+    queue_factory, storage, fresh_server, tmp_path
+):
+    """A Ctrl-C reaches the whole process group, the warm-worker server included: a request
+    it has read and not yet served is refused, not forked into a worker nobody stops."""
+    from tqflow.engine.process import worker_spec
+    from tqflow.errors import WorkerNotStartedError
+
+    spec = worker_spec(queue_factory(), storage, {"idle_seconds": 600})
+    outcome: list[Any] = []
+
+    def start() -> None:
+        try:
+            outcome.append(fresh_server.start(spec, str(tmp_path / "worker.out")))
+        except Exception as exc:
+            outcome.append(exc)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    process = wait_until(lambda: fresh_server._process, timeout=60)
+    wait_until(lambda: importing_the_worker(process.pid), timeout=120, every=0.005)
+    os.kill(process.pid, signal.SIGINT)
+    starting.join(timeout=300)
+    assert isinstance(outcome[0], WorkerNotStartedError), outcome
+    assert "SIGINT" in str(outcome[0])
+    assert process.poll() is None and children_of(process.pid) == []
+
+
+def test_a_start_interrupted_before_its_answer_stops_the_worker_the_answer_names(
+    queue_factory, storage, fresh_server, tmp_path
+):
+    """A Ctrl-C to the fleet's process alone, while it waits for the server's answer: the
+    worker forked for it is stopped as soon as its pid is known, not left to run the batch."""
+    from tqflow.engine.process import worker_spec
+
+    queue = queue_factory()
+    enqueue(queue, "tests.tasks:square", [1])
+    spec = worker_spec(queue, storage, {"idle_seconds": 600})
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def interrupt_once_the_server_imports() -> None:  # the request is sent; no answer yet
+        wait_until(
+            lambda: fresh_server._process and importing_the_worker(fresh_server._process.pid),
+            timeout=120,
+            every=0.005,
+        )
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    sent = threading.Thread(target=interrupt_once_the_server_imports)
+    try:
+        sent.start()
+        with pytest.raises(KeyboardInterrupt):
+            fresh_server.start(spec, str(tmp_path / "worker.out"))
+    finally:
+        sent.join(timeout=120)
+        signal.signal(signal.SIGUSR1, previous)
+    ended = wait_until(lambda: dict(fresh_server._returncodes), timeout=120)
+    assert len(ended) == 1  # forked, then stopped: it ended by itself within its 600 s idle
+    assert children_of(fresh_server._process.pid) == []

@@ -144,6 +144,11 @@ class WorkersLostError(TqflowError):
     """Workers keep ending without finishing the queue."""
 
 
+class WorkerNotStartedError(TqflowError):
+    """A local worker was asked for while its warm-worker server was stopping (a Ctrl-C or
+    SIGTERM reached it): no worker was started."""
+
+
 class WorkersCannotStartError(TqflowError):
     """No worker of the batch's fleet could start: an image that cannot be pulled, runs no
     worker of the pool picks up, no capacity within the start timeout."""

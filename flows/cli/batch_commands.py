@@ -42,6 +42,47 @@ def demo(
     overwrite: bool = typer.Option(False, help="Re-run items that already have an output."),
 ) -> None:
     """Run the embedded pipeline: queue -> local workers -> local storage -> analysis."""
+    # A Ctrl-C, from here on, is the batch's stop: it interrupts whatever runs, and whatever
+    # that code makes of the interruption (Prefect and pydantic wrap it in errors of their
+    # own), the command ends with the sentence below.
+    stopped = threading.Event()
+
+    def request_stop() -> bool:
+        stopped.set()
+        return True
+
+    at_once = "tqflow demo: second {signal}: stopping now; run the same command again to go on"
+    with stop_on_signals(request_stop, at_once=at_once):
+        try:
+            summary = _run_demo(target, items, workers, nodes, overwrite)
+        except BaseException:
+            if not stopped.is_set():
+                raise
+            console(stderr=True).print(
+                "\nstopped: the workers released the tasks they held. Run the same command "
+                "again to finish the batch; nothing done is run again.",
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
+    analysis_summary = summary.get("analysis") or {}
+    console().print(
+        f"\n[bold]batch {target.batch}[/bold]: {summary['done']:,} tasks run, "
+        f"{summary['skipped_done']:,} skipped as already done, "
+        f"{summary['dead_lettered']:,} dead-lettered, in {summary['elapsed_seconds']:.1f}s"
+    )
+    console().print(f"outputs:  {summary['outputs']}", soft_wrap=True)
+    if analysis_summary.get("results"):
+        console().print(f"table:    {analysis_summary['results']}", soft_wrap=True)
+    if analysis_summary.get("plot"):
+        console().print(f"plot:     {analysis_summary['plot']}", soft_wrap=True)
+    console().print(
+        "Run it again to resume (nothing re-runs); `tqflow status` shows the queue; "
+        "with `prefect server start` running, the runs and artifacts are in its UI."
+    )
+
+
+def _run_demo(target: Target, items: int, workers: int, nodes: int, overwrite: bool) -> Any:
+    """The demo's pipeline run on this machine: its summary."""
     from blocks.queues.local import LocalTaskQueue
     from blocks.storage import CloudFilesStorage
     from flows.cli import prefect_api
@@ -55,39 +96,16 @@ def demo(
         f"tqflow demo: {items:,} synthetic neurons, {workers} local workers, results in {data}",
         soft_wrap=True,
     )
-    try:
-        summary = pipeline(
-            fn="tqflow.examples:skeleton_stats",
-            queue=LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name=batch),
-            storage=CloudFilesStorage(cloudpath=f"file://{data}"),
-            batch=batch,
-            items=root_ids,
-            kwargs={"n_nodes": nodes},
-            workers=workers,
-            overwrite=overwrite,
-            worker_options=WorkerOptions(idle_seconds=2.0),
-        )
-    except KeyboardInterrupt:
-        console(stderr=True).print(
-            "\nstopped: the workers released the tasks they held. Run the same command again "
-            "to finish the batch; nothing done is run again.",
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
-    analysis_summary = summary.get("analysis") or {}
-    console().print(
-        f"\n[bold]batch {batch}[/bold]: {summary['done']:,} tasks run, "
-        f"{summary['skipped_done']:,} skipped as already done, "
-        f"{summary['dead_lettered']:,} dead-lettered, in {summary['elapsed_seconds']:.1f}s"
-    )
-    console().print(f"outputs:  {summary['outputs']}", soft_wrap=True)
-    if analysis_summary.get("results"):
-        console().print(f"table:    {analysis_summary['results']}", soft_wrap=True)
-    if analysis_summary.get("plot"):
-        console().print(f"plot:     {analysis_summary['plot']}", soft_wrap=True)
-    console().print(
-        "Run it again to resume (nothing re-runs); `tqflow status` shows the queue; "
-        "with `prefect server start` running, the runs and artifacts are in its UI."
+    return pipeline(
+        fn="tqflow.examples:skeleton_stats",
+        queue=LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name=batch),
+        storage=CloudFilesStorage(cloudpath=f"file://{data}"),
+        batch=batch,
+        items=root_ids,
+        kwargs={"n_nodes": nodes},
+        workers=workers,
+        overwrite=overwrite,
+        worker_options=WorkerOptions(idle_seconds=2.0),
     )
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import types
 from typing import Any
@@ -55,6 +56,12 @@ def _use_a_temporary_server_of_its_own() -> None:
     clients ask its class for the one instance of the default port; this subclass's instance,
     made first, is that one."""
     from prefect.server.api import server as prefect_server
+
+    # Its telemetry, unless the user chose: a temporary server's first heartbeat races the
+    # migrations of its new SQLite file and logs "database is locked" with a traceback, and
+    # offline it logs "Failed to send telemetry"; both as ERROR, in the first command a
+    # newcomer runs.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     class TemporaryServerOfItsOwn(prefect_server.SubprocessASGIServer):
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:

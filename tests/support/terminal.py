@@ -1,17 +1,25 @@
-"""A command in a pseudo-terminal, as a user runs it in theirs: the command leads a session
-whose controlling terminal is the pty, so Ctrl-C typed into it makes the terminal driver send
-SIGINT to the whole foreground process group (the command and every child that shares it),
-exactly as a real terminal does. No tmux needed."""
+"""A command in a pseudo-terminal, as a user runs it in theirs: a shell leads the session
+whose controlling terminal is the pty, and runs the command as its foreground job (a process
+group of its own), so Ctrl-C typed into it makes the terminal driver send SIGINT to that whole
+group (the command and every child that shares it), and when the command ends the shell takes
+the terminal back and whatever the command left behind goes on running, exactly as in a user's
+terminal. (Were the command the session's leader, its end would hang up the terminal and
+SIGHUP its group, killing what it left behind: a kindness no real terminal does.) No tmux
+needed."""
 
 from __future__ import annotations
 
 import os
 import pty
+import re
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Optional
+
+#: A terminal control sequence (CSI: colours, styles, cursor moves).
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
 
 class Terminal:
@@ -28,7 +36,10 @@ class Terminal:
         if pid == 0:  # the child: a new session, the pty its controlling terminal
             try:
                 os.chdir(self.cwd)
-                os.execve(self.command[0], self.command, self.env)
+                # bash with job control (set -m): the command a foreground job of its own;
+                # the shell's exit status is the command's.
+                shell = ["/bin/bash", "--norc", "--noprofile", "-c", 'set -m; "$0" "$@"']
+                os.execve(shell[0], shell + self.command, self.env)
             finally:
                 os._exit(127)
         self.pid, self.fd = pid, fd
@@ -49,7 +60,14 @@ class Terminal:
 
     @property
     def output(self) -> str:
+        """What the command wrote to the terminal, colours and all."""
         return b"".join(self._chunks).decode("utf-8", "replace")
+
+    @property
+    def text(self) -> str:
+        """What a user reads on the terminal: the output without its colour and style codes
+        (rich and Prefect's log handler colour what they write to a terminal)."""
+        return ANSI_ESCAPE.sub("", self.output)
 
     def type_ctrl_c(self) -> None:
         """Ctrl-C typed at the keyboard: the terminal driver signals the foreground group."""

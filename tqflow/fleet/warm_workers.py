@@ -17,18 +17,25 @@ imported (its global settings context), so a forked worker has the server's Pref
 worker loop uses none of them (it never calls the Prefect API); everything else it reads from the
 environment (AWS, GCS, the storage emulator) it reads when it builds its clients, in the worker.
 
-Protocol, JSON lines: the fleet writes ``{"spec", "env", "cwd", "stdout", "stderr"}`` (paths;
-``stderr`` null for the server's own) to the server's stdin;
-the server answers ``{"started": pid}`` and, once that worker has ended,
+Protocol, JSON lines: the fleet writes ``{"id", "spec", "env", "cwd", "stdout", "stderr"}``
+(paths; ``stderr`` null for the server's own) to the server's stdin;
+the server answers ``{"request": id, "started": pid}`` and, once that worker has ended,
 ``{"ended": pid, "returncode": code}`` (negative for a signal, as `subprocess.Popen` reports it).
-The server ignores SIGINT and SIGTERM (they are for the workers, which share the terminal's
-process group) and exits when its stdin closes, i.e. when the fleet's process has ended; workers
-still running then go on to their own end.
+The server exits when its stdin closes, i.e. when the fleet's process has ended; workers still
+running then go on to their own end.
+
+A stop reaches the server too: a Ctrl-C is SIGINT to the terminal's whole process group (the
+fleet's process, the server, the workers). The workers stop on it themselves; the server, from
+then on, forks nothing: a request it has read and not yet served (the first one waits seconds
+for the worker's import) is answered ``{"request": id, "refused": why}``, never turned into a worker nobody
+stops. On the fleet's side, a `WarmWorkerServer.start` interrupted before its answer came
+stops the worker that answer names, so an interrupted launch leaves no worker behind either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import select
@@ -39,6 +46,8 @@ import threading
 import time
 import traceback
 from typing import Any, Optional
+
+from tqflow.errors import WorkerNotStartedError
 
 #: How often the server looks for workers that ended; a worker's end is known at most this late.
 REAP_SECONDS = 0.1
@@ -88,7 +97,12 @@ class WarmWorkerServer:
         self._lock = threading.Lock()  # one request and its answer at a time
         self._ended = threading.Condition()
         self._returncodes: dict[int, int] = {}
-        self._started: list[int] = []
+        #: Answers by request id: a pid, or why the server refused.
+        self._answers: dict[int, int | str] = {}
+        #: Requests whose `start` was interrupted before its answer came: their workers are
+        #: stopped as soon as they are known.
+        self._abandoned: set[int] = set()
+        self._requests = itertools.count(1)
         self._process: Optional[subprocess.Popen] = None
 
     def start(
@@ -102,7 +116,9 @@ class WarmWorkerServer:
         ``stdout_path``, its stderr (its log) to ``stderr_path`` or else the server's (the
         terminal's), its environment ``env`` (default: this process's) and its working directory
         this process's."""
+        request_id = next(self._requests)
         request = {
+            "id": request_id,
             "spec": spec,
             "env": dict(os.environ if env is None else env),
             "cwd": os.getcwd(),
@@ -110,17 +126,28 @@ class WarmWorkerServer:
             "stderr": stderr_path,
         }
         with self._lock:
-            process = self._running_server()
-            assert process.stdin is not None
-            process.stdin.write(json.dumps(request) + "\n")
-            process.stdin.flush()
+            try:
+                process = self._running_server()
+                assert process.stdin is not None
+                process.stdin.write(json.dumps(request) + "\n")
+                process.stdin.flush()
+                with self._ended:
+                    while request_id not in self._answers and process.poll() is None:
+                        self._ended.wait(1.0)
+            except BaseException:  # a Ctrl-C, say: whatever the answer, no worker stays
+                with self._ended:
+                    if isinstance(pid := self._answers.pop(request_id, None), int):
+                        _stop(pid)
+                    else:  # not come yet, or the request was never sent
+                        self._abandoned.add(request_id)
+                raise
             with self._ended:
-                while not self._started and process.poll() is None:
-                    self._ended.wait(1.0)
-                if not self._started:
-                    raise RuntimeError(f"the warm worker server exited with {process.returncode}")
-                pid = self._started.pop(0)
-        return WarmWorker(self, pid)
+                answer = self._answers.pop(request_id, None)
+            if answer is None:
+                raise RuntimeError(f"the warm worker server exited with {process.returncode}")
+        if isinstance(answer, str):
+            raise WorkerNotStartedError(f"no local worker started: {answer}")
+        return WarmWorker(self, answer)
 
     def returncode(self, pid: int) -> Optional[int]:
         with self._ended:
@@ -171,14 +198,26 @@ class WarmWorkerServer:
         for line in process.stdout:
             answer = json.loads(line)
             with self._ended:
-                if "started" in answer:
-                    self._started.append(answer["started"])
+                if "request" in answer:
+                    started = answer.get("started", answer.get("refused"))
+                    if answer["request"] in self._abandoned:
+                        self._abandoned.discard(answer["request"])
+                        if isinstance(started, int):
+                            _stop(started)
+                    else:
+                        self._answers[answer["request"]] = started
                 else:
                     self._returncodes[answer["ended"]] = answer["returncode"]
                 self._ended.notify_all()
         process.wait()
         with self._ended:  # the server is gone: wake whoever waits for it
             self._ended.notify_all()
+
+
+def _stop(pid: int) -> None:
+    """SIGTERM to a worker nobody will follow: it releases what it holds and exits."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
 
 
 _server: Optional[WarmWorkerServer] = None
@@ -216,9 +255,11 @@ def _answer(message: dict[str, Any]) -> None:
 
 def _run_worker(request: dict[str, Any]) -> int:
     """In the forked child: become the worker the request describes, run it, return its exit code."""
-    # Python's own defaults, as in a process of its own (the server ignores both)
+    # Python's own defaults, as in a process of its own (the server's handler only notes them)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _stopped_by:  # a stop came between the fork and the line above: it was for this worker too
+        return 128 + signal.Signals[_stopped_by[0]].value
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
@@ -273,10 +314,19 @@ def _reap() -> None:
         _answer({"ended": pid, "returncode": os.waitstatus_to_exitcode(status)})
 
 
+#: The stop signals the server has received, by name: from the first on, it forks nothing.
+_stopped_by: list[str] = []
+
+
 def serve() -> None:
-    """The server's loop: fork a worker per request line, report each one's end."""
+    """The server's loop: fork a worker per request line, report each one's end; after a
+    SIGINT or SIGTERM, refuse every request (the batch is stopping)."""
+
+    def stop_forking(signum: int, frame: Any) -> None:
+        _stopped_by.append(signal.Signals(signum).name)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, stop_forking)
     from tqflow.engine import process  # noqa: F401  (the worker every fork runs)
 
     pending = b""
@@ -290,9 +340,15 @@ def serve() -> None:
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
                 request = json.loads(line)
-                with contextlib.suppress(Exception):  # the worker reports a bad spec itself
-                    _warm_up(request["spec"])
-                _answer({"started": _fork(request)})
+                if not _stopped_by:
+                    with contextlib.suppress(Exception):  # the worker reports a bad spec itself
+                        _warm_up(request["spec"])
+                answer: dict[str, Any] = {"request": request.get("id")}
+                if _stopped_by:  # asked again after the warm-up: a signal may come during it
+                    answer["refused"] = f"the batch is stopping ({_stopped_by[0]} received)"
+                else:
+                    answer["started"] = _fork(request)
+                _answer(answer)
         _reap()
     _reap()
 
