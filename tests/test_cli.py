@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -77,11 +78,30 @@ def test_status_of_a_batch_without_worker_reports_lists_its_outputs(data_with_de
     assert "tasks done" not in lines
 
 
-def test_status_leaves_out_a_corrupt_worker_report_and_names_it(data_with_dead_letters):
-    (data_with_dead_letters / "nightly/workers/torn.json").write_text('{"worker": "w", "succ')
-    out = invoke("status", "--batch", "nightly", "--data", str(data_with_dead_letters))
-    assert status_rows(out)["tasks done"] == "3"
-    assert "1 worker report(s) not valid JSON, left out of the counts" in " ".join(out.split())
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"worker": "w", "succ',
+        '{"worker": "w", "succeeded": "2", "task_seconds": "x"}',
+        '{"worker": "w", "succeeded": 2, "peak_rss_histogram": [1], "errors": "e"}',
+        '{"worker": "w", "errors": {"ValueError": {"count": "many"}}}',
+        "[1, 2]",
+    ],
+    ids=["torn", "counts-as-text", "histogram-a-list", "error-count-as-text", "not-an-object"],
+)
+@pytest.mark.parametrize("command", ["status", "plan-resources"])
+def test_a_worker_report_a_reader_cannot_add_up_is_left_out_and_named(
+    data_with_dead_letters, content, command
+):
+    (data_with_dead_letters / "nightly/workers/torn.json").write_text(content)
+    batch = ["--batch", "nightly"] if command == "status" else ["--from-batch", "nightly"]
+    out = invoke(command, *batch, "--data", str(data_with_dead_letters))
+    if command == "status":
+        assert status_rows(out)["tasks done"] == "3"
+    assert (
+        "1 worker report(s) not valid JSON or not of a worker report's form, left out of the "
+        "counts" in " ".join(out.split())
+    )
     assert "torn.json" in out and "delete it" in out
 
 
@@ -195,3 +215,26 @@ def test_paths_are_printed_whole_on_a_narrow_terminal(data_with_dead_letters, co
     path = f"file://{data_with_dead_letters}/nightly/"
     assert len(path) > 40
     assert path in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "items, hours, warns",
+    [
+        (10**13, 0.01, r"nodes is more than a GKE cluster holds \(15,000\)"),
+        (10**9, 0.01, r"nodes need [\d,]+ vCPUs of the region's quota .*regions describe"),
+        (3, 1, None),
+    ],
+    ids=["past-a-cluster", "past-a-new-quota", "small"],
+)
+def test_a_plan_of_more_nodes_than_a_project_can_have_says_so(
+    data_with_dead_letters, items, hours, warns
+):
+    out = invoke(
+        "plan-resources", "--from-batch", "nightly", "--data", str(data_with_dead_letters),
+        "--items", str(items), "--within-hours", str(hours),
+    )  # fmt: skip
+    one_line = " ".join(out.split())
+    if warns is None:
+        assert "warning:" not in one_line and " 1 node," in one_line
+    else:
+        assert re.search(warns, one_line), one_line

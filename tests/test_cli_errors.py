@@ -336,3 +336,44 @@ def test_a_bad_batch_name_is_refused_before_a_flow_starts(tmp_path):
     out = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 1 and "batch name 'my batch' cannot name a folder" in out
     assert "Traceback" not in out and "flow run" not in out, out  # no flow started
+
+
+@pytest.mark.parametrize("column", [None, "864691135000000001"])
+def test_a_headerless_table_of_two_columns_is_refused_whichever_column_is_named(tmp_path, column):
+    table = tmp_path / "roots.csv"
+    table.write_text("864691135000000001,5\n864691135000000002,6\n")
+    named = ["--column", column] if column else []
+    out = fails(
+        "enqueue", "tests.tasks:square", "--items-file", str(table), *named,
+        "--data", str(tmp_path),
+    )  # fmt: skip
+    assert "has no header line: its first line (864691135000000001,5) holds items" in out
+    assert "--column root_id" in out
+    assert not (tmp_path / "queue.sqlite").exists()  # nothing queued, the first item not lost
+
+
+def test_a_cave_table_without_a_cave_block_names_the_option_that_gives_one(tmp_path):
+    out = fails(
+        "enqueue", "tests.tasks:square", "--cave-table", "synapses", "--data", str(tmp_path)
+    )
+    assert "--cave-table synapses" in out and "add --cave-block" in out
+
+
+def test_a_function_taking_star_args_first_is_told_to_wrap_it(tmp_path):
+    out = fails("enqueue", "builtins:print", "--item", "1", "--data", str(tmp_path))
+    assert "builtins:print takes *args first" in out and "def task(root_id)" in out
+
+
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("gs:///roots.csv", "'gs:///roots.csv': it names no bucket; write gs://BUCKET/"),
+        ("s3:/bucket/roots.csv", "'s3:/bucket/roots.csv': not a s3:// URL; write s3://BUCKET/"),
+        ("gs://bucket", "'gs://bucket': it names a bucket or a folder, not a file"),
+        ("http://example.org/roots.csv", "tqflow reads items files at gs://, s3:// and file://"),
+    ],
+    ids=["no-bucket", "one-slash", "bucket-only", "http"],
+)
+def test_an_items_url_that_names_no_file_says_how_to_write_one(tmp_path, url, says):
+    out = fails("enqueue", "tests.tasks:square", "--items-file", url, "--data", str(tmp_path))
+    assert says in out

@@ -81,8 +81,18 @@ def test_the_user_notes_cluster_would_have_fitted_its_eleven_pods():
 
 
 def test_too_many_pods_per_node_is_refused_with_how_many_fit():
-    with pytest.raises(ResourcePlanError, match=r"40 pods do not fit.*at most \d+ pods"):
+    with pytest.raises(
+        ResourcePlanError, match=r"40 worker pods do not fit.*at most (\d+) .*--pods-per-node \1"
+    ):
         plan(Machine.from_type("e2-standard-2"), 40)
+
+
+def test_a_machine_too_small_for_one_worker_pod_says_so_instead_of_at_most_one():
+    with pytest.raises(
+        ResourcePlanError, match=r"not one worker pod .* fits .*larger machine"
+    ) as e:
+        plan(Machine(cpus=1, memory_gib=1), 1)
+    assert "at most" not in str(e.value)
 
 
 def test_an_unknown_machine_type_says_to_give_cpus_and_memory():

@@ -343,12 +343,33 @@ def test_an_unsafe_batch_name_is_refused_as_a_batch_name_by_flows_and_worker(
     assert queue.counts().pending == 0
 
 
-def test_zero_workers_is_refused_before_anything_is_queued(queue_factory, storage):
+@pytest.mark.parametrize(
+    "parameters, says",
+    [
+        ({"workers": 0}, r"workers=0: give a number of workers"),
+        ({"workers": "auto", "finish_within_seconds": -5}, r"=-5(\.0)?: give a positive, finite"),
+        ({"workers": "auto", "finish_within_seconds": float("nan")}, r"=nan: give a positive"),
+        ({"workers": "auto", "finish_within_seconds": float("inf")}, r"=inf: give a positive"),
+        ({"workers": 2, "finish_within_seconds": 600}, r"with workers=2 it would be ignored"),
+        ({"processes_per_run": 0}, r"processes_per_run=0: give a whole number, at least 1"),
+    ],
+    ids=[
+        "zero-workers",
+        "negative-deadline",
+        "nan-deadline",
+        "inf-deadline",
+        "ignored-deadline",
+        "zero-processes-local",
+    ],
+)
+def test_a_bad_fan_out_parameter_is_named_before_anything_is_queued(
+    queue_factory, storage, parameters, says
+):
     from tqflow.errors import ParameterError
 
     queue = queue_factory()
-    with pytest.raises(ParameterError, match="workers=0"):
-        run_pipeline(queue, storage, fn="tests.tasks:square", batch="b", items=[1], workers=0)
+    with pytest.raises(ParameterError, match=says):
+        run_pipeline(queue, storage, fn="tests.tasks:square", batch="b", items=[1], **parameters)
     assert queue.counts().pending == 0
 
 

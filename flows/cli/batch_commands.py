@@ -157,6 +157,11 @@ def enqueue_command(
 
     fixed = _json_object("--kwargs", kwargs)
     cave_query = None
+    if cave_table is not None and cave_block is None:
+        raise CLIInputError(
+            f"--cave-table {cave_table} is read with a CAVE block's token: add --cave-block "
+            "(a saved CAVECredentials block, e.g. --cave-block cave-credentials/lab)"
+        )
     if cave_table is not None:
         from tqflow.enqueue import CAVETableQuery
 

@@ -231,10 +231,27 @@ def _plan_from_batch(
         else "no price for this machine family"
     )
     console().print(
-        f"next batch of {found.items:,} items within {within_hours:g} h: {found.nodes} nodes, "
+        f"next batch of {found.items:,} items within {within_hours:g} h: {found.nodes:,} "
+        f"node{'' if found.nodes == 1 else 's'}, "
         f"{found.wall_hours:.2f} h, {cost}",
         soft_wrap=True,
     )
+    nodes = found.nodes or 0
+    vcpus = nodes * found.machine.cpus
+    if nodes > right_size.GKE_MAX_NODES:
+        console(stderr=True).print(
+            f"[yellow]warning:[/yellow] {nodes:,} nodes is more than a GKE cluster holds "
+            f"({right_size.GKE_MAX_NODES:,}): give the batch more time (--within-hours) or split it",
+            soft_wrap=True,
+        )
+    elif vcpus > right_size.QUOTA_WORTH_CHECKING_VCPUS:
+        console(stderr=True).print(
+            f"[yellow]warning:[/yellow] {nodes:,} nodes need {vcpus:,} vCPUs of the region's "
+            "quota (CPUS, or PREEMPTIBLE_CPUS on spot VMs), far more than a new project has: "
+            "check it before the batch, `gcloud compute regions describe REGION --flatten=quotas "
+            "--format='table(quotas.metric,quotas.limit,quotas.usage)'`, and ask for more",
+            soft_wrap=True,
+        )
     _print_pod(found.pod, found.pods_per_node, processes_per_run)
 
 

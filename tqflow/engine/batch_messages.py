@@ -31,10 +31,17 @@ def task_messages(
     fixed = dict(kwargs or {})
     if item_param is None:
         signature = signature_of(func)
-        params = list(signature.parameters) if signature is not None else []
+        params = list(signature.parameters.values()) if signature is not None else []
         if not params:
             raise BadArgumentsError(f"{fn} takes no parameter for the item")
-        item_param = params[0]
+        if params[0].kind in (params[0].VAR_POSITIONAL, params[0].VAR_KEYWORD):
+            star = "*" if params[0].kind is params[0].VAR_POSITIONAL else "**"
+            raise BadArgumentsError(
+                f"{fn} takes {star}{params[0].name} first, no parameter of its own for the item "
+                f"(tqflow calls fn(<parameter>=item, **kwargs)): wrap it in a function whose "
+                "first parameter takes the item, e.g. def task(root_id): ..."
+            )
+        item_param = params[0].name
     if item_param in fixed:
         raise BadArgumentsError(
             f"kwargs set {item_param!r}, the parameter of {fn} that takes each item; remove "

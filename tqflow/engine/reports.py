@@ -23,7 +23,7 @@ import math
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeGuard
 
 from tqflow.engine.contracts import BatchFolder, Storage
 from tqflow.engine.layout import (
@@ -266,7 +266,8 @@ class Reports(list):
         shown = ", ".join(self.unreadable[:3])
         more = f" and {len(self.unreadable) - 3} more" if len(self.unreadable) > 3 else ""
         return (
-            f"{len(self.unreadable)} worker report(s) not valid JSON, left out of the counts: "
+            f"{len(self.unreadable)} worker report(s) not valid JSON or not of a worker "
+            f"report's form, left out of the counts: "
             f"{shown}{more}. A report is only a summary (the outputs are the results): delete "
             "it, or leave it; its worker's counts are missing either way"
         )
@@ -290,14 +291,53 @@ def read_reports(storage: BatchFolder, batch: str) -> Reports:
         found.update(newer)
         found.corrupt.update(newer.corrupt)
     reports = {p: digest[p] if p in digest else found.get(p) for p in latest}
-    unreadable = [*found.corrupt, *(p for p, r in found.items() if not isinstance(r, dict))]
-    kept = {p: r for p, r in reports.items() if isinstance(r, dict)}
+    unreadable = [*found.corrupt, *(p for p, r in found.items() if not well_formed(r))]
+    kept: dict[str, dict[str, Any]] = {p: r for p, r in reports.items() if well_formed(r)}
     if set(kept) != set(digest):
         try:
             storage.put_json(reports_digest_path(batch), {"reports": kept})
         except Exception:  # a cache: the next reader reads a little more
             pass
     return Reports(kept.values(), unreadable)
+
+
+#: A report's fields that readers add up, and the types they must have.
+_NUMBERS = ("succeeded", "skipped", "failed", "dead_lettered", "task_seconds", "cpu_seconds",
+            "peak_rss_max", "idle_rss_max")  # fmt: skip
+
+
+def well_formed(report: Any) -> TypeGuard[dict[str, Any]]:
+    """Whether ``report`` is a worker report a reader can add up: an object whose counts are
+    numbers, its histogram counts by bucket, its errors groups of counts and keys. Anything
+    else (written by hand, or by another program) is left out as unreadable, not a crash."""
+
+    def number(value: Any) -> bool:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    if not isinstance(report, dict) or not all(number(report.get(k)) for k in _NUMBERS):
+        return False
+    histogram, errors = report.get("peak_rss_histogram") or {}, report.get("errors") or {}
+    if not isinstance(histogram, dict) or not isinstance(errors, dict):
+        return False
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in histogram.values()):
+        return False
+    if not all(_int_key(bucket) for bucket in histogram):
+        return False
+    return all(
+        isinstance(group, dict)
+        and number(group.get("count"))
+        and isinstance(group.get("keys", []), list)
+        and isinstance(group.get("example", ""), str)
+        for group in errors.values()
+    )
+
+
+def _int_key(bucket: Any) -> bool:
+    try:
+        int(bucket)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _latest(paths: Iterable[str]) -> list[str]:

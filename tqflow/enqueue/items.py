@@ -301,14 +301,23 @@ def _read_table(file: ItemsFile, column: Optional[str]) -> Items:
         raise ItemSourceError(_not_utf8(file, exc)) from None
     except pd.errors.ParserError as exc:
         raise ItemSourceError(f"{file} is not a readable table ({exc})") from None
-    named = column is not None
-    column = _pick_column(file, [str(c) for c in frame.columns], column)
-    if not named and _value_like(column):
-        raise ItemSourceError(
-            f"{file} has no header line: its first line ({column!r}) is an item, not a column "
-            "name, and would be dropped. Add a header line naming the column (e.g. 'root_id'), "
-            "or give the items as a .txt file, one per line"
+    names = [str(c) for c in frame.columns]
+    if all(_value_like(name) for name in names):
+        # Items where the column names belong: read as a header, the first line's items would
+        # be dropped, whichever column is named.
+        first = ",".join(names) if len(names) > 1 else repr(names[0])
+        fix = (
+            "a header line naming the column (e.g. 'root_id'), or give the items as a .txt "
+            "file, one per line"
+            if len(names) == 1
+            else "a header line naming the columns (e.g. 'root_id,score'), then "
+            "--column root_id (column='root_id')"
         )
+        raise ItemSourceError(
+            f"{file} has no header line: its first line ({first}) holds items, not column "
+            f"names, and would be dropped. Add {fix}"
+        )
+    column = _pick_column(file, names, column)
     return exact_column(frame[column].tolist(), f"{file} column {column}", first_line=2)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -140,12 +141,13 @@ class ItemSource(BaseModel):
             return from_values(
                 _generated(self.items_from), source, lambda i: f"item {i + 1} of {source}"
             )
-        if "://" in self.items_file:
+        if "://" in self.items_file or _URL_LIKE.match(self.items_file):
             return read_items_file(self._download(self.items_file, storage), self.column)
         return read_file(Path(self.items_file).expanduser(), self.column)
 
     @staticmethod
     def _download(url: str, storage: Optional[BatchStorage]) -> ItemsFile:
+        _check_file_url(url)
         if storage is None:
             raise ItemSourceError(
                 f"items file {url} is read with the storage block's credentials: pass storage=..."
@@ -154,6 +156,40 @@ class ItemSource(BaseModel):
         if content is None:
             raise ItemSourceError(f"items file {url} does not exist")
         return ItemsFile(url, content)
+
+
+#: A path that starts like a cloud URL (``gs:/bucket/x``, ``s3:bucket``): meant as one.
+_URL_LIKE = re.compile(r"^(gs|s3|file):", re.IGNORECASE)
+
+
+def _check_file_url(url: str) -> None:
+    """Raise `ItemSourceError` naming the fix unless ``url`` is ``gs://`` / ``s3://`` with a
+    bucket and an object, or ``file://`` with a path."""
+    match = _URL_LIKE.match(url)
+    if match is None:
+        raise ItemSourceError(
+            f"items file {url!r}: tqflow reads items files at gs://, s3:// and file:// URLs, "
+            "or local paths"
+        )
+    meant = match[1].lower()
+    scheme, sep, rest = url.partition("://")
+    bucket, _, key = rest.partition("/")
+    form = (
+        "file:///absolute/path/items.csv" if meant == "file" else f"{meant}://BUCKET/path/items.csv"
+    )
+    if scheme != meant or not sep:
+        why = f"not a {meant}:// URL"
+    elif meant == "file":
+        if rest:
+            return
+        why = "it names no file"
+    elif not bucket:
+        why = "it names no bucket"
+    elif not key or key.endswith("/"):
+        why = "it names a bucket or a folder, not a file"
+    else:
+        return
+    raise ItemSourceError(f"items file {url!r}: {why}; write {form}")
 
 
 def _generated(items_from: str) -> Iterable[Any]:

@@ -201,12 +201,21 @@ def plan(
     cpu_each = int(cpu / pods_per_node) // 10 * 10
     memory_each = int(memory / pods_per_node) // 16 * 16
     if cpu_each < 100 or memory_each < 256:
-        most = max(1, math.floor(min(cpu / 100, memory / 256)))
+        most = max(0, math.floor(min(cpu / 100, memory / 256)))
+        node = (
+            f"a node with {machine.cpus} vCPUs and {machine.memory_gib:g} GiB "
+            f"({machine.allocatable_cpu_millicores}m, {machine.allocatable_memory_mib} MiB "
+            f"allocatable, {system_cpu_millicores}m and {system_memory_mib} MiB of it for the "
+            "system pods)"
+        )
+        if most == 0:
+            raise ResourcePlanError(
+                f"not one worker pod (100m / 256 MiB at least) fits on {node}: use a larger "
+                "machine, e.g. e2-standard-4"
+            )
         raise ResourcePlanError(
-            f"{pods_per_node} pods do not fit on a node with {machine.cpus} vCPUs and "
-            f"{machine.memory_gib:g} GiB ({machine.allocatable_cpu_millicores}m, "
-            f"{machine.allocatable_memory_mib} MiB allocatable): at most {most} pods of "
-            "100m / 256 MiB; use fewer pods per node or a larger machine"
+            f"{pods_per_node} worker pods do not fit on {node}: at most {most} of 100m / "
+            f"256 MiB; use --pods-per-node {most} or fewer, or a larger machine"
         )
     return PodResources(
         cpu_request=f"{cpu_each}m",

@@ -52,6 +52,11 @@ COMMON_TYPES = tuple(
     for cpus in (2, 4, 8, 16, 32)
     if not (family == "e2" and cpus > 16 and kind != "standard")
 )
+#: Nodes a GKE Standard cluster holds at most (GKE's quotas and limits page).
+GKE_MAX_NODES = 15_000
+#: vCPUs past which a plan is worth checking against the region's quota first: a new project
+#: starts with a few dozen CPUS a region.
+QUOTA_WORTH_CHECKING_VCPUS = 96
 
 
 @dataclass(frozen=True)
