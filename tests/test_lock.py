@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.helpers import REPO
 
 UV = Path(sys.executable).parent / "uv"
@@ -53,3 +55,21 @@ def test_make_install_syncs_from_the_lock_and_refuses_a_stale_one():
     assert "$(INSTALLED): pyproject.toml uv.lock" in install
     assert "uv sync" in install and "--locked" in install
     assert "pip install --quiet uv==$(UV_VERSION)" in install
+
+
+@pytest.mark.parametrize(
+    "platform", ["x86_64-unknown-linux-gnu", "aarch64-apple-darwin", "x86_64-apple-darwin"]
+)
+def test_the_lock_installs_on_linux_and_on_both_kinds_of_mac(tmp_path, platform):
+    """A lab engineer's laptop is as likely a Mac as Linux (Windows: through WSL, Linux): the
+    locked install, tests included, plans there with a wheel for every package (dry run)."""
+    result = subprocess.run(
+        [str(UV), "sync", "--locked", "--dry-run", "--offline", "--all-extras"]
+        + ["--no-install-project", "--python-platform", platform, "--python", sys.executable],
+        cwd=copy_project(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "+ prefect==" in result.stderr + result.stdout
