@@ -2,8 +2,8 @@
 
 A secrets folder (``~/.cloudvolume/secrets``) holds:
 
-- ``aws-secret.json``: ``{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"?,
-  "AWS_SESSION_TOKEN"?}`` -> prefect-aws ``AwsCredentials``
+- ``aws-secret.json``: ``{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"
+  (or "AWS_REGION"), "AWS_SESSION_TOKEN"?}`` -> prefect-aws ``AwsCredentials``
 - ``google-secret.json``: a service account key -> prefect-gcp ``GcpCredentials``
 - ``cave-secret.json``: ``{"token"}`` for the default CAVE server -> ``CAVECredentials``
 - ``<server>-cave-secret.json``: a token for ``https://<server>`` -> ``CAVECredentials``
@@ -69,6 +69,11 @@ def read_secrets_folder(
     read, and what it should hold."""
     check_block_name(name, "--name")
     folder = folder.expanduser()
+    if folder.is_file():
+        raise CredentialsError(
+            f"{folder} is a file: pass the folder that holds it and the other secrets files, "
+            f"--folder {folder.parent}"
+        )
     if not folder.is_dir():
         raise CredentialsError(
             f"secrets folder {folder} does not exist: pass the folder that holds "
@@ -119,13 +124,23 @@ def _aws(
 ) -> ImportedSecret:
     from prefect_aws import AwsCredentials
 
+    key_id, secret = content["AWS_ACCESS_KEY_ID"], content["AWS_SECRET_ACCESS_KEY"]
+    region = content.get("AWS_DEFAULT_REGION") or content.get("AWS_REGION")
+    if not region:
+        # Every worker pod would fail at its first SQS call (botocore's NoRegionError): a
+        # pod has no ~/.aws/config to fall back on.
+        raise ValueError(
+            'it names no region: add "AWS_DEFAULT_REGION": "<the region of your queue, e.g. '
+            'us-east-1>" (SQS queues live in one region, and the workers have no other '
+            "place to learn it)"
+        )
     block = AwsCredentials(
-        aws_access_key_id=content["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=content["AWS_SECRET_ACCESS_KEY"],
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
         aws_session_token=content.get("AWS_SESSION_TOKEN"),
-        region_name=content.get("AWS_DEFAULT_REGION"),
+        region_name=region,
     )
-    return ImportedSecret(path, block, name, f"region {block.region_name or '(default)'}")
+    return ImportedSecret(path, block, name, f"region {block.region_name}")
 
 
 def _gcp(

@@ -142,6 +142,24 @@ def test_malformed_files_are_named_with_what_is_wrong_and_nothing_is_saved(
         CAVECredentials.load(f"{name}-minnie-microns-daf-com")
 
 
+def test_an_aws_key_without_a_region_is_refused_with_the_line_to_add(secrets_folder):
+    folder, values = secrets_folder
+    keys = {k: v for k, v in values["aws"].items() if k != "AWS_DEFAULT_REGION"}
+    (folder / "aws-secret.json").write_text(json.dumps(keys))
+
+    message = error_of(invoke("blocks", "import", "--folder", str(folder)))
+
+    assert 'aws-secret.json: it names no region: add "AWS_DEFAULT_REGION"' in message
+    assert "nothing was saved" in message
+    assert values["aws"]["AWS_SECRET_ACCESS_KEY"] not in message
+
+
+def test_a_secrets_file_given_as_the_folder_names_the_folder_to_pass(secrets_folder):
+    folder, _ = secrets_folder
+    message = error_of(invoke("blocks", "import", "--folder", str(folder / "aws-secret.json")))
+    assert "aws-secret.json is a file" in message and f"--folder {folder}" in message
+
+
 def test_a_missing_folder_says_which_and_what_to_pass(tmp_path):
     message = error_of(invoke("blocks", "import", "--folder", str(tmp_path / "nowhere")))
     assert "nowhere does not exist" in message

@@ -1,6 +1,8 @@
 """The one place tqflow handles SIGTERM and SIGINT: `stop_on_signals`, which every entry point
 that stops on them installs (the worker's process entry, the ``worker`` flow around its
-processes, ``tqflow enqueue``). Library code installs no handler.
+processes, ``tqflow enqueue``, ``tqflow demo``). Library code installs no handler; the one
+other handler is the warm-worker server's (`tqflow.fleet.warm_workers`), which only notes a
+stop so that it forks nothing more.
 """
 
 from __future__ import annotations
