@@ -41,7 +41,7 @@ BLOCK_PARAMETERS = ("queue", "storage", "cave")
 
 
 @pytest.fixture(scope="module")
-def guided(tmp_path_factory):
+def guided(tmp_path_factory, moto_endpoint):
     """A Prefect server with basic auth, and the guide's steps 4 (CLI), 5 (work pool),
     6 (credentials) and 7 (deploy) run on it as written, in one shell environment: a fresh
     PREFECT_HOME and HOME (with a secrets folder as cloud-volume's), the image exported as
@@ -57,9 +57,6 @@ def guided(tmp_path_factory):
         user_home = home / "user"
         secrets_folder = user_home / ".cloudvolume" / "secrets"
         secrets_folder.mkdir(parents=True)
-        (secrets_folder / "aws-secret.json").write_text(
-            json.dumps({"AWS_ACCESS_KEY_ID": "made-up-id", "AWS_SECRET_ACCESS_KEY": "made-up"})
-        )
         (secrets_folder / "cave-secret.json").write_text(json.dumps({"token": "made-up-token"}))
         env = {
             k: v
@@ -78,19 +75,34 @@ def guided(tmp_path_factory):
         [point_cli] = guide_blocks("## 4. Point the CLI at the server")
         work_pool = guide_blocks("## 5. Work pool and Prefect worker")[0]
         [import_blocks] = guide_blocks("## 6. Credentials")
-        [save_blocks] = guide_blocks("## 6. Credentials", "python")
+        sqs_key, save_blocks = guide_blocks("## 6. Credentials", "python")
+        # The SQS key's step runs with an AWS admin's credentials, on moto (IAM and STS).
+        aws_admin = {
+            "AWS_ENDPOINT_URL": moto_endpoint,
+            "AWS_ACCESS_KEY_ID": "admin-made-up",
+            "AWS_SECRET_ACCESS_KEY": "admin-made-up",
+        }
         [deploy] = guide_blocks("## 7. Size and deploy")
         outputs = {}
         for name, script in [
             ("point the CLI", point_cli),
             ("work pool", work_pool),
+            ("sqs key", f"python - <<'PYTHON'\n{sqs_key}PYTHON\n"),
+            ("sqs key again", f"python - <<'PYTHON'\n{sqs_key}PYTHON\n"),
             ("credentials", import_blocks),
             ("queue and storage blocks", f"python - <<'PYTHON'\n{save_blocks}PYTHON\n"),
             ("deploy", deploy),
         ]:
             with_server = {**env, "PREFECT_API_URL": server["PREFECT_API_URL"]}
+            if name.startswith("sqs key"):
+                with_server.update(aws_admin)
             outputs[name] = run_bash(script, with_server)
-        yield {**env, "PREFECT_API_URL": server["PREFECT_API_URL"], "password": password}
+        yield {
+            **env,
+            "PREFECT_API_URL": server["PREFECT_API_URL"],
+            "password": password,
+            "aws_admin": aws_admin,
+        }
 
 
 def read(guided, what: str):
@@ -141,6 +153,40 @@ def test_the_worker_deployment_is_sized_for_the_pipelines_processes_per_run(guid
 
 
 @pytest.mark.slow
+def test_the_guides_sqs_key_may_use_only_the_queue_and_its_dead_letter_queue(guided):
+    import boto3
+    from prefect_aws import AwsCredentials
+
+    admin = guided["aws_admin"]
+    iam = boto3.client(
+        "iam",
+        endpoint_url=admin["AWS_ENDPOINT_URL"],
+        aws_access_key_id=admin["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=admin["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    document = iam.get_user_policy(UserName="tqflow-sqs", PolicyName="tqflow-sqs")
+    [allowed] = document["PolicyDocument"]["Statement"]
+    account = allowed["Resource"][0].split(":")[4]
+    assert account.isdigit()
+    assert allowed["Resource"] == [
+        f"arn:aws:sqs:us-east-1:{account}:tqflow",
+        f"arn:aws:sqs:us-east-1:{account}:tqflow-dlq",
+    ]
+    # run twice: one key, the one the secrets file holds and the block was made from
+    [key] = iam.list_access_keys(UserName="tqflow-sqs")["AccessKeyMetadata"]
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    settings = {
+        PREFECT_API_URL: guided["PREFECT_API_URL"],
+        PREFECT_API_AUTH_STRING: f"admin:{guided['password']}",
+    }
+    with prefect_settings(settings):
+        block = AwsCredentials.load("tqflow")
+    assert block.aws_access_key_id == key["AccessKeyId"]
+    assert block.region_name == "us-east-1"
+
+
 def test_every_block_a_gke_deployment_names_is_one_the_guide_created(guided):
     from prefect.blocks.core import Block
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
