@@ -172,7 +172,7 @@ class SQSTaskQueue(TaskQueue):
 
     def ensure(self) -> None:
         policy = self._ensure_dead_letter_queue()
-        existing = self._existing_redrive_policy()
+        existing = self.redrive_policy()
         if existing is False:
             self._client().create_queue(
                 QueueName=self.queue_name,
@@ -222,7 +222,7 @@ class SQSTaskQueue(TaskQueue):
         )["Attributes"]["QueueArn"]
         return {"deadLetterTargetArn": arn, "maxReceiveCount": self.max_receive_count}
 
-    def _existing_redrive_policy(self) -> dict | None | Literal[False]:
+    def redrive_policy(self) -> dict | None | Literal[False]:
         """The queue's redrive policy; ``None`` if it has none; ``False`` if no queue."""
         try:
             url = self._url(self.queue_name)

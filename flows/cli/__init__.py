@@ -2,7 +2,7 @@
 
 `flows.cli.app` is the application (command groups, ``--debug``, errors as sentences); each
 ``*_commands`` module registers one group of commands on it (batches, dead letters, blocks,
-cluster sizing); the options several commands share are declared once (`flows.cli.options`).
+cluster sizing, the setup's check); the options several commands share are declared once (`flows.cli.options`).
 """
 
 # Imported for the commands they register; `tqflow --help` lists commands in that order.
@@ -11,6 +11,7 @@ from flows.cli import (  # noqa: F401
     block_commands,
     cluster_commands,
     dead_letter_commands,
+    doctor_commands,
 )
 from flows.cli.app import app, main
 
