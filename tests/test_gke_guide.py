@@ -83,26 +83,55 @@ def guided(tmp_path_factory, moto_endpoint):
             "AWS_SECRET_ACCESS_KEY": "admin-made-up",
         }
         [deploy] = guide_blocks("## 7. Size and deploy")
-        outputs = {}
-        for name, script in [
-            ("point the CLI", point_cli),
-            ("work pool", work_pool),
-            ("sqs key", f"python - <<'PYTHON'\n{sqs_key}PYTHON\n"),
-            ("sqs key again", f"python - <<'PYTHON'\n{sqs_key}PYTHON\n"),
-            ("credentials", import_blocks),
-            ("queue and storage blocks", f"python - <<'PYTHON'\n{save_blocks}PYTHON\n"),
-            ("deploy", deploy),
-        ]:
-            with_server = {**env, "PREFECT_API_URL": server["PREFECT_API_URL"]}
-            if name.startswith("sqs key"):
-                with_server.update(aws_admin)
-            outputs[name] = run_bash(script, with_server)
-        yield {
+        guided = {
             **env,
             "PREFECT_API_URL": server["PREFECT_API_URL"],
             "password": password,
             "aws_admin": aws_admin,
         }
+        states = []
+        for _ in range(2):  # every step can be run again, and changes nothing the second time
+            for name, script in [
+                ("point the CLI", point_cli),
+                ("work pool", work_pool),
+                ("sqs key", f"python - <<'PYTHON'\n{sqs_key}PYTHON\n"),
+                ("credentials", import_blocks),
+                ("queue and storage blocks", f"python - <<'PYTHON'\n{save_blocks}PYTHON\n"),
+                ("deploy", deploy),
+            ]:
+                with_server = {**env, "PREFECT_API_URL": server["PREFECT_API_URL"]}
+                if name == "sqs key":
+                    with_server.update(aws_admin)
+                run_bash(script, with_server)
+            states.append(server_state(guided))
+        yield {**guided, "states": states}
+
+
+def server_state(guided) -> dict:
+    """What the guide's steps made on the server: deployments (pool, job variables,
+    parameters), work pools, and block documents (with their values)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    async def go():
+        async with get_client() as client:
+            deployments = await client.read_deployments()
+            pools = await client.read_work_pools()
+            documents = await client.read_block_documents(include_secrets=True)
+        return {
+            "deployments": {
+                d.name: (d.work_pool_name, d.job_variables, d.parameters) for d in deployments
+            },
+            "pools": {p.name: p.base_job_template for p in pools},
+            "blocks": {d.name: (d.block_type_id, d.data) for d in documents},
+        }
+
+    settings = {
+        PREFECT_API_URL: guided["PREFECT_API_URL"],
+        PREFECT_API_AUTH_STRING: f"admin:{guided['password']}",
+    }
+    with prefect_settings(settings):
+        return asyncio.run(go())
 
 
 def read(guided, what: str):
@@ -153,6 +182,21 @@ def test_the_worker_deployment_is_sized_for_the_pipelines_processes_per_run(guid
 
 
 @pytest.mark.slow
+def test_the_guides_steps_run_twice_change_nothing_the_second_time(guided):
+    first, second = guided["states"]
+    assert {"pipeline-gke", "worker-gke", "analysis", "dead-letters"} <= set(first["deployments"])
+    assert "tqflow-gke" in first["pools"] and "tqflow" in first["blocks"]
+    assert second == first
+
+
+def test_a_terminal_without_the_image_deploys_nothing_and_says_what_to_export(guided):
+    [deploy] = guide_blocks("## 7. Size and deploy")
+    env = {k: v for k, v in guided.items() if isinstance(v, str) and k != "TQFLOW_IMAGE"}
+    with pytest.raises(AssertionError, match="TQFLOW_IMAGE: is not set in this terminal"):
+        run_bash(deploy, env)
+    assert server_state(guided)["deployments"] == guided["states"][-1]["deployments"]
+
+
 def test_the_guides_sqs_key_may_use_only_the_queue_and_its_dead_letter_queue(guided):
     import boto3
     from prefect_aws import AwsCredentials
@@ -283,10 +327,12 @@ def helm_steps(tmp_path):
 
 
 def test_helm_steps_set_only_values_the_pinned_charts_have(helm_steps):
-    installs = [c for c in helm_steps if c[:2] == ["helm", "install"]]
-    assert [c[3] for c in installs] == ["prefect/prefect-server", "prefect/prefect-worker"]
+    # `upgrade --install`: the step run again upgrades the release in place
+    installs = [c for c in helm_steps if c[:3] == ["helm", "upgrade", "--install"]]
+    assert [c[4] for c in installs] == ["prefect/prefect-server", "prefect/prefect-worker"]
+    assert not [c for c in helm_steps if c[:2] == ["helm", "install"]]  # fails a second time
     for call in installs:
-        chart, args = call[3], call[4:]
+        chart, args = call[4], call[5:]
         flags = {a for a in args if a.startswith("-")}
         assert flags <= HELM_FLAGS, flags - HELM_FLAGS
         assert args[args.index("--namespace") + 1] == NAMESPACE
@@ -299,6 +345,7 @@ def test_helm_steps_set_only_values_the_pinned_charts_have(helm_steps):
 def test_the_auth_string_lives_only_in_the_secret_both_charts_read(helm_steps):
     [secret] = [c for c in helm_steps if c[:4] == ["kubectl", "create", "secret", "generic"]]
     name = secret[4]
+    assert "--dry-run=client" in secret  # applied (`kubectl apply -f -`): a second run passes
     [literal] = [a for a in secret if a.startswith("--from-literal=")]
     assert re.fullmatch(r"--from-literal=auth-string=admin:[0-9a-f]{32}", literal)
     server = yaml.safe_load((REPO / "deployments/gke/server-values.yaml").read_text())
