@@ -6,6 +6,7 @@ nothing, and a missing tool stops it before anything is changed."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +20,7 @@ SCRIPT = REPO / "deployments/gke/make_cluster.sh"
 TOOLS = ("gcloud", "kubectl", "gke-gcloud-auth-plugin", "helm")
 #: The flags of each command the script may run: gcloud's as its 578.0.0 release defines them
 #: (lib/googlecloudsdk/command_lib and lib/surface of the SDK), kubectl's from its reference,
-#: plus the gcloud-wide --project, --format, --quiet.
+#: plus the gcloud-wide --project, --format, --flatten, --quiet.
 FLAGS = {
     "gcloud services enable": set(),
     "gcloud iam service-accounts describe": set(),
@@ -51,7 +52,10 @@ FLAGS = {
         "--node-taints",
         "--workload-metadata",
         "--spot",
+        "--disk-type",
+        "--disk-size",
     },
+    "gcloud compute regions describe": set(),
     "gcloud storage buckets describe": set(),
     "gcloud storage buckets create": {"--location", "--uniform-bucket-level-access"},
     "gcloud storage buckets add-iam-policy-binding": {"--member", "--role", "--condition"},
@@ -62,7 +66,7 @@ FLAGS = {
     "kubectl annotate serviceaccount": {"--namespace", "--overwrite"},
     "kubectl apply": {"-f"},
 }
-GLOBAL = {"gcloud": {"--project", "--format", "--quiet"}, "kubectl": set()}
+GLOBAL = {"gcloud": {"--project", "--format", "--flatten", "--quiet"}, "kubectl": set()}
 
 
 def command_of(call: list[str]) -> tuple[str, set[str]]:
@@ -138,10 +142,7 @@ def test_every_call_on_an_empty_project_uses_flags_the_commands_have(cloud):
         c[c.index("--role") + 1] for c in calls if c[1:3] == ["projects", "add-iam-policy-binding"]
     ]
     assert roles == ["roles/container.defaultNodeServiceAccount", "roles/artifactregistry.reader"]
-    assert (
-        "PREEMPTIBLE_CPUS" in result.stdout
-        and "100 workers at 4 per node are 25 nodes" in result.stdout
-    )
+    assert "100 workers at 4 per node are 25 nodes" in result.stdout
 
 
 def test_a_second_run_creates_nothing(cloud):
@@ -162,3 +163,43 @@ def test_a_missing_tool_stops_it_before_anything_changes_with_how_to_install(clo
     result, calls = run(env, state)
     assert result.returncode == 2 and calls == []
     assert f"{tool}: " in result.stderr and "install" in result.stderr
+
+
+#: A new project's regional quotas, as `gcloud compute regions describe REGION --flatten quotas
+#: --format 'value(quotas.metric,quotas.limit,quotas.usage)'` prints them (a subset).
+NEW_PROJECT_QUOTAS = """\
+CPUS\t24.0\t0.0
+DISKS_TOTAL_GB\t4096.0\t0.0
+PREEMPTIBLE_CPUS\t0.0\t0.0
+SSD_TOTAL_GB\t500.0\t0.0
+IN_USE_ADDRESSES\t8.0\t0.0
+"""
+
+
+def test_a_new_projects_quota_stops_it_before_anything_is_created_naming_what_to_raise(cloud):
+    env, _, state = cloud
+    (state / "quotas.txt").write_text(NEW_PROJECT_QUOTAS)
+    result, calls = run(env, state)
+    assert result.returncode == 3, result.stdout + result.stderr
+    # 25 spot nodes of 4 vCPUs: with no PREEMPTIBLE_CPUS granted they count against CPUS
+    for line in (
+        r"CPUS +needs +112 +limit +24",
+        r"SSD_TOTAL_GB +needs +1550 +limit +500",
+        r"IN_USE_ADDRESSES +needs +28 +limit +8",
+    ):
+        assert re.search(line, result.stdout), result.stdout
+    assert "short of what 100 workers need: CPUS SSD_TOTAL_GB IN_USE_ADDRESSES" in result.stderr
+    assert "iam-admin/quotas?project=my-lab-project" in result.stderr
+    assert not [c for c in calls if "create" in c]  # nothing made
+
+
+def test_a_quota_that_fits_lets_it_go_on(cloud):
+    env, _, state = cloud
+    (state / "quotas.txt").write_text(
+        "CPUS\t24.0\t0.0\nPREEMPTIBLE_CPUS\t200.0\t0.0\nSSD_TOTAL_GB\t4096.0\t0.0\n"
+        "IN_USE_ADDRESSES\t64.0\t0.0\n"
+    )
+    result, _ = run(env, state)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"PREEMPTIBLE_CPUS +needs +100 +limit +200", result.stdout)
+    assert re.search(r"CPUS +needs +12 +limit +24", result.stdout)

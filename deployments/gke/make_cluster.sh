@@ -19,8 +19,10 @@
 #   NAMESPACE       Kubernetes namespace of the Prefect worker and Jobs  (default tqflow)
 #   BUCKET          GCS bucket the workers write, without gs://          (optional)
 #   REPOSITORY      Artifact Registry repository of the worker image     (default tqflow)
-#   WORKERS         workers of your largest batch, for the quota note   (default 100)
+#   WORKERS         workers of your largest batch, for the quota check  (default 100)
 #   PODS_PER_NODE   worker processes per node (tqflow plan-resources)   (default 4)
+#   DISK_SIZE_GB    boot disk of a worker node, pd-balanced              (default 50)
+#   QUOTA_CHECK     0: create even where the quota is short              (default 1)
 set -euo pipefail
 
 # -- prerequisites, all checked before anything is changed --------------------------------------
@@ -51,6 +53,8 @@ BUCKET=${BUCKET#gs://}
 REPOSITORY=${REPOSITORY:-tqflow}
 WORKERS=${WORKERS:-100}
 PODS_PER_NODE=${PODS_PER_NODE:-4}
+DISK_SIZE_GB=${DISK_SIZE_GB:-50}
+QUOTA_CHECK=${QUOTA_CHECK:-1}
 POOL=tqflow-workers  # the work pool's default node_selector targets this name
 JOBS_KSA=tqflow-jobs # the work pool's default service_account_name
 JOBS_GSA=tqflow-jobs@$PROJECT.iam.gserviceaccount.com
@@ -61,9 +65,55 @@ exists() { "$@" >/dev/null 2>&1; }  # exists DESCRIBE-COMMAND...: whether it fin
 say() { printf '== %s\n' "$*"; }
 
 # -- the project ------------------------------------------------------------------------------------
-say "APIs: GKE, Artifact Registry, IAM, Cloud Storage"
-gcloud services enable container.googleapis.com artifactregistry.googleapis.com \
-  iam.googleapis.com storage.googleapis.com "${P[@]}"
+say "APIs: Compute, GKE, Artifact Registry, IAM, Cloud Storage"
+gcloud services enable compute.googleapis.com container.googleapis.com \
+  artifactregistry.googleapis.com iam.googleapis.com storage.googleapis.com "${P[@]}"
+
+# -- the project's quota, before anything is created ------------------------------------------------
+# At the batch's peak: the worker nodes, and the system pool's 3 nodes (one e2-standard-4 a zone,
+# 100 GB pd-balanced boot disks). Spot VMs count against PREEMPTIBLE_CPUS where the region grants
+# it, else against CPUS; every node with a public IP holds one of IN_USE_ADDRESSES.
+cpus=${MACHINE_TYPE##*-}
+nodes=$(((WORKERS + PODS_PER_NODE - 1) / PODS_PER_NODE))
+say "quota in $REGION for $WORKERS workers: $nodes nodes of $cpus vCPUs, and 3 system nodes"
+# (bash 3.2, macOS's own: no associative arrays, so one variable per metric)
+while read -r metric max used; do
+  case "$metric" in
+  CPUS | PREEMPTIBLE_CPUS | SSD_TOTAL_GB | IN_USE_ADDRESSES)
+    printf -v "limit_$metric" '%s' "${max%.*}"
+    printf -v "usage_$metric" '%s' "${used%.*}"
+    ;;
+  esac
+done < <(gcloud compute regions describe "$REGION" --flatten quotas \
+  --format 'value(quotas.metric,quotas.limit,quotas.usage)' "${P[@]}" || true)
+need_CPUS=12 need_PREEMPTIBLE_CPUS="" need_SSD_TOTAL_GB=$((300 + nodes * DISK_SIZE_GB))
+need_IN_USE_ADDRESSES=$((3 + nodes))
+if [[ "$SPOT" == "1" && "${limit_PREEMPTIBLE_CPUS:-0}" -gt 0 ]]; then
+  need_PREEMPTIBLE_CPUS=$((nodes * cpus))
+else
+  need_CPUS=$((12 + nodes * cpus))
+fi
+short=()
+for metric in CPUS PREEMPTIBLE_CPUS SSD_TOTAL_GB IN_USE_ADDRESSES; do
+  needed="need_$metric" limited="limit_$metric" used="usage_$metric"
+  [[ -n "${!needed}" ]] || continue
+  if [[ -z "${!limited:-}" ]]; then
+    printf '  %-18s needs %6s   (the project did not say)\n' "$metric" "${!needed}"
+    continue
+  fi
+  printf '  %-18s needs %6s   limit %6s   in use %6s\n' "$metric" "${!needed}" "${!limited}" \
+    "${!used}"
+  if ((${!limited} < ${!needed})); then short+=("$metric"); fi
+done
+if ((${#short[@]})); then
+  printf '\nmake_cluster.sh: the quota in %s is short of what %s workers need: %s.\n' \
+    "$REGION" "$WORKERS" "${short[*]}" >&2
+  printf 'Raise each to at least its need above (IAM & Admin > Quotas, filtered by metric and region:\n' >&2
+  printf '  https://console.cloud.google.com/iam-admin/quotas?project=%s), or set fewer WORKERS,\n' "$PROJECT" >&2
+  printf 'a smaller MACHINE_TYPE or DISK_SIZE_GB. QUOTA_CHECK=0 creates the cluster anyway; it then\n' >&2
+  printf 'grows only as far as the quota lets it.\n' >&2
+  if [[ "$QUOTA_CHECK" != "0" ]]; then exit 3; fi
+fi
 
 say "node service account $NODES_GSA: logs, metrics, and pulling the worker image"
 exists gcloud iam service-accounts describe "$NODES_GSA" "${P[@]}" ||
@@ -104,6 +154,7 @@ exists gcloud container node-pools describe "$POOL" --cluster "$CLUSTER" --regio
     --machine-type "$MACHINE_TYPE" \
     --service-account "$NODES_GSA" \
     --enable-autoscaling --min-nodes 0 --max-nodes "$MAX_NODES" --num-nodes 0 \
+    --disk-type pd-balanced --disk-size "$DISK_SIZE_GB" \
     --node-taints tqflow-worker=true:NoSchedule \
     --workload-metadata GKE_METADATA \
     "${spot_flags[@]}" \
@@ -140,11 +191,6 @@ exists gcloud artifacts repositories describe "$REPOSITORY" --location "$REGION"
   gcloud artifacts repositories create "$REPOSITORY" --repository-format docker \
     --location "$REGION" "${P[@]}"
 
-# -- what a batch needs of the project's quota -----------------------------------------------------
-cpus=${MACHINE_TYPE##*-}
-nodes=$(((WORKERS + PODS_PER_NODE - 1) / PODS_PER_NODE))
-quota=CPUS
-if [[ "$SPOT" == "1" ]]; then quota=PREEMPTIBLE_CPUS; fi
 cat <<DONE
 
 Cluster $CLUSTER is ready. Worker nodes: $MACHINE_TYPE, 0..$MAX_NODES per zone, spot=$SPOT, tainted
@@ -152,9 +198,9 @@ tqflow-worker=true:NoSchedule (the work pool's default tolerations include it). 
 namespace $NAMESPACE as $JOBS_KSA (Workload Identity: $JOBS_GSA).
 Image repository: $REGION-docker.pkg.dev/$PROJECT/$REPOSITORY.
 
-Quota: $WORKERS workers at $PODS_PER_NODE per node are $nodes nodes of $cpus vCPUs, $((nodes * cpus)) $quota in
-$REGION (and MAX_NODES=$MAX_NODES per zone caps the pool). What the project has:
+Quota: $WORKERS workers at $PODS_PER_NODE per node are $nodes nodes of $cpus vCPUs (checked above;
+MAX_NODES=$MAX_NODES per zone caps the pool). What the project has, at any time:
   gcloud compute regions describe $REGION --project $PROJECT --flatten quotas \\
-    --format 'table(quotas.metric,quotas.limit,quotas.usage)' --filter 'quotas.metric=$quota'
+    --format 'table(quotas.metric,quotas.limit,quotas.usage)'
 Next: deployments/gke/README.md, "3. The Prefect server".
 DONE

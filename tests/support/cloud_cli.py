@@ -3,7 +3,9 @@ running deployments/gke/make_cluster.sh and the guide's commands with no cloud: 
 scripts that run this file with ``CLOUD_CLI_TOOL`` set to the name), each call is appended to
 ``$CLOUD_CLI_STATE/calls.jsonl``; ``create`` remembers what it
 made in ``$CLOUD_CLI_STATE/made.json`` and ``describe`` finds only what was made, as the cloud
-would (exit 1, "NOT_FOUND", otherwise). Nothing else is emulated: every other call succeeds."""
+would (exit 1, "NOT_FOUND", otherwise); ``compute regions describe`` prints the quotas recorded
+in ``$CLOUD_CLI_STATE/quotas.txt``, if any. Nothing else is emulated: every other call
+succeeds."""
 
 from __future__ import annotations
 
@@ -46,6 +48,13 @@ def main() -> int:
             print("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tqflow")
         if tool == "kubectl" and args[-2:] == ["-f", "-"]:
             sys.stdin.read()  # the manifest piped in
+        return 0
+    if args[:3] == ["compute", "regions", "describe"]:
+        # The project's quotas as gcloud prints them with --format 'value(...)': a recorded
+        # answer, when the test gives one.
+        recorded = state / "quotas.txt"
+        if recorded.exists():
+            print(recorded.read_text(), end="")
         return 0
     made_path = state / "made.json"
     made = json.loads(made_path.read_text()) if made_path.exists() else []
