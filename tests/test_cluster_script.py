@@ -56,8 +56,18 @@ FLAGS = {
         "--disk-size",
     },
     "gcloud compute regions describe": set(),
+    "gcloud container clusters delete": {"--region", "--zone", "--async"},
+    "gcloud container node-pools delete": {"--cluster", "--region", "--zone", "--async"},
+    "gcloud artifacts repositories delete": {"--location", "--async"},
+    "gcloud storage rm": {"--recursive", "--all-versions", "--continue-on-error"},
+    "gcloud projects remove-iam-policy-binding": {"--member", "--role", "--condition", "--all"},
+    "gcloud iam service-accounts delete": set(),
     "gcloud storage buckets describe": set(),
-    "gcloud storage buckets create": {"--location", "--uniform-bucket-level-access"},
+    "gcloud storage buckets create": {
+        "--location",
+        "--uniform-bucket-level-access",
+        "--public-access-prevention",
+    },
     "gcloud storage buckets add-iam-policy-binding": {"--member", "--role", "--condition"},
     "gcloud artifacts repositories describe": {"--location"},
     "gcloud artifacts repositories create": {"--repository-format", "--location", "--description"},
@@ -203,3 +213,47 @@ def test_a_quota_that_fits_lets_it_go_on(cloud):
     assert result.returncode == 0, result.stderr
     assert re.search(r"PREEMPTIBLE_CPUS +needs +100 +limit +200", result.stdout)
     assert re.search(r"CPUS +needs +12 +limit +24", result.stdout)
+
+
+TEARDOWN = REPO / "deployments/gke/delete_cluster.sh"
+
+
+def teardown(env: dict[str, str], state: Path) -> tuple[subprocess.CompletedProcess, list]:
+    calls = state / "calls.jsonl"
+    before = len(calls.read_text().splitlines())
+    result = subprocess.run(
+        ["/bin/bash", str(TEARDOWN)], env=env, capture_output=True, text=True, timeout=300
+    )
+    return result, [json.loads(line) for line in calls.read_text().splitlines()[before:]]
+
+
+def test_the_teardown_removes_everything_the_setup_made_with_flags_the_commands_have(cloud):
+    env, _, state = cloud
+    assert run(env, state)[0].returncode == 0
+    result, calls = teardown({**env, "DELETE_BUCKET": "1"}, state)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((state / "made.json").read_text()) == []  # nothing left of the setup
+    unknown = [
+        (call, flags)
+        for call in calls
+        for key, flags in [command_of(call)]
+        if not key or not flags <= FLAGS[key] | GLOBAL[call[0]]
+    ]
+    assert not unknown, unknown
+    assert "Kept:" in result.stdout and "SQS queues" in result.stdout
+    again, calls = teardown({**env, "DELETE_BUCKET": "1"}, state)
+    assert again.returncode == 0, again.stderr
+    assert not [c for c in calls if "delete" in c or c[1:3] == ["storage", "rm"]]
+
+
+def test_the_teardown_keeps_the_bucket_unless_told_and_says_so(cloud):
+    env, _, state = cloud
+    assert run(env, state)[0].returncode == 0
+    result, _ = teardown(env, state)  # no terminal to ask, no DELETE_BUCKET
+    assert result.returncode == 0, result.stderr
+    assert json.loads((state / "made.json").read_text()) == [
+        ["storage buckets", "gs://my-lab-tqflow"]
+    ]
+    assert "the bucket gs://my-lab-tqflow and its results (DELETE_BUCKET=1 deletes them)" in (
+        result.stdout
+    )

@@ -180,7 +180,7 @@ if [[ -n "$BUCKET" ]]; then
   say "bucket gs://$BUCKET: the Jobs may write it"
   exists gcloud storage buckets describe "gs://$BUCKET" "${P[@]}" ||
     gcloud storage buckets create "gs://$BUCKET" --location "$REGION" \
-      --uniform-bucket-level-access "${P[@]}"
+      --uniform-bucket-level-access --public-access-prevention "${P[@]}"
   gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" \
     --member "serviceAccount:$JOBS_GSA" --role roles/storage.objectAdmin --format none "${P[@]}"
 fi

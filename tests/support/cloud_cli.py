@@ -3,7 +3,8 @@ running deployments/gke/make_cluster.sh and the guide's commands with no cloud: 
 scripts that run this file with ``CLOUD_CLI_TOOL`` set to the name), each call is appended to
 ``$CLOUD_CLI_STATE/calls.jsonl``; ``create`` remembers what it
 made in ``$CLOUD_CLI_STATE/made.json`` and ``describe`` finds only what was made, as the cloud
-would (exit 1, "NOT_FOUND", otherwise); ``compute regions describe`` prints the quotas recorded
+would (exit 1, "NOT_FOUND", otherwise), and ``delete`` (or ``storage rm``) forgets it;
+``compute regions describe`` prints the quotas recorded
 in ``$CLOUD_CLI_STATE/quotas.txt``, if any. Nothing else is emulated: every other call
 succeeds."""
 
@@ -16,9 +17,12 @@ from pathlib import Path
 
 
 def resource(args: list[str]) -> tuple[str, str] | None:
-    """(kind, name) of a ``gcloud ... create|describe NAME`` call: the command words before the
-    verb, and its first positional argument."""
-    for verb in ("create", "describe"):
+    """(kind, name) of a ``gcloud ... create|describe|delete NAME`` call: the command words
+    before the verb, and its first positional argument."""
+    if args[:2] == ["storage", "rm"]:  # `storage rm --recursive gs://BUCKET`: the bucket too
+        names = [a for a in args[2:] if not a.startswith("-")]
+        return ("storage buckets", names[0]) if names else None
+    for verb in ("create", "describe", "delete"):
         if verb in args:
             at = args.index(verb)
             names = [a for a in args[at + 1 :] if not a.startswith("-")]
@@ -67,6 +71,12 @@ def main() -> int:
         return 1
     if found is not None and "create" in args:
         made.append(list(found))
+        made_path.write_text(json.dumps(made))
+    if found is not None and ("delete" in args or args[:2] == ["storage", "rm"]):
+        if list(found) not in made:
+            print(f"ERROR: (gcloud) NOT_FOUND: {found[1]}", file=sys.stderr)
+            return 1
+        made.remove(list(found))
         made_path.write_text(json.dumps(made))
     return 0
 
