@@ -270,6 +270,11 @@ CHART_VALUES = {
         "server.basicAuth.existingSecret",
         "server.nodeSelector",
         "server.uiConfig.prefectUiApiUrl",
+        "secret.create",
+        "postgresql.auth.existingSecret",
+        "postgresql.primary.persistence.enabled",
+        "postgresql.primary.persistence.size",
+        "postgresql.primary.nodeSelector",
     },
     "prefect/prefect-worker": {
         "worker.apiConfig",
@@ -290,7 +295,13 @@ CHART_VALUES = {
 }
 HELM_FLAGS = {"--version", "--namespace", "-f", "--set"}
 #: Maps and lists whose entries are data, not chart values.
-DATA_VALUES = ("server.nodeSelector", "worker.nodeSelector", "server.command", "server.args")
+DATA_VALUES = (
+    "server.nodeSelector",
+    "worker.nodeSelector",
+    "postgresql.primary.nodeSelector",
+    "server.command",
+    "server.args",
+)
 
 
 def value_paths(values: dict, prefix: str = "") -> set[str]:
@@ -343,7 +354,11 @@ def test_helm_steps_set_only_values_the_pinned_charts_have(helm_steps):
 
 
 def test_the_auth_string_lives_only_in_the_secret_both_charts_read(helm_steps):
-    [secret] = [c for c in helm_steps if c[:4] == ["kubectl", "create", "secret", "generic"]]
+    [secret] = [
+        c
+        for c in helm_steps
+        if c[:5] == ["kubectl", "create", "secret", "generic", "prefect-basic-auth"]
+    ]
     name = secret[4]
     assert "--dry-run=client" in secret  # applied (`kubectl apply -f -`): a second run passes
     [literal] = [a for a in secret if a.startswith("--from-literal=")]
@@ -355,6 +370,43 @@ def test_the_auth_string_lives_only_in_the_secret_both_charts_read(helm_steps):
     assert auth == {"enabled": True, "existingSecret": name}
     password = literal.split(":", 1)[1]
     assert not [c for c in helm_steps if c[0] == "helm" and any(password in a for a in c)]
+
+
+def test_the_servers_database_persists_with_a_password_of_its_own_made_once(helm_steps, tmp_path):
+    server = yaml.safe_load((REPO / "deployments/gke/server-values.yaml").read_text())
+    database = server["postgresql"]
+    assert database["primary"]["persistence"]["enabled"] is True
+    assert server["secret"]["create"] is False  # no chart-made Secret from a default password
+    [made] = [c for c in helm_steps if c[:4] == ["kubectl", "create", "secret", "generic"]
+              and c[4] == database["auth"]["existingSecret"]]  # fmt: skip
+    literals = dict(
+        a.split("=", 1)[1].split("=", 1) for a in made if a.startswith("--from-literal")
+    )
+    assert re.fullmatch(r"[0-9a-f]{32}", literals["password"])
+    assert literals["connection-string"] == (
+        f"postgresql+asyncpg://prefect:{literals['password']}"
+        f"@prefect-server-postgresql.{NAMESPACE}:5432/server"
+    )
+    assert "prefect-rocks" not in json.dumps(helm_steps)  # the chart's default password
+
+
+def test_the_server_step_run_again_keeps_the_database_password(tmp_path):
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    cloud_cli.install(bin_dir, ("helm", "kubectl"))
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "CLOUD_CLI_STATE": str(state),
+        "TQFLOW_IMAGE_TAG": "abc1234-20261202075300",
+        "HOME": str(tmp_path),
+    }
+    server = guide_blocks("## 3. The Prefect server")[0]
+    run_bash(server, env)
+    run_bash(server, env)
+    calls = [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
+    made = [c for c in calls if c[:5] == ["kubectl", "create", "secret", "generic", "prefect-db"]]
+    assert len(made) == 1  # the second run found it, and made no new password
 
 
 # -- the Job the worker submits under basic auth ------------------------------------------------------

@@ -4,6 +4,7 @@ scripts that run this file with ``CLOUD_CLI_TOOL`` set to the name), each call i
 ``$CLOUD_CLI_STATE/calls.jsonl``; ``create`` remembers what it
 made in ``$CLOUD_CLI_STATE/made.json`` and ``describe`` finds only what was made, as the cloud
 would (exit 1, "NOT_FOUND", otherwise), and ``delete`` (or ``storage rm``) forgets it;
+``kubectl get KIND NAME`` finds only a secret ``kubectl create secret`` made;
 ``compute regions describe`` prints the quotas recorded
 in ``$CLOUD_CLI_STATE/quotas.txt``, if any. Nothing else is emulated: every other call
 succeeds."""
@@ -47,6 +48,22 @@ def main() -> int:
     state = Path(os.environ["CLOUD_CLI_STATE"])
     with open(state / "calls.jsonl", "a") as calls:
         calls.write(json.dumps([tool, *args]) + "\n")
+    if tool == "kubectl" and args[:1] == ["get"] and len(args) > 2:
+        # `kubectl get KIND NAME`: found only if this stand-in created it
+        made_path = state / "made.json"
+        made = json.loads(made_path.read_text()) if made_path.exists() else []
+        if [f"kubectl {args[1]}", args[2]] in made:
+            print(f"{args[1]}/{args[2]}")
+            return 0
+        print(f'Error from server (NotFound): {args[1]}s "{args[2]}" not found', file=sys.stderr)
+        return 1
+    if tool == "kubectl" and args[:1] == ["create"] and "--dry-run=client" not in args:
+        made_path = state / "made.json"
+        made = json.loads(made_path.read_text()) if made_path.exists() else []
+        names = [a for a in args[1:] if not a.startswith("-")]
+        if len(names) >= 3 and names[0] == "secret":
+            made.append([f"kubectl {names[0]}", names[2]])
+            made_path.write_text(json.dumps(made))
     if tool != "gcloud":
         if tool == "kubectl" and "--dry-run=client" in args:
             print("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tqflow")
