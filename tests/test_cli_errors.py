@@ -377,3 +377,10 @@ def test_a_function_taking_star_args_first_is_told_to_wrap_it(tmp_path):
 def test_an_items_url_that_names_no_file_says_how_to_write_one(tmp_path, url, says):
     out = fails("enqueue", "tests.tasks:square", "--items-file", url, "--data", str(tmp_path))
     assert says in out
+
+
+@pytest.mark.parametrize("item", ["8646911350000,0002", "864691135000,000002", "12,5"])
+def test_digits_broken_by_a_comma_are_refused_not_queued_as_a_name(tmp_path, item):
+    out = fails("enqueue", "tests.tasks:square", "--item", item, "--data", str(tmp_path))
+    assert f"--item #1 ('{item}') is digits broken by a comma" in out
+    assert not (tmp_path / "queue.sqlite").exists()

@@ -50,6 +50,8 @@ SUFFIXES = {
 NA_MARKERS = frozenset({"na", "n/a", "nan", "null", "none", "<na>", "nat", "#n/a"})
 
 _DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+|\.\d+[eE][+-]?\d+)")
+#: Digits with commas anywhere between them ("8646911350000,0002"): not a grouping, a typo.
+_DIGITS_AND_COMMAS = re.compile(r"[+-]?\d+(?:,\d+)+")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:([,'_ ])\d{3})(?:\1\d{3})*|[+-]?\d{1,3}(?:\.\d{3}){2,}")
 
 _EMPTY = object()
@@ -104,6 +106,12 @@ def _text(text: str, where: str) -> Any:
         raise ItemSourceError(
             f"{where} ({text!r}) is a number written with thousands separators: write items "
             "as plain digits (864691135000000001)"
+        )
+    if _DIGITS_AND_COMMAS.fullmatch(text):
+        raise ItemSourceError(
+            f"{where} ({text!r}) is digits broken by a comma (a number mistyped, mangled, or "
+            "with a decimal comma): write it as plain digits (864691135000000001); if it is a "
+            f"name, not a number, give it as a JSON string in a .jsonl file ({json.dumps(text)})"
         )
     if _DECIMAL.fullmatch(text):
         return _number(float(text), where, written=text)
