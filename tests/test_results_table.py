@@ -86,6 +86,14 @@ def test_a_missing_output_is_left_out_not_an_error(storage, tmp_path):
     assert pq.read_table(result.path).column("key").to_pylist() == ["b"]
 
 
+def test_a_result_field_literally_named_result_key_leaves_result_key_to_the_results_key(
+    storage, tmp_path
+):
+    write_outputs(storage, {"a": {"result.key": "literal", "key": "theirs"}})
+    row = pq.read_table(build(storage, tmp_path).path).to_pylist()[0]
+    assert (row["key"], row["result.key"], row["result.result.key"]) == ("a", "theirs", "literal")
+
+
 def test_a_result_field_named_like_a_table_column_is_kept_beside_it(storage, tmp_path):
     write_outputs(storage, {"a": {"key": "theirs", "task_seconds": 99, "n": 1}})
     row = pq.read_table(build(storage, tmp_path).path).to_pylist()[0]

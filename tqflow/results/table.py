@@ -134,7 +134,10 @@ def _row(record: dict[str, Any], path: str) -> dict[str, Any]:
     result = record.get("result")
     row: dict[str, Any] = {"key": record.get("key") or key_of_output(path)}
     fields = result if isinstance(result, dict) else {"result": result}
-    for name, value in fields.items():
+    # The result's fields named like tqflow's columns first: its `key` is `result.key`, whatever
+    # order the fields come in, and a field literally named `result.key` moves on instead.
+    ordered = sorted(fields.items(), key=lambda field: str(field[0]) not in OWN_COLUMNS)
+    for name, value in ordered:
         name = str(name)
         while name in OWN_COLUMNS or name in row:
             name = f"result.{name}"  # the result's `key` beside tqflow's, never over it
