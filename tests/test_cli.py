@@ -238,3 +238,21 @@ def test_a_plan_of_more_nodes_than_a_project_can_have_says_so(
         assert "warning:" not in one_line and " 1 node," in one_line
     else:
         assert re.search(warns, one_line), one_line
+
+
+def test_status_of_a_mistyped_batch_on_a_shared_queue_says_so_and_names_the_close_one(tmp_path):
+    queue = LocalTaskQueue(path=str(tmp_path / "queue.sqlite"), queue_name="shared")
+    invoke(
+        "enqueue", "tests.tasks:square", "--item", "1", "--item", "2",
+        "--batch", "nightly", "--queue", "shared", "--data", str(tmp_path),
+    )  # fmt: skip
+    assert queue.counts().visible == 2
+    result = CliRunner().invoke(
+        app,
+        ["status", "--batch", "nightlyy", "--queue", "shared", "--data", str(tmp_path)],
+        env={"COLUMNS": "400"},
+    )
+    out = " ".join(result.output.split())
+    assert result.exit_code == 0, out
+    assert "warning: no batch 'nightlyy'" in out and "did you mean 'nightly'?" in out
+    assert "the counts below are of queue 'shared', every batch on it" in out

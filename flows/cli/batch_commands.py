@@ -109,6 +109,19 @@ def _run_demo(target: Target, items: int, workers: int, nodes: int, overwrite: b
     )
 
 
+def _batches_like(storage: Any, batch: str) -> str:
+    """ ", did you mean ...?" for batches of a local folder named like ``batch``; else ''."""
+    import difflib
+    from pathlib import Path
+
+    if not storage.is_local:
+        return ""  # a bucket's batches would take a listing of every output to find
+    folder = Path(storage.cloudpath[len("file://") :])
+    names = [p.parent.name for p in folder.glob("*/batch.json")]
+    close = difflib.get_close_matches(batch, names, n=3)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
 @app.command("enqueue")
 @target_options()
 def enqueue_command(
@@ -253,13 +266,23 @@ def status(
     ),
 ) -> None:
     """Show the queue (with its dead-letter queue) and what the batch's workers did."""
-    from tqflow.engine.layout import outputs_prefix
+    from tqflow.engine.layout import batch_record_path, outputs_prefix
     from tqflow.engine.reports import batch_tally, read_reports
     from tqflow.fleet.dashboard import failure_lines, resource_lines
 
     q, storage, batch = target.queue(must_exist=True), target.storage(), target.batch
     counts = q.counts()
     reports = read_reports(storage, batch)
+    if not reports and not storage.exists(batch_record_path(batch)):
+        # The queue's counts are the queue's, whatever batch is named: say that this one has
+        # left nothing here, rather than show a mistyped name another batch's counts.
+        console(stderr=True).print(
+            f"warning: no batch {batch!r} in {storage.cloudpath} (nothing enqueued or run under "
+            f"that name){_batches_like(storage, batch)}; the counts below are of queue "
+            f"{q.queue_name!r}, every batch on it",
+            soft_wrap=True,
+            markup=False,
+        )
     if reports.warning():
         console(stderr=True).print(f"warning: {reports.warning()}", soft_wrap=True, markup=False)
     tally = batch_tally(reports)
