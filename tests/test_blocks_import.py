@@ -189,3 +189,34 @@ def test_register_makes_the_block_types_known_to_the_server(prefect_api):
         ):
             assert client.read_block_type_by_slug(slug).slug == slug
             assert f"registered {slug}" in result.output
+
+
+def test_a_temporary_server_that_does_not_start_in_time_is_one_sentence(secrets_folder, tmp_path):
+    """With no API configured, `blocks import` saves to Prefect's temporary server; on a busy
+    machine it may not answer within Prefect's startup timeout (here none at all)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder, values = secrets_folder
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0",
+        COLUMNS="300",
+    )
+    tqflow = Path(sys.executable).parent / "tqflow"
+    result = subprocess.run(
+        [str(tqflow), "blocks", "import", "--folder", str(folder), "--name", "busy"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1, out
+    assert "Traceback" not in out
+    assert "Prefect's temporary server did not answer in time" in out
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in out
+    assert values["aws"]["AWS_SECRET_ACCESS_KEY"] not in out

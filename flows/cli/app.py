@@ -33,12 +33,34 @@ def explain(exc: BaseException) -> Optional[str]:
         from flows.cli.prefect_api import unreachable as sentence
 
         return sentence(PREFECT_API_URL.value() or "(the temporary server)", unreachable)
+    if _temporary_server_timed_out(exc):
+        return (
+            "Prefect's temporary server did not answer in time (a busy machine?): run the "
+            "command again, give it longer (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, "
+            "20 by default), or start a server (`prefect server start`) and set PREFECT_API_URL"
+        )
     if isinstance(exc, sqlite3.DatabaseError):
         return (
             f"the local queue database cannot be read ({exc}): --data must be a folder whose "
             "queue.sqlite was written by tqflow; move a damaged file away to start afresh"
         )
     return None
+
+
+def _temporary_server_timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is Prefect's timeout waiting for the
+    temporary server it started (``RuntimeError("Timed out while attempting to connect to
+    ephemeral Prefect API server...")``)."""
+    seen: set[int] = set()
+    cause: Optional[BaseException] = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, RuntimeError) and str(cause).startswith(
+            "Timed out while attempting to connect to ephemeral"
+        ):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _prefect_api_unreachable(exc: BaseException) -> Optional[BaseException]:
