@@ -384,3 +384,20 @@ def test_digits_broken_by_a_comma_are_refused_not_queued_as_a_name(tmp_path, ite
     out = fails("enqueue", "tests.tasks:square", "--item", item, "--data", str(tmp_path))
     assert f"--item #1 ('{item}') is digits broken by a comma" in out
     assert not (tmp_path / "queue.sqlite").exists()
+
+
+def test_a_timestamp_column_is_named_with_its_row_not_a_message_key(tmp_path):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = tmp_path / "cells.parquet"
+    when = [datetime.datetime(2024, 1, 1), datetime.datetime(2024, 1, 2)]
+    pq.write_table(pa.table({"seen_at": when, "root_id": [1, 2]}), table)
+    out = fails(
+        "enqueue", "tests.tasks:square", "--items-file", str(table), "--column", "seen_at",
+        "--data", str(tmp_path),
+    )  # fmt: skip
+    assert "cells.parquet column seen_at row 1 (2024-01-01 00:00:00) is a datetime" in out
+    assert "h-" not in out  # no message key

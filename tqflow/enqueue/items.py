@@ -22,6 +22,7 @@ refused, naming them. Lists given in Python (``items=[...]``) keep their strings
 
 from __future__ import annotations
 
+import datetime
 import decimal
 import io
 import json
@@ -167,6 +168,17 @@ def exact_value(value: Any, where: str, text: bool = True) -> Any:
         return int(value)
     if type(value).__name__ in ("NAType", "NaTType"):
         return _EMPTY
+    if isinstance(value, (datetime.date, datetime.time, datetime.timedelta)):
+        raise ItemSourceError(
+            f"{where} ({value}) is a {type(value).__name__}, not an item: items are numbers, "
+            "strings, lists or objects (JSON). Name the column that holds the items, or write "
+            "this one as text first (pandas: df[column].astype(str))"
+        )
+    if isinstance(value, (bytes, bytearray)):
+        raise ItemSourceError(
+            f"{where} is binary data ({len(value):,} bytes), not an item: items are numbers, "
+            "strings, lists or objects (JSON); name the column that holds the items"
+        )
     return value
 
 
