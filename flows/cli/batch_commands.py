@@ -185,22 +185,12 @@ def enqueue_command(
         )
     target.check_writable()
     queue, storage = target.queue(), target.storage()
-    found = ItemSource(
-        items=[parse_item(i, f"--item #{n}") for n, i in enumerate(items, 1)] if items else None,
-        items_file=items_file,
-        column=column if cave_table is None else None,
-        items_from=items_from,
-        cave_query=cave_query,
-    ).read(
-        load_block_option(cave_block, CAVECredentials, "--cave-block") if cave_block else None,
-        storage,
-    )
-    if found.report():
-        console(stderr=True).print(f"[yellow]{found.report()}[/yellow]", soft_wrap=True)
-    stop = threading.Event()
+    stop, reading = threading.Event(), threading.Event()
 
     def request_stop() -> bool:
         stop.set()
+        if reading.is_set():
+            return True  # interrupt the read: nothing has been sent
         console(stderr=True).print(
             "stopping after the step in progress (again to stop at once)", soft_wrap=True
         )
@@ -208,6 +198,35 @@ def enqueue_command(
 
     at_once = "tqflow enqueue: second {signal}: stopping now; run the same enqueue again to go on"
     with stop_on_signals(request_stop, at_once=at_once):
+        reading.set()
+        try:
+            found = ItemSource(
+                items=[parse_item(i, f"--item #{n}") for n, i in enumerate(items, 1)]
+                if items
+                else None,
+                items_file=items_file,
+                column=column if cave_table is None else None,
+                items_from=items_from,
+                cave_query=cave_query,
+            ).read(
+                load_block_option(cave_block, CAVECredentials, "--cave-block")
+                if cave_block
+                else None,
+                storage,
+            )
+        except BaseException:
+            if not stop.is_set():
+                raise
+            # however the reader took the interruption (pandas reports a damaged file)
+            console(stderr=True).print(
+                "[yellow]stopped while reading the items: nothing was queued; run the same "
+                "command again[/yellow]",
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
+        reading.clear()
+        if found.report():
+            console(stderr=True).print(f"[yellow]{found.report()}[/yellow]", soft_wrap=True)
         try:
             result = enqueue_items(
                 queue,

@@ -37,8 +37,10 @@ class Terminal:
             try:
                 os.chdir(self.cwd)
                 # bash with job control (set -m): the command a foreground job of its own;
-                # the shell's exit status is the command's.
-                shell = ["/bin/bash", "--norc", "--noprofile", "-c", 'set -m; "$0" "$@"']
+                # the shell's exit status is the command's. The `exit` after it keeps bash from
+                # exec'ing the command in its own place (it does for a last simple command),
+                # which would make the command the session's leader again.
+                shell = ["/bin/bash", "--norc", "--noprofile", "-c", 'set -m; "$0" "$@"; exit $?']
                 os.execve(shell[0], shell + self.command, self.env)
             finally:
                 os._exit(127)

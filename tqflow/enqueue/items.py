@@ -223,7 +223,7 @@ def read_file(path: Path, column: Optional[str]) -> Items:
     """Items from a local file in one of the `SUFFIXES` formats (`read_items_file`)."""
     if path.is_dir():
         raise ItemSourceError(f"items file {path} is a folder: give the file of items")
-    if not path.is_file():
+    if not path.exists():  # a pipe is read too: `--items-file <(make_items)`
         raise ItemSourceError(f"items file {path} does not exist")
     return read_items_file(ItemsFile(str(path), path.read_bytes()), column)
 
