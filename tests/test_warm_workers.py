@@ -162,9 +162,11 @@ def test_a_start_interrupted_before_its_answer_stops_the_worker_the_answer_names
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    def interrupt_once_the_server_imports() -> None:  # the request is sent; no answer yet
+    def interrupt_once_the_server_imports() -> None:
+        # the request is sent and the fleet waits for its answer (the one waiter on
+        # `_ended`), which has not come: the cold server takes seconds to import the worker
         wait_until(
-            lambda: fresh_server._process and importing_the_worker(fresh_server._process.pid),
+            lambda: fresh_server._ended._waiters and not fresh_server._answers,
             timeout=120,
             every=0.005,
         )

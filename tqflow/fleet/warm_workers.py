@@ -104,6 +104,7 @@ class WarmWorkerServer:
         self._abandoned: set[int] = set()
         self._requests = itertools.count(1)
         self._process: Optional[subprocess.Popen] = None
+        self._reader: Optional[threading.Thread] = None
 
     def start(
         self,
@@ -176,21 +177,25 @@ class WarmWorkerServer:
         return code
 
     def _running_server(self) -> subprocess.Popen:
-        if self._process is not None and self._process.poll() is None:
-            return self._process
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "tqflow.fleet.warm_workers"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        threading.Thread(
-            target=self._read_answers,
-            args=(self._process,),
-            daemon=True,
-            name="tqflow-warm-workers",
-        ).start()
+        """The server, started if need be, with a thread reading its answers (started here
+        too if a start interrupted before it left the server without one)."""
+        if self._process is None or self._process.poll() is not None:
+            self._reader = None
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "tqflow.fleet.warm_workers"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+            )
+        if self._reader is None or not self._reader.is_alive():
+            self._reader = threading.Thread(
+                target=self._read_answers,
+                args=(self._process,),
+                daemon=True,
+                name="tqflow-warm-workers",
+            )
+            self._reader.start()
         return self._process
 
     def _read_answers(self, process: subprocess.Popen) -> None:
