@@ -262,7 +262,9 @@ def test_jobs_land_in_the_namespace_the_prefect_workers_role_and_observer_cover(
     values = helm_values()
     install = (REPO / "deployments/gke/worker-values.yaml").read_text()
     # the chart puts the worker's Role in the release namespace unless role.namespace says otherwise
-    release_namespace = re.search(r"helm install .*?--namespace (\S+)", install, re.S).group(1)
+    release_namespace = re.search(
+        r"helm (?:upgrade --)?install .*?--namespace (\S+)", install, re.S
+    ).group(1)
     role_namespace = values.get("role", {}).get("namespace") or release_namespace
     assert manifest["metadata"]["namespace"] == NAMESPACE
     assert role_namespace == NAMESPACE
