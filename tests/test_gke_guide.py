@@ -315,10 +315,9 @@ def value_paths(values: dict, prefix: str = "") -> set[str]:
     return paths
 
 
-@pytest.fixture
-def helm_steps(tmp_path):
-    """The guide's server (step 3) and worker (step 5) Helm blocks run by bash with recording
-    stand-ins for helm and kubectl first on PATH; returns their calls."""
+def helm_stand_ins(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment with recording stand-ins for helm and kubectl first on PATH, and the
+    folder of their state (`tests/support/cloud_cli.py`)."""
     bin_dir, state = tmp_path / "bin", tmp_path / "state"
     bin_dir.mkdir()
     state.mkdir()
@@ -329,6 +328,14 @@ def helm_steps(tmp_path):
         "TQFLOW_IMAGE_TAG": "abc1234-20261202075300",
         "HOME": str(tmp_path),
     }
+    return env, state
+
+
+@pytest.fixture
+def helm_steps(tmp_path):
+    """The guide's server (step 3) and worker (step 5) Helm blocks run by bash with recording
+    stand-ins for helm and kubectl first on PATH; returns their calls."""
+    env, state = helm_stand_ins(tmp_path)
     assert shutil.which("openssl", path=env["PATH"]), "the guide's step 3 uses openssl"
     server = guide_blocks("## 3. The Prefect server")[0]
     worker = guide_blocks("## 5. Work pool and Prefect worker")[1]
@@ -391,16 +398,7 @@ def test_the_servers_database_persists_with_a_password_of_its_own_made_once(helm
 
 
 def test_the_server_step_run_again_keeps_the_database_password(tmp_path):
-    bin_dir, state = tmp_path / "bin", tmp_path / "state"
-    bin_dir.mkdir()
-    state.mkdir()
-    cloud_cli.install(bin_dir, ("helm", "kubectl"))
-    env = {
-        "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
-        "CLOUD_CLI_STATE": str(state),
-        "TQFLOW_IMAGE_TAG": "abc1234-20261202075300",
-        "HOME": str(tmp_path),
-    }
+    env, state = helm_stand_ins(tmp_path)
     server = guide_blocks("## 3. The Prefect server")[0]
     run_bash(server, env)
     run_bash(server, env)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import typer
 from rich.table import Table
@@ -52,18 +53,12 @@ def demo(
         return True
 
     at_once = "tqflow demo: second {signal}: stopping now; run the same command again to go on"
-    with stop_on_signals(request_stop, at_once=at_once):
-        try:
-            summary = _run_demo(target, items, workers, nodes, overwrite)
-        except BaseException:
-            if not stopped.is_set():
-                raise
-            console(stderr=True).print(
-                "\nstopped: the workers released the tasks they held. Run the same command "
-                "again to finish the batch; nothing done is run again.",
-                soft_wrap=True,
-            )
-            raise typer.Exit(130) from None
+    stopped_sentence = (
+        "\nstopped: the workers released the tasks they held. Run the same command again to "
+        "finish the batch; nothing done is run again."
+    )
+    with stop_on_signals(request_stop, at_once=at_once), _ends_when(stopped, stopped_sentence):
+        summary = _run_demo(target, items, workers, nodes, overwrite)
     analysis_summary = summary.get("analysis") or {}
     console().print(
         f"\n[bold]batch {target.batch}[/bold]: {summary['done']:,} tasks run, "
@@ -79,6 +74,20 @@ def demo(
         "Run it again to resume (nothing re-runs); `tqflow status` shows the queue; "
         "with `prefect server start` running, the runs and artifacts are in its UI."
     )
+
+
+@contextlib.contextmanager
+def _ends_when(stopped: threading.Event, sentence: str) -> Iterator[None]:
+    """Once a stop was asked (``stopped``), whatever the interrupted block raises (a library
+    may wrap the KeyboardInterrupt in an error of its own, or swallow it), the command ends
+    with ``sentence`` on stderr and exit code 130."""
+    try:
+        yield
+    except BaseException:
+        if not stopped.is_set():
+            raise
+        console(stderr=True).print(sentence, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 def _run_demo(target: Target, items: int, workers: int, nodes: int, overwrite: bool) -> Any:
@@ -199,7 +208,12 @@ def enqueue_command(
     at_once = "tqflow enqueue: second {signal}: stopping now; run the same enqueue again to go on"
     with stop_on_signals(request_stop, at_once=at_once):
         reading.set()
-        try:
+        stopped_reading = (
+            "[yellow]stopped while reading the items: nothing was queued; run the same command "
+            "again[/yellow]"
+        )
+        # however the reader takes the interruption (pandas reports a damaged file)
+        with _ends_when(stop, stopped_reading):
             found = ItemSource(
                 items=[parse_item(i, f"--item #{n}") for n, i in enumerate(items, 1)]
                 if items
@@ -214,16 +228,6 @@ def enqueue_command(
                 else None,
                 storage,
             )
-        except BaseException:
-            if not stop.is_set():
-                raise
-            # however the reader took the interruption (pandas reports a damaged file)
-            console(stderr=True).print(
-                "[yellow]stopped while reading the items: nothing was queued; run the same "
-                "command again[/yellow]",
-                soft_wrap=True,
-            )
-            raise typer.Exit(130) from None
         reading.clear()
         if found.report():
             console(stderr=True).print(f"[yellow]{found.report()}[/yellow]", soft_wrap=True)
