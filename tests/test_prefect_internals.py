@@ -24,3 +24,13 @@ def test_the_temporary_server_is_still_started_the_way_tqflow_starts_it_apart():
     # One instance per port, kept by the class: the subclass's, made first, is the one every
     # Prefect client starts.
     assert "_instances" in inspect.getsource(server.SubprocessASGIServer.__new__), why
+
+
+def test_the_temporary_servers_start_still_takes_the_wait_tqflow_gives_it():
+    from prefect.server.api import server
+
+    start = inspect.signature(server.SubprocessASGIServer.start)
+    assert "timeout" in start.parameters, (
+        "flows/cli/prefect_api.py passes SubprocessASGIServer.start(timeout=...) a longer wait "
+        "than Prefect's 20 s for a busy machine; Prefect changed the method: pass it again"
+    )

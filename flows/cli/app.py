@@ -36,8 +36,9 @@ def explain(exc: BaseException) -> Optional[str]:
     if _temporary_server_timed_out(exc):
         return (
             "Prefect's temporary server did not answer in time (a busy machine?): run the "
-            "command again, give it longer (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, "
-            "20 by default), or start a server (`prefect server start`) and set PREFECT_API_URL"
+            "command again, give it longer (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS; "
+            "tqflow waits 120 s unless it is set), or start a server (`prefect server start`) "
+            "and set PREFECT_API_URL"
         )
     if isinstance(exc, sqlite3.DatabaseError):
         return (

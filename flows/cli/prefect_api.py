@@ -16,7 +16,7 @@ import functools
 import os
 import subprocess
 import types
-from typing import Any
+from typing import Any, Optional
 
 from tqflow.errors import CLIInputError
 
@@ -51,6 +51,11 @@ def unreachable(url: str, problem: BaseException) -> str:
     )
 
 
+#: Seconds a command waits for its temporary Prefect server to answer.
+TEMPORARY_SERVER_START_SECONDS = 120
+_STARTUP_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+
+
 def _use_a_temporary_server_of_its_own() -> None:
     """Make Prefect's temporary server one started with ``start_new_session``. Prefect's
     clients ask its class for the one instance of the default port; this subclass's instance,
@@ -64,6 +69,14 @@ def _use_a_temporary_server_of_its_own() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     class TemporaryServerOfItsOwn(prefect_server.SubprocessASGIServer):
+        def start(self, timeout: Optional[int] = None) -> None:
+            # Prefect's 20 s is short for a busy laptop or CI machine (the server's first
+            # start migrates its database): a command waits TEMPORARY_SERVER_START_SECONDS
+            # unless the user set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.
+            if timeout is None and _STARTUP_SETTING not in os.environ:
+                timeout = TEMPORARY_SERVER_START_SECONDS
+            super().start(timeout)
+
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
             # Prefect's own command and environment, in a new session (process group).
             module_subprocess = prefect_server.subprocess
