@@ -263,8 +263,10 @@ def _run_worker(request: dict[str, Any]) -> int:
     # Python's own defaults, as in a process of its own (the server's handler only notes them)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if _stopped_by:  # a stop came between the fork and the line above: it was for this worker too
+    if _stopped_by:  # the server was stopped before this fork: so is this worker
         return 128 + signal.Signals[_stopped_by[0]].value
+    # A stop sent since the fork waited, blocked (see `_fork`): it acts now, by the defaults.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
@@ -288,8 +290,13 @@ def _run_worker(request: dict[str, Any]) -> int:
 
 
 def _fork(request: dict[str, Any]) -> int:
+    # The stop signals are blocked across the fork: one reaching the child before it has set
+    # its own handlers would run the server's (a Python handler runs at the next bytecode,
+    # and by then the child has replaced it, so the signal was lost and the worker ran on).
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     pid = os.fork()
     if pid:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
         return pid
     code = 1
     try:
@@ -319,6 +326,8 @@ def _reap() -> None:
         _answer({"ended": pid, "returncode": os.waitstatus_to_exitcode(status)})
 
 
+#: The signals that stop a worker, and the server's forking.
+_STOPS = {signal.SIGINT, signal.SIGTERM}
 #: The stop signals the server has received, by name: from the first on, it forks nothing.
 _stopped_by: list[str] = []
 
