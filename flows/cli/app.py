@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sqlite3
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -48,20 +48,24 @@ def explain(exc: BaseException) -> Optional[str]:
     return None
 
 
-def _temporary_server_timed_out(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it was raised from) is Prefect's timeout waiting for the
-    temporary server it started (``RuntimeError("Timed out while attempting to connect to
-    ephemeral Prefect API server...")``)."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from or during, each once."""
     seen: set[int] = set()
     cause: Optional[BaseException] = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, RuntimeError) and str(cause).startswith(
-            "Timed out while attempting to connect to ephemeral"
-        ):
-            return True
+        yield cause
         cause = cause.__cause__ or cause.__context__
-    return False
+
+
+def _temporary_server_timed_out(exc: BaseException) -> bool:
+    """Whether Prefect's wait for the temporary server it started timed out behind ``exc``
+    (``RuntimeError("Timed out while attempting to connect to ephemeral ...")``)."""
+    return any(
+        isinstance(cause, RuntimeError)
+        and str(cause).startswith("Timed out while attempting to connect to ephemeral")
+        for cause in _causes(exc)
+    )
 
 
 def _prefect_api_unreachable(exc: BaseException) -> Optional[BaseException]:
@@ -69,15 +73,11 @@ def _prefect_api_unreachable(exc: BaseException) -> Optional[BaseException]:
     httpx's own, or Prefect's ``RuntimeError("Failed to reach API at ...")`` around one."""
     import httpx
 
-    seen: set[int] = set()
-    cause: Optional[BaseException] = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
+    for cause in _causes(exc):
         if isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout)):
             return cause
         if isinstance(cause, RuntimeError) and str(cause).startswith("Failed to reach API"):
             return cause
-        cause = cause.__cause__ or cause.__context__
     return None
 
 
