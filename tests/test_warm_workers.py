@@ -9,12 +9,17 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from tests.support.helpers import child_env, enqueue, wait_until
+from tests.support.helpers import (
+    child_env,
+    children_of,
+    enqueue,
+    wait_until,
+    warm_server_importing,
+)
 from tqflow.engine.layout import output_path
 
 
@@ -87,22 +92,6 @@ def test_a_worker_whose_server_died_is_seen_to_end_and_the_next_start_brings_a_n
     assert forked_workers.run(queue, storage)["stop_reason"] == "idle"  # a new server
 
 
-def importing_the_worker(server_pid: int) -> bool:
-    """The warm-worker server is importing the worker (pydantic's compiled core is loaded, its
-    signal handling set before that) and has forked nothing yet."""
-    proc = Path(f"/proc/{server_pid}")
-    try:
-        importing = "_pydantic_core" in (proc / "maps").read_text()
-        children = (proc / "task" / str(server_pid) / "children").read_text().split()
-    except OSError:
-        return False
-    return importing and not children
-
-
-def children_of(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-
-
 @pytest.fixture
 def fresh_server() -> Iterator[Any]:
     """A warm-worker server of the test's own, cold (its first request waits for the import),
@@ -140,7 +129,7 @@ def test_a_stop_signal_to_the_server_before_it_forks_starts_no_worker(
     starting = threading.Thread(target=start)
     starting.start()
     process = wait_until(lambda: fresh_server._process, timeout=60)
-    wait_until(lambda: importing_the_worker(process.pid), timeout=120, every=0.005)
+    wait_until(lambda: warm_server_importing(process.pid), timeout=120, every=0.005)
     os.kill(process.pid, signal.SIGINT)
     starting.join(timeout=300)
     assert isinstance(outcome[0], WorkerNotStartedError), outcome

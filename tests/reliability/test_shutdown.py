@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import child_env, enqueue, runs, wait_until
+from tests.support.helpers import child_env, enqueue, runs, wait_until, warm_server_importing
 from tqflow.engine import process as worker_process
 
 BIN = Path(sys.executable).parent
@@ -103,19 +103,9 @@ def processes_with(marker: str) -> dict[int, str]:
 
 
 def warm_worker_server_importing(marker: str) -> bool:
-    """The fleet's warm-worker server is importing the worker (pydantic's compiled core is
-    loaded: its signal handling, set before that import, is in place) and has forked no
-    worker yet: the seconds before its first fork."""
+    """The fleet's warm-worker server (a process with ``marker``) is importing the worker."""
     servers = [p for p, cmd in processes_with(marker).items() if "tqflow.fleet.warm_workers" in cmd]
-    if not servers:
-        return False
-    proc = Path(f"/proc/{servers[0]}")
-    try:
-        importing = "_pydantic_core" in (proc / "maps").read_text()
-        children = (proc / "task" / str(servers[0]) / "children").read_text().split()
-    except OSError:
-        return False
-    return importing and not children
+    return bool(servers) and warm_server_importing(servers[0])
 
 
 #: Moments of ``tqflow demo`` at which a Ctrl-C is typed: what the terminal shows first (the

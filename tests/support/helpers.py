@@ -105,3 +105,19 @@ def prefect_settings(updates: dict[Any, Any]) -> Iterator[None]:
             yield
         finally:
             drain()
+
+
+def children_of(pid: int) -> list[str]:
+    """The pids of a process's children (Linux's /proc)."""
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
+def warm_server_importing(server_pid: int) -> bool:
+    """A warm-worker server (`tqflow.fleet.warm_workers`) is importing the worker: pydantic's
+    compiled core is loaded (its signal handling, set before that import, is in place) and it
+    has forked no worker yet, the seconds before its first fork."""
+    try:
+        importing = "_pydantic_core" in Path(f"/proc/{server_pid}/maps").read_text()
+        return importing and not children_of(server_pid)
+    except OSError:  # ended meanwhile
+        return False
