@@ -61,13 +61,27 @@ def check_block_name(name: str, what: str = "name") -> str:
     return name
 
 
+#: The kinds of secrets file, as ``--skip`` names them.
+KINDS = ("aws", "google", "cave")
+
+
 def read_secrets_folder(
-    folder: Path, name: str = "default", datastack: Optional[str] = None
+    folder: Path,
+    name: str = "default",
+    datastack: Optional[str] = None,
+    skip: Iterable[str] = (),
 ) -> list[ImportedSecret]:
     """Blocks for every known secrets file in ``folder``, named ``name`` (CAVE tokens of other
-    servers: ``<name>-<server>``). Raises `CredentialsError` listing every file that cannot be
-    read, and what it should hold."""
+    servers: ``<name>-<server>``), but for the kinds in ``skip`` (of `KINDS`: a Google key
+    that Workload Identity makes unneeded stays on this machine, unread). Raises
+    `CredentialsError` listing every file that cannot be read, and what it should hold."""
     check_block_name(name, "--name")
+    skip = set(skip)
+    if skip - set(KINDS):
+        raise CredentialsError(
+            f"--skip {', '.join(sorted(skip - set(KINDS)))}: name a kind of secrets file, "
+            f"one of {', '.join(KINDS)}"
+        )
     folder = folder.expanduser()
     if folder.is_file():
         raise CredentialsError(
@@ -83,7 +97,7 @@ def read_secrets_folder(
     problems: list[str] = []
     for path in sorted(folder.glob("*.json")):
         reader = _reader_for(path.name)
-        if reader is None:
+        if reader is None or kind_of(path.name) in skip:
             continue
         try:
             content = json.loads(path.read_text())
@@ -109,14 +123,19 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def _reader_for(filename: str) -> Optional[Callable[..., ImportedSecret]]:
+def kind_of(filename: str) -> Optional[str]:
+    """The kind (of `KINDS`) of a secrets file, by its name; None for other files."""
     if filename == "aws-secret.json":
-        return _aws
+        return "aws"
     if filename == "google-secret.json":
-        return _gcp
+        return "google"
     if filename.endswith("cave-secret.json"):
-        return _cave
+        return "cave"
     return None
+
+
+def _reader_for(filename: str) -> Optional[Callable[..., ImportedSecret]]:
+    return {"aws": _aws, "google": _gcp, "cave": _cave}.get(kind_of(filename) or "")
 
 
 def _aws(

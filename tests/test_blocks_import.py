@@ -142,6 +142,27 @@ def test_malformed_files_are_named_with_what_is_wrong_and_nothing_is_saved(
         CAVECredentials.load(f"{name}-minnie-microns-daf-com")
 
 
+def test_skip_google_leaves_the_google_key_unread_and_unsaved(secrets_folder, prefect_api):
+    from prefect_gcp import GcpCredentials
+
+    folder, _ = secrets_folder
+    (folder / "google-secret.json").write_text("{not even json")  # unread, so no complaint
+    name = f"lab-{uuid.uuid4().hex[:6]}"
+
+    result = invoke("blocks", "import", "--folder", str(folder), "--name", name, "--skip", "google")
+
+    assert result.exit_code == 0, result.output
+    assert f"aws-credentials/{name}" in result.output and "gcp-credentials" not in result.output
+    with pytest.raises(ValueError):
+        GcpCredentials.load(name)
+
+
+def test_skip_with_an_unknown_kind_names_the_kinds(secrets_folder):
+    folder, _ = secrets_folder
+    message = error_of(invoke("blocks", "import", "--folder", str(folder), "--skip", "gcp"))
+    assert "--skip gcp: name a kind of secrets file, one of aws, google, cave" in message
+
+
 def test_an_aws_key_without_a_region_is_refused_with_the_line_to_add(secrets_folder):
     folder, values = secrets_folder
     keys = {k: v for k, v in values["aws"].items() if k != "AWS_DEFAULT_REGION"}

@@ -24,11 +24,17 @@ def blocks_import(
         None, "--datastack", help="CAVE datastack for the CAVE blocks, e.g. minnie65_public."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace blocks that exist."),
+    skip: list[str] = typer.Option(
+        [],
+        "--skip",
+        help="Leave this kind of file out: aws, google or cave (on GKE, --skip google: the pods "
+        "have Workload Identity, so the Google key need not leave this machine).",
+    ),
 ) -> None:
     """Save aws-secret.json, google-secret.json and *cave-secret.json as Prefect blocks."""
     from blocks.import_secrets import read_secrets_folder, save_blocks
 
-    found = read_secrets_folder(folder, name, datastack)
+    found = read_secrets_folder(folder, name, datastack, skip=skip)
     if not found:
         console().print(
             f"no aws-secret.json, google-secret.json or *cave-secret.json in {folder.expanduser()}"
