@@ -17,6 +17,8 @@ from tests.support.cloud import sqs_credentials
 from tests.support.helpers import child_env, prefect_settings
 from tests.support.services import free_port, prefect_server
 
+#: One worker runs the module, so its server (module fixture) starts once in the suite.
+pytestmark = pytest.mark.xdist_group("doctor")
 BIN = Path(sys.executable).parent
 IMAGE = "us-west1-docker.pkg.dev/lab/tqflow/worker@sha256:" + "0" * 64
 

@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -244,6 +248,56 @@ def test_worker_image_installs_the_lock_on_a_base_pinned_by_digest():
     assert "TQDM_DISABLE=1" in dockerfile
 
 
+def wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> None:
+    """A pure-Python wheel of ``name`` in ``folder`` with these requirements: a package index
+    of one's own, for an install that must not reach the network."""
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": "",
+        f"{dist}/METADATA": "Metadata-Version: 2.1\n"
+        f"Name: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires),
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tqflow-tests\n"
+        "Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{dist}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{dist}/RECORD"])
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+
+
+def install_task_package(index: Path, requirement: str) -> subprocess.CompletedProcess:
+    """worker_image/install_task_package.sh as the Dockerfile runs it, on this checkout's lock
+    and environment, as a dry run from ``index`` alone."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "UV_PROJECT_ENVIRONMENT": str(Path(sys.executable).parent.parent), "UV_OFFLINE": "1"}  # fmt: skip
+    return subprocess.run(
+        [str(REPO / "worker_image/install_task_package.sh"), requirement, "--dry-run",
+         "--no-index", "--find-links", str(index)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_a_task_package_that_fits_the_lock_installs_alone(tmp_path):
+    wheel(tmp_path, "neuron_tasks", "1.2.0", requires=("tqdm>=4",))
+    result = install_task_package(tmp_path, "neuron_tasks")
+    assert result.returncode == 0, result.stderr
+    assert "+ neuron-tasks==1.2.0" in result.stderr
+    assert "- tqdm" not in result.stderr  # the lock's tqdm stays
+
+
+def test_a_task_package_that_needs_another_version_of_a_locked_package_stops_the_build(tmp_path):
+    import tqdm
+
+    wheel(tmp_path, "tqdm", "1.0.0")
+    wheel(tmp_path, "neuron_tasks", "1.2.0", requires=("tqdm<2",))
+    result = install_task_package(tmp_path, "neuron_tasks")
+    assert result.returncode == 1, result.stderr
+    assert re.search(rf"tqdm<2\s+and\s+tqdm[^,]*=={re.escape(tqdm.__version__)}", result.stderr)
+    assert "needs a version other than tqflow's uv.lock pins" in result.stderr
+
+
 # -- one namespace, one service account: template, Helm values, cluster script ---------------------
 
 import re  # noqa: E402
@@ -273,15 +327,14 @@ def test_jobs_land_in_the_namespace_the_prefect_workers_role_and_observer_cover(
     assert "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES" not in install
 
 
-def test_jobs_run_as_the_service_account_the_cluster_script_binds_to_google(rendered):
+def test_jobs_run_as_the_service_account_the_cluster_script_lets_write_the_bucket(rendered):
     manifest, _ = rendered
     script = (REPO / "deployments/gke/make_cluster.sh").read_text()
     assert manifest["spec"]["template"]["spec"]["serviceAccountName"] == JOB_SERVICE_ACCOUNT
     assert re.search(rf"^JOBS_KSA={JOB_SERVICE_ACCOUNT}\b", script, re.M)
     assert re.search(rf"^NAMESPACE=\$\{{NAMESPACE:-{NAMESPACE}\}}", script, re.M)
-    # Workload Identity, all three parts: the binding, the annotation, the pool's metadata server
-    assert "roles/iam.workloadIdentityUser" in script
-    assert "iam.gke.io/gcp-service-account=$JOBS_GSA" in script
+    # Workload Identity: the pool's metadata server (the bucket's grant to this account is
+    # test_cluster_script.py's)
     assert "--workload-metadata GKE_METADATA" in script
 
 

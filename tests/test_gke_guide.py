@@ -8,11 +8,11 @@ builds under that worker carries the auth string only as a Secret reference."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import secrets
-import shutil
 import sys
 import threading
 import uuid
@@ -24,11 +24,13 @@ import yaml
 
 from tests.support import cloud_cli
 from tests.support.helpers import REPO, prefect_settings
-from tests.support.readme import guide_blocks, run_bash
+from tests.support.readme import guide_blocks, guide_steps, run_bash
 from tests.support.services import prefect_server
 from tqflow.gke.job_template import NAMESPACE, base_job_template
 from tqflow.gke.resources import Machine, plan
 
+#: One worker runs the module, so its server (module fixture) starts once in the suite.
+pytestmark = pytest.mark.xdist_group("gke-guide")
 BIN = Path(sys.executable).parent
 IMAGE = "us-west1-docker.pkg.dev/my-project/tqflow/worker@sha256:" + "1" * 64
 #: The GKE deployments of prefect.yaml, all of which the guide deploys.
@@ -40,71 +42,122 @@ BLOCK_PARAMETERS = ("queue", "storage", "cave")
 # -- the guide's own steps on a server with basic auth ----------------------------------------------
 
 
+#: The tools the guide runs that reach a cloud: recording stand-ins (`tests/support/cloud_cli.py`).
+STAND_INS = ("gcloud", "kubectl", "gke-gcloud-auth-plugin", "helm", "docker")
+
+
 @pytest.fixture(scope="module")
-def guided(tmp_path_factory, moto_endpoint):
-    """A Prefect server with basic auth, and the guide's steps 4 (CLI), 5 (work pool),
-    6 (credentials) and 7 (deploy) run on it as written, in one shell environment: a fresh
-    PREFECT_HOME and HOME (with a secrets folder as cloud-volume's), the image exported as
-    step 2 prints it, the password kept from step 3. The guide's profile points at 127.0.0.1:4200
-    (its port-forward); the test's server has a port of its own, given as PREFECT_API_URL, which
-    Prefect lets the environment override. The auth string comes from the guide's profile."""
+def guided(tmp_path_factory, moto_endpoint, fake_gcs, gcs_stand_in):
+    """The whole guide as a lab engineer follows it: every command block, in order, in one
+    terminal (what a block exports, the next one has), twice, then the clean-up, with
+    stand-ins for gcloud, kubectl, helm and docker first on PATH, AWS on moto (the engineer's
+    admin credentials), GCS on its stand-in, and a real Prefect server with basic auth. The
+    server starts where the guide's Helm step would start it, after step 3, with the password
+    that step put in its Secret; the guide's profile points at 127.0.0.1:4200 (its
+    port-forward), and the server's own port comes as PREFECT_API_URL, which Prefect lets the
+    environment override. Once step 5 installed the worker chart, a worker polls the pool
+    (heartbeats, as the chart's would). Yields the server's state after each pass and the
+    stand-ins' calls."""
     home = tmp_path_factory.mktemp("guide")
-    password = secrets.token_hex(16)
-    server_home = home / "server"
-    server_home.mkdir()
-    server_env = {**os.environ, "PREFECT_SERVER_API_AUTH_STRING": f"admin:{password}"}
-    with prefect_server(server_home, env=server_env) as server:
-        user_home = home / "user"
-        secrets_folder = user_home / ".cloudvolume" / "secrets"
-        secrets_folder.mkdir(parents=True)
-        (secrets_folder / "cave-secret.json").write_text(json.dumps({"token": "made-up-token"}))
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("PREFECT_", "TQFLOW_")) or k == "PREFECT_SERVER_ANALYTICS_ENABLED"
-        }
-        env.update(
-            PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",  # `source .venv/bin/activate`
-            HOME=str(user_home),
-            PREFECT_HOME=str(user_home / ".prefect"),
-            PREFECT_PASSWORD=password,
-            TQFLOW_IMAGE=IMAGE,
-            TQFLOW_IMAGE_TAG="abc1234-20261202075300",
-            COLUMNS="200",
-        )
-        [point_cli] = guide_blocks("## 4. Point the CLI at the server")
-        work_pool = guide_blocks("## 5. Work pool and Prefect worker")[0]
-        [import_blocks] = guide_blocks("## 6. Credentials")
-        sqs_key, save_blocks = guide_blocks("## 6. Credentials", "python")
-        # The SQS key's step runs with an AWS admin's credentials, on moto (IAM and STS).
-        aws_admin = {
-            "AWS_ENDPOINT_URL": moto_endpoint,
-            "AWS_ACCESS_KEY_ID": "admin-made-up",
-            "AWS_SECRET_ACCESS_KEY": "admin-made-up",
-        }
-        [deploy] = guide_blocks("## 7. Size and deploy")
-        guided = {
-            **env,
-            "PREFECT_API_URL": server["PREFECT_API_URL"],
-            "password": password,
-            "aws_admin": aws_admin,
-        }
-        states = []
+    bin_dir, state, user_home = home / "bin", home / "state", home / "user"
+    for folder in (bin_dir, state, user_home):
+        folder.mkdir()
+    cloud_cli.install(bin_dir, STAND_INS)
+    secrets_folder = user_home / ".cloudvolume" / "secrets"
+    secrets_folder.mkdir(parents=True)
+    (secrets_folder / "cave-secret.json").write_text(json.dumps({"token": "made-up-token"}))
+    path = os.pathsep.join(
+        [str(bin_dir)] + [d for d in os.environ["PATH"].split(os.pathsep) if Path(d) != BIN]
+    )
+    env = {
+        "PATH": path,  # the venv comes with step 0's `source .venv/bin/activate`
+        "HOME": str(user_home),
+        "PREFECT_HOME": str(user_home / ".prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "CLOUD_CLI_STATE": str(state),
+        "STORAGE_EMULATOR_HOST": gcs_stand_in.endpoint,
+        # the engineer's AWS admin credentials (`aws configure`), on moto
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "admin-made-up",
+        "AWS_SECRET_ACCESS_KEY": "admin-made-up",
+        "COLUMNS": "200",
+        "LANG": "C.UTF-8",
+    }
+    terminal = home / "terminal.sh"  # what one block exports, for the next
+    terminal.write_text("")
+    steps = guide_steps()
+    setup, [(_, _, clean_up)] = steps[:-1], steps[-1:]
+    assert clean_up.lstrip().startswith("PROJECT=") and "delete_cluster.sh" in clean_up
+
+    printed: list[str] = []
+
+    def run(language: str, block: str, extra: dict[str, str]) -> None:
+        script = block if language == "bash" else f"python - <<'PYTHON'\n{block}PYTHON\n"
+        wrapped = f'source "{terminal}"\n{script}\nexport -p > "{terminal}"\n'
+        printed.append(run_bash(wrapped, {**env, **extra}))
+
+    with contextlib.ExitStack() as stack:
+        server: dict[str, str] = {}
+        stop_heartbeats = threading.Event()
+        stack.callback(stop_heartbeats.set)
+        states, passes, heartbeating = [], [], False
         for _ in range(2):  # every step can be run again, and changes nothing the second time
-            for name, script in [
-                ("point the CLI", point_cli),
-                ("work pool", work_pool),
-                ("sqs key", f"python - <<'PYTHON'\n{sqs_key}PYTHON\n"),
-                ("credentials", import_blocks),
-                ("queue and storage blocks", f"python - <<'PYTHON'\n{save_blocks}PYTHON\n"),
-                ("deploy", deploy),
-            ]:
-                with_server = {**env, "PREFECT_API_URL": server["PREFECT_API_URL"]}
-                if name == "sqs key":
-                    with_server.update(aws_admin)
-                run_bash(script, with_server)
+            for heading, language, block in setup:
+                run(language, block, server)
+                if heading.startswith("3. ") and not server:
+                    [auth] = [
+                        v["auth-string"]
+                        for k, v in json.loads((state / "secrets.json").read_text()).items()
+                        if k == "prefect-basic-auth"
+                    ]
+                    server_home = home / "server"
+                    server_home.mkdir()
+                    server_env = {**os.environ, "PREFECT_SERVER_API_AUTH_STRING": auth}
+                    started = stack.enter_context(prefect_server(server_home, env=server_env))
+                    server.update(PREFECT_API_URL=started["PREFECT_API_URL"])
+                    guided = {"PREFECT_API_URL": started["PREFECT_API_URL"], "auth": auth}
+                if "prefect/prefect-worker" in block and not heartbeating:
+                    threading.Thread(
+                        target=heartbeats, args=(guided, stop_heartbeats), daemon=True
+                    ).start()
+                    heartbeating = True
             states.append(server_state(guided))
-        yield {**guided, "states": states}
+            passes.append(recorded(state))
+        stop_heartbeats.set()
+        run("bash", clean_up, {**server, "DELETE_BUCKET": "1"})  # "yes" to its question
+        calls = recorded(state)
+        yield {
+            **guided,
+            "env": {**env, **server},
+            "states": states,
+            "passes": [passes[0], passes[1][len(passes[0]) :]],
+            "clean_up": calls[len(passes[1]) :],
+            "made": json.loads((state / "made.json").read_text()),
+            "printed": printed,
+            "image": re.search(r'TQFLOW_IMAGE="([^"]+)"', terminal.read_text()).group(1),
+        }
+
+
+def recorded(state: Path) -> list[list[str]]:
+    """The stand-ins' calls so far."""
+    return [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
+
+
+def heartbeats(guided, stop: threading.Event) -> None:
+    """The chart's Prefect worker polling the pool: a heartbeat every few seconds."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    settings = {
+        PREFECT_API_URL: guided["PREFECT_API_URL"],
+        PREFECT_API_AUTH_STRING: guided["auth"],
+    }
+    with prefect_settings(settings), get_client(sync_client=True) as client:
+        while not stop.wait(5):
+            try:
+                client.send_worker_heartbeat("tqflow-gke", "prefect-worker-0")
+            except Exception:  # noqa: BLE001 (the pool is made a moment later; try again)
+                pass
 
 
 def server_state(guided) -> dict:
@@ -128,7 +181,7 @@ def server_state(guided) -> dict:
 
     settings = {
         PREFECT_API_URL: guided["PREFECT_API_URL"],
-        PREFECT_API_AUTH_STRING: f"admin:{guided['password']}",
+        PREFECT_API_AUTH_STRING: guided["auth"],
     }
     with prefect_settings(settings):
         return asyncio.run(go())
@@ -145,7 +198,7 @@ def read(guided, what: str):
 
     settings = {
         PREFECT_API_URL: guided["PREFECT_API_URL"],
-        PREFECT_API_AUTH_STRING: f"admin:{guided['password']}",
+        PREFECT_API_AUTH_STRING: guided["auth"],
     }
     with prefect_settings(settings):
         return asyncio.run(go())
@@ -162,7 +215,10 @@ def test_the_guide_registers_every_gke_deployment_on_a_server_with_only_its_pool
     assert set(found) == GKE_DEPLOYMENTS
     for name, deployment in found.items():
         assert deployment.work_pool_name == "tqflow-gke", name
-        assert deployment.job_variables["image"] == IMAGE, name
+        assert deployment.job_variables["image"] == guided["image"], name
+    # the image step 2 built and pushed, by digest
+    assert re.fullmatch(r"us-west1-docker\.pkg\.dev/my-project/tqflow/worker@sha256:[0-9a-f]{64}",
+                        guided["image"])  # fmt: skip
 
 
 @pytest.mark.slow
@@ -189,9 +245,53 @@ def test_the_guides_steps_run_twice_change_nothing_the_second_time(guided):
     assert second == first
 
 
+#: What the guide runs besides make_cluster.sh and delete_cluster.sh (whose commands
+#: test_cluster_script.py's FLAGS has), with the flags the real commands define: gcloud 578.0.0's
+#: (lib/surface), kubectl's and helm's references.
+GUIDE_FLAGS = {
+    "gcloud auth configure-docker": set(),
+    "gcloud builds submit": {"--config", "--substitutions"},
+    "gcloud artifacts docker images describe": set(),
+    "kubectl get secret": {"--namespace", "-o"},
+    "kubectl create secret generic": {"--namespace", "--from-literal", "--dry-run", "-o"},
+    "kubectl port-forward": {"--namespace"},
+    "helm repo add": {"--force-update"},
+    "helm repo update": set(),
+    "helm upgrade": {"--install", "--version", "--namespace", "-f", "--set"},
+    "docker buildx version": set(),
+    "docker buildx build": {"--platform", "-f", "--build-arg", "-t", "--push"},
+    "docker buildx imagetools inspect": {"--format"},
+}
+
+
+def test_every_command_of_the_guide_uses_flags_the_real_commands_have(guided):
+    from tests.test_cluster_script import FLAGS, GLOBAL
+
+    known = {**FLAGS, **GUIDE_FLAGS}
+    unknown = []
+    for call in [c for calls in guided["passes"] for c in calls] + guided["clean_up"]:
+        words = [call[0]] + [a for a in call[1:] if not a.startswith("-")]
+        key = max((k for k in known if words[: len(k.split())] == k.split()), key=len, default="")
+        flags = {a.split("=")[0] for a in call[1:] if a.startswith("-") and a != "-"}
+        if not key or not flags <= known[key] | GLOBAL.get(call[0], set()):
+            unknown.append(call)
+    assert not unknown, unknown
+
+
+def test_the_second_pass_of_the_guide_creates_nothing_in_the_cloud(guided):
+    first, second = guided["passes"]
+    assert [c for c in first if c[0] == "gcloud" and "create" in c]  # the first made it all
+    assert not [c for c in second if "create" in c and "--dry-run=client" not in c], second
+
+
+def test_the_clean_up_leaves_nothing_the_guide_made(guided):
+    assert guided["made"] == []
+    assert not [c for c in guided["clean_up"] if "create" in c]
+
+
 def test_a_terminal_without_the_image_deploys_nothing_and_says_what_to_export(guided):
     [deploy] = guide_blocks("## 7. Size and deploy")
-    env = {k: v for k, v in guided.items() if isinstance(v, str) and k != "TQFLOW_IMAGE"}
+    env = {**guided["env"], "PATH": f"{BIN}{os.pathsep}{guided['env']['PATH']}"}  # a new terminal
     with pytest.raises(AssertionError, match="TQFLOW_IMAGE: is not set in this terminal"):
         run_bash(deploy, env)
     assert server_state(guided)["deployments"] == guided["states"][-1]["deployments"]
@@ -201,7 +301,7 @@ def test_the_guides_sqs_key_may_use_only_the_queue_and_its_dead_letter_queue(gui
     import boto3
     from prefect_aws import AwsCredentials
 
-    admin = guided["aws_admin"]
+    admin = guided["env"]  # the engineer's AWS admin credentials, on moto
     iam = boto3.client(
         "iam",
         endpoint_url=admin["AWS_ENDPOINT_URL"],
@@ -223,7 +323,7 @@ def test_the_guides_sqs_key_may_use_only_the_queue_and_its_dead_letter_queue(gui
 
     settings = {
         PREFECT_API_URL: guided["PREFECT_API_URL"],
-        PREFECT_API_AUTH_STRING: f"admin:{guided['password']}",
+        PREFECT_API_AUTH_STRING: guided["auth"],
     }
     with prefect_settings(settings):
         block = AwsCredentials.load("tqflow")
@@ -246,7 +346,7 @@ def test_every_block_a_gke_deployment_names_is_one_the_guide_created(guided):
     )
     settings = {
         PREFECT_API_URL: guided["PREFECT_API_URL"],
-        PREFECT_API_AUTH_STRING: f"admin:{guided['password']}",
+        PREFECT_API_AUTH_STRING: guided["auth"],
     }
     with prefect_settings(settings):
         for slug in slugs:
@@ -315,33 +415,10 @@ def value_paths(values: dict, prefix: str = "") -> set[str]:
     return paths
 
 
-def helm_stand_ins(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """An environment with recording stand-ins for helm and kubectl first on PATH, and the
-    folder of their state (`tests/support/cloud_cli.py`)."""
-    bin_dir, state = tmp_path / "bin", tmp_path / "state"
-    bin_dir.mkdir()
-    state.mkdir()
-    cloud_cli.install(bin_dir, ("helm", "kubectl"))
-    env = {
-        "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
-        "CLOUD_CLI_STATE": str(state),
-        "TQFLOW_IMAGE_TAG": "abc1234-20261202075300",
-        "HOME": str(tmp_path),
-    }
-    return env, state
-
-
 @pytest.fixture
-def helm_steps(tmp_path):
-    """The guide's server (step 3) and worker (step 5) Helm blocks run by bash with recording
-    stand-ins for helm and kubectl first on PATH; returns their calls."""
-    env, state = helm_stand_ins(tmp_path)
-    assert shutil.which("openssl", path=env["PATH"]), "the guide's step 3 uses openssl"
-    server = guide_blocks("## 3. The Prefect server")[0]
-    worker = guide_blocks("## 5. Work pool and Prefect worker")[1]
-    run_bash(server, env)
-    run_bash(worker, env)
-    return [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
+def helm_steps(guided):
+    """The helm and kubectl calls of the guide's first pass."""
+    return [c for c in guided["passes"][0] if c[0] in ("helm", "kubectl")]
 
 
 def test_helm_steps_set_only_values_the_pinned_charts_have(helm_steps):
@@ -367,7 +444,6 @@ def test_the_auth_string_lives_only_in_the_secret_both_charts_read(helm_steps):
         if c[:5] == ["kubectl", "create", "secret", "generic", "prefect-basic-auth"]
     ]
     name = secret[4]
-    assert "--dry-run=client" in secret  # applied (`kubectl apply -f -`): a second run passes
     [literal] = [a for a in secret if a.startswith("--from-literal=")]
     assert re.fullmatch(r"--from-literal=auth-string=admin:[0-9a-f]{32}", literal)
     server = yaml.safe_load((REPO / "deployments/gke/server-values.yaml").read_text())
@@ -397,14 +473,22 @@ def test_the_servers_database_persists_with_a_password_of_its_own_made_once(helm
     assert "prefect-rocks" not in json.dumps(helm_steps)  # the chart's default password
 
 
-def test_the_server_step_run_again_keeps_the_database_password(tmp_path):
-    env, state = helm_stand_ins(tmp_path)
-    server = guide_blocks("## 3. The Prefect server")[0]
-    run_bash(server, env)
-    run_bash(server, env)
-    calls = [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
-    made = [c for c in calls if c[:5] == ["kubectl", "create", "secret", "generic", "prefect-db"]]
-    assert len(made) == 1  # the second run found it, and made no new password
+def test_the_guide_run_again_keeps_both_passwords(guided):
+    for name in ("prefect-basic-auth", "prefect-db"):
+        made = [
+            c
+            for calls in guided["passes"]
+            for c in calls
+            if c[:5] == ["kubectl", "create", "secret", "generic", name]
+        ]
+        assert len(made) == 1, name  # the second pass found it, and made no new password
+
+
+def test_the_cli_logs_in_with_the_password_from_its_secret_never_printing_it(guided):
+    profiles = Path(guided["env"]["PREFECT_HOME"]) / "profiles.toml"
+    assert guided["auth"] in profiles.read_text()  # what `prefect work-pool ls` then used
+    assert not [out for out in guided["printed"] if guided["auth"].split(":")[1] in out]
+    assert profiles.stat().st_mode & 0o077 == 0  # the owner's alone
 
 
 # -- the Job the worker submits under basic auth ------------------------------------------------------

@@ -3,11 +3,15 @@
 # with the least roles nodes need, a small on-demand system pool, an autoscaling worker pool
 # (spot by default) that scales to zero between batches, the tqflow namespace, Workload
 # Identity for the Jobs, the bucket, and an Artifact Registry repository for the worker image.
+# Node upgrades wait for a weekend maintenance window (MAINTENANCE_*), never in the middle of a
+# working week's batch.
 #
 #   PROJECT=my-project REGION=us-west1 BUCKET=my-lab-tqflow ./deployments/gke/make_cluster.sh
 #
 # Every step looks first and creates only what is missing: run it again after a failure (or to
-# add the bucket) and it goes on where it stopped.
+# add the bucket) and it goes on where it stopped. Run again with other MACHINE_TYPE, MAX_NODES
+# or DISK_SIZE_GB, it changes the worker pool to them (SPOT cannot change in place: it says what
+# to run).
 #
 # Settings (environment):
 #   PROJECT         Google Cloud project (required)
@@ -23,6 +27,8 @@
 #   PODS_PER_NODE   worker processes per node (tqflow plan-resources)   (default 4)
 #   DISK_SIZE_GB    boot disk of a worker node, pd-balanced              (default 50)
 #   QUOTA_CHECK     0: create even where the quota is short              (default 1)
+#   MAINTENANCE_START, MAINTENANCE_END, MAINTENANCE_RECURRENCE: when GKE may upgrade the nodes
+#                   (default Saturday and Sunday, 00:00-08:00 UTC)
 set -euo pipefail
 
 # -- prerequisites, all checked before anything is changed --------------------------------------
@@ -55,9 +61,12 @@ WORKERS=${WORKERS:-100}
 PODS_PER_NODE=${PODS_PER_NODE:-4}
 DISK_SIZE_GB=${DISK_SIZE_GB:-50}
 QUOTA_CHECK=${QUOTA_CHECK:-1}
+# GKE wants at least 48 hours of maintenance in any 32 days: two 8-hour days a week give ~70.
+MAINTENANCE_START=${MAINTENANCE_START:-2000-01-01T00:00:00Z}
+MAINTENANCE_END=${MAINTENANCE_END:-2000-01-01T08:00:00Z}
+MAINTENANCE_RECURRENCE=${MAINTENANCE_RECURRENCE:-FREQ=WEEKLY;BYDAY=SA,SU}
 POOL=tqflow-workers  # the work pool's default node_selector targets this name
 JOBS_KSA=tqflow-jobs # the work pool's default service_account_name
-JOBS_GSA=tqflow-jobs@$PROJECT.iam.gserviceaccount.com
 NODES_GSA=tqflow-nodes@$PROJECT.iam.gserviceaccount.com
 P=(--project "$PROJECT")
 
@@ -65,9 +74,28 @@ exists() { "$@" >/dev/null 2>&1; }  # exists DESCRIBE-COMMAND...: whether it fin
 say() { printf '== %s\n' "$*"; }
 
 # -- the project ------------------------------------------------------------------------------------
-say "APIs: Compute, GKE, Artifact Registry, IAM, Cloud Storage"
+# Enabling an API fails on a project without a billing account, with a message about the API.
+say "billing of $PROJECT"
+billing=$(gcloud billing projects describe "$PROJECT" --format 'value(billingEnabled)' 2>/dev/null) ||
+  billing=unknown
+case "$billing" in
+True) ;;
+False)
+  printf 'make_cluster.sh: project %s has no billing account, so nothing was changed. Link one:\n' \
+    "$PROJECT" >&2
+  printf '  gcloud billing accounts list\n' >&2
+  printf '  gcloud billing projects link %s --billing-account <ACCOUNT_ID from the list>\n' \
+    "$PROJECT" >&2
+  printf 'then run this again.\n' >&2
+  exit 4
+  ;;
+*) printf '  could not read it (you may not see the billing account); going on\n' ;;
+esac
+
+say "APIs: Compute, GKE, Artifact Registry, IAM, Cloud Storage, Cloud Build (images without Docker)"
 gcloud services enable compute.googleapis.com container.googleapis.com \
-  artifactregistry.googleapis.com iam.googleapis.com storage.googleapis.com "${P[@]}"
+  artifactregistry.googleapis.com iam.googleapis.com storage.googleapis.com \
+  cloudbuild.googleapis.com "${P[@]}"
 
 # -- the project's quota, before anything is created ------------------------------------------------
 # At the batch's peak: the worker nodes, and the system pool's 3 nodes (one e2-standard-4 a zone,
@@ -127,9 +155,15 @@ done
 # System pool (on-demand): the Prefect worker, the orchestrating runs (pipeline, analysis,
 # dead-letters: 5Gi each, see prefect.yaml) and GKE's own pods. Workload Identity lets pods act
 # as a Google service account without key files. WORKLOAD logging keeps pod stdout in Cloud
-# Logging (SYSTEM alone drops it); the worker image turns progress bars off.
-say "cluster $CLUSTER in $REGION"
-exists gcloud container clusters describe "$CLUSTER" --region "$REGION" "${P[@]}" ||
+# Logging (SYSTEM alone drops it); the worker image turns progress bars off. The regular release
+# channel upgrades nodes by itself: only inside the maintenance window, so an upgrade does not
+# restart the Prefect server or drain the nodes in the middle of the week's batches.
+say "cluster $CLUSTER in $REGION (node upgrades: $MAINTENANCE_RECURRENCE, from $MAINTENANCE_START to $MAINTENANCE_END)"
+window=(--maintenance-window-start "$MAINTENANCE_START" --maintenance-window-end "$MAINTENANCE_END"
+  --maintenance-window-recurrence "$MAINTENANCE_RECURRENCE")
+if exists gcloud container clusters describe "$CLUSTER" --region "$REGION" "${P[@]}"; then
+  gcloud container clusters update "$CLUSTER" --region "$REGION" "${window[@]}" "${P[@]}"
+else
   gcloud container clusters create "$CLUSTER" \
     --region "$REGION" \
     --num-nodes 1 \
@@ -137,9 +171,11 @@ exists gcloud container clusters describe "$CLUSTER" --region "$REGION" "${P[@]}
     --service-account "$NODES_GSA" \
     --workload-pool "$PROJECT.svc.id.goog" \
     --release-channel regular \
+    "${window[@]}" \
     --logging SYSTEM,WORKLOAD \
     --monitoring SYSTEM \
     "${P[@]}"
+fi
 
 # Worker pool: only tqflow workers run here (the taint keeps other pods off), from 0 nodes.
 say "worker pool $POOL: $MACHINE_TYPE, 0 to $MAX_NODES nodes a zone, spot=$SPOT"
@@ -147,7 +183,38 @@ spot_flags=()
 if [[ "$SPOT" == "1" ]]; then
   spot_flags=(--spot) # GKE taints spot nodes cloud.google.com/gke-spot=true:NoSchedule itself
 fi
-exists gcloud container node-pools describe "$POOL" --cluster "$CLUSTER" --region "$REGION" "${P[@]}" ||
+on_pool=(--cluster "$CLUSTER" --region "$REGION" "${P[@]}")
+if pool=$(gcloud container node-pools describe "$POOL" "${on_pool[@]}" \
+  --format 'value(config.machineType,config.diskSizeGb,config.spot.yesno(yes=True,no=False),autoscaling.maxNodeCount)' \
+  2>/dev/null); then
+  # It exists: bring it to this run's settings (a pool at zero nodes changes at once; nodes that
+  # run are replaced one by one, and the pipeline replaces the workers they held).
+  read -r has_type has_disk has_spot has_max <<<"$pool"
+  want_spot=False
+  if [[ "$SPOT" == "1" ]]; then want_spot=True; fi
+  if [[ "$has_spot" != "$want_spot" ]]; then
+    printf 'make_cluster.sh: worker pool %s has spot=%s, and spot cannot change in place. When no\n' \
+      "$POOL" "$has_spot" >&2
+    printf 'batch is running, delete the pool and run this again to create it with SPOT=%s:\n' "$SPOT" >&2
+    printf '  gcloud container node-pools delete %s --cluster %s --region %s --project %s\n' \
+      "$POOL" "$CLUSTER" "$REGION" "$PROJECT" >&2
+    exit 4
+  fi
+  if [[ "$has_type" != "$MACHINE_TYPE" ]]; then
+    say "worker pool $POOL: machine type $has_type -> $MACHINE_TYPE"
+    gcloud container node-pools update "$POOL" "${on_pool[@]}" --machine-type "$MACHINE_TYPE"
+  fi
+  if [[ "$has_disk" != "$DISK_SIZE_GB" ]]; then
+    say "worker pool $POOL: boot disk ${has_disk} GB -> ${DISK_SIZE_GB} GB"
+    gcloud container node-pools update "$POOL" "${on_pool[@]}" --disk-type pd-balanced \
+      --disk-size "$DISK_SIZE_GB"
+  fi
+  if [[ "$has_max" != "$MAX_NODES" ]]; then
+    say "worker pool $POOL: at most $has_max -> $MAX_NODES nodes a zone"
+    gcloud container node-pools update "$POOL" "${on_pool[@]}" \
+      --enable-autoscaling --min-nodes 0 --max-nodes "$MAX_NODES"
+  fi
+else
   gcloud container node-pools create "$POOL" \
     --cluster "$CLUSTER" \
     --region "$REGION" \
@@ -159,22 +226,19 @@ exists gcloud container node-pools describe "$POOL" --cluster "$CLUSTER" --regio
     --workload-metadata GKE_METADATA \
     "${spot_flags[@]}" \
     "${P[@]}"
+fi
 
 gcloud container clusters get-credentials "$CLUSTER" --region "$REGION" "${P[@]}"
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
 
 # -- what the worker Jobs run as: Workload Identity, the bucket -----------------------------------
-say "Jobs' service account: $NAMESPACE/$JOBS_KSA acts as $JOBS_GSA"
-exists gcloud iam service-accounts describe "$JOBS_GSA" "${P[@]}" ||
-  gcloud iam service-accounts create tqflow-jobs --display-name "tqflow worker Jobs" "${P[@]}"
-gcloud iam service-accounts add-iam-policy-binding "$JOBS_GSA" \
-  --role roles/iam.workloadIdentityUser \
-  --member "serviceAccount:$PROJECT.svc.id.goog[$NAMESPACE/$JOBS_KSA]" \
-  --format none "${P[@]}"
+# The bucket's role goes to the Kubernetes service account itself (Workload Identity Federation's
+# principal): no Google service account to impersonate, and no key file anywhere.
+say "Jobs' service account: $NAMESPACE/$JOBS_KSA, by Workload Identity"
 kubectl create serviceaccount "$JOBS_KSA" --namespace "$NAMESPACE" --dry-run=client -o yaml |
   kubectl apply -f -
-kubectl annotate serviceaccount "$JOBS_KSA" --namespace "$NAMESPACE" --overwrite \
-  "iam.gke.io/gcp-service-account=$JOBS_GSA"
+project_number=$(gcloud projects describe "$PROJECT" --format 'value(projectNumber)')
+JOBS_PRINCIPAL="principal://iam.googleapis.com/projects/$project_number/locations/global/workloadIdentityPools/$PROJECT.svc.id.goog/subject/ns/$NAMESPACE/sa/$JOBS_KSA"
 
 if [[ -n "$BUCKET" ]]; then
   say "bucket gs://$BUCKET: the Jobs may write it"
@@ -182,7 +246,7 @@ if [[ -n "$BUCKET" ]]; then
     gcloud storage buckets create "gs://$BUCKET" --location "$REGION" \
       --uniform-bucket-level-access --public-access-prevention "${P[@]}"
   gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" \
-    --member "serviceAccount:$JOBS_GSA" --role roles/storage.objectAdmin --format none "${P[@]}"
+    --member "$JOBS_PRINCIPAL" --role roles/storage.objectAdmin --format none "${P[@]}"
 fi
 
 # -- the worker image's home ---------------------------------------------------------------------
@@ -195,7 +259,8 @@ cat <<DONE
 
 Cluster $CLUSTER is ready. Worker nodes: $MACHINE_TYPE, 0..$MAX_NODES per zone, spot=$SPOT, tainted
 tqflow-worker=true:NoSchedule (the work pool's default tolerations include it). Jobs run in
-namespace $NAMESPACE as $JOBS_KSA (Workload Identity: $JOBS_GSA).
+namespace $NAMESPACE as $JOBS_KSA (Workload Identity: the bucket's role is granted to it).
+Node upgrades: only $MAINTENANCE_RECURRENCE from ${MAINTENANCE_START#*T} to ${MAINTENANCE_END#*T}.
 Image repository: $REGION-docker.pkg.dev/$PROJECT/$REPOSITORY.
 
 Quota: $WORKERS workers at $PODS_PER_NODE per node are $nodes nodes of $cpus vCPUs (checked above;

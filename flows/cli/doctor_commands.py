@@ -141,7 +141,7 @@ def _work_pool(client: Any, name: str) -> Iterable[Check]:
         yield Check(
             what,
             False,
-            "no worker polls it: install the Prefect worker (guide step 5, helm install "
+            "no worker polls it: install the Prefect worker (guide step 5, helm upgrade --install "
             "prefect-worker), and see its pod (`kubectl -n tqflow get pods`)",
         )
         return

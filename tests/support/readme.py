@@ -33,6 +33,20 @@ def guide_blocks(heading: str, language: str = "bash") -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", section, re.S)
 
 
+def guide_steps() -> list[tuple[str, str, str]]:
+    """Every command block of the GKE guide, in order: ``(section heading, language, text)``
+    for each ```bash and ```python block (```text blocks are commands shown for later)."""
+    steps, heading = [], ""
+    for match in re.finditer(
+        r"^## ([^\n]+)$|^```(bash|python)\n(.*?)^```", GUIDE.read_text(), re.M | re.S
+    ):
+        if match.group(1):
+            heading = match.group(1)
+        else:
+            steps.append((heading, match.group(2), match.group(3)))
+    return steps
+
+
 def run_bash(script: str, env: dict[str, str], cwd: Path = REPO) -> str:
     """``script`` run by ``bash -euo pipefail`` as a user's shell runs it; its output, or a
     failed assertion with the script and what it printed."""
