@@ -401,3 +401,36 @@ def test_a_timestamp_column_is_named_with_its_row_not_a_message_key(tmp_path):
     )  # fmt: skip
     assert "cells.parquet column seen_at row 1 (2024-01-01 00:00:00) is a datetime" in out
     assert "h-" not in out  # no message key
+
+
+@pytest.fixture
+def queued_batch(tmp_path) -> Path:
+    """A --data folder with batch b1 queued in its local queue (named for the batch, as
+    `tqflow enqueue` names it)."""
+    data = tmp_path / "data"
+    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="b1")
+    data.mkdir()
+    queue.ensure()
+    enqueue(queue, "tests.tasks:square", [3], batch="b1")
+    return data
+
+
+def test_status_of_a_read_only_data_folder_says_to_copy_it(queued_batch):
+    with read_only(queued_batch) as data:
+        out = fails("status", "--batch", "b1", "--data", str(data))
+    assert f"--data {data} is read-only" in out
+    assert f"cp -r {data} ~/tqflow-data-copy" in out
+
+
+def test_analyze_of_a_read_only_data_folder_is_refused_before_the_flow_starts(queued_batch):
+    with read_only(queued_batch) as data:
+        result = subprocess.run(
+            [str(BIN / "tqflow"), "analyze", "--batch", "b1", "--data", str(data)],
+            env={**os.environ, "COLUMNS": "300"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1 and f"--data {data} is not writable" in output, output
+    assert "Traceback" not in output and "temporary server" not in output  # no flow ran

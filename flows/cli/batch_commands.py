@@ -293,6 +293,7 @@ def status(
     from tqflow.engine.reports import batch_tally, read_reports
     from tqflow.fleet.dashboard import failure_lines, resource_lines
 
+    target.check_readable_queue()
     q, storage, batch = target.queue(must_exist=True), target.storage(), target.batch
     counts = q.counts()
     reports = read_reports(storage, batch)
@@ -360,6 +361,7 @@ def analyze(target: Target) -> None:
     from flows.cli import prefect_api
     from tqflow.engine.layout import outputs_prefix
 
+    target.check_writable_storage()
     batch, storage = target.batch, target.storage()
     prefect_api.prepare()
     result = analysis(storage=storage, batch=batch)
