@@ -4,7 +4,13 @@ a deployment's run on a cluster, which has no local copy, gives."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +78,73 @@ def test_a_parameter_list_of_a_megabyte_and_more_says_to_use_a_file():
     assert list(big) == ROOT_IDS
     assert "put them in a file and pass items_file" in big.report()
     assert ItemSource(items=ROOT_IDS[:1000]).read().report() == ""
+
+
+class _RefusingS3(BaseHTTPRequestHandler):
+    """S3 on 127.0.0.1 that refuses every key, as S3 answers a key it does not know."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        body = (
+            b'<?xml version="1.0"?><Error><Code>InvalidAccessKeyId</Code><Message>The AWS '
+            b"Access Key Id you provided does not exist in our records.</Message></Error>"
+        )
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def refusing_s3(tmp_path):
+    """The environment of a user whose AWS keys S3 refuses (no secrets folder in HOME)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        "HOME": str(tmp_path),
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_address[1]}",
+        "AWS_ACCESS_KEY_ID": "AKIAREFUSED000000001",
+        "AWS_SECRET_ACCESS_KEY": "made-up",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "COLUMNS": "300",
+    }
+    server.shutdown()
+
+
+def enqueue_from(url: str, env: dict[str, str], data: Path) -> str:
+    """``tqflow enqueue`` of an items file at ``url``, as a user runs it; its one-line error."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "tqflow"), "enqueue", "tests.tasks:square",
+         "--items-file", url, "--data", str(data)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output
+    assert not (data / "queue.sqlite").exists() or "queued" not in output  # nothing queued
+    return " ".join(output.split())
+
+
+def test_aws_keys_in_the_environment_without_a_session_token_are_one_sentence(
+    refusing_s3, tmp_path
+):
+    message = enqueue_from("s3://lab-bucket/items.csv", refusing_s3, tmp_path / "data")
+    assert "the AWS keys in this environment come without AWS_SESSION_TOKEN" in message
+    assert "~/.cloudvolume/secrets/aws-secret.json" in message and "--storage-block" in message
+
+
+def test_a_refused_key_is_named_as_the_credentials_with_where_they_came_from(refusing_s3, tmp_path):
+    env = {**refusing_s3, "AWS_SESSION_TOKEN": "made-up"}
+    message = enqueue_from("s3://lab-bucket/items.csv", env, tmp_path / "data")
+    assert (
+        "cannot read s3://lab-bucket/items.csv: its credentials were refused (InvalidAccessKeyId)"
+        in message
+    )
+    assert (
+        "cloud-files' own (~/.cloudvolume/secrets/aws-secret.json, else the environment)" in message
+    )

@@ -261,11 +261,26 @@ class CloudFilesStorage(WritableFileSystem):
                 f"{url!r} is not a file URL tqflow reads: give gs://bucket/path/file, "
                 "s3://bucket/path/file or file:///path/file"
             )
-        if scheme == self.cloudpath.partition("://")[0]:
+        own = scheme == self.cloudpath.partition("://")[0]
+        if own:
             there = self.model_copy(update={"cloudpath": folder})
+            source = "this storage block's credentials"
         else:
             there = CloudFilesStorage(cloudpath=folder)
-        return there.get(name)
+            source = f"cloud-files' own ({_SECRETS_FILE.get(scheme, '')}, else the environment)"
+            if scheme == "s3":
+                _check_aws_environment(url)
+        try:
+            return there.get(name)
+        except StorageError as exc:
+            refused = _refusal(exc.__cause__)
+            if refused is None:
+                raise
+            raise StorageError(
+                f"cannot read {url}: its credentials were refused ({refused}); it is read with "
+                f"{source}: give credentials that may read it, or --storage-block naming a "
+                f"{scheme}:// storage block that has them"
+            ) from exc.__cause__
 
     def get_json(self, path: str) -> Any:
         """The JSON at ``path``, or ``None`` if it does not exist. `CorruptFileError` if it
@@ -345,6 +360,57 @@ class CloudFilesStorage(WritableFileSystem):
         """Write ``content`` to ``path`` for Prefect's result store; returns ``path``."""
         self.put(path, content)
         return path
+
+
+#: Where cloud-files looks for the keys of a URL tqflow reads with cloud-files' own credentials.
+_SECRETS_FILE = {
+    "s3": "~/.cloudvolume/secrets/aws-secret.json",
+    "gs": "~/.cloudvolume/secrets/google-secret.json",
+}
+#: S3 error codes that mean the key, not the object.
+_REFUSED_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "ExpiredToken",
+    "InvalidToken",
+    "AllAccessDisabled",
+}
+
+
+def _check_aws_environment(url: str) -> None:
+    """cloud-files reads AWS keys from the environment only with ``AWS_SESSION_TOKEN`` too
+    (a ``KeyError`` otherwise, and a half-made connection pool that prints a traceback at
+    exit): say so before it tries."""
+    from cloudfiles.secrets import aws_credentials
+
+    try:
+        aws_credentials(url.partition("://")[2].partition("/")[0])
+    except KeyError as exc:
+        raise StorageError(
+            f"cannot read {url}: the AWS keys in this environment come without "
+            f"{exc.args[0]}, which cloud-files then requires: put the key in "
+            f"{_SECRETS_FILE['s3']}, export {exc.args[0]} too, or give --storage-block naming an "
+            "s3:// storage block with its credentials"
+        ) from None
+
+
+def _refusal(exc: Optional[BaseException]) -> Optional[str]:
+    """Why a cloud refused a request for its credentials (not for the object), or None."""
+    code = getattr(exc, "response", None)
+    if isinstance(code, dict):  # botocore's ClientError
+        error, meta = code.get("Error", {}), code.get("ResponseMetadata", {})
+        if error.get("Code") in _REFUSED_CODES or meta.get("HTTPStatusCode") in (401, 403):
+            return str(error.get("Code") or meta.get("HTTPStatusCode"))
+        return None
+    if type(exc).__name__ in (
+        "Unauthorized",
+        "Forbidden",
+        "DefaultCredentialsError",
+        "RefreshError",
+    ):
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return None
 
 
 @contextlib.contextmanager
