@@ -148,3 +148,10 @@ def test_a_refused_key_is_named_as_the_credentials_with_where_they_came_from(ref
     assert (
         "cloud-files' own (~/.cloudvolume/secrets/aws-secret.json, else the environment)" in message
     )
+
+
+def test_a_block_with_its_own_google_credentials_does_not_claim_default_ones(gcs_storage, capfd):
+    bucket = f"tqflow-{uuid.uuid4().hex[:12]}"  # a bucket this process has not opened yet
+    assert gcs_storage.read_url(f"gs://{bucket}/items.csv") is None  # no such file there
+    printed = capfd.readouterr()
+    assert "Using default Google credentials" not in printed.out + printed.err

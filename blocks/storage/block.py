@@ -149,6 +149,8 @@ class CloudFilesStorage(WritableFileSystem):
         return _clients.get(block_fingerprint(self), self._new_client)
 
     def _new_client(self) -> CloudClient:
+        if self.gcp_credentials is not None and self.cloudpath.startswith("gs://"):
+            _no_default_credentials_banner(self.cloudpath[len("gs://") :].partition("/")[0])
         aws = AwsSession(self.aws_credentials, self.cloudpath) if self.aws_credentials else None
         return CloudClient(self._client_path(), self._secrets, aws, self.num_threads)
 
@@ -376,6 +378,17 @@ _REFUSED_CODES = {
     "InvalidToken",
     "AllAccessDisabled",
 }
+
+
+def _no_default_credentials_banner(bucket: str) -> None:
+    """cloud-files looks up default Google credentials for every bucket it opens, even one read
+    with credentials of its own (a block's), and prints "Using default Google credentials" when
+    there is no secrets file. Where there is none, tell its cache what the lookup would find
+    (no credentials, the default project): the same answer, without the untrue banner."""
+    from cloudfiles import secrets
+
+    if not os.path.exists(secrets.secretpath("google-secret.json")):
+        secrets.GOOGLE_CREDENTIALS_CACHE.setdefault(bucket, (secrets.PROJECT_NAME, None))
 
 
 def _check_aws_environment(url: str) -> None:
