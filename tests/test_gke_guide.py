@@ -1,9 +1,11 @@
-"""deployments/gke/README.md as a lab engineer follows it, its commands taken from the guide as
-written: on a real Prefect server with basic auth where only the guide's kubernetes pool exists,
-its CLI, work-pool, credentials and deploy steps register every GKE deployment with the job
-variables the guide says; its Helm steps, with recording stand-ins for helm and kubectl, use only
-values the charts have and keep the auth string in a Secret; and the Job prefect-kubernetes
-builds under that worker carries the auth string only as a Secret reference."""
+"""deployments/gke/README.md as a lab engineer follows it: every command block as written, in
+order, in one terminal, twice, then the clean-up, with stand-ins for what reaches a cloud
+(gcloud, kubectl, helm, docker; AWS on moto, GCS on its stand-in) and a real Prefect server with
+basic auth where only the guide's kubernetes pool exists. Every call uses flags the real
+commands have; the second pass changes nothing; the clean-up leaves nothing; every GKE
+deployment is registered with the image and job variables the guide says; the Helm values are
+the charts' own and the auth string lives in a Secret; and the Job prefect-kubernetes builds
+under that worker carries the auth string only as a Secret reference."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -86,8 +89,9 @@ def guided(tmp_path_factory, moto_endpoint, fake_gcs, gcs_stand_in):
     terminal = home / "terminal.sh"  # what one block exports, for the next
     terminal.write_text("")
     steps = guide_steps()
-    setup, [(_, _, clean_up)] = steps[:-1], steps[-1:]
-    assert clean_up.lstrip().startswith("PROJECT=") and "delete_cluster.sh" in clean_up
+    setup = [step for step in steps if not step[0].startswith("9. ")]
+    clean_up = [step for step in steps if step[0].startswith("9. ")]
+    assert steps == setup + clean_up and "delete_cluster.sh" in clean_up[0][2]
 
     printed: list[str] = []
 
@@ -124,7 +128,9 @@ def guided(tmp_path_factory, moto_endpoint, fake_gcs, gcs_stand_in):
             states.append(server_state(guided))
             passes.append(recorded(state))
         stop_heartbeats.set()
-        run("bash", clean_up, {**server, "DELETE_BUCKET": "1"})  # "yes" to its question
+        aws = aws_side(guided, moto_endpoint, make_queue=True)  # as the first batch makes it
+        for _, language, block in clean_up:
+            run(language, block, {**server, "DELETE_BUCKET": "1"})  # "yes" to its question
         calls = recorded(state)
         yield {
             **guided,
@@ -135,7 +141,43 @@ def guided(tmp_path_factory, moto_endpoint, fake_gcs, gcs_stand_in):
             "made": json.loads((state / "made.json").read_text()),
             "printed": printed,
             "image": re.search(r'TQFLOW_IMAGE="([^"]+)"', terminal.read_text()).group(1),
+            "aws": aws,
+            "aws_after_clean_up": aws_side(guided, moto_endpoint),
         }
+
+
+def aws_side(guided, moto_endpoint: str, make_queue: bool = False) -> dict:
+    """The AWS side as the admin sees it: the SQS user's policy and keys, and the queues
+    (made first, through the guide's queue block, when asked: the first batch would)."""
+    import boto3
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    from blocks import SQSTaskQueue
+
+    if make_queue:
+        settings = {
+            PREFECT_API_URL: guided["PREFECT_API_URL"],
+            PREFECT_API_AUTH_STRING: guided["auth"],
+        }
+        # the block holds no endpoint: moto's comes from the environment, as in the guide's
+        with (
+            prefect_settings(settings),
+            mock.patch.dict(os.environ, AWS_ENDPOINT_URL=moto_endpoint),
+        ):
+            SQSTaskQueue.load("tqflow").ensure()
+    admin = {"endpoint_url": moto_endpoint, "region_name": "us-east-1",
+             "aws_access_key_id": "admin-made-up", "aws_secret_access_key": "admin-made-up"}  # fmt: skip
+    iam, sqs = boto3.client("iam", **admin), boto3.client("sqs", **admin)
+    users = {u["UserName"] for u in iam.list_users()["Users"]}
+    side: dict = {"queues": sorted(sqs.list_queues().get("QueueUrls", [])), "user": None}
+    if "tqflow-sqs" in users:
+        side["user"] = {
+            "policy": iam.get_user_policy(UserName="tqflow-sqs", PolicyName="tqflow-sqs")[
+                "PolicyDocument"
+            ],
+            "keys": iam.list_access_keys(UserName="tqflow-sqs")["AccessKeyMetadata"],
+        }
+    return side
 
 
 def recorded(state: Path) -> list[list[str]]:
@@ -285,7 +327,9 @@ def test_the_second_pass_of_the_guide_creates_nothing_in_the_cloud(guided):
 
 
 def test_the_clean_up_leaves_nothing_the_guide_made(guided):
-    assert guided["made"] == []
+    assert guided["made"] == []  # in Google Cloud
+    assert [q.rsplit("/", 1)[1] for q in guided["aws"]["queues"]] == ["tqflow", "tqflow-dlq"]
+    assert guided["aws_after_clean_up"] == {"queues": [], "user": None}  # in AWS
     assert not [c for c in guided["clean_up"] if "create" in c]
 
 
@@ -298,19 +342,9 @@ def test_a_terminal_without_the_image_deploys_nothing_and_says_what_to_export(gu
 
 
 def test_the_guides_sqs_key_may_use_only_the_queue_and_its_dead_letter_queue(guided):
-    import boto3
     from prefect_aws import AwsCredentials
 
-    admin = guided["env"]  # the engineer's AWS admin credentials, on moto
-    iam = boto3.client(
-        "iam",
-        endpoint_url=admin["AWS_ENDPOINT_URL"],
-        aws_access_key_id=admin["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=admin["AWS_SECRET_ACCESS_KEY"],
-        region_name="us-east-1",
-    )
-    document = iam.get_user_policy(UserName="tqflow-sqs", PolicyName="tqflow-sqs")
-    [allowed] = document["PolicyDocument"]["Statement"]
+    [allowed] = guided["aws"]["user"]["policy"]["Statement"]
     account = allowed["Resource"][0].split(":")[4]
     assert account.isdigit()
     assert allowed["Resource"] == [
@@ -318,7 +352,7 @@ def test_the_guides_sqs_key_may_use_only_the_queue_and_its_dead_letter_queue(gui
         f"arn:aws:sqs:us-east-1:{account}:tqflow-dlq",
     ]
     # run twice: one key, the one the secrets file holds and the block was made from
-    [key] = iam.list_access_keys(UserName="tqflow-sqs")["AccessKeyMetadata"]
+    [key] = guided["aws"]["user"]["keys"]
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
     settings = {

@@ -62,7 +62,7 @@ if [[ -n "$BUCKET" ]]; then
   fi
 fi
 
-say "service accounts $JOBS_GSA and $NODES_GSA"
+say "service accounts: $NODES_GSA (and $JOBS_GSA, which earlier versions made)"
 for role in roles/container.defaultNodeServiceAccount roles/artifactregistry.reader; do
   gcloud projects remove-iam-policy-binding "$PROJECT" --member "serviceAccount:$NODES_GSA" \
     --role "$role" --condition None --format none >/dev/null 2>&1 || true
@@ -74,7 +74,7 @@ for account in "$JOBS_GSA" "$NODES_GSA"; do
 done
 
 kept+=("the project $PROJECT and its enabled APIs (they cost nothing unused)")
-kept+=("in AWS: the SQS queues and the IAM user tqflow-sqs (aws sqs delete-queue --queue-url \$(aws sqs get-queue-url --queue-name tqflow --output text); the same for tqflow-dlq; aws iam delete-user-policy, delete-access-key, delete-user)")
+kept+=("in AWS: the SQS queues and the IAM user tqflow-sqs (deployments/gke/README.md, step 9, deletes them)")
 kept+=("on this machine: the Prefect profile lab and ~/.cloudvolume/secrets")
 printf '\nDone. Kept:\n'
 printf '  - %s\n' "${kept[@]}"
