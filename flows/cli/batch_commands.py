@@ -208,6 +208,9 @@ def enqueue_command(
     at_once = "tqflow enqueue: second {signal}: stopping now; run the same enqueue again to go on"
     with stop_on_signals(request_stop, at_once=at_once):
         reading.set()
+        if items_file and "://" in items_file and not items_file.startswith("file://"):
+            # a cloud read that the cloud library retries for a while when refused: not silent
+            console(stderr=True).print(f"reading the items from {items_file} ...", soft_wrap=True)
         stopped_reading = (
             "[yellow]stopped while reading the items: nothing was queued; run the same command "
             "again[/yellow]"
