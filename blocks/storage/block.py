@@ -173,7 +173,36 @@ class CloudFilesStorage(WritableFileSystem):
         if self.aws_credentials is not None:
             session = AwsSession(self.aws_credentials, self.cloudpath)
             return session.secrets(session.keys())
+        if self.cloudpath.startswith("s3://"):
+            _check_aws_environment(self.cloudpath)
         return None
+
+    def _credentials_source(self) -> str:
+        """Where the credentials this block reaches its cloud with come from, for errors."""
+        if self.gcp_credentials is not None or self.aws_credentials is not None:
+            return "this storage block's credentials"
+        secrets_file = _SECRETS_FILE.get(self.cloudpath.partition("://")[0], "its secrets file")
+        return (
+            f"cloud-files' own ({secrets_file}, else the environment), or a storage block "
+            "with credentials of its own (--storage-block)"
+        )
+
+    @contextlib.contextmanager
+    def _failing(self, what: str) -> Iterator[None]:
+        """Any failure but tqflow's own as a `StorageError` that starts with ``what``; one that
+        refused this block's credentials (not the object) says so, and where they came from."""
+        try:
+            yield
+        except TqflowError:
+            raise
+        except Exception as exc:
+            refused = _refusal(exc)
+            if refused is not None:
+                raise StorageError(
+                    f"{what}: its credentials were refused ({refused}); they are "
+                    f"{self._credentials_source()}: give credentials that may use it"
+                ) from exc
+            raise StorageError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     def _client_path(self) -> str:
         """The path cloud-files is given: an S3-compatible endpoint goes inside it
@@ -249,7 +278,7 @@ class CloudFilesStorage(WritableFileSystem):
 
     def get(self, path: str) -> bytes | None:
         """The content of ``path``, or ``None`` if it does not exist."""
-        with _failing_as(f"cannot read {self.url(path)}"):
+        with self._failing(f"cannot read {self.url(path)}"):
             return self._folder().get(path)
 
     def read_url(self, url: str) -> bytes | None:
@@ -263,26 +292,11 @@ class CloudFilesStorage(WritableFileSystem):
                 f"{url!r} is not a file URL tqflow reads: give gs://bucket/path/file, "
                 "s3://bucket/path/file or file:///path/file"
             )
-        own = scheme == self.cloudpath.partition("://")[0]
-        if own:
+        if scheme == self.cloudpath.partition("://")[0]:
             there = self.model_copy(update={"cloudpath": folder})
-            source = "this storage block's credentials"
         else:
             there = CloudFilesStorage(cloudpath=folder)
-            source = f"cloud-files' own ({_SECRETS_FILE.get(scheme, '')}, else the environment)"
-            if scheme == "s3":
-                _check_aws_environment(url)
-        try:
-            return there.get(name)
-        except StorageError as exc:
-            refused = _refusal(exc.__cause__)
-            if refused is None:
-                raise
-            raise StorageError(
-                f"cannot read {url}: its credentials were refused ({refused}); it is read with "
-                f"{source}: give credentials that may read it, or --storage-block naming a "
-                f"{scheme}:// storage block that has them"
-            ) from exc.__cause__
+        return there.get(name)
 
     def get_json(self, path: str) -> Any:
         """The JSON at ``path``, or ``None`` if it does not exist. `CorruptFileError` if it
@@ -299,7 +313,7 @@ class CloudFilesStorage(WritableFileSystem):
         """Read many JSON files in parallel: ``{path: value}``, missing ones left out, and
         those that are not JSON in its ``corrupt``."""
         files = JSONFiles()
-        with _failing_as(f"cannot read from {self.cloudpath}"):
+        with self._failing(f"cannot read from {self.cloudpath}"):
             for path, content in self._folder().get_many(paths):
                 try:
                     files[path] = json.loads(content)
@@ -309,17 +323,17 @@ class CloudFilesStorage(WritableFileSystem):
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists."""
-        with _failing_as(f"cannot check {self.url(path)}"):
+        with self._failing(f"cannot check {self.url(path)}"):
             return self._folder().exists(path)
 
     def exists_many(self, paths: Iterable[str]) -> dict[str, bool]:
         """Check many paths in parallel: ``{path: exists}``."""
-        with _failing_as(f"cannot check files in {self.cloudpath}"):
+        with self._failing(f"cannot check files in {self.cloudpath}"):
             return self._folder().exists_many(paths)
 
     def delete(self, path: str) -> None:
         """Remove ``path``; one that does not exist is no error."""
-        with _failing_as(f"cannot delete {self.url(path)}"):
+        with self._failing(f"cannot delete {self.url(path)}"):
             self._folder().delete(path)
 
     def list(self, prefix: str = "", *, expected: Sequence[str] = ()) -> Iterator[str]:
@@ -330,7 +344,7 @@ class CloudFilesStorage(WritableFileSystem):
         into ranges listed in parallel (up to ``num_threads``); every path is listed whatever
         they are."""
         parts = min(self.num_threads, len(expected) // NAMES_PER_RANGE)
-        with _failing_as(f"cannot list {self.url(prefix)}"):
+        with self._failing(f"cannot list {self.url(prefix)}"):
             yield from self._folder().list(prefix, split_points(expected, parts))
 
     # -- Prefect's file-system interface: result storage ------------------------------------
@@ -391,20 +405,20 @@ def _no_default_credentials_banner(bucket: str) -> None:
         secrets.GOOGLE_CREDENTIALS_CACHE.setdefault(bucket, (secrets.PROJECT_NAME, None))
 
 
-def _check_aws_environment(url: str) -> None:
+def _check_aws_environment(cloudpath: str) -> None:
     """cloud-files reads AWS keys from the environment only with ``AWS_SESSION_TOKEN`` too
     (a ``KeyError`` otherwise, and a half-made connection pool that prints a traceback at
     exit): say so before it tries."""
     from cloudfiles.secrets import aws_credentials
 
     try:
-        aws_credentials(url.partition("://")[2].partition("/")[0])
+        aws_credentials(cloudpath.partition("://")[2].partition("/")[0])
     except KeyError as exc:
         raise StorageError(
-            f"cannot read {url}: the AWS keys in this environment come without "
+            f"cannot reach {cloudpath}: the AWS keys in this environment come without "
             f"{exc.args[0]}, which cloud-files then requires: put the key in "
-            f"{_SECRETS_FILE['s3']}, export {exc.args[0]} too, or give --storage-block naming an "
-            "s3:// storage block with its credentials"
+            f"{_SECRETS_FILE['s3']}, export {exc.args[0]} too, or use a storage block with "
+            "credentials of its own (--storage-block)"
         ) from None
 
 
@@ -424,14 +438,3 @@ def _refusal(exc: Optional[BaseException]) -> Optional[str]:
     ):
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return None
-
-
-@contextlib.contextmanager
-def _failing_as(what: str) -> Iterator[None]:
-    """Any failure but tqflow's own as a `StorageError` that starts with ``what``."""
-    try:
-        yield
-    except TqflowError:
-        raise
-    except Exception as exc:
-        raise StorageError(f"{what}: {type(exc).__name__}: {exc}") from exc
