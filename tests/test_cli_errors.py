@@ -405,20 +405,24 @@ def test_a_timestamp_column_is_named_with_its_row_not_a_message_key(tmp_path):
 
 @pytest.fixture
 def queued_batch(tmp_path) -> Path:
-    """A --data folder with batch b1 queued in its local queue (named for the batch, as
-    `tqflow enqueue` names it)."""
+    """A --data folder with batch b1 queued by `tqflow enqueue` in a process of its own, which
+    closed the queue (so SQLite removed its -wal and -shm files, as a copied folder has none)."""
     data = tmp_path / "data"
-    queue = LocalTaskQueue(path=str(data / "queue.sqlite"), queue_name="b1")
-    data.mkdir()
-    queue.ensure()
-    enqueue(queue, "tests.tasks:square", [3], batch="b1")
+    result = subprocess.run(
+        [str(BIN / "tqflow"), "enqueue", "tests.tasks:square", "--batch", "b1", "--item", "3",
+         "--data", str(data)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["b1", "queue.sqlite"]
     return data
 
 
 def test_status_of_a_read_only_data_folder_says_to_copy_it(queued_batch):
     with read_only(queued_batch) as data:
         out = fails("status", "--batch", "b1", "--data", str(data))
-    assert f"--data {data} is read-only" in out
+    assert f"its folder {data} is read-only" in out
     assert f"cp -r {data} ~/tqflow-data-copy" in out
 
 

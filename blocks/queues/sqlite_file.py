@@ -8,6 +8,7 @@ or re-sends. Files made before deduplication existed get its columns when opened
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -82,6 +83,14 @@ def open_queue_file(path: str) -> sqlite3.Connection:
             if "locked" in str(exc) and time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
+            folder = Path(path).parent
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise QueueError(
+                    f"cannot open the local queue {path}: its folder {folder} is read-only, and "
+                    "SQLite (WAL mode) writes beside the file even to read it: copy the folder "
+                    f"somewhere you can write (cp -r {folder} ~/tqflow-data-copy) and use the "
+                    "copy (--data)"
+                ) from None
             # disk full, or locked for good: not the file's fault
             raise QueueError(f"cannot open the local queue {path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:

@@ -296,7 +296,6 @@ def status(
     from tqflow.engine.reports import batch_tally, read_reports
     from tqflow.fleet.dashboard import failure_lines, resource_lines
 
-    target.check_readable_queue()
     q, storage, batch = target.queue(must_exist=True), target.storage(), target.batch
     counts = q.counts()
     reports = read_reports(storage, batch)

@@ -85,19 +85,6 @@ class Target:
         if not (self.queue_block and self.storage_block):
             self.folder(writable=True)
 
-    def check_readable_queue(self) -> None:
-        """For a command that only reads a local queue: its --data folder, if there, must still
-        be writable, since SQLite (WAL mode) writes beside queue.sqlite even to read it."""
-        data = self.folder()
-        if self.queue_block or not (data / "queue.sqlite").exists():
-            return
-        if not os.access(data, os.W_OK | os.X_OK):
-            raise CLIInputError(
-                f"--data {data} is read-only, and the local queue (SQLite) writes beside "
-                "queue.sqlite even to be read: copy the folder somewhere you can write "
-                f"(cp -r {data} ~/tqflow-data-copy) and give the copy as --data"
-            )
-
     def check_writable_storage(self) -> None:
         """For a command that writes results: the --data folder, when the storage is there
         (checked before a flow starts, not as its traceback)."""
