@@ -100,13 +100,18 @@ FLAGS = {
 GLOBAL = {"gcloud": {"--project", "--format", "--flatten", "--quiet"}, "kubectl": set()}
 
 
-def command_of(call: list[str]) -> tuple[str, set[str]]:
-    """The command a call runs (the longest `FLAGS` key its leading words make) and its flags."""
-    tool, args = call[0], call[1:]
-    words = [tool] + [a for a in args if not a.startswith("-")]
-    key = max((k for k in FLAGS if words[: len(k.split())] == k.split()), key=len, default="")
-    flags = {a.split("=")[0] for a in args if a.startswith("-") and a != "-"}  # "-": stdin
-    return key, flags
+def unknown_flags(calls: list[list[str]], known: dict[str, set[str]] = FLAGS) -> list:
+    """``(call, flags)`` for each call whose command is not in ``known`` (the longest key its
+    leading words make) or that passes a flag the command does not have."""
+    unknown = []
+    for tool, *args in calls:
+        words = [tool] + [a for a in args if not a.startswith("-")]
+        key = max((k for k in known if words[: len(k.split())] == k.split()), key=len, default="")
+        flags = {a.split("=")[0] for a in args if a.startswith("-") and a != "-"}  # "-": stdin
+        extra = flags - known.get(key, set()) - GLOBAL.get(tool, set())
+        if not key or extra:
+            unknown.append(([tool, *args], extra))
+    return unknown
 
 
 #: What else the script runs: linked into the stand-ins' folder, the only one on PATH (a machine
@@ -151,12 +156,7 @@ def test_every_call_on_an_empty_project_uses_flags_the_commands_have(cloud):
     env, _, state = cloud
     result, calls = run(env, state)
     assert result.returncode == 0, result.stderr
-    unknown = []
-    for call in calls:
-        key, flags = command_of(call)
-        if not key or not flags <= FLAGS[key] | GLOBAL[call[0]]:
-            unknown.append((call, key, flags - FLAGS.get(key, set()) - GLOBAL[call[0]]))
-    assert not unknown, unknown
+    assert not (unknown := unknown_flags(calls)), unknown
     made = {tuple(entry) for entry in json.loads((state / "made.json").read_text())}
     assert made == {
         ("iam service-accounts", "tqflow-nodes"),
@@ -330,13 +330,7 @@ def test_the_teardown_removes_everything_the_setup_made_with_flags_the_commands_
     result, calls = teardown({**env, "DELETE_BUCKET": "1"}, state)
     assert result.returncode == 0, result.stderr
     assert json.loads((state / "made.json").read_text()) == []  # nothing left of the setup
-    unknown = [
-        (call, flags)
-        for call in calls
-        for key, flags in [command_of(call)]
-        if not key or not flags <= FLAGS[key] | GLOBAL[call[0]]
-    ]
-    assert not unknown, unknown
+    assert not (unknown := unknown_flags(calls)), unknown
     assert "Kept:" in result.stdout and "SQS queues" in result.stdout
     again, calls = teardown({**env, "DELETE_BUCKET": "1"}, state)
     assert again.returncode == 0, again.stderr

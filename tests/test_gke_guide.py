@@ -307,16 +307,10 @@ GUIDE_FLAGS = {
 
 
 def test_every_command_of_the_guide_uses_flags_the_real_commands_have(guided):
-    from tests.test_cluster_script import FLAGS, GLOBAL
+    from tests.test_cluster_script import FLAGS, unknown_flags
 
-    known = {**FLAGS, **GUIDE_FLAGS}
-    unknown = []
-    for call in [c for calls in guided["passes"] for c in calls] + guided["clean_up"]:
-        words = [call[0]] + [a for a in call[1:] if not a.startswith("-")]
-        key = max((k for k in known if words[: len(k.split())] == k.split()), key=len, default="")
-        flags = {a.split("=")[0] for a in call[1:] if a.startswith("-") and a != "-"}
-        if not key or not flags <= known[key] | GLOBAL.get(call[0], set()):
-            unknown.append(call)
+    calls = [c for calls in guided["passes"] for c in calls] + guided["clean_up"]
+    unknown = unknown_flags(calls, {**FLAGS, **GUIDE_FLAGS})
     assert not unknown, unknown
 
 
